@@ -1,0 +1,193 @@
+//! Exec sessions. Each request becomes a child process whose stdout and stderr are
+//! relayed in chunks; PID 1 reaps every child (also orphans re-parented to it) in one
+//! reaper thread and hands exit statuses to the sessions that wait for them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{ErrorKind, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use msb_protocol::{ExecRequest, Frame, Message, MAX_CHUNK};
+
+use crate::port::Port;
+
+type Waiters = HashMap<i32, Sender<ExitStatus>>;
+
+pub struct Sessions {
+    port: Arc<Port>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    waiters: Mutex<Waiters>,
+    spawned: Condvar,
+}
+
+impl Sessions {
+    pub fn start(
+        port: Arc<Port>,
+        env: Vec<(String, String)>,
+        workdir: Option<String>,
+    ) -> Arc<Sessions> {
+        let s = Arc::new(Sessions {
+            port,
+            env,
+            workdir,
+            waiters: Mutex::new(HashMap::new()),
+            spawned: Condvar::new(),
+        });
+        let reaper = s.clone();
+        std::thread::spawn(move || reaper.reap());
+        s
+    }
+
+    fn reap(&self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: plain waitpid on any child.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid < 0 {
+                // No children: sleep until a spawn registers one (or reap orphans later).
+                let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                if w.is_empty() {
+                    let _ = self.spawned.wait_timeout(w, Duration::from_secs(1));
+                }
+                continue;
+            }
+            let tx = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            if let Some(tx) = tx {
+                let _ = tx.send(ExitStatus::from_raw(status));
+            }
+        }
+    }
+
+    pub fn spawn(self: &Arc<Self>, id: u32, req: ExecRequest) {
+        if let Err(reason) = self.try_spawn(id, &req) {
+            let _ = self.port.send(&Frame::new(id, Message::Failed { reason }));
+        }
+    }
+
+    fn try_spawn(self: &Arc<Self>, id: u32, req: &ExecRequest) -> Result<(), String> {
+        let mut env = self.env.clone();
+        for (k, v) in &req.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let cwd = req
+            .cwd
+            .clone()
+            .or_else(|| self.workdir.clone())
+            .unwrap_or_else(|| "/".into());
+        if !fs::metadata(&cwd).map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(format!("working directory {cwd} does not exist"));
+        }
+        let mut cmd = Command::new(&req.cmd);
+        cmd.args(&req.args)
+            .env_clear()
+            .envs(env)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(user) = &req.user {
+            let (uid, gid, home) = resolve_user(user)?;
+            cmd.uid(uid).gid(gid);
+            if let Some(h) = home {
+                if !req.env.iter().any(|(k, _)| k == "HOME") {
+                    cmd.env("HOME", h);
+                }
+            }
+        }
+
+        let (tx, rx) = channel();
+        let mut child = {
+            // Registered under the lock so the reaper cannot miss a fast exit.
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let child = cmd.spawn().map_err(|e| match e.kind() {
+                ErrorKind::NotFound => format!("command not found: {}", req.cmd),
+                ErrorKind::PermissionDenied => format!("permission denied: {}", req.cmd),
+                _ => format!("cannot start {}: {e}", req.cmd),
+            })?;
+            w.insert(child.id() as i32, tx);
+            self.spawned.notify_all();
+            child
+        };
+        self.port
+            .send(&Frame::new(id, Message::Started { pid: child.id() }))?;
+
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let port = self.port.clone();
+        let err_port = self.port.clone();
+        let err_thread = std::thread::spawn(move || relay(stderr, &err_port, id, Message::Stderr));
+        std::thread::spawn(move || {
+            relay(stdout, &port, id, Message::Stdout);
+            let _ = err_thread.join();
+            let status = rx.recv().ok();
+            let msg = Message::Exited {
+                code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+            };
+            let _ = port.send(&Frame::new(id, msg));
+        });
+        Ok(())
+    }
+}
+
+/// Copy a pipe to the port in chunks. Writing to the port blocks while the host is not
+/// reading, which is what slows a fast producer down.
+fn relay<R: Read>(pipe: Option<R>, port: &Port, id: u32, wrap: fn(Vec<u8>) -> Message) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if port.send(&Frame::new(id, wrap(buf[..n].to_vec()))).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// `name`, `uid` or `uid:gid`; names are looked up in the guest's /etc/passwd.
+fn resolve_user(user: &str) -> Result<(u32, u32, Option<String>), String> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32, String)> {
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 6 && pred(f))
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_string())))
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, default_gid, home) = if let Ok(uid) = u.parse::<u32>() {
+        match entry(&|f| f[2] == u) {
+            Some((_, gid, home)) => (uid, gid, Some(home)),
+            None => (uid, uid, None),
+        }
+    } else {
+        let (uid, gid, home) = entry(&|f| f[0] == u).ok_or_else(|| format!("unknown user: {u}"))?;
+        (uid, gid, Some(home))
+    };
+    let gid = match g {
+        Some(g) => g
+            .parse::<u32>()
+            .map_err(|_| format!("invalid group in user spec: {user}"))?,
+        None => default_gid,
+    };
+    Ok((uid, gid, home))
+}

@@ -1,0 +1,107 @@
+//! msb-agent: PID 1 of the guest.
+//!
+//! Boot order (DESIGN.md "Keep the door open for snapshot starts"): mount the kernel
+//! filesystems, load modules, open the `agent` port, say hello and wait. Nothing
+//! sandbox-specific is known until the host's `Bootstrap` arrives; only then are disks
+//! touched, the root switched and commands served.
+
+mod boot;
+mod exec;
+mod port;
+mod sys;
+
+use std::sync::Arc;
+
+use msb_protocol::{Frame, FrameError, Message, CHANNEL_ID, PROTOCOL_VERSION};
+
+use crate::exec::Sessions;
+use crate::port::Port;
+
+fn main() {
+    if let Err(e) = run() {
+        log(&format!("fatal: {e}"));
+    }
+    // PID 1 must never exit: that panics the kernel. Power off instead.
+    sys::power_off();
+}
+
+pub fn log(msg: &str) {
+    eprintln!("msb-agent: {msg}");
+}
+
+fn run() -> Result<(), String> {
+    sys::mount_early()?;
+    sys::load_modules("/etc/msb/modules");
+    let port = Arc::new(Port::open_named("agent")?);
+    port.send(&Frame::new(
+        CHANNEL_ID,
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    ))?;
+
+    let mut sessions: Option<Arc<Sessions>> = None;
+    loop {
+        let frame = match port.recv() {
+            Ok(f) => f,
+            Err(FrameError::Truncated) | Err(FrameError::Io(_)) => continue,
+            Err(e) => {
+                // A host that sends garbage gets an error frame; the agent keeps serving.
+                log(&format!("bad frame from host: {e}"));
+                let _ = port.send(&Frame::new(
+                    CHANNEL_ID,
+                    Message::Error {
+                        code: "protocol".into(),
+                        message: e.to_string(),
+                    },
+                ));
+                continue;
+            }
+        };
+        match frame.message {
+            Message::Hello { version } => {
+                if version != PROTOCOL_VERSION {
+                    log(&format!(
+                        "host speaks protocol {version}, agent {PROTOCOL_VERSION}"
+                    ));
+                }
+                port.send(&Frame::new(
+                    CHANNEL_ID,
+                    Message::Hello {
+                        version: PROTOCOL_VERSION,
+                    },
+                ))?;
+            }
+            Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
+                Ok(env) => {
+                    sessions = Some(Sessions::start(port.clone(), env, b.workdir.clone()));
+                    port.send(&Frame::new(CHANNEL_ID, Message::Ready))?;
+                }
+                Err(e) => {
+                    log(&format!("bootstrap failed: {e}"));
+                    port.send(&Frame::new(
+                        CHANNEL_ID,
+                        Message::Error {
+                            code: "bootstrap".into(),
+                            message: e,
+                        },
+                    ))?;
+                }
+            },
+            Message::Exec(req) => match &sessions {
+                Some(s) => s.spawn(frame.id, req),
+                None => port.send(&Frame::new(
+                    frame.id,
+                    Message::Failed {
+                        reason: "sandbox is not bootstrapped".into(),
+                    },
+                ))?,
+            },
+            Message::Shutdown => {
+                sys::shutdown();
+                return Ok(());
+            }
+            other => log(&format!("ignoring unexpected message {other:?}")),
+        }
+    }
+}

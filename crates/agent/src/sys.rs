@@ -1,0 +1,185 @@
+//! Thin wrappers over the syscalls PID 1 needs.
+
+use std::ffi::CString;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::log;
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    let fptr = if fstype.is_empty() {
+        std::ptr::null()
+    } else {
+        f.as_ptr()
+    };
+    let dptr = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        d.as_ptr() as *const libc::c_void
+    };
+    // SAFETY: every pointer is a valid NUL-terminated string or null.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), fptr, flags, dptr) };
+    if rc != 0 {
+        return Err(format!("mount {fstype} {src} on {target}: {}", errno()));
+    }
+    Ok(())
+}
+
+/// proc, sys and dev for the initramfs stage. EBUSY (already mounted) is fine.
+pub fn mount_early() -> Result<(), String> {
+    for (src, dir, fs) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+    ] {
+        let _ = fs::create_dir_all(dir);
+        if let Err(e) = mount(src, dir, fs, libc::MS_NOSUID, "") {
+            if !e.contains("busy") {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Load the kernel modules listed (one path per line, in dependency order).
+pub fn load_modules(list: &str) {
+    let Ok(text) = fs::read_to_string(list) else {
+        return;
+    };
+    let params = cstr("");
+    for path in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let image = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                log(&format!("module {path}: {e}"));
+                continue;
+            }
+        };
+        // SAFETY: image is a live buffer of the given length; params is NUL-terminated.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_init_module,
+                image.as_ptr(),
+                image.len() as libc::c_ulong,
+                params.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            let e = errno();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                log(&format!("module {path}: {e}"));
+            }
+        }
+    }
+}
+
+pub fn set_time(unix_ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (unix_ms / 1000) as libc::time_t,
+        tv_nsec: ((unix_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+}
+
+pub fn set_hostname(name: &str) -> Result<(), String> {
+    // SAFETY: pointer and length describe `name`.
+    let rc = unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) };
+    if rc != 0 {
+        return Err(format!("sethostname: {}", errno()));
+    }
+    Ok(())
+}
+
+/// Flush a block device's buffers: after a snapshot restore the disk behind it may differ.
+pub fn flush_block_device(dev: &str) {
+    if let Ok(f) = fs::File::open(dev) {
+        use std::os::fd::AsRawFd;
+        const BLKFLSBUF: libc::c_ulong = 0x1261;
+        // SAFETY: ioctl on an open block device fd with no argument.
+        unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) };
+    }
+}
+
+pub fn chroot_here() -> Result<(), String> {
+    let dot = cstr(".");
+    // SAFETY: valid C strings.
+    unsafe {
+        if libc::chroot(dot.as_ptr()) != 0 {
+            return Err(format!("chroot: {}", errno()));
+        }
+        libc::chdir(cstr("/").as_ptr());
+    }
+    Ok(())
+}
+
+/// PIDs of user processes (everything but PID 1 and kernel threads).
+fn user_processes() -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == 1 {
+                continue;
+            }
+            // Kernel threads have an empty cmdline.
+            if fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// SIGTERM everything, give it a moment, SIGKILL the rest, sync.
+pub fn shutdown() {
+    // SAFETY: kill(-1) signals every process but PID 1.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !user_processes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+        libc::sync();
+    }
+}
+
+/// Ends the VM. QEMU runs with -no-reboot and the kernel with reboot=t, so a reboot
+/// request makes QEMU exit whether or not ACPI power-off works.
+pub fn power_off() -> ! {
+    // SAFETY: plain syscalls.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,26 @@
+//! Host <-> guest wire protocol.
+//!
+//! A frame is `u32 length | u32 request id | u8 flags | payload`, big endian. `length`
+//! counts the bytes after itself (id + flags + payload), so it is at least
+//! [`HEADER_AFTER_LEN`]. The payload is one CBOR-encoded [`Message`].
+//!
+//! Every decoding path returns an error on truncated, oversized or garbage input; none
+//! panics, and none allocates more than [`MAX_FRAME`] bytes for a frame.
+
+mod frame;
+mod message;
+
+pub use frame::{
+    decode_raw, encode_frame, read_frame, set_raw_id, Frame, FrameDecoder, FrameError,
+    FLAG_CONTROL, HEADER_AFTER_LEN, KNOWN_FLAGS, MAX_FRAME, MAX_PAYLOAD,
+};
+pub use message::{Bootstrap, DiskSpec, ExecRequest, Message, RootSpec};
+
+/// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Request id used for frames that do not belong to a session (handshake, bootstrap).
+pub const CHANNEL_ID: u32 = 0;
+
+/// Largest chunk of stdout/stderr the agent puts in one frame.
+pub const MAX_CHUNK: usize = 64 * 1024;

@@ -1,0 +1,122 @@
+use serde::{Deserialize, Serialize};
+
+/// Every message of the protocol. Which side may send which is checked by
+/// [`Message::allowed_from_guest`] and [`Message::allowed_from_client`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// First frame each way on every connection.
+    Hello {
+        version: u32,
+    },
+    /// Host -> guest, once, after the guest's hello: everything sandbox-specific.
+    Bootstrap(Bootstrap),
+    /// Guest -> host: bootstrap done, the root filesystem is in place.
+    Ready,
+    /// Start a process; the frame's request id names the session.
+    Exec(ExecRequest),
+    /// The process of a session is running.
+    Started {
+        pid: u32,
+    },
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The process ended: `code` when it exited, `signal` when a signal killed it.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The process could not be started (no such command, bad user, ...).
+    Failed {
+        reason: String,
+    },
+    /// Host -> guest: stop every process, sync, power off.
+    Shutdown,
+    /// An error that ends the request (or, with the channel id, the bootstrap).
+    Error {
+        code: String,
+        message: String,
+    },
+    /// Client -> msb-runtime (control flag): graceful stop with a deadline.
+    Stop {
+        timeout_ms: u64,
+    },
+    /// Client -> msb-runtime (control flag): end the VM at once.
+    Kill,
+}
+
+impl Message {
+    /// Messages the (untrusted) guest may send to the host.
+    pub fn allowed_from_guest(&self) -> bool {
+        matches!(
+            self,
+            Message::Hello { .. }
+                | Message::Ready
+                | Message::Started { .. }
+                | Message::Stdout(_)
+                | Message::Stderr(_)
+                | Message::Exited { .. }
+                | Message::Failed { .. }
+                | Message::Error { .. }
+        )
+    }
+
+    /// Messages a client may send to msb-runtime.
+    pub fn allowed_from_client(&self) -> bool {
+        matches!(
+            self,
+            Message::Hello { .. } | Message::Exec(_) | Message::Stop { .. } | Message::Kill
+        )
+    }
+
+    /// True for the last message of a session.
+    pub fn ends_session(&self) -> bool {
+        matches!(
+            self,
+            Message::Exited { .. } | Message::Failed { .. } | Message::Error { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ExecRequest {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Merged over the sandbox's environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// A user name from the guest's /etc/passwd, or `uid[:gid]`.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A block device, found in the guest by its virtio serial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub serial: String,
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootSpec {
+    /// Read-only image disk.
+    pub lower: DiskSpec,
+    /// Writable per-sandbox disk holding the overlay's `data/` and `work/`.
+    pub upper: DiskSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub root: RootSpec,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub hostname: String,
+    /// Host wall clock, for the guest to set its own (snapshot restores reuse an old one).
+    pub time_unix_ms: u64,
+    /// Fresh entropy mixed into the guest's pool.
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+}

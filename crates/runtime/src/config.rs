@@ -1,0 +1,67 @@
+//! The sandbox configuration msb-runtime receives on stdin (JSON, camelCase).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::RtError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub name: String,
+    pub msb_home: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub image: PathBuf,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub attached: bool,
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_ms: u64,
+}
+
+fn default_boot_timeout() -> u64 {
+    60_000
+}
+
+impl Config {
+    /// The SDK validates too; this is the last line for anything that reaches us directly.
+    pub fn validate(&self) -> Result<(), RtError> {
+        let bad =
+            |field: &str, why: &str| Err(RtError::new("invalidConfig", format!("{field}: {why}")));
+        let n = &self.name;
+        if n.is_empty() || n.len() > 63 {
+            return bad("name", "must be 1 to 63 characters");
+        }
+        if !n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return bad("name", "may contain only letters, digits, '_', '.', '-' and must start with a letter or digit");
+        }
+        if self.cpus == 0 {
+            return bad("cpus", "must be at least 1");
+        }
+        if self.memory_mib < 64 {
+            return bad("memoryMib", "must be at least 64");
+        }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                return bad("workdir", "must be an absolute path");
+            }
+        }
+        if !self.msb_home.is_absolute() {
+            return bad("msbHome", "must be an absolute path");
+        }
+        Ok(())
+    }
+}

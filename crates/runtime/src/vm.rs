@@ -1,0 +1,168 @@
+//! The QEMU command line and the host facts it depends on.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::config::Config;
+use crate::error::RtError;
+
+pub struct VmPaths<'a> {
+    pub console_log: &'a Path,
+    pub qemu_log: &'a Path,
+    pub agent_chardev: &'a Path,
+    pub lower: &'a Path,
+    pub lower_readonly: bool,
+    pub upper: &'a Path,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM when /dev/kvm opens read-write, TCG otherwise; `MSB_ACCEL` forces one.
+pub fn pick_accel() -> Accel {
+    match std::env::var("MSB_ACCEL").as_deref() {
+        Ok("tcg") => return Accel::Tcg,
+        Ok("kvm") => return Accel::Kvm,
+        _ => {}
+    }
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+    {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+pub fn find_qemu() -> Result<PathBuf, RtError> {
+    if let Ok(p) = std::env::var("MSB_QEMU") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    for dir in path.split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+        let p = Path::new(dir).join("qemu-system-x86_64");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(RtError::new(
+        "qemuNotFound",
+        "QEMU is not installed: qemu-system-x86_64 was not found on PATH. Install it with \
+         `sudo apt-get install qemu-system-x86` (Debian/Ubuntu), or set MSB_QEMU to its path.",
+    ))
+}
+
+/// Host TSC frequency in kHz: microvm has no PIT/HPET to calibrate against under TCG.
+fn tsc_khz() -> u64 {
+    let info = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_000_000)
+}
+
+/// The kernel command line: the same for every sandbox on this host (snapshot-friendly).
+pub fn kernel_cmdline(accel: Accel) -> String {
+    let mut args = vec![
+        "console=ttyS0".to_string(),
+        "quiet".into(),
+        "rdinit=/init".into(),
+        "reboot=t".into(),
+        "panic=-1".into(),
+        "i8042.noaux".into(),
+        "i8042.nokbd".into(),
+        "mitigations=off".into(),
+        "cryptomgr.notests".into(),
+        "random.trust_cpu=on".into(),
+        "audit=0".into(),
+        "apparmor=0".into(),
+        "security=none".into(),
+        "8250.nr_uarts=1".into(),
+        "nokaslr".into(),
+        "pci=off".into(),
+    ];
+    if accel == Accel::Tcg {
+        let khz = tsc_khz();
+        args.push(format!("tsc_early_khz={khz}"));
+        args.push("tsc=reliable".into());
+        args.push(format!("lpj={}", khz * 4));
+        args.push("no_timer_check".into());
+    }
+    args.join(" ")
+}
+
+pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std::process::Command {
+    let mut c = std::process::Command::new(qemu);
+    let (accel_arg, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    c.args(["-M", "microvm", "-accel", accel_arg, "-cpu", cpu]);
+    c.args([
+        "-smp",
+        &cfg.cpus.to_string(),
+        "-m",
+        &format!("{}M", cfg.memory_mib),
+    ]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    c.arg("-kernel").arg(&cfg.kernel);
+    c.arg("-initrd").arg(&cfg.initramfs);
+    c.args(["-append", &kernel_cmdline(accel)]);
+    c.arg("-serial")
+        .arg(format!("file:{}", p.console_log.display()));
+    // Fixed device order: agent port, lower disk, upper disk.
+    c.args(["-device", "virtio-serial-device"]);
+    c.arg("-chardev").arg(format!(
+        "socket,id=agent,path={},server=on,wait=off",
+        p.agent_chardev.display()
+    ));
+    c.args(["-device", "virtserialport,chardev=agent,name=agent"]);
+    let ro = if p.lower_readonly { ",readonly=on" } else { "" };
+    c.arg("-drive").arg(format!(
+        "id=lower,file={},format=raw,if=none{ro}",
+        qemu_path(p.lower)
+    ));
+    c.args(["-device", "virtio-blk-device,drive=lower,serial=lower"]);
+    c.arg("-drive").arg(format!(
+        "id=upper,file={},format=raw,if=none,discard=unmap",
+        qemu_path(p.upper)
+    ));
+    c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
+
+    c.stdin(Stdio::null());
+    if let Ok(f) = fs::File::create(p.qemu_log) {
+        if let Ok(f2) = f.try_clone() {
+            c.stdout(f2);
+        }
+        c.stderr(f);
+    }
+    // SAFETY: prctl is async-signal-safe. QEMU must never outlive msb-runtime.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    c
+}
+
+/// QEMU's -drive option splits on commas; a comma in a path is written twice.
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}

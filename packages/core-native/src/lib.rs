@@ -1,0 +1,14 @@
+//! Node addon: starts msb-runtime processes and talks to them over their agent socket.
+//!
+//! Errors are thrown as JS errors whose message is `"<code>: <text>"`; the SDK maps the
+//! code to a typed error class.
+
+mod client;
+mod spawn;
+
+pub use client::AgentClient;
+pub use spawn::{release_attachment, remove_sandbox, start_sandbox};
+
+pub(crate) fn err(code: &str, msg: impl std::fmt::Display) -> napi::Error {
+    napi::Error::from_reason(format!("{code}: {msg}"))
+}

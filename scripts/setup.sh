@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One-step, idempotent setup: host packages, Rust and TypeScript builds, the guest kernel,
+# initramfs and default image. Quick when everything is already up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+# --- host packages --------------------------------------------------------------------
+APT_PACKAGES=(qemu-system-x86 e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+command -v cargo >/dev/null || { echo "setup: Rust is required: install it with rustup (https://rustup.rs)" >&2; exit 1; }
+
+# --- npm dependencies -------------------------------------------------------------------
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund >/dev/null
+fi
+
+# --- Rust: guest agent (static), runtime, addon ---------------------------------------
+say "building msb-agent (static)"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p msb-agent --target x86_64-unknown-linux-gnu
+say "building msb-runtime"
+cargo build --quiet --release -p msb-runtime
+mkdir -p packages/core-native/bin
+cp -p target/release/msb-runtime packages/core-native/bin/msb-runtime.tmp
+mv packages/core-native/bin/msb-runtime.tmp packages/core-native/bin/msb-runtime
+say "building the Node addon"
+(cd packages/core-native && npx napi build --platform --release --js index.js --dts index.d.ts >/dev/null 2>&1) \
+  || (cd packages/core-native && npx napi build --platform --release --js index.js --dts index.d.ts)
+
+# --- guest kernel, initramfs, default image ---------------------------------------------
+say "guest assets (test-vms/build.sh)"
+MSB_AGENT_BIN="$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent" bash test-vms/build.sh
+
+# --- TypeScript ---------------------------------------------------------------------------
+say "building TypeScript packages"
+NX_DAEMON=false NX_NO_CLOUD=true npx nx run-many -t build --outputStyle=static >/dev/null \
+  || NX_DAEMON=false NX_NO_CLOUD=true npx nx run-many -t build --outputStyle=static
+say "ready"
