@@ -87,11 +87,14 @@ impl Sessions {
         if !fs::metadata(&cwd).map(|m| m.is_dir()).unwrap_or(false) {
             return Err(format!("working directory {cwd} does not exist"));
         }
-        let mut cmd = Command::new(&req.cmd);
-        cmd.args(&req.args)
+        // Resolving the program here (not in std) keeps std on its posix_spawn path, which
+        // it leaves for fork when PATH was changed and the program has no '/'.
+        let program = resolve_program(&req.cmd, &env)?;
+        let mut cmd = Command::new(&program);
+        cmd.arg0(&req.cmd)
+            .args(&req.args)
             .env_clear()
             .envs(env)
-            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -110,6 +113,11 @@ impl Sessions {
         let mut child = {
             // Registered under the lock so the reaper cannot miss a fast exit.
             let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            // The child inherits our cwd. Setting it here (all spawns hold this lock, and
+            // nothing else in the agent uses relative paths) instead of with current_dir()
+            // keeps std on its posix_spawn (vfork) path: a static binary cannot look up
+            // posix_spawn_file_actions_addchdir_np, and fork is slow under emulation.
+            std::env::set_current_dir(&cwd).map_err(|e| format!("working directory {cwd}: {e}"))?;
             let child = cmd.spawn().map_err(|e| match e.kind() {
                 ErrorKind::NotFound => format!("command not found: {}", req.cmd),
                 ErrorKind::PermissionDenied => format!("permission denied: {}", req.cmd),
@@ -158,6 +166,32 @@ fn relay<R: Read>(pipe: Option<R>, port: &Port, id: u32, wrap: fn(Vec<u8>) -> Me
             Err(_) => return,
         }
     }
+}
+
+/// Find `cmd` on the PATH of the command's environment, as execvp would.
+fn resolve_program(cmd: &str, env: &[(String, String)]) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if cmd.is_empty() {
+        return Err("empty command".into());
+    }
+    if cmd.contains('/') {
+        return Ok(cmd.to_string());
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/bin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = format!("{dir}/{cmd}");
+        if let Ok(m) = fs::metadata(&candidate) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!("command not found: {cmd}"))
 }
 
 /// `name`, `uid` or `uid:gid`; names are looked up in the guest's /etc/passwd.

@@ -197,7 +197,7 @@ impl Sandbox {
         let upper = self.dir.join("upper.ext4");
         disks::create_upper_file(&upper)?;
 
-        let accel = vm::pick_accel();
+        let accel = vm::pick_accel(&qemu_bin, &self.cfg.kernel, &self.cfg.initramfs);
         let paths = vm::VmPaths {
             console_log: &self.dir.join("console.log"),
             qemu_log: &self.dir.join("qemu.log"),

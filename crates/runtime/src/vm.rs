@@ -23,8 +23,13 @@ pub enum Accel {
     Tcg,
 }
 
-/// KVM when /dev/kvm opens read-write, TCG otherwise; `MSB_ACCEL` forces one.
-pub fn pick_accel() -> Accel {
+/// KVM when it really works here, TCG otherwise; `MSB_ACCEL=kvm|tcg` forces one.
+///
+/// An openable /dev/kvm is not enough: on some nested hosts QEMU aborts ("failed to set
+/// MSR") or the guest hangs under KVM. So the first sandbox after each host boot runs a
+/// probe (the bench's floor initramfs, which prints a line and powers off) and the verdict
+/// is cached in the temp directory, keyed by boot id and QEMU binary.
+pub fn pick_accel(qemu: &Path, kernel: &Path, initramfs: &Path) -> Accel {
     match std::env::var("MSB_ACCEL").as_deref() {
         Ok("tcg") => return Accel::Tcg,
         Ok("kvm") => return Accel::Kvm,
@@ -34,12 +39,80 @@ pub fn pick_accel() -> Accel {
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok()
+        .is_err()
     {
+        return Accel::Tcg;
+    }
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let qemu_mtime = fs::metadata(qemu)
+        .and_then(|m| m.modified())
+        .map(|t| format!("{t:?}"))
+        .unwrap_or_default();
+    let key = format!("{}|{}|{qemu_mtime}", boot_id.trim(), qemu.display());
+    // SAFETY: getuid has no preconditions.
+    let cache = std::env::temp_dir().join(format!("msb-accel-{}", unsafe { libc::getuid() }));
+    if let Ok(text) = fs::read_to_string(&cache) {
+        if let Some((k, v)) = text.rsplit_once('\n') {
+            if k == key {
+                return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
+            }
+        }
+    }
+    let floor = initramfs.with_file_name("floor.cpio");
+    let verdict = if floor.is_file() && kvm_boots(qemu, kernel, &floor) {
         Accel::Kvm
     } else {
         Accel::Tcg
+    };
+    let tmp = cache.with_extension(format!("{}", std::process::id()));
+    let v = if verdict == Accel::Kvm { "kvm" } else { "tcg" };
+    if fs::write(&tmp, format!("{key}\n{v}")).is_ok() {
+        let _ = fs::rename(&tmp, &cache);
     }
+    verdict
+}
+
+fn kvm_boots(qemu: &Path, kernel: &Path, floor: &Path) -> bool {
+    use std::io::Read;
+    let child = std::process::Command::new(qemu)
+        .args([
+            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M", "-smp", "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(floor)
+        .args(["-append", "console=ttyS0 quiet reboot=t panic=-1 pci=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let mut out = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        let _ = tx.send(s);
+    });
+    let ok = rx
+        .recv_timeout(std::time::Duration::from_secs(8))
+        .map(|s| s.contains("init reached"))
+        .unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
 }
 
 pub fn find_qemu() -> Result<PathBuf, RtError> {
