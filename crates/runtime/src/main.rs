@@ -36,6 +36,19 @@ fn log(msg: &str) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--floor-argv" {
+        // For bench/coldstart: the QEMU command line of a bare boot of `kernel` with
+        // `initramfs`, with the same machine, accelerator and kernel arguments as a sandbox.
+        match vm::floor_argv(Path::new(&args[2]), Path::new(&args[3])) {
+            Ok(argv) => println!("{}", serde_json::json!(argv)),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -235,6 +235,26 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
     c
 }
 
+/// QEMU argv for a bare boot (no devices but the serial console on stdio).
+pub fn floor_argv(kernel: &Path, initramfs: &Path) -> Result<Vec<String>, RtError> {
+    let qemu = find_qemu()?;
+    let accel = pick_accel(&qemu, kernel, initramfs);
+    let (accel_arg, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mut v: Vec<String> = vec![qemu.display().to_string()];
+    for a in ["-M", "microvm", "-accel", accel_arg, "-cpu", cpu, "-smp", "1", "-m", "512M"] {
+        v.push(a.into());
+    }
+    for a in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"] {
+        v.push(a.into());
+    }
+    v.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initramfs.display().to_string()]);
+    v.extend(["-append".into(), kernel_cmdline(accel)]);
+    Ok(v)
+}
+
 /// QEMU's -drive option splits on commas; a comma in a path is written twice.
 fn qemu_path(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")

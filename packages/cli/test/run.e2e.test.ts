@@ -1,0 +1,94 @@
+// End-to-end: the built CLI (packages/cli/dist/bin.js) boots a real microVM.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const bin = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+let home = "";
+
+beforeAll(() => {
+  home = mkdtempSync(join(tmpdir(), "msb-"));
+});
+afterAll(() => {
+  if (home) rmSync(home, { recursive: true, force: true });
+});
+
+interface Result {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+function msb(args: string[], opts: { onStdout?: (all: string, kill: (s: NodeJS.Signals) => void) => void } = {}): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], {
+      env: { ...process.env, MSB_HOME: home },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+      opts.onStdout?.(stdout, (s) => child.kill(s));
+    });
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+const sandboxesLeft = (): string[] => {
+  const dir = join(home, "sandboxes");
+  return existsSync(dir) ? readdirSync(dir) : [];
+};
+
+describe("msb run", () => {
+  it("streams stdout and stderr apart, passes the exit code through, removes the sandbox", async () => {
+    const r = await msb(["run", "--name", "cli-e2e", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    expect(r.stdout).toBe("out\n");
+    expect(r.stderr).toContain("err");
+    expect(r.code).toBe(3);
+    expect(existsSync(join(home, "sandboxes", "cli-e2e"))).toBe(false);
+  });
+
+  it("uses a run-<hex> name by default and leaves nothing behind; honours -e and -w", async () => {
+    const r = await msb(["run", "-e", "GREETING=hi", "-w", "/tmp", "--", "sh", "-c", 'echo "$GREETING"; pwd']);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe("hi\n/tmp\n");
+    expect(r.code).toBe(0);
+    expect(sandboxesLeft()).toEqual([]);
+  });
+
+  it("a command that does not exist exits 127", async () => {
+    const r = await msb(["run", "--", "definitely-not-a-command"]);
+    expect(r.code).toBe(127);
+    expect(r.stderr).toMatch(/not found|No such file/i);
+    expect(sandboxesLeft()).toEqual([]);
+  });
+
+  it("SIGINT stops the run, removes the sandbox and exits 130", async () => {
+    let sent = false;
+    const r = await msb(["run", "--name", "cli-sigint", "--", "sh", "-c", "echo started; sleep 100"], {
+      onStdout: (all, kill) => {
+        if (!sent && all.includes("started\n")) {
+          sent = true;
+          kill("SIGINT");
+        }
+      },
+    });
+    expect(sent).toBe(true);
+    expect(r.code).toBe(130);
+    expect(existsSync(join(home, "sandboxes", "cli-sigint"))).toBe(false);
+  });
+
+  it("invalid options exit 2 with a message naming the field", async () => {
+    const r = await msb(["run", "--cpus", "0", "--", "true"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("cpus");
+    expect(sandboxesLeft()).toEqual([]);
+  });
+});

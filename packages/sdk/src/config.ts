@@ -1,0 +1,159 @@
+/**
+ * Validation of sandbox configuration (zod, at the SDK boundary). Each field is
+ * checked on its own so that the resulting {@link InvalidConfigError} names
+ * exactly one field, in both `field` and the message.
+ */
+import { homedir } from "node:os";
+import { isAbsolute, join, resolve } from "node:path";
+import { z } from "zod";
+import { InvalidConfigError } from "./errors.js";
+
+export const DEFAULT_CPUS = 1;
+export const DEFAULT_MEMORY_MIB = 512;
+export const MIN_MEMORY_MIB = 64;
+export const MAX_MEMORY_MIB = 1024 * 1024;
+export const MAX_CPUS = 255;
+export const MAX_NAME_LENGTH = 63;
+export const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
+
+const noNul = (s: string) => !s.includes("\0");
+
+export const nameSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .max(MAX_NAME_LENGTH, { error: `must be at most ${MAX_NAME_LENGTH} characters` })
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, {
+    error: "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
+  });
+
+export const imageSchema = z
+  .string({ error: "must be a path (string)" })
+  .min(1, { error: "must not be empty" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+export const cpusSchema = z
+  .number({ error: `must be an integer from 1 to ${MAX_CPUS}` })
+  .int({ error: `must be an integer from 1 to ${MAX_CPUS}` })
+  .min(1, { error: `must be an integer from 1 to ${MAX_CPUS}` })
+  .max(MAX_CPUS, { error: `must be an integer from 1 to ${MAX_CPUS}` });
+
+const memoryRule = `must be an integer number of MiB from ${MIN_MEMORY_MIB} to ${MAX_MEMORY_MIB}`;
+export const memorySchema = z
+  .number({ error: memoryRule })
+  .int({ error: memoryRule })
+  .min(MIN_MEMORY_MIB, { error: memoryRule })
+  .max(MAX_MEMORY_MIB, { error: memoryRule });
+
+export const envKeySchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine((k) => !k.includes("="), { error: "must not contain '='" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+export const envValueSchema = z
+  .string({ error: "must be a string" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+export const workdirSchema = z
+  .string({ error: "must be a string" })
+  .refine((p) => p.startsWith("/"), { error: "must be an absolute path (start with '/')" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+const LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+export const hostnameSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .max(253, { error: "must be at most 253 characters" })
+  .refine((h) => h.split(".").every((l) => LABEL.test(l)), {
+    error: "must be dot-separated labels of letters, digits and '-' (1 to 63 characters, no leading or trailing '-')",
+  });
+
+export const cmdSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+export const argsSchema = z.array(
+  z.string({ error: "must be strings" }).refine(noNul, { error: "must not contain NUL" }),
+  { error: "must be an array of strings" },
+);
+
+export const timeoutMsSchema = z
+  .number({ error: "must be a non-negative integer number of milliseconds" })
+  .int({ error: "must be a non-negative integer number of milliseconds" })
+  .min(0, { error: "must be a non-negative integer number of milliseconds" });
+
+function show(value: unknown): string {
+  let s: string;
+  if (typeof value === "string") s = JSON.stringify(value);
+  else if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") s = String(value);
+  else if (value === null || value === undefined) s = String(value);
+  else s = `(${typeof value})`;
+  return s.length > 48 ? `${s.slice(0, 45)}...` : s;
+}
+
+/**
+ * Parse `value` with `schema`; on failure throw an InvalidConfigError whose
+ * `field` is `field` and whose message names it (as `label`, default `field`).
+ */
+export function check<T>(schema: z.ZodType<T>, field: string, value: unknown, label: string = field): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const why = issue?.message ?? "is invalid";
+  throw new InvalidConfigError(field, `invalid ${label} ${show(value)}: ${label} ${why}`, { cause: r.error });
+}
+
+/** What the builder's setters recorded (unvalidated: JavaScript callers can pass anything). */
+export interface RawSandboxConfig {
+  name: unknown;
+  image?: unknown;
+  cpus?: unknown;
+  memory?: unknown;
+  env: [unknown, unknown][];
+  workdir?: unknown;
+  hostname?: unknown;
+}
+
+/** A validated sandbox configuration. */
+export interface SandboxConfig {
+  name: string;
+  /** Absolute host path of the root filesystem (directory or disk image); `null` means the embedded default image. */
+  image: string | null;
+  cpus: number;
+  memoryMib: number;
+  env: [string, string][];
+  workdir: string | null;
+  hostname: string | null;
+}
+
+/** Validate everything the builder recorded. Throws {@link InvalidConfigError} on the first bad field. */
+export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd()): SandboxConfig {
+  const name = check(nameSchema, "name", raw.name);
+  const image = raw.image === undefined ? null : resolve(cwd, check(imageSchema, "image", raw.image));
+  const cpus = raw.cpus === undefined ? DEFAULT_CPUS : check(cpusSchema, "cpus", raw.cpus);
+  const memoryMib = raw.memory === undefined ? DEFAULT_MEMORY_MIB : check(memorySchema, "memory", raw.memory);
+  // Later .env() calls for the same key replace earlier ones; order of first appearance is kept.
+  const env = new Map<string, string>();
+  for (const [k, v] of raw.env) {
+    const key = check(envKeySchema, "env", k, "env key");
+    env.set(key, check(envValueSchema, "env", v, `env value of ${key}`));
+  }
+  const workdir = raw.workdir === undefined ? null : check(workdirSchema, "workdir", raw.workdir);
+  const hostname = raw.hostname === undefined ? null : check(hostnameSchema, "hostname", raw.hostname);
+  return { name, image, cpus, memoryMib, env: [...env], workdir, hostname };
+}
+
+/** `$MSB_HOME`, or `~/.microsandbox`, as an absolute path. Read at call time. */
+export function msbHome(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.MSB_HOME;
+  if (fromEnv !== undefined && fromEnv !== "") return isAbsolute(fromEnv) ? fromEnv : resolve(fromEnv);
+  return join(homedir(), ".microsandbox");
+}
+
+/** Boot timeout: `$MSB_BOOT_TIMEOUT_MS` when set to a positive integer, else 60 s. */
+export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.MSB_BOOT_TIMEOUT_MS;
+  if (v !== undefined && /^[1-9][0-9]*$/.test(v)) return Number(v);
+  return DEFAULT_BOOT_TIMEOUT_MS;
+}

@@ -1,0 +1,158 @@
+/**
+ * Typed errors. Every error the SDK throws is a {@link MicrosandboxError} with a
+ * string `code` that is stable across versions, so callers can branch on
+ * `err.code` (or `instanceof`) instead of parsing messages.
+ */
+
+export class MicrosandboxError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A builder option or call argument failed validation. `field` names it. */
+export class InvalidConfigError extends MicrosandboxError {
+  readonly field: string;
+
+  constructor(field: string, message: string, options?: { cause?: unknown }) {
+    super("invalidConfig", message, options);
+    this.field = field;
+  }
+}
+
+/** No sandbox with that name exists. */
+export class SandboxNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxNotFound", message, options);
+  }
+}
+
+/** A sandbox with that name already exists (names are unique). */
+export class SandboxAlreadyExistsError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxAlreadyExists", message, options);
+  }
+}
+
+/** The operation needs a stopped sandbox, and this one is still running. */
+export class SandboxStillRunningError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxStillRunning", message, options);
+  }
+}
+
+/** The operation needs a running sandbox, and this handle's sandbox was stopped or killed. */
+export class SandboxNotRunningError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxNotRunning", message, options);
+  }
+}
+
+/** The root filesystem (directory or disk image) given to `.image()` does not exist or is unusable. */
+export class ImageNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("imageNotFound", message, options);
+  }
+}
+
+/** The guest kernel or initramfs is missing (the guest assets were not built). */
+export class KernelNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("kernelNotFound", message, options);
+  }
+}
+
+/** QEMU is not installed on the host. */
+export class QemuNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("qemuNotFound", message, options);
+  }
+}
+
+/** The guest agent did not answer in time (the message carries the end of the kernel log). */
+export class AgentTimeoutError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("agentTimeout", message, options);
+  }
+}
+
+/** The sandbox runtime (msb-runtime or the VMM) failed. */
+export class RuntimeError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("runtime", message, options);
+  }
+}
+
+/** The host<->guest channel saw a malformed or unexpected message. */
+export class ProtocolError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("protocol", message, options);
+  }
+}
+
+/** The command could not be started in the guest (for example: not found, not executable). */
+export class ExecFailedError extends MicrosandboxError {
+  readonly reason: string;
+
+  constructor(reason: string, message?: string, options?: { cause?: unknown }) {
+    super("execFailed", message ?? `command could not be started: ${reason}`, options);
+    this.reason = reason;
+  }
+}
+
+/** The command did not finish within its timeout. */
+export class ExecTimeoutError extends MicrosandboxError {
+  readonly timeoutMs: number;
+
+  constructor(timeoutMs: number, message?: string, options?: { cause?: unknown }) {
+    super("execTimeout", message ?? `command did not finish within ${timeoutMs} ms`, options);
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+type Ctor = new (message: string, options?: { cause?: unknown }) => MicrosandboxError;
+
+const NATIVE_CODES: Record<string, Ctor> = {
+  sandboxNotFound: SandboxNotFoundError,
+  sandboxAlreadyExists: SandboxAlreadyExistsError,
+  sandboxStillRunning: SandboxStillRunningError,
+  imageNotFound: ImageNotFoundError,
+  kernelNotFound: KernelNotFoundError,
+  qemuNotFound: QemuNotFoundError,
+  agentTimeout: AgentTimeoutError,
+  runtime: RuntimeError,
+  protocol: ProtocolError,
+};
+
+// "<code>: <text>", code a camelCase identifier. `s` so multi-line texts (kernel
+// log tails) are kept whole.
+const NATIVE_MESSAGE = /^([a-z][A-Za-z]*): ([\s\S]*)$/;
+// An invalidConfig text from the native side may start with the field: "image: ...".
+const FIELD_PREFIX = /^([A-Za-z][A-Za-z0-9_.[\]]*): /;
+
+/**
+ * Map an error thrown by the native addon (message `"<code>: <text>"`) to the
+ * matching typed error, with the code prefix stripped from the message. An
+ * error that already is a {@link MicrosandboxError} is returned as is; anything
+ * else becomes a {@link RuntimeError} keeping the original as `cause`.
+ */
+export function fromNative(e: unknown): MicrosandboxError {
+  if (e instanceof MicrosandboxError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  const m = NATIVE_MESSAGE.exec(message);
+  if (m) {
+    const code = m[1] as string;
+    const text = m[2] as string;
+    if (code === "invalidConfig") {
+      const f = FIELD_PREFIX.exec(text);
+      return new InvalidConfigError(f ? (f[1] as string) : "config", text, { cause: e });
+    }
+    const ctor = NATIVE_CODES[code];
+    if (ctor) return new ctor(text, { cause: e });
+  }
+  return new RuntimeError(message, { cause: e });
+}

@@ -1,0 +1,96 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { InvalidConfigError, Sandbox } from "../src/index.js";
+import { validateConfig, msbHome, bootTimeoutMs } from "../src/config.js";
+import { setNativeBinding } from "../src/native.js";
+import { fakeNative, type FakeNative } from "./fake-native.js";
+
+let fake: FakeNative;
+beforeEach(() => {
+  fake = fakeNative();
+  setNativeBinding(fake);
+});
+afterEach(() => setNativeBinding(undefined));
+
+async function rejection(p: Promise<unknown>): Promise<InvalidConfigError> {
+  const e = await p.then(
+    () => {
+      throw new Error("expected a rejection");
+    },
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(InvalidConfigError);
+  return e as InvalidConfigError;
+}
+
+describe("SandboxBuilder validation", () => {
+  const cases: [string, () => ReturnType<typeof Sandbox.builder>, string][] = [
+    ["cpus(0)", () => Sandbox.builder("ok").cpus(0), "cpus"],
+    ["cpus(256)", () => Sandbox.builder("ok").cpus(256), "cpus"],
+    ["cpus(1.5)", () => Sandbox.builder("ok").cpus(1.5), "cpus"],
+    ["cpus(NaN)", () => Sandbox.builder("ok").cpus(Number.NaN), "cpus"],
+    ["memory(-1)", () => Sandbox.builder("ok").memory(-1), "memory"],
+    ["memory(63)", () => Sandbox.builder("ok").memory(63), "memory"],
+    ["memory(100.5)", () => Sandbox.builder("ok").memory(100.5), "memory"],
+    ["memory(too big)", () => Sandbox.builder("ok").memory(1024 * 1024 + 1), "memory"],
+    ["empty name", () => Sandbox.builder(""), "name"],
+    ["64-char name", () => Sandbox.builder("a".repeat(64)), "name"],
+    ["name with a slash", () => Sandbox.builder("a/b"), "name"],
+    ["name starting with '-'", () => Sandbox.builder("-a"), "name"],
+    ["relative workdir", () => Sandbox.builder("ok").workdir("app"), "workdir"],
+    ["env key with '='", () => Sandbox.builder("ok").env("A=B", "x"), "env"],
+    ["empty env key", () => Sandbox.builder("ok").env("", "x"), "env"],
+    ["env key with NUL", () => Sandbox.builder("ok").env("A\0", "x"), "env"],
+    ["env value with NUL", () => Sandbox.builder("ok").env("A", "x\0y"), "env"],
+    ["empty image", () => Sandbox.builder("ok").image(""), "image"],
+    ["bad hostname", () => Sandbox.builder("ok").hostname("-bad-"), "hostname"],
+    ["non-number cpus", () => Sandbox.builder("ok").cpus("2" as unknown as number), "cpus"],
+  ];
+
+  for (const [what, make, field] of cases) {
+    it(`${what} rejects with InvalidConfigError naming ${field}`, async () => {
+      const e = await rejection(make().create());
+      expect(e.code).toBe("invalidConfig");
+      expect(e.field).toBe(field);
+      expect(e.message).toContain(field);
+      // nothing was started
+      expect(fake.configs).toHaveLength(0);
+    });
+  }
+
+  it("63-char names and all allowed characters are accepted", () => {
+    expect(validateConfig({ name: "a".repeat(63), env: [] }).name).toBe("a".repeat(63));
+    expect(validateConfig({ name: "Ab0_.-z", env: [] }).name).toBe("Ab0_.-z");
+  });
+
+  it("reports the first bad field in a fixed order", async () => {
+    const e = await rejection(Sandbox.builder("").cpus(0).create());
+    expect(e.field).toBe("name");
+  });
+
+  it("applies defaults and resolves the image to an absolute path", () => {
+    const c = validateConfig({ name: "w1", env: [] }, "/home/u");
+    expect(c).toEqual({ name: "w1", image: null, cpus: 1, memoryMib: 512, env: [], workdir: null, hostname: null });
+    expect(validateConfig({ name: "w1", image: "rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
+    expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");
+  });
+
+  it("keeps env order and lets a later value win", () => {
+    const c = validateConfig({ name: "w1", env: [["A", "1"], ["B", "2"], ["A", "3"], ["E", ""]] });
+    expect(c.env).toEqual([["A", "3"], ["B", "2"], ["E", ""]]);
+  });
+});
+
+describe("environment", () => {
+  it("MSB_HOME wins over ~/.microsandbox and is made absolute", () => {
+    expect(msbHome({ MSB_HOME: "/srv/msb" })).toBe("/srv/msb");
+    expect(msbHome({ MSB_HOME: "rel" })).toBe(`${process.cwd()}/rel`);
+    expect(msbHome({})).toMatch(/\/\.microsandbox$/);
+    expect(msbHome({ MSB_HOME: "" })).toMatch(/\/\.microsandbox$/);
+  });
+
+  it("boot timeout defaults to 60 s and accepts MSB_BOOT_TIMEOUT_MS", () => {
+    expect(bootTimeoutMs({})).toBe(60_000);
+    expect(bootTimeoutMs({ MSB_BOOT_TIMEOUT_MS: "5000" })).toBe(5000);
+    expect(bootTimeoutMs({ MSB_BOOT_TIMEOUT_MS: "nope" })).toBe(60_000);
+  });
+});

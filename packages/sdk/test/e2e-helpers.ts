@@ -1,0 +1,84 @@
+// Helpers shared by the SDK's end-to-end tests (real microVMs).
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll } from "vitest";
+
+/**
+ * Give this test file a fresh, empty MSB_HOME (short path: socket paths under it
+ * must stay within the 108-byte limit), restored and deleted after the file.
+ * Returns a getter for the path.
+ */
+export function useTempMsbHome(): () => string {
+  let home = "";
+  const saved = process.env.MSB_HOME;
+  beforeAll(() => {
+    home = mkdtempSync(join(tmpdir(), "msb-"));
+    process.env.MSB_HOME = home;
+  });
+  afterAll(() => {
+    if (saved === undefined) delete process.env.MSB_HOME;
+    else process.env.MSB_HOME = saved;
+    if (home) rmSync(home, { recursive: true, force: true });
+  });
+  return () => home;
+}
+
+/** Process state letter from /proc (R, S, Z, ...), or undefined when there is no such process. */
+export function procState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // "pid (comm) S ..." - comm may contain spaces and parentheses
+    return stat.slice(stat.lastIndexOf(")") + 2).charAt(0);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A process that no longer exists, or is only a zombie waiting to be reaped, is gone. */
+export function isGone(pid: number): boolean {
+  const s = procState(pid);
+  return s === undefined || s === "Z" || s === "X";
+}
+
+/** Live processes whose command line contains `needle` and `qemu`. */
+export function qemuProcessesMentioning(needle: string): { pid: number; cmdline: string }[] {
+  const found: { pid: number; cmdline: string }[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ");
+    } catch {
+      continue;
+    }
+    if (cmdline.includes("qemu") && cmdline.includes(needle) && !isGone(pid)) found.push({ pid, cmdline });
+  }
+  return found;
+}
+
+/** Poll `cond` every 100 ms until it holds or `timeoutMs` passes; returns whether it held. */
+export async function waitFor(cond: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (cond()) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Stop (or failing that kill) every sandbox given; never throws. For afterAll / finally. */
+export async function cleanup(...sandboxes: ({ stop(): Promise<void>; kill(): Promise<void> } | undefined)[]): Promise<void> {
+  await Promise.all(
+    sandboxes.map(async (sb) => {
+      if (!sb) return;
+      try {
+        await sb.stop();
+      } catch {
+        await sb.kill().catch(() => undefined);
+      }
+    }),
+  );
+}
