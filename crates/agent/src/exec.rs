@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -133,11 +134,9 @@ impl Sessions {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let port = self.port.clone();
-        let err_port = self.port.clone();
-        let err_thread = std::thread::spawn(move || relay(stderr, &err_port, id, Message::Stderr));
+        // One thread per session: relays both pipes, then reports the exit status.
         std::thread::spawn(move || {
-            relay(stdout, &port, id, Message::Stdout);
-            let _ = err_thread.join();
+            relay_pipes(stdout, stderr, &port, id);
             let status = rx.recv().ok();
             let msg = Message::Exited {
                 code: status.and_then(|s| s.code()),
@@ -149,21 +148,54 @@ impl Sessions {
     }
 }
 
-/// Copy a pipe to the port in chunks. Writing to the port blocks while the host is not
-/// reading, which is what slows a fast producer down.
-fn relay<R: Read>(pipe: Option<R>, port: &Port, id: u32, wrap: fn(Vec<u8>) -> Message) {
-    let Some(mut pipe) = pipe else { return };
+/// Copy stdout and stderr to the port in chunks until both reach EOF. Writing to the
+/// port blocks while the host is not reading, which is what slows a fast producer down.
+fn relay_pipes(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, port: &Port, id: u32) {
+    let mut pipes: Vec<(std::fs::File, fn(Vec<u8>) -> Message)> = Vec::new();
+    if let Some(o) = stdout {
+        pipes.push((std::fs::File::from(OwnedFd::from(o)), Message::Stdout));
+    }
+    if let Some(e) = stderr {
+        pipes.push((std::fs::File::from(OwnedFd::from(e)), Message::Stderr));
+    }
     let mut buf = vec![0u8; MAX_CHUNK];
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if port.send(&Frame::new(id, wrap(buf[..n].to_vec()))).is_err() {
-                    return;
-                }
+    while !pipes.is_empty() {
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|(f, _)| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                continue;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
+            return;
+        }
+        let mut closed = Vec::new();
+        for (i, pfd) in fds.iter().enumerate() {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let (file, wrap) = &mut pipes[i];
+            match file.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    if port.send(&Frame::new(id, wrap(buf[..n].to_vec()))).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            pipes.remove(i);
         }
     }
 }

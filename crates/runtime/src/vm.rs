@@ -244,13 +244,28 @@ pub fn floor_argv(kernel: &Path, initramfs: &Path) -> Result<Vec<String>, RtErro
         Accel::Tcg => ("tcg", "max"),
     };
     let mut v: Vec<String> = vec![qemu.display().to_string()];
-    for a in ["-M", "microvm", "-accel", accel_arg, "-cpu", cpu, "-smp", "1", "-m", "512M"] {
+    for a in [
+        "-M", "microvm", "-accel", accel_arg, "-cpu", cpu, "-smp", "1", "-m", "512M",
+    ] {
         v.push(a.into());
     }
-    for a in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"] {
+    for a in [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ] {
         v.push(a.into());
     }
-    v.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initramfs.display().to_string()]);
+    v.extend([
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initramfs.display().to_string(),
+    ]);
     v.extend(["-append".into(), kernel_cmdline(accel)]);
     Ok(v)
 }
