@@ -151,7 +151,8 @@ impl Sessions {
 /// Copy stdout and stderr to the port in chunks until both reach EOF. Writing to the
 /// port blocks while the host is not reading, which is what slows a fast producer down.
 fn relay_pipes(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, port: &Port, id: u32) {
-    let mut pipes: Vec<(std::fs::File, fn(Vec<u8>) -> Message)> = Vec::new();
+    type Wrap = fn(Vec<u8>) -> Message;
+    let mut pipes: Vec<(std::fs::File, Wrap)> = Vec::new();
     if let Some(o) = stdout {
         pipes.push((std::fs::File::from(OwnedFd::from(o)), Message::Stdout));
     }
