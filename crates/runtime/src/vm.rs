@@ -117,7 +117,14 @@ fn kvm_boots(qemu: &Path, kernel: &Path, floor: &Path) -> bool {
 
 pub fn find_qemu() -> Result<PathBuf, RtError> {
     if let Ok(p) = std::env::var("MSB_QEMU") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(RtError::new(
+            "qemuNotFound",
+            format!("MSB_QEMU points at {}, which does not exist. Unset it, or install QEMU with `sudo apt-get install qemu-system-x86`.", p.display()),
+        ));
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
     for dir in path.split(':').chain(["/usr/bin", "/usr/local/bin"]) {
