@@ -11,12 +11,13 @@ import { defineConfig } from "vitest/config";
 // e2e project builds both first (global setup, incremental `tsc -b`).
 
 const sdkSource = fileURLToPath(new URL("./packages/sdk/src/index.ts", import.meta.url));
+const ociSource = fileURLToPath(new URL("./packages/oci/src/index.ts", import.meta.url));
 
 export default defineConfig({
   test: {
     projects: [
       {
-        resolve: { alias: { "@microsandbox/sdk": sdkSource } },
+        resolve: { alias: { "@microsandbox/sdk": sdkSource, "@microsandbox/oci": ociSource } },
         test: {
           name: "unit",
           include: ["packages/*/test/**/*.test.ts"],
@@ -27,7 +28,7 @@ export default defineConfig({
       {
         test: {
           name: "e2e",
-          include: ["packages/*/test/**/*.e2e.test.ts"],
+          include: ["packages/*/test/**/*.e2e.test.ts", "test-vms/registry/**/*.e2e.test.ts"],
           exclude: ["**/node_modules/**", "**/dist/**"],
           environment: "node",
           globalSetup: ["./vitest.e2e-setup.ts"],

@@ -44,6 +44,13 @@ say "building the Node addon"
 say "guest assets (test-vms/build.sh)"
 MSB_AGENT_BIN="$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent" bash test-vms/build.sh
 
+# --- registry fixtures for the image tests (docker-registry, skopeo, umoci) ------------
+say "registry test fixtures (test-vms/registry)"
+bash test-vms/registry/install-deps.sh
+bash test-vms/registry/build-images.sh
+# The slower tier's Debian+python image (debootstrap; ~20 s once, a no-op afterwards).
+bash test-vms/registry/build-debian-python.sh
+
 # --- TypeScript ---------------------------------------------------------------------------
 say "building TypeScript packages"
 NX_DAEMON=false NX_NO_CLOUD=true npx nx run-many -t build --outputStyle=static >/dev/null \

@@ -22,6 +22,7 @@ pub struct Sessions {
     port: Arc<Port>,
     env: Vec<(String, String)>,
     workdir: Option<String>,
+    user: Option<String>,
     waiters: Mutex<Waiters>,
     spawned: Condvar,
 }
@@ -31,11 +32,13 @@ impl Sessions {
         port: Arc<Port>,
         env: Vec<(String, String)>,
         workdir: Option<String>,
+        user: Option<String>,
     ) -> Arc<Sessions> {
         let s = Arc::new(Sessions {
             port,
             env,
             workdir,
+            user,
             waiters: Mutex::new(HashMap::new()),
             spawned: Condvar::new(),
         });
@@ -100,7 +103,7 @@ impl Sessions {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(user) = &req.user {
+        if let Some(user) = req.user.as_ref().or(self.user.as_ref()) {
             let (uid, gid, home) = resolve_user(user)?;
             cmd.uid(uid).gid(gid);
             if let Some(h) = home {

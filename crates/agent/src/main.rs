@@ -74,7 +74,12 @@ fn run() -> Result<(), String> {
             }
             Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
                 Ok(env) => {
-                    sessions = Some(Sessions::start(port.clone(), env, b.workdir.clone()));
+                    sessions = Some(Sessions::start(
+                        port.clone(),
+                        env,
+                        b.workdir.clone(),
+                        b.user.clone(),
+                    ));
                     port.send(&Frame::new(CHANNEL_ID, Message::Ready))?;
                 }
                 Err(e) => {

@@ -113,6 +113,9 @@ pub struct Bootstrap {
     pub root: RootSpec,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
+    /// Default user of commands (`name`, `uid` or `uid:gid`); root when absent.
+    #[serde(default)]
+    pub user: Option<String>,
     pub hostname: String,
     /// Host wall clock, for the guest to set its own (snapshot restores reuse an old one).
     pub time_unix_ms: u64,

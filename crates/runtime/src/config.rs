@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub workdir: Option<String>,
     #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
     pub hostname: Option<String>,
     #[serde(default)]
     pub attached: bool,

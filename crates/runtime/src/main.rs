@@ -160,7 +160,7 @@ impl Sandbox {
         }
         let config_json = serde_json::to_vec_pretty(&serde_json::json!({
             "name": cfg.name, "image": cfg.image, "cpus": cfg.cpus, "memoryMib": cfg.memory_mib,
-            "env": cfg.env, "workdir": cfg.workdir, "hostname": cfg.hostname,
+            "env": cfg.env, "workdir": cfg.workdir, "user": cfg.user, "hostname": cfg.hostname,
         }))
         .unwrap_or_default();
         fs::write(dir.join("config.json"), config_json)?;
@@ -273,6 +273,7 @@ impl Sandbox {
             },
             env: self.cfg.env.clone(),
             workdir: self.cfg.workdir.clone(),
+            user: self.cfg.user.clone(),
             hostname: self
                 .cfg
                 .hostname

@@ -13,12 +13,26 @@ export interface RunOptions {
   memory?: number;
   env: [string, string][];
   workdir?: string;
-  cmd: string;
-  args: string[];
+  pullPolicy?: string;
+  registry: RegistryFlags;
+  /** Empty: run the image's entrypoint and default command. */
+  command: string[];
+}
+
+/** Registry access flags shared by `run` and `pull`. */
+export interface RegistryFlags {
+  username?: string;
+  /** From --password or $MSB_REGISTRY_PASSWORD. */
+  password?: string;
+  insecure?: boolean;
+  caFile?: string;
 }
 
 export type ParsedCli =
   | { kind: "run"; options: RunOptions }
+  | { kind: "pull"; image: string; registry: RegistryFlags }
+  | { kind: "images"; json: boolean }
+  | { kind: "rmi"; images: string[] }
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
   | { kind: "exit"; code: number };
 
@@ -50,15 +64,55 @@ function envPair(value: string, previous: [string, string][] | undefined): [stri
   return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
 }
 
-interface RawRunOpts {
+interface RawRegistryOpts {
+  username?: string;
+  password?: string;
+  insecure?: boolean;
+  caFile?: string;
+}
+
+interface RawRunOpts extends RawRegistryOpts {
   name?: string;
   cpus?: number;
   memory?: number;
   env?: [string, string][];
   workdir?: string;
+  pullPolicy?: string;
 }
 
-function buildProgram(version: string, out: CliOutput, onRun: (image: string | undefined, opts: RawRunOpts) => void): Command {
+function pullPolicy(value: string): string {
+  if (!["always", "if-missing", "never"].includes(value)) {
+    throw new InvalidArgumentError(`pull-policy must be always, if-missing or never (got ${JSON.stringify(value)}).`);
+  }
+  return value;
+}
+
+function registryOptions(cmd: Command): Command {
+  return cmd
+    .option("--username <user>", "registry user name")
+    .option("--password <password>", "registry password (or set MSB_REGISTRY_PASSWORD)")
+    .option("--insecure", "allow plain HTTP / unverified TLS for this registry")
+    .option("--ca-file <pem>", "extra CA certificate for the registry's TLS");
+}
+
+function registryFlags(o: RawRegistryOpts, env: NodeJS.ProcessEnv): RegistryFlags {
+  const r: RegistryFlags = {};
+  if (o.username !== undefined) r.username = o.username;
+  const password = o.password ?? env.MSB_REGISTRY_PASSWORD;
+  if (password !== undefined) r.password = password;
+  if (o.insecure) r.insecure = true;
+  if (o.caFile !== undefined) r.caFile = o.caFile;
+  return r;
+}
+
+interface Handlers {
+  run(image: string | undefined, opts: RawRunOpts): void;
+  pull(image: string, opts: RawRegistryOpts): void;
+  images(opts: { json?: boolean }): void;
+  rmi(images: string[]): void;
+}
+
+function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
   const program = new Command("msb");
   program
     .description("Run commands in hardware-isolated microVM sandboxes")
@@ -68,18 +122,37 @@ function buildProgram(version: string, out: CliOutput, onRun: (image: string | u
     .exitOverride()
     .configureOutput({ writeOut: (s) => out.out(s), writeErr: (s) => out.err(s) });
 
-  program
+  const run = program
     .command("run")
     .description("boot a sandbox, run one command in it, stream its output, exit with its exit code, remove the sandbox")
     .usage(RUN_USAGE)
-    .argument("[IMAGE]", "root filesystem: a directory or disk image (default: the embedded busybox image)")
+    .argument("[IMAGE]", "OCI image reference, directory or disk image (default: the embedded busybox image)")
     .option("-n, --name <name>", "sandbox name (default: run-<random hex>)")
     .option("--cpus <n>", "number of virtual CPUs (1-255, default 1)", integer("cpus"))
     .option("--memory <mib>", "guest memory in MiB (at least 64, default 512)", integer("memory"))
     .option("-e, --env <KEY=VALUE>", "environment variable for the command (repeatable)", envPair)
     .option("-w, --workdir <dir>", "working directory inside the sandbox (absolute)")
-    .addHelpText("after", "\nEverything after -- is the command and its arguments, passed as is.\n\nExample:\n  msb run -e GREETING=hi -- sh -c 'echo $GREETING'\n")
-    .action((image: string | undefined, opts: RawRunOpts) => onRun(image, opts));
+    .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy);
+  registryOptions(run)
+    .addHelpText(
+      "after",
+      "\nEverything after -- is the command and its arguments, passed as is; an OCI image's\nentrypoint is put in front of it. Without a command, the image's entrypoint and\ndefault command run.\n\nExamples:\n  msb run -e GREETING=hi -- sh -c 'echo $GREETING'\n  msb run alpine -- cat /etc/os-release\n",
+    )
+    .action((image: string | undefined, opts: RawRunOpts) => on.run(image, opts));
+
+  registryOptions(program.command("pull").description("pull an OCI image into the local cache").argument("<IMAGE>", "image reference")).action(
+    (image: string, opts: RawRegistryOpts) => on.pull(image, opts),
+  );
+  program
+    .command("images")
+    .description("list cached images")
+    .option("--json", "print JSON instead of a table")
+    .action((opts: { json?: boolean }) => on.images(opts));
+  program
+    .command("rmi")
+    .description("remove cached images")
+    .argument("<IMAGE...>", "image references")
+    .action((images: string[]) => on.rmi(images));
 
   return program;
 }
@@ -88,26 +161,42 @@ function buildProgram(version: string, out: CliOutput, onRun: (image: string | u
  * Parse `msb` arguments (without the node executable and script path).
  * Help and version output and usage errors are written to `out`.
  */
-export function parseCli(argv: readonly string[], version: string, out: CliOutput): ParsedCli {
+export function parseCli(argv: readonly string[], version: string, out: CliOutput, env: NodeJS.ProcessEnv = process.env): ParsedCli {
   const sep = argv.indexOf("--");
   const before = sep === -1 ? [...argv] : argv.slice(0, sep);
   const command = sep === -1 ? [] : argv.slice(sep + 1);
 
   let result: ParsedCli | undefined;
-  const program = buildProgram(version, out, (image, opts) => {
-    const [cmd, ...args] = command;
-    if (cmd === undefined || cmd === "") {
-      out.err(`error: missing command: msb run ${RUN_USAGE}\n`);
-      result = { kind: "exit", code: EXIT_USAGE };
-      return;
-    }
-    const options: RunOptions = { env: opts.env ?? [], cmd, args };
-    if (image !== undefined) options.image = image;
-    if (opts.name !== undefined) options.name = opts.name;
-    if (opts.cpus !== undefined) options.cpus = opts.cpus;
-    if (opts.memory !== undefined) options.memory = opts.memory;
-    if (opts.workdir !== undefined) options.workdir = opts.workdir;
-    result = { kind: "run", options };
+  const program = buildProgram(version, out, {
+    run(image, opts) {
+      if ((command[0] === undefined || command[0] === "") && image === undefined) {
+        out.err(`error: missing command: msb run ${RUN_USAGE}\n`);
+        result = { kind: "exit", code: EXIT_USAGE };
+        return;
+      }
+      if (command.length > 0 && command[0] === "") {
+        out.err(`error: the command must not be empty\n`);
+        result = { kind: "exit", code: EXIT_USAGE };
+        return;
+      }
+      const options: RunOptions = { env: opts.env ?? [], command, registry: registryFlags(opts, env) };
+      if (image !== undefined) options.image = image;
+      if (opts.name !== undefined) options.name = opts.name;
+      if (opts.cpus !== undefined) options.cpus = opts.cpus;
+      if (opts.memory !== undefined) options.memory = opts.memory;
+      if (opts.workdir !== undefined) options.workdir = opts.workdir;
+      if (opts.pullPolicy !== undefined) options.pullPolicy = opts.pullPolicy;
+      result = { kind: "run", options };
+    },
+    pull(image, opts) {
+      result = { kind: "pull", image, registry: registryFlags(opts, env) };
+    },
+    images(opts) {
+      result = { kind: "images", json: opts.json === true };
+    },
+    rmi(images) {
+      result = { kind: "rmi", images };
+    },
   });
 
   if (before.length === 0) {

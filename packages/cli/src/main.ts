@@ -1,5 +1,7 @@
 import { createRequire } from "node:module";
 import { parseCli, type CliOutput } from "./args.js";
+import { imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
+import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
 
 /** This package's version (read from its package.json, one level above src/ and dist/). */
@@ -34,7 +36,30 @@ export function processIO(signal?: AbortSignal): MainIO {
 /** Run `msb` with `argv` (arguments after the script path); resolves to the exit code. */
 export async function main(argv: readonly string[], io: MainIO = processIO()): Promise<number> {
   const parsed = parseCli(argv, VERSION, io);
-  if (parsed.kind === "exit") return parsed.code;
-  const deps = sdkDeps({ writeOut: io.writeOut, writeErr: io.writeErr, ...(io.signal ? { signal: io.signal } : {}) });
-  return runCommand(parsed.options, deps);
+  const imagesIO: ImagesIO = {
+    out: io.out,
+    err: io.err,
+    progress: { write: io.err, isTTY: process.stderr.isTTY === true, columns: process.stderr.columns ?? 80 },
+  };
+  switch (parsed.kind) {
+    case "exit":
+      return parsed.code;
+    case "pull":
+      return pullCommand(parsed.image, parsed.registry, imagesIO);
+    case "images":
+      return imagesCommand(parsed.json, imagesIO);
+    case "rmi":
+      return rmiCommand(parsed.images, imagesIO);
+    case "run": {
+      // Pull progress of `msb run IMAGE` goes to stderr, like the command's own stderr.
+      const view = new PullProgressView(imagesIO.progress);
+      const deps = sdkDeps({
+        writeOut: io.writeOut,
+        writeErr: io.writeErr,
+        onPullProgress: (p) => view.update(p),
+        ...(io.signal ? { signal: io.signal } : {}),
+      });
+      return runCommand(parsed.options, deps);
+    }
+  }
 }

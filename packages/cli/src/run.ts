@@ -15,8 +15,11 @@ import {
   SandboxAlreadyExistsError,
   SandboxStillRunningError,
   type ExecEvent,
+  type PullPolicy,
+  type PullProgress,
+  type SandboxBuilder,
 } from "@microsandbox/sdk";
-import { EXIT_USAGE, type RunOptions } from "./args.js";
+import { EXIT_USAGE, type RegistryFlags, type RunOptions } from "./args.js";
 
 /** Exit code when the command could not be started (as a shell does for "command not found"). */
 export const EXIT_EXEC_FAILED = 127;
@@ -25,6 +28,8 @@ export const EXIT_FAILURE = 1;
 
 /** The part of a Sandbox that `msb run` uses. */
 export interface RunSandbox {
+  /** The image's entrypoint and default command (OCI images), after builder overrides. */
+  config(): { entrypoint: string[] | null; cmd?: string[] | null };
   execStream(cmd: string, args: readonly string[]): Promise<AsyncIterable<ExecEvent>>;
   stop(): Promise<void>;
   kill(): Promise<void>;
@@ -43,7 +48,7 @@ export interface RunDeps {
 }
 
 /** The real dependencies: the SDK. */
-export function sdkDeps(io: Pick<RunDeps, "writeOut" | "writeErr" | "signal">): RunDeps {
+export function sdkDeps(io: Pick<RunDeps, "writeOut" | "writeErr" | "signal"> & { onPullProgress?: (p: PullProgress) => void }): RunDeps {
   return {
     ...io,
     async create(o) {
@@ -53,10 +58,30 @@ export function sdkDeps(io: Pick<RunDeps, "writeOut" | "writeErr" | "signal">): 
       if (o.memory !== undefined) b.memory(o.memory);
       for (const [k, v] of o.env) b.env(k, v);
       if (o.workdir !== undefined) b.workdir(o.workdir);
+      if (o.pullPolicy !== undefined) b.pullPolicy(o.pullPolicy as PullPolicy);
+      applyRegistryFlags(b, o.registry);
+      if (io.onPullProgress) b.onPullProgress(io.onPullProgress);
       return b.create();
     },
     remove: (name) => Sandbox.remove(name),
   };
+}
+
+/** Registry flags onto a builder (or image pull options). */
+export function applyRegistryFlags(b: SandboxBuilder, r: RegistryFlags): void {
+  if (r.username !== undefined) b.registryAuth({ kind: "basic", username: r.username, password: r.password ?? "" });
+  if (r.insecure) b.insecureRegistry(true);
+  if (r.caFile !== undefined) b.registryCa(r.caFile);
+}
+
+/**
+ * What to run: an OCI image's entrypoint in front of the given command, or of the image's
+ * default command when none is given (as `docker run` does).
+ */
+export function commandLine(given: readonly string[], config: { entrypoint: string[] | null; cmd?: string[] | null }): string[] {
+  const entry = config.entrypoint ?? [];
+  const rest = given.length > 0 ? given : (config.cmd ?? []);
+  return [...entry, ...rest];
 }
 
 /** A fresh default sandbox name: `run-` and 8 hex digits. */
@@ -121,7 +146,11 @@ export async function runCommand(options: RunOptions, deps: RunDeps): Promise<nu
       throw e;
     }
     if (signal?.aborted) throw signal.reason;
-    const handle = await sandbox.execStream(options.cmd, options.args);
+    const [cmd, ...args] = commandLine(options.command, sandbox.config());
+    if (cmd === undefined || cmd === "") {
+      throw new InvalidConfigError("command", "no command given and the image defines no entrypoint or default command");
+    }
+    const handle = await sandbox.execStream(cmd, args);
     let exit: number | undefined;
     for await (const ev of handle) {
       if (ev.kind === "stdout") await deps.writeOut(ev.data);

@@ -11,7 +11,7 @@ function parse(...argv: string[]): { result: ParsedCli; out: string; err: string
 describe("msb run argument parsing", () => {
   it("takes everything after -- as the command, untouched", () => {
     const { result } = parse("run", "--", "sh", "-c", "echo out; exit 3", "--", "--cpus", "9");
-    expect(result).toEqual({ kind: "run", options: { env: [], cmd: "sh", args: ["-c", "echo out; exit 3", "--", "--cpus", "9"] } });
+    expect(result).toEqual({ kind: "run", options: { env: [], registry: {}, command: ["sh", "-c", "echo out; exit 3", "--", "--cpus", "9"] } });
   });
 
   it("parses every option and the image", () => {
@@ -28,18 +28,40 @@ describe("msb run argument parsing", () => {
         env: [["A", "1"], ["B", "x=y"], ["EMPTY", ""]],
         workdir: "/app",
         image: "./rootfs",
-        cmd: "echo",
-        args: ["hi"],
+        registry: {},
+        command: ["echo", "hi"],
       },
     });
   });
 
   it("accepts short -n and option=value forms", () => {
     const { result } = parse("run", "-n", "x", "--cpus=3", "--", "true");
-    expect(result).toEqual({ kind: "run", options: { name: "x", cpus: 3, env: [], cmd: "true", args: [] } });
+    expect(result).toEqual({ kind: "run", options: { name: "x", cpus: 3, env: [], registry: {}, command: ["true"] } });
+  });
+
+  it("takes an image without a command (the image's default command runs), and image options", () => {
+    const { result } = parse("run", "--pull-policy", "never", "--username", "u", "--insecure", "--ca-file", "/ca.pem", "alpine");
+    expect(result).toEqual({
+      kind: "run",
+      options: { env: [], image: "alpine", pullPolicy: "never", registry: { username: "u", insecure: true, caFile: "/ca.pem" }, command: [] },
+    });
+  });
+
+  it("takes the registry password from MSB_REGISTRY_PASSWORD", () => {
+    const result = parseCli(["pull", "--username", "u", "reg.example/x"], "1", { out: () => {}, err: () => {} }, { MSB_REGISTRY_PASSWORD: "pw" });
+    expect(result).toEqual({ kind: "pull", image: "reg.example/x", registry: { username: "u", password: "pw" } });
+  });
+
+  it("parses images --json and rmi with several images", () => {
+    expect(parse("images", "--json").result).toEqual({ kind: "images", json: true });
+    expect(parse("images").result).toEqual({ kind: "images", json: false });
+    expect(parse("rmi", "a", "b:1").result).toEqual({ kind: "rmi", images: ["a", "b:1"] });
   });
 
   const bad: [string[], string][] = [
+    [["run", "--pull-policy", "sometimes", "x"], "pull-policy"],
+    [["pull"], "IMAGE"],
+    [["rmi"], "IMAGE"],
     [["run", "--cpus", "abc", "--", "true"], "cpus"],
     [["run", "--cpus", "1.5", "--", "true"], "cpus"],
     [["run", "--memory", "-1", "--", "true"], "memory"],
@@ -59,7 +81,7 @@ describe("msb run argument parsing", () => {
   }
 
   it("a missing command is a usage error", () => {
-    for (const argv of [["run"], ["run", "--"], ["run", "img"], ["run", "--", ""]]) {
+    for (const argv of [["run"], ["run", "--"], ["run", "--", ""]]) {
       const { result, err } = parse(...argv);
       expect(result).toEqual({ kind: "exit", code: 2 });
       expect(err).toContain("missing command");

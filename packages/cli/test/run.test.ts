@@ -36,6 +36,7 @@ function world(opts: {
   let err = "";
   const removeFailures = [...(opts.removeFailures ?? [])];
   const sandbox: RunSandbox = {
+    config: () => ({ entrypoint: null, cmd: null }),
     async execStream(cmd, args) {
       log.push(`exec ${cmd} ${args.join(" ")}`);
       if (opts.execError) throw opts.execError;
@@ -80,7 +81,7 @@ function world(opts: {
   return { deps, log, stdout: () => out, stderr: () => err };
 }
 
-const opts = (o: Partial<RunOptions> = {}): RunOptions => ({ env: [], cmd: "sh", args: ["-c", "x"], name: "t1", ...o });
+const opts = (o: Partial<RunOptions> = {}): RunOptions => ({ env: [], registry: {}, command: ["sh", "-c", "x"], name: "t1", ...o });
 
 describe("runCommand", () => {
   it("streams stdout and stderr apart, passes the exit code through, stops and removes", async () => {

@@ -4,9 +4,11 @@
 //! code to a typed error class.
 
 mod client;
+mod lock;
 mod spawn;
 
 pub use client::AgentClient;
+pub use lock::{lock_file, FileLock};
 pub use spawn::{release_attachment, remove_sandbox, start_sandbox};
 
 pub(crate) fn err(code: &str, msg: impl std::fmt::Display) -> napi::Error {

@@ -3,6 +3,7 @@
  * checked on its own so that the resulting {@link InvalidConfigError} names
  * exactly one field, in both `field` and the message.
  */
+import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
@@ -83,6 +84,35 @@ export const timeoutMsSchema = z
   .int({ error: "must be a non-negative integer number of milliseconds" })
   .min(0, { error: "must be a non-negative integer number of milliseconds" });
 
+export const entrypointSchema = z
+  .array(z.string({ error: "must be strings" }).refine(noNul, { error: "must not contain NUL" }), {
+    error: "must be an array of strings",
+  })
+  .min(1, { error: "must not be empty" })
+  .refine((a) => (a[0] ?? "").length > 0, { error: "must start with a non-empty program" });
+
+/** A user name, a uid, or uid:gid / name:group. */
+export const userSchema = z
+  .string({ error: "must be a string" })
+  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$/, {
+    error: "must be a user name or uid, optionally followed by :group or :gid",
+  });
+
+export const pullPolicySchema = z.enum(["always", "if-missing", "never"], {
+  error: 'must be "always", "if-missing" or "never"',
+});
+export type PullPolicy = z.infer<typeof pullPolicySchema>;
+
+export const registryAuthSchema = z.object(
+  {
+    kind: z.literal("basic", { error: 'kind must be "basic"' }),
+    username: z.string({ error: "username must be a string" }).min(1, { error: "username must not be empty" }),
+    password: z.string({ error: "password must be a string" }),
+  },
+  { error: 'must be { kind: "basic", username, password }' },
+);
+export type RegistryAuth = z.infer<typeof registryAuthSchema>;
+
 function show(value: unknown): string {
   let s: string;
   if (typeof value === "string") s = JSON.stringify(value);
@@ -113,24 +143,61 @@ export interface RawSandboxConfig {
   env: [unknown, unknown][];
   workdir?: unknown;
   hostname?: unknown;
+  entrypoint?: unknown;
+  user?: unknown;
+  pullPolicy?: unknown;
+  registryAuth?: unknown;
+  insecureRegistry?: unknown;
+  registryCa?: unknown;
 }
 
 /** A validated sandbox configuration. */
 export interface SandboxConfig {
   name: string;
-  /** Absolute host path of the root filesystem (directory or disk image); `null` means the embedded default image. */
+  /**
+   * Root filesystem as given: an absolute host path (directory or disk image), an OCI
+   * reference (see `imageKind`), or `null` for the embedded default image.
+   */
   image: string | null;
+  imageKind: "path" | "oci" | null;
   cpus: number;
   memoryMib: number;
   env: [string, string][];
   workdir: string | null;
   hostname: string | null;
+  /** Overrides the image's entrypoint (used by `msb run`; `exec` runs what it is given). */
+  entrypoint: string[] | null;
+  /** The image's default command (OCI images only; `msb run` uses it when given none). */
+  cmd?: string[] | null;
+  /** Default user of every command; `null`: the image's user, else root. */
+  user: string | null;
+  pullPolicy: PullPolicy;
+  /** Present only when set; never printed. */
+  registryAuth: RegistryAuth | null;
+  insecureRegistry: boolean;
+  /** Extra CA certificate (PEM file) for the registry's TLS. */
+  registryCa: string | null;
+}
+
+/**
+ * Tell a host path from an OCI reference: anything that starts like a path (`/`, `./`,
+ * `../`, `~`) or exists on the host is a path; everything else is an image reference.
+ */
+export function imageKindOf(image: string, cwd: string): "path" | "oci" {
+  if (/^(\/|\.\.?(\/|$)|~)/.test(image)) return "path";
+  return existsSync(resolve(cwd, image)) ? "path" : "oci";
 }
 
 /** Validate everything the builder recorded. Throws {@link InvalidConfigError} on the first bad field. */
 export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd()): SandboxConfig {
   const name = check(nameSchema, "name", raw.name);
-  const image = raw.image === undefined ? null : resolve(cwd, check(imageSchema, "image", raw.image));
+  let image: string | null = null;
+  let imageKind: "path" | "oci" | null = null;
+  if (raw.image !== undefined) {
+    const given = check(imageSchema, "image", raw.image);
+    imageKind = imageKindOf(given, cwd);
+    image = imageKind === "path" ? resolve(cwd, given.replace(/^~(?=\/|$)/, homedir())) : given;
+  }
   const cpus = raw.cpus === undefined ? DEFAULT_CPUS : check(cpusSchema, "cpus", raw.cpus);
   const memoryMib = raw.memory === undefined ? DEFAULT_MEMORY_MIB : check(memorySchema, "memory", raw.memory);
   // Later .env() calls for the same key replace earlier ones; order of first appearance is kept.
@@ -141,7 +208,29 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
   }
   const workdir = raw.workdir === undefined ? null : check(workdirSchema, "workdir", raw.workdir);
   const hostname = raw.hostname === undefined ? null : check(hostnameSchema, "hostname", raw.hostname);
-  return { name, image, cpus, memoryMib, env: [...env], workdir, hostname };
+  const entrypoint = raw.entrypoint === undefined ? null : check(entrypointSchema, "entrypoint", raw.entrypoint);
+  const user = raw.user === undefined ? null : check(userSchema, "user", raw.user);
+  const pullPolicy = raw.pullPolicy === undefined ? "if-missing" : check(pullPolicySchema, "pullPolicy", raw.pullPolicy);
+  const registryAuth = raw.registryAuth === undefined ? null : check(registryAuthSchema, "registryAuth", raw.registryAuth);
+  const insecureRegistry =
+    raw.insecureRegistry === undefined ? false : check(z.boolean({ error: "must be a boolean" }), "insecureRegistry", raw.insecureRegistry);
+  const registryCa = raw.registryCa === undefined ? null : resolve(cwd, check(imageSchema, "registryCa", raw.registryCa));
+  return {
+    name,
+    image,
+    imageKind,
+    cpus,
+    memoryMib,
+    env: [...env],
+    workdir,
+    hostname,
+    entrypoint,
+    user,
+    pullPolicy,
+    registryAuth,
+    insecureRegistry,
+    registryCa,
+  };
 }
 
 /** `$MSB_HOME`, or `~/.microsandbox`, as an absolute path. Read at call time. */

@@ -59,6 +59,23 @@ export class ImageNotFoundError extends MicrosandboxError {
   }
 }
 
+/** An OCI image could not be pulled or unpacked (bad digest, unsafe layer, registry failure). */
+export class ImageError extends MicrosandboxError {
+  readonly digest: string | undefined;
+
+  constructor(message: string, options?: { cause?: unknown; digest?: string }) {
+    super("image", message, options);
+    this.digest = options?.digest;
+  }
+}
+
+/** A registry rejected the credentials (or demanded some and none were given). */
+export class RegistryAuthError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("registryAuth", message, options);
+  }
+}
+
 /** The guest kernel or initramfs is missing (the guest assets were not built). */
 export class KernelNotFoundError extends MicrosandboxError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -121,6 +138,8 @@ const NATIVE_CODES: Record<string, Ctor> = {
   sandboxAlreadyExists: SandboxAlreadyExistsError,
   sandboxStillRunning: SandboxStillRunningError,
   imageNotFound: ImageNotFoundError,
+  image: ImageError,
+  registryAuth: RegistryAuthError,
   kernelNotFound: KernelNotFoundError,
   qemuNotFound: QemuNotFoundError,
   agentTimeout: AgentTimeoutError,
@@ -155,4 +174,23 @@ export function fromNative(e: unknown): MicrosandboxError {
     if (ctor) return new ctor(text, { cause: e });
   }
   return new RuntimeError(message, { cause: e });
+}
+
+/** Map an error of the image puller (`@microsandbox/oci`, which has `code`, maybe `digest`/`field`). */
+export function fromOci(e: unknown): MicrosandboxError {
+  if (e instanceof MicrosandboxError) return e;
+  const err = e as { code?: unknown; message?: unknown; digest?: unknown; field?: unknown };
+  const message = typeof err?.message === "string" ? err.message : String(e);
+  switch (err?.code) {
+    case "imageNotFound":
+      return new ImageNotFoundError(message, { cause: e });
+    case "registryAuth":
+      return new RegistryAuthError(message, { cause: e });
+    case "invalidConfig":
+      return new InvalidConfigError(typeof err.field === "string" ? err.field : "image", message, { cause: e });
+    case "image":
+      return new ImageError(message, { cause: e, digest: typeof err.digest === "string" ? err.digest : undefined });
+    default:
+      return fromNative(e);
+  }
 }

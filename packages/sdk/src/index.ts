@@ -3,7 +3,8 @@ import "./polyfill.js";
 
 export { Sandbox, SandboxBuilder, DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./sandbox.js";
 export { ExecHandle, ExecOutput, type ExecEvent, type ExitStatus } from "./exec.js";
-export type { SandboxConfig } from "./config.js";
+export type { SandboxConfig, PullPolicy, RegistryAuth } from "./config.js";
+export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress } from "./images.js";
 export {
   MicrosandboxError,
   InvalidConfigError,
@@ -12,6 +13,8 @@ export {
   SandboxStillRunningError,
   SandboxNotRunningError,
   ImageNotFoundError,
+  ImageError,
+  RegistryAuthError,
   KernelNotFoundError,
   QemuNotFoundError,
   AgentTimeoutError,
@@ -20,4 +23,5 @@ export {
   ExecFailedError,
   ExecTimeoutError,
   fromNative,
+  fromOci,
 } from "./errors.js";

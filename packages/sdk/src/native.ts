@@ -63,6 +63,7 @@ export interface NativeSandboxConfig {
   env: [string, string][];
   workdir: string | null;
   hostname: string | null;
+  user: string | null;
   attached: boolean;
   bootTimeoutMs: number;
 }

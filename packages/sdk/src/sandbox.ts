@@ -8,10 +8,13 @@ import {
   nameSchema,
   timeoutMsSchema,
   validateConfig,
+  type PullPolicy,
   type RawSandboxConfig,
+  type RegistryAuth,
   type SandboxConfig,
 } from "./config.js";
-import { SandboxNotRunningError } from "./errors.js";
+import { fromOci, SandboxNotRunningError } from "./errors.js";
+import { pullImage, type ImageConfig, type PulledImage, type PullProgress } from "@microsandbox/oci";
 import { ExecHandle, type ExecOutput } from "./exec.js";
 import {
   callNative,
@@ -35,15 +38,63 @@ export const DEFAULT_SHELL = "/bin/sh";
  */
 export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
+  #onPullProgress: ((p: PullProgress) => void) | undefined;
 
   /** @internal Use {@link Sandbox.builder}. */
   constructor(name: string) {
     this.#raw = { name, env: [] };
   }
 
-  /** Root filesystem: a local directory or a disk image (ext4), as a host path. Default: the embedded busybox image. */
-  image(path: string): this {
-    this.#raw.image = path;
+  /**
+   * Root filesystem: an OCI image reference (`alpine`, `python:3.12-slim`,
+   * `127.0.0.1:5000/team/app@sha256:...`), a local directory, or a disk image file
+   * (ext4). Paths start with `/`, `./`, `../` or `~`, or name something that exists on
+   * the host; anything else is pulled from its registry. Default: the embedded busybox image.
+   */
+  image(image: string): this {
+    this.#raw.image = image;
+    return this;
+  }
+
+  /** When to pull an OCI image: `"if-missing"` (default), `"always"` or `"never"` (cached only). */
+  pullPolicy(policy: PullPolicy): this {
+    this.#raw.pullPolicy = policy;
+    return this;
+  }
+
+  /** Credentials for the image's registry: `{ kind: "basic", username, password }`. */
+  registryAuth(auth: RegistryAuth): this {
+    this.#raw.registryAuth = auth;
+    return this;
+  }
+
+  /** Allow plain HTTP (and unverified TLS) for the image's registry. Loopback registries never need it. */
+  insecureRegistry(insecure = true): this {
+    this.#raw.insecureRegistry = insecure;
+    return this;
+  }
+
+  /** An extra CA certificate (PEM file) to trust for the image's registry. */
+  registryCa(pemPath: string): this {
+    this.#raw.registryCa = pemPath;
+    return this;
+  }
+
+  /** Receive progress events while an OCI image is pulled. */
+  onPullProgress(listener: (p: PullProgress) => void): this {
+    this.#onPullProgress = listener;
+    return this;
+  }
+
+  /** Override the image's entrypoint (what `msb run` starts when given no command, and prefixes to one). */
+  entrypoint(cmd: readonly string[]): this {
+    this.#raw.entrypoint = [...cmd];
+    return this;
+  }
+
+  /** Default user of every command: a name from the guest's /etc/passwd, a uid, or uid:gid. */
+  user(user: string): this {
+    this.#raw.user = user;
     return this;
   }
 
@@ -87,22 +138,29 @@ export class SandboxBuilder {
    * however it exits. Resolves once the guest agent is ready for commands.
    */
   async create(): Promise<Sandbox> {
-    const config = this.validate();
+    let config = this.validate();
     const home = msbHome();
     const binding = await callNative(() => native());
     const assets = await callNative(() => binding.assetPaths());
+    let rootfs = config.image ?? assets.defaultImage;
+    if (config.imageKind === "oci" && config.image !== null) {
+      const pulled = await pull(config, home, this.#onPullProgress);
+      rootfs = pulled.rootfs;
+      config = applyImageConfig(config, pulled.config);
+    }
     const nativeConfig: NativeSandboxConfig = {
       name: config.name,
       msbHome: home,
       runtimePath: assets.runtime,
       kernel: assets.kernel,
       initramfs: assets.initramfs,
-      image: config.image ?? assets.defaultImage,
+      image: rootfs,
       cpus: config.cpus,
       memoryMib: config.memoryMib,
       env: config.env,
       workdir: config.workdir,
       hostname: config.hostname,
+      user: config.user,
       attached: true,
       bootTimeoutMs: bootTimeoutMs(),
     };
@@ -121,6 +179,39 @@ export class SandboxBuilder {
     }
     return new Sandbox(config, info, client, true);
   }
+}
+
+/** Pull (or find in the cache) the OCI image of `config`. */
+async function pull(config: SandboxConfig, home: string, onProgress?: (p: PullProgress) => void): Promise<PulledImage> {
+  try {
+    return await pullImage(config.image as string, {
+      msbHome: home,
+      policy: config.pullPolicy,
+      ...(config.registryAuth ? { auth: config.registryAuth } : {}),
+      insecure: config.insecureRegistry,
+      ...(config.registryCa ? { caFile: config.registryCa } : {}),
+      ...(onProgress ? { onProgress } : {}),
+    });
+  } catch (e) {
+    throw fromOci(e);
+  }
+}
+
+/**
+ * The image's defaults under the builder's options: image env first (builder values for
+ * the same key win), workdir, user and entrypoint from the image unless set.
+ */
+export function applyImageConfig(config: SandboxConfig, image: ImageConfig): SandboxConfig {
+  const env = new Map<string, string>(image.env);
+  for (const [k, v] of config.env) env.set(k, v);
+  return {
+    ...config,
+    env: [...env],
+    workdir: config.workdir ?? image.workingDir ?? null,
+    user: config.user ?? (image.user ? image.user : null),
+    entrypoint: config.entrypoint ?? image.entrypoint ?? null,
+    cmd: image.cmd ?? null,
+  };
 }
 
 type State = "running" | "stopping" | "stopped";

@@ -69,9 +69,67 @@ describe("SandboxBuilder validation", () => {
 
   it("applies defaults and resolves the image to an absolute path", () => {
     const c = validateConfig({ name: "w1", env: [] }, "/home/u");
-    expect(c).toEqual({ name: "w1", image: null, cpus: 1, memoryMib: 512, env: [], workdir: null, hostname: null });
-    expect(validateConfig({ name: "w1", image: "rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
+    expect(c).toEqual({
+      name: "w1",
+      image: null,
+      imageKind: null,
+      cpus: 1,
+      memoryMib: 512,
+      env: [],
+      workdir: null,
+      hostname: null,
+      entrypoint: null,
+      user: null,
+      pullPolicy: "if-missing",
+      registryAuth: null,
+      insecureRegistry: false,
+      registryCa: null,
+    });
+    expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");
+  });
+
+  it("tells OCI references from host paths", () => {
+    const kind = (image: string, cwd = "/nonexistent-cwd") => validateConfig({ name: "w1", image, env: [] }, cwd).imageKind;
+    expect(kind("alpine")).toBe("oci");
+    expect(kind("python:3.12-slim")).toBe("oci");
+    expect(kind("127.0.0.1:5000/team/app@sha256:" + "a".repeat(64))).toBe("oci");
+    expect(kind("some/rootfs")).toBe("oci");
+    expect(kind("/abs/dir")).toBe("path");
+    expect(kind("./rel")).toBe("path");
+    expect(kind("../up")).toBe("path");
+    expect(kind("~/images/x.ext4")).toBe("path");
+    // An existing relative path is a path, even where it could also be a reference.
+    expect(kind("packages", process.cwd())).toBe("path");
+    expect(validateConfig({ name: "w1", image: "alpine", env: [] }, "/x").image).toBe("alpine");
+  });
+
+  it("validates the image-related options, naming the field", () => {
+    const bad: [Record<string, unknown>, string][] = [
+      [{ entrypoint: [] }, "entrypoint"],
+      [{ entrypoint: "sh" }, "entrypoint"],
+      [{ user: "a b" }, "user"],
+      [{ user: "" }, "user"],
+      [{ pullPolicy: "sometimes" }, "pullPolicy"],
+      [{ registryAuth: { kind: "token", username: "u", password: "p" } }, "registryAuth"],
+      [{ registryAuth: { kind: "basic", username: "", password: "p" } }, "registryAuth"],
+      [{ insecureRegistry: "yes" }, "insecureRegistry"],
+    ];
+    for (const [extra, field] of bad) {
+      let err: unknown;
+      try {
+        validateConfig({ name: "w1", env: [], ...extra });
+      } catch (e) {
+        err = e;
+      }
+      expect(err, field).toBeInstanceOf(InvalidConfigError);
+      expect((err as InvalidConfigError).field).toBe(field);
+      expect((err as Error).message).toContain(field);
+    }
+    const ok = validateConfig({ name: "w1", env: [], entrypoint: ["/bin/sh", "-c"], user: "1000:1000", pullPolicy: "never" });
+    expect(ok.entrypoint).toEqual(["/bin/sh", "-c"]);
+    expect(ok.user).toBe("1000:1000");
+    expect(ok.pullPolicy).toBe("never");
   });
 
   it("keeps env order and lets a later value win", () => {

@@ -53,6 +53,7 @@ describe("Sandbox.create", () => {
         env: [["MODE", "test"]],
         workdir: "/app",
         hostname: "w1",
+        user: null,
         attached: true,
         bootTimeoutMs: 60000,
       },
@@ -66,7 +67,7 @@ describe("Sandbox.create", () => {
   });
 
   it("uses null for unset workdir and hostname, and resolves a relative image path", async () => {
-    const sb = await Sandbox.builder("w2").image("some/rootfs").create();
+    const sb = await Sandbox.builder("w2").image("./some/rootfs").create();
     const c = fake.configs[0]!;
     expect(c.workdir).toBeNull();
     expect(c.hostname).toBeNull();

@@ -1,0 +1,19 @@
+/**
+ * @microsandbox/oci - pull OCI / Docker images from registries into a local cache and
+ * turn each into a read-only ext4 root disk for microsandbox VMs.
+ */
+export { OciError, type OciErrorCode } from "./errors.js";
+export { parseReference, looksLikeImageReference, isLoopbackRegistry, type Reference } from "./reference.js";
+export { hostPlatform, parsePlatform, formatPlatform, type Platform } from "./platform.js";
+export type { RegistryAuth } from "./auth.js";
+export type { ImageConfig } from "./manifest.js";
+export {
+  pullImage,
+  listImages,
+  removeImage,
+  type PullPolicy,
+  type PullProgress,
+  type PullOptions,
+  type PulledImage,
+  type ImageInfo,
+} from "./pull.js";
