@@ -102,6 +102,10 @@ fn run() -> Result<(), String> {
                     },
                 ))?,
             },
+            Message::Metrics => port.send(&Frame::new(
+                frame.id,
+                Message::GuestStats(sys::guest_stats()),
+            ))?,
             Message::Shutdown => {
                 sys::shutdown();
                 return Ok(());

@@ -183,3 +183,50 @@ pub fn power_off() -> ! {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// The guest's figures for `Metrics`: memory from /proc/meminfo, disk I/O of the virtio
+/// disks from /proc/diskstats, network from /proc/net/dev (all but loopback).
+pub fn guest_stats() -> msb_protocol::GuestStats {
+    let mut s = msb_protocol::GuestStats::default();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    for line in meminfo.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "MemTotal:" => s.mem_total_bytes = v * 1024,
+            "MemAvailable:" => s.mem_available_bytes = v * 1024,
+            _ => {}
+        }
+    }
+    // Fields: major minor name reads merged sectors_read ms writes merged sectors_written ...
+    let disks = fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    for line in disks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || !f[2].starts_with("vd") || f[2][2..].chars().any(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        s.disk_read_bytes += f[5].parse::<u64>().unwrap_or(0) * 512;
+        s.disk_write_bytes += f[9].parse::<u64>().unwrap_or(0) * 512;
+    }
+    let net = fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    for line in net.lines().skip(2) {
+        let Some((iface, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() >= 9 {
+            s.net_rx_bytes += f[0];
+            s.net_tx_bytes += f[8];
+        }
+    }
+    s
+}

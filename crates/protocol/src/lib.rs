@@ -14,7 +14,7 @@ pub use frame::{
     decode_raw, encode_frame, read_frame, set_raw_id, Frame, FrameDecoder, FrameError,
     FLAG_CONTROL, HEADER_AFTER_LEN, KNOWN_FLAGS, MAX_FRAME, MAX_PAYLOAD,
 };
-pub use message::{Bootstrap, DiskSpec, ExecRequest, Message, RootSpec};
+pub use message::{Bootstrap, DiskSpec, ExecRequest, GuestStats, Message, MetricsReport, RootSpec};
 
 /// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal.
 pub const PROTOCOL_VERSION: u32 = 1;

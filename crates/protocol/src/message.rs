@@ -43,6 +43,45 @@ pub enum Message {
     },
     /// Client -> msb-runtime (control flag): end the VM at once.
     Kill,
+    /// Client -> msb-runtime (control flag): finish running execs, refuse new ones, then stop.
+    Drain,
+    /// Client -> msb-runtime (control flag): stop watching the creator; keep running.
+    Detach,
+    /// Client -> msb-runtime (control flag) and msb-runtime -> guest: ask for resource figures.
+    Metrics,
+    /// Guest -> host: the guest's own figures, answering `Metrics`.
+    GuestStats(GuestStats),
+    /// msb-runtime -> client: answer to `Metrics`.
+    MetricsReport(MetricsReport),
+    /// msb-runtime -> client: a control request was carried out.
+    Done,
+}
+
+/// What the guest reports about itself. Untrusted: the host only passes the numbers on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct GuestStats {
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+/// One metrics sample as msb-runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct MetricsReport {
+    /// Percent of the sandbox's vCPUs (0..=100) used over the last second, from the host's
+    /// accounting of the VMM process.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub timestamp_ms: u64,
+    pub uptime_ms: u64,
 }
 
 impl Message {
@@ -58,6 +97,7 @@ impl Message {
                 | Message::Exited { .. }
                 | Message::Failed { .. }
                 | Message::Error { .. }
+                | Message::GuestStats(_)
         )
     }
 
@@ -65,7 +105,13 @@ impl Message {
     pub fn allowed_from_client(&self) -> bool {
         matches!(
             self,
-            Message::Hello { .. } | Message::Exec(_) | Message::Stop { .. } | Message::Kill
+            Message::Hello { .. }
+                | Message::Exec(_)
+                | Message::Stop { .. }
+                | Message::Kill
+                | Message::Drain
+                | Message::Detach
+                | Message::Metrics
         )
     }
 

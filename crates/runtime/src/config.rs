@@ -28,6 +28,25 @@ pub struct Config {
     pub attached: bool,
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_ms: u64,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub max_duration_secs: Option<u64>,
+    /// The SDK's view of the configuration, stored as the sandbox's config (opaque here).
+    #[serde(default)]
+    pub sdk_config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A new sandbox: the name must be free.
+    #[default]
+    Create,
+    /// Boot a stopped sandbox again, keeping its writable disk.
+    Start,
 }
 
 fn default_boot_timeout() -> u64 {
@@ -60,6 +79,12 @@ impl Config {
             if !w.starts_with('/') {
                 return bad("workdir", "must be an absolute path");
             }
+        }
+        if self.idle_timeout_secs == Some(0) {
+            return bad("idleTimeoutSecs", "must be at least 1");
+        }
+        if self.max_duration_secs == Some(0) {
+            return bad("maxDurationSecs", "must be at least 1");
         }
         if !self.msb_home.is_absolute() {
             return bad("msbHome", "must be an absolute path");

@@ -5,23 +5,30 @@
 //! guest are decoded and checked before anything is forwarded: the guest is untrusted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    decode_raw, set_raw_id, Frame, FrameDecoder, Message, CHANNEL_ID, FLAG_CONTROL,
-    PROTOCOL_VERSION,
+    decode_raw, set_raw_id, Frame, FrameDecoder, GuestStats, Message, MetricsReport, CHANNEL_ID,
+    FLAG_CONTROL, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cpu::CpuSampler;
 
 /// What clients and watchers ask the main loop to do.
 #[derive(Debug)]
 pub enum Control {
     Stop(Duration),
     Kill,
+    /// Refuse new execs, stop once the running ones finished. Answered once recorded.
+    Drain(oneshot::Sender<()>),
+    /// Stop watching the creating process.
+    Detach,
     /// The guest broke the protocol: end the sandbox.
     Protocol(String),
 }
@@ -35,6 +42,28 @@ struct Routes {
     /// guest id -> (client, client's id)
     sessions: HashMap<u32, (u64, u32)>,
     clients: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    /// Runtime-owned requests to the guest (metrics), by guest id.
+    pending: HashMap<u32, oneshot::Sender<GuestStats>>,
+}
+
+impl Routes {
+    fn fresh_id(&mut self) -> u32 {
+        let mut id = self.next_guest_id;
+        while id == CHANNEL_ID || self.sessions.contains_key(&id) || self.pending.contains_key(&id)
+        {
+            id = id.wrapping_add(1);
+        }
+        self.next_guest_id = id.wrapping_add(1);
+        id
+    }
+}
+
+/// What metrics need besides the guest's own figures.
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub cpu: CpuSampler,
+    pub memory_limit_bytes: u64,
+    pub started: Instant,
 }
 
 #[derive(Clone)]
@@ -42,6 +71,10 @@ pub struct Relay {
     routes: Arc<Mutex<Routes>>,
     to_guest: mpsc::Sender<Vec<u8>>,
     control: mpsc::Sender<Control>,
+    draining: Arc<AtomicBool>,
+    /// Number of exec sessions in flight.
+    active: Arc<watch::Sender<usize>>,
+    metrics: Arc<Mutex<Option<MetricsSource>>>,
 }
 
 fn log(msg: &str) {
@@ -71,10 +104,74 @@ impl Relay {
             })),
             to_guest,
             control,
+            draining: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(watch::channel(0).0),
+            metrics: Arc::new(Mutex::new(None)),
         };
         let r = relay.clone();
         tokio::spawn(async move { r.guest_reader(guest_rd, decoder).await });
         relay
+    }
+
+    pub fn set_metrics_source(&self, m: MetricsSource) {
+        *self.metrics.lock().unwrap() = Some(m);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Watch the number of exec sessions in flight.
+    pub fn active_sessions(&self) -> watch::Receiver<usize> {
+        self.active.subscribe()
+    }
+
+    fn count_changed(&self, r: &Routes) {
+        self.active.send_replace(r.sessions.len());
+    }
+
+    /// Ask the guest for its figures and add the host's.
+    async fn metrics_report(&self) -> Result<MetricsReport, String> {
+        let source = self
+            .metrics
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or("metrics are not available yet")?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut r = self.routes.lock().unwrap();
+            let id = r.fresh_id();
+            r.pending.insert(id, tx);
+            id
+        };
+        self.send_to_guest(&Frame::new(id, Message::Metrics)).await;
+        let guest = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(g)) => g,
+            _ => {
+                self.routes.lock().unwrap().pending.remove(&id);
+                return Err("the guest did not answer the metrics request".into());
+            }
+        };
+        let limit = source.memory_limit_bytes;
+        Ok(MetricsReport {
+            cpu_percent: source.cpu.percent(),
+            // The guest's numbers are untrusted: keep them within what is possible.
+            memory_bytes: guest
+                .mem_total_bytes
+                .saturating_sub(guest.mem_available_bytes)
+                .min(limit),
+            memory_limit_bytes: limit,
+            disk_read_bytes: guest.disk_read_bytes,
+            disk_write_bytes: guest.disk_write_bytes,
+            net_rx_bytes: guest.net_rx_bytes,
+            net_tx_bytes: guest.net_tx_bytes,
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            uptime_ms: source.started.elapsed().as_millis() as u64,
+        })
     }
 
     pub async fn send_to_guest(&self, frame: &Frame) {
@@ -133,6 +230,19 @@ impl Relay {
             }
             return Ok(());
         }
+        if let Message::GuestStats(stats) = frame.message {
+            let waiter = self.routes.lock().unwrap().pending.remove(&frame.id);
+            return match waiter {
+                Some(tx) => {
+                    let _ = tx.send(stats);
+                    Ok(())
+                }
+                None => Err(format!(
+                    "guest sent metrics for unknown request id {}",
+                    frame.id
+                )),
+            };
+        }
         let target = {
             let mut r = self.routes.lock().unwrap();
             let Some(&(client, local)) = r.sessions.get(&frame.id) else {
@@ -140,6 +250,7 @@ impl Relay {
             };
             if frame.message.ends_session() {
                 r.sessions.remove(&frame.id);
+                self.count_changed(&r);
             }
             r.clients.get(&client).cloned().map(|tx| (tx, local))
         };
@@ -249,22 +360,50 @@ impl Relay {
                     Message::Kill if frame.flags & FLAG_CONTROL != 0 => {
                         let _ = self.control.send(Control::Kill).await;
                     }
+                    Message::Drain if frame.flags & FLAG_CONTROL != 0 => {
+                        self.set_draining();
+                        let (done_tx, done_rx) = oneshot::channel();
+                        let _ = self.control.send(Control::Drain(done_tx)).await;
+                        let _ = done_rx.await;
+                        let _ = reply(&tx, frame.id, Message::Done).await;
+                    }
+                    Message::Detach if frame.flags & FLAG_CONTROL != 0 => {
+                        let _ = self.control.send(Control::Detach).await;
+                        let _ = reply(&tx, frame.id, Message::Done).await;
+                    }
+                    Message::Metrics if frame.flags & FLAG_CONTROL != 0 => {
+                        let (relay, tx, id) = (self.clone(), tx.clone(), frame.id);
+                        tokio::spawn(async move {
+                            let msg = match relay.metrics_report().await {
+                                Ok(m) => Message::MetricsReport(m),
+                                Err(e) => Message::Error {
+                                    code: "runtime".into(),
+                                    message: e,
+                                },
+                            };
+                            let _ = reply(&tx, id, msg).await;
+                        });
+                    }
+                    Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
+                        let msg = Message::Error {
+                            code: "sandboxDraining".into(),
+                            message: "the sandbox is draining: it accepts no new commands".into(),
+                        };
+                        let _ = reply(&tx, frame.id, msg).await;
+                    }
                     Message::Exec(req) => {
                         let guest_id = {
                             let mut r = self.routes.lock().unwrap();
-                            if r.sessions
+                            let in_use = r
+                                .sessions
                                 .values()
-                                .any(|&(c, l)| c == client_id && l == frame.id)
-                                || frame.id == CHANNEL_ID
-                            {
+                                .any(|&(c, l)| c == client_id && l == frame.id);
+                            if in_use || frame.id == CHANNEL_ID {
                                 None
                             } else {
-                                let mut id = r.next_guest_id;
-                                while id == CHANNEL_ID || r.sessions.contains_key(&id) {
-                                    id = id.wrapping_add(1);
-                                }
-                                r.next_guest_id = id.wrapping_add(1);
+                                let id = r.fresh_id();
                                 r.sessions.insert(id, (client_id, frame.id));
+                                self.count_changed(&r);
                                 Some(id)
                             }
                         };
@@ -330,5 +469,11 @@ fn kind(m: &Message) -> &'static str {
         Message::Error { .. } => "error",
         Message::Stop { .. } => "stop",
         Message::Kill => "kill",
+        Message::Drain => "drain",
+        Message::Detach => "detach",
+        Message::Metrics => "metrics",
+        Message::GuestStats(_) => "guest_stats",
+        Message::MetricsReport(_) => "metrics_report",
+        Message::Done => "done",
     }
 }

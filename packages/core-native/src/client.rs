@@ -14,7 +14,7 @@ use napi_derive::napi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::err;
 
@@ -38,6 +38,8 @@ struct Session {
 
 struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Control requests waiting for the runtime's answer, by request id.
+    controls: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
     senders: Mutex<HashMap<u32, mpsc::Sender<Message>>>,
     sessions: Mutex<HashMap<u32, Session>>,
     next_id: AtomicU32,
@@ -104,6 +106,7 @@ impl AgentClient {
         let (closed_tx, closed_rx) = watch::channel(None);
         let inner = Arc::new(Inner {
             writer: tokio::sync::Mutex::new(wr),
+            controls: Mutex::new(HashMap::new()),
             senders: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -195,9 +198,7 @@ impl AgentClient {
                 reason: Some(reason),
                 ..ev("failed")
             },
-            Message::Error { code, message } => {
-                return Err(err("protocol", format!("{code}: {message}")))
-            }
+            Message::Error { code, message } => return Err(err(trusted_code(&code), message)),
             other => return Err(err("protocol", format!("unexpected message {other:?}"))),
         }))
     }
@@ -247,9 +248,98 @@ impl AgentClient {
         Ok(())
     }
 
+    /// A point-in-time metrics sample, from msb-runtime.
+    #[napi]
+    pub async fn metrics(&self) -> Result<MetricsRecord> {
+        match self.control(Message::Metrics).await? {
+            Message::MetricsReport(m) => Ok(MetricsRecord {
+                cpu_percent: m.cpu_percent,
+                memory_bytes: m.memory_bytes as f64,
+                memory_limit_bytes: m.memory_limit_bytes as f64,
+                disk_read_bytes: m.disk_read_bytes as f64,
+                disk_write_bytes: m.disk_write_bytes as f64,
+                net_rx_bytes: m.net_rx_bytes as f64,
+                net_tx_bytes: m.net_tx_bytes as f64,
+                timestamp_ms: m.timestamp_ms as f64,
+                uptime_ms: m.uptime_ms as f64,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Let running commands finish, refuse new ones, then stop. Resolves once accepted.
+    #[napi]
+    pub async fn drain(&self) -> Result<()> {
+        match self.control(Message::Drain).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Make the runtime stop watching its creator (attached -> detached).
+    #[napi]
+    pub async fn detach(&self) -> Result<()> {
+        match self.control(Message::Detach).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Resolves when the VM is gone, without asking it to stop.
+    #[napi]
+    pub async fn wait(&self) -> Result<()> {
+        self.wait_closed().await;
+        Ok(())
+    }
+
+    async fn control(&self, msg: Message) -> Result<Message> {
+        if let Some(reason) = self.inner.closed.borrow().clone() {
+            return Err(err("sandboxNotRunning", reason));
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let (tx, rx) = oneshot::channel();
+        self.inner.controls.lock().unwrap().insert(id, tx);
+        write(&self.inner, Frame::control(id, msg)).await?;
+        match rx.await {
+            Ok(Message::Error { code, message }) => Err(err(trusted_code(&code), message)),
+            Ok(m) => Ok(m),
+            Err(_) => Err(err("sandboxNotRunning", "the sandbox stopped")),
+        }
+    }
+
     async fn wait_closed(&self) {
         let mut rx = self.inner.closed.clone();
         let _ = rx.wait_for(|c| c.is_some()).await;
+    }
+}
+
+#[napi(object)]
+pub struct MetricsRecord {
+    pub cpu_percent: f64,
+    pub memory_bytes: f64,
+    pub memory_limit_bytes: f64,
+    pub disk_read_bytes: f64,
+    pub disk_write_bytes: f64,
+    pub net_rx_bytes: f64,
+    pub net_tx_bytes: f64,
+    pub timestamp_ms: f64,
+    pub uptime_ms: f64,
+}
+
+fn unexpected(m: Message) -> napi::Error {
+    err(
+        "protocol",
+        format!("unexpected answer from the runtime: {m:?}"),
+    )
+}
+
+/// Error codes the runtime may hand to the SDK; anything else (a guest could put any
+/// string there) is reported as a protocol error.
+fn trusted_code(code: &str) -> &'static str {
+    match code {
+        "sandboxDraining" => "sandboxDraining",
+        "runtime" => "runtime",
+        _ => "protocol",
     }
 }
 
@@ -265,6 +355,11 @@ async fn reader(
             match dec.next_frame() {
                 Ok(Some(f)) => {
                     if f.id == CHANNEL_ID {
+                        continue;
+                    }
+                    let waiter = inner.controls.lock().unwrap().remove(&f.id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(f.message);
                         continue;
                     }
                     let tx = inner.senders.lock().unwrap().get(&f.id).cloned();
@@ -286,7 +381,9 @@ async fn reader(
             Ok(n) => dec.push(&buf[..n]),
         }
     };
-    // Ending every open session's queue wakes their pending `next` calls.
+    // Ending every open session's queue wakes their pending `next` calls; dropping the
+    // control waiters fails their requests.
     inner.senders.lock().unwrap().clear();
+    inner.controls.lock().unwrap().clear();
     let _ = closed.send(Some(reason));
 }

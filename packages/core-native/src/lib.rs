@@ -6,10 +6,12 @@
 mod client;
 mod lock;
 mod spawn;
+mod state;
 
 pub use client::AgentClient;
 pub use lock::{lock_file, FileLock};
-pub use spawn::{release_attachment, remove_sandbox, start_sandbox};
+pub use spawn::{release_attachment, start_sandbox};
+pub use state::{get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, SandboxRecord};
 
 pub(crate) fn err(code: &str, msg: impl std::fmt::Display) -> napi::Error {
     napi::Error::from_reason(format!("{code}: {msg}"))

@@ -1,7 +1,6 @@
 //! Starting msb-runtime and removing a stopped sandbox's state.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -164,31 +163,4 @@ pub fn release_attachment(runtime_pid: u32) -> bool {
         .unwrap()
         .remove(&runtime_pid)
         .is_some()
-}
-
-/// Delete a stopped sandbox's directory. A running one (its runtime holds the lock) is refused.
-#[napi]
-pub async fn remove_sandbox(msb_home: String, name: String) -> Result<()> {
-    let dir = PathBuf::from(msb_home).join("sandboxes").join(&name);
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(err(
-            "invalidConfig",
-            format!("name: invalid sandbox name '{name}'"),
-        ));
-    }
-    let lock = match fs::OpenOptions::new().write(true).open(dir.join("lock")) {
-        Ok(f) => f,
-        Err(_) if !dir.exists() => {
-            return Err(err("sandboxNotFound", format!("no sandbox named '{name}'")))
-        }
-        Err(_) => return fs::remove_dir_all(&dir).map_err(|e| err("runtime", e)),
-    };
-    // SAFETY: flock on an open fd.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(err(
-            "sandboxStillRunning",
-            format!("sandbox '{name}' is still running: stop it first"),
-        ));
-    }
-    fs::remove_dir_all(&dir).map_err(|e| err("runtime", e))
 }

@@ -1,0 +1,453 @@
+//! One sandbox's setup: lock its name, record it in the store, build its disks, start
+//! QEMU, and bring the guest agent through hello and bootstrap.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use msb_protocol::{
+    Bootstrap, DiskSpec, Frame, FrameDecoder, Message, RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
+};
+use msb_store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Mode};
+use crate::cpu::CpuSampler;
+use crate::error::RtError;
+use crate::relay::{Control, MetricsSource, Relay};
+use crate::{disks, log, vm};
+
+pub struct Sandbox {
+    pub(crate) store: Store,
+    pub(crate) cfg: Config,
+    pub(crate) dir: PathBuf,
+    run_dir: PathBuf,
+    pub(crate) agent_sock: PathBuf,
+    vm_sock: PathBuf,
+    /// Held for the life of the process: the sandbox name is in use while it is.
+    _lock: fs::File,
+    pub(crate) qemu: Option<Child>,
+    /// A sandbox created by this process, whose row and directory go if its boot fails.
+    created: bool,
+    /// When QEMU started (uptime is measured from here).
+    pub(crate) started: Instant,
+}
+
+impl Sandbox {
+    /// Everything before QEMU starts: validate, lock the name, redirect our log.
+    pub fn prepare(cfg: Config) -> Result<Sandbox, RtError> {
+        cfg.validate()?;
+        let dir = cfg.msb_home.join("sandboxes").join(&cfg.name);
+        fs::create_dir_all(&dir)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        // SAFETY: flock on an open fd.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(match cfg.mode {
+                Mode::Create => RtError::new(
+                    "sandboxAlreadyExists",
+                    format!(
+                        "a sandbox named '{}' already exists and is running",
+                        cfg.name
+                    ),
+                ),
+                Mode::Start => RtError::new(
+                    "sandboxStillRunning",
+                    format!("sandbox '{}' is already running", cfg.name),
+                ),
+            });
+        }
+        let store = Store::open(&cfg.msb_home).map_err(|e| RtError::runtime(e.to_string()))?;
+        let config_json = cfg.sdk_config.to_string();
+        match cfg.mode {
+            Mode::Create => {
+                if !store
+                    .insert_new(&cfg.name, &config_json)
+                    .map_err(|e| RtError::runtime(e.to_string()))?
+                {
+                    return Err(RtError::new(
+                        "sandboxAlreadyExists",
+                        format!(
+                            "a sandbox named '{}' already exists (stopped); remove it or start it",
+                            cfg.name
+                        ),
+                    ));
+                }
+            }
+            Mode::Start => {
+                if store
+                    .get_raw(&cfg.name)
+                    .map_err(|e| RtError::runtime(e.to_string()))?
+                    .is_none()
+                {
+                    return Err(RtError::new(
+                        "sandboxNotFound",
+                        format!("no sandbox named '{}'", cfg.name),
+                    ));
+                }
+                // Keep the stored configuration unless a new one was given.
+                let keep = if cfg.sdk_config.is_null() {
+                    None
+                } else {
+                    Some(config_json.as_str())
+                };
+                let current = store
+                    .get_raw(&cfg.name)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.config_json)
+                    .unwrap_or_default();
+                store
+                    .set_starting(&cfg.name, keep.unwrap_or(&current))
+                    .map_err(|e| RtError::runtime(e.to_string()))?;
+            }
+        }
+        // From here on, our stderr is the sandbox's runtime.log.
+        if let Ok(f) = fs::File::create(dir.join("runtime.log")) {
+            // SAFETY: replaces fd 2 with the log file.
+            unsafe { libc::dup2(f.as_raw_fd(), 2) };
+        }
+        // A new sandbox starts from nothing (files of an earlier one by that name go); a
+        // restarted one keeps its writable disk.
+        let stale: &[&str] = match cfg.mode {
+            Mode::Create => &["upper.ext4", "lower.ext4", "console.log", "qemu.log"],
+            Mode::Start => &["console.log", "qemu.log"],
+        };
+        for f in stale {
+            let _ = fs::remove_file(dir.join(f));
+        }
+        let run_dir = cfg
+            .msb_home
+            .join("run")
+            .join(format!("{:08x}", random_u32()));
+        fs::create_dir_all(&run_dir)?;
+        let agent_sock = run_dir.join("agent.sock");
+        let vm_sock = run_dir.join("vm.sock");
+        if agent_sock.as_os_str().len() > 100 {
+            return Err(RtError::new(
+                "invalidConfig",
+                format!(
+                    "msbHome: {} is too long for Unix socket paths (108 bytes)",
+                    cfg.msb_home.display()
+                ),
+            ));
+        }
+        let created = cfg.mode == Mode::Create;
+        Ok(Sandbox {
+            started: Instant::now(),
+            store,
+            created,
+            cfg,
+            dir,
+            run_dir,
+            agent_sock,
+            vm_sock,
+            _lock: lock,
+            qemu: None,
+        })
+    }
+
+    /// Start QEMU, format the upper disk meanwhile, handshake and bootstrap the guest.
+    pub async fn boot(&mut self) -> Result<Running, RtError> {
+        let qemu_bin = vm::find_qemu()?;
+        for (what, p) in [
+            ("kernel", &self.cfg.kernel),
+            ("initramfs", &self.cfg.initramfs),
+        ] {
+            if !p.is_file() {
+                return Err(RtError::new(
+                    "kernelNotFound",
+                    format!("guest {what} not found at {}: build it with `npm run setup` (runs test-vms/build.sh)", p.display()),
+                ));
+            }
+        }
+        let lower = disks::prepare_lower(&self.cfg.image, &self.dir).await?;
+        let upper = self.dir.join("upper.ext4");
+        let fresh_upper = !upper.exists();
+        if fresh_upper {
+            disks::create_upper_file(&upper)?;
+        }
+
+        let accel = vm::pick_accel(&qemu_bin, &self.cfg.kernel, &self.cfg.initramfs);
+        let paths = vm::VmPaths {
+            console_log: &self.dir.join("console.log"),
+            qemu_log: &self.dir.join("qemu.log"),
+            agent_chardev: &self.vm_sock,
+            lower: &lower.path,
+            lower_readonly: true,
+            upper: &upper,
+        };
+        let cmd = vm::qemu_command(&qemu_bin, &self.cfg, accel, &paths);
+        log(&format!("starting {:?} ({accel:?})", cmd));
+        let child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RtError::runtime(format!("cannot start {}: {e}", qemu_bin.display())))?;
+        self.qemu = Some(child);
+        self.started = Instant::now();
+        let format = tokio::spawn({
+            let upper = upper.clone();
+            async move {
+                if fresh_upper {
+                    disks::format_upper(&upper).await
+                } else {
+                    Ok(())
+                }
+            }
+        });
+
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
+        let stream = self.connect_chardev(deadline).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        let mut dec = FrameDecoder::new();
+        write_frame(
+            &mut wr,
+            &Frame::new(
+                CHANNEL_ID,
+                Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ),
+        )
+        .await?;
+        match self.next_guest_frame(&mut rd, &mut dec, deadline).await? {
+            Message::Hello { version } if version == PROTOCOL_VERSION => {}
+            Message::Hello { version } => {
+                return Err(RtError::new("protocol", format!("guest agent speaks protocol {version}, host {PROTOCOL_VERSION}: rebuild the initramfs")))
+            }
+            other => return Err(RtError::new("protocol", format!("guest sent {other:?} before hello"))),
+        }
+        format
+            .await
+            .map_err(|e| RtError::runtime(e.to_string()))??;
+
+        let mut entropy = vec![0u8; 32];
+        if let Ok(mut f) = fs::File::open("/dev/urandom") {
+            let _ = f.read_exact(&mut entropy);
+        }
+        let boot = Bootstrap {
+            root: RootSpec {
+                lower: DiskSpec {
+                    serial: "lower".into(),
+                    fstype: lower.fstype.clone(),
+                },
+                upper: DiskSpec {
+                    serial: "upper".into(),
+                    fstype: "ext4".into(),
+                },
+            },
+            env: self.cfg.env.clone(),
+            workdir: self.cfg.workdir.clone(),
+            user: self.cfg.user.clone(),
+            hostname: self
+                .cfg
+                .hostname
+                .clone()
+                .unwrap_or_else(|| self.cfg.name.clone()),
+            time_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            entropy,
+        };
+        write_frame(&mut wr, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
+        loop {
+            match self.next_guest_frame(&mut rd, &mut dec, deadline).await? {
+                Message::Ready => break,
+                Message::Hello { .. } => continue, // an earlier hello, sent before we connected
+                Message::Error { message, .. } => {
+                    return Err(RtError::runtime(format!(
+                        "guest bootstrap failed: {message}"
+                    )))
+                }
+                other => {
+                    return Err(RtError::new(
+                        "protocol",
+                        format!("guest sent {other:?} during bootstrap"),
+                    ))
+                }
+            }
+        }
+
+        let _ = fs::remove_file(&self.agent_sock);
+        let listener = UnixListener::bind(&self.agent_sock).map_err(|e| {
+            RtError::runtime(format!("listen on {}: {e}", self.agent_sock.display()))
+        })?;
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let relay = Relay::start(rd, wr, dec, ctl_tx.clone());
+        if let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) {
+            relay.set_metrics_source(MetricsSource {
+                cpu: CpuSampler::start(pid, self.cfg.cpus as u32),
+                memory_limit_bytes: self.cfg.memory_mib as u64 * 1024 * 1024,
+                started: self.started,
+            });
+        }
+        relay.serve(listener);
+        self.store
+            .set_running(
+                &self.cfg.name,
+                std::process::id(),
+                &self.agent_sock.display().to_string(),
+            )
+            .map_err(|e| RtError::runtime(e.to_string()))?;
+        Ok(Running {
+            relay,
+            ctl_tx,
+            ctl_rx,
+        })
+    }
+
+    async fn connect_chardev(&mut self, deadline: Instant) -> Result<UnixStream, RtError> {
+        loop {
+            if let Ok(s) = UnixStream::connect(&self.vm_sock).await {
+                return Ok(s);
+            }
+            self.check_qemu_alive()?;
+            if Instant::now() > deadline {
+                return Err(self.boot_timeout());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn check_qemu_alive(&mut self) -> Result<(), RtError> {
+        if let Some(q) = self.qemu.as_mut() {
+            if let Ok(Some(status)) = q.try_wait() {
+                let qlog = fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+                return Err(RtError::runtime(format!(
+                    "QEMU exited during boot ({status}): {}\nkernel log:\n{}",
+                    qlog.trim(),
+                    tail(&self.dir.join("console.log"), 20)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn boot_timeout(&self) -> RtError {
+        RtError::new(
+            "agentTimeout",
+            format!(
+                "the guest agent did not answer within {} ms; last lines of the kernel log ({}):\n{}",
+                self.cfg.boot_timeout_ms,
+                self.dir.join("console.log").display(),
+                tail(&self.dir.join("console.log"), 20)
+            ),
+        )
+    }
+
+    /// Next frame from the guest during boot, bounded by the boot deadline.
+    async fn next_guest_frame(
+        &mut self,
+        rd: &mut tokio::net::unix::OwnedReadHalf,
+        dec: &mut FrameDecoder,
+        deadline: Instant,
+    ) -> Result<Message, RtError> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match dec.next_frame() {
+                Ok(Some(f)) if f.message.allowed_from_guest() && f.flags == 0 => {
+                    return Ok(f.message)
+                }
+                Ok(Some(f)) => {
+                    return Err(RtError::new(
+                        "protocol",
+                        format!("guest sent a message it may not send: {:?}", f.message),
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(RtError::new(
+                        "protocol",
+                        format!("bad frame from guest: {e}"),
+                    ))
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Wake up now and then to notice QEMU dying.
+            match tokio::time::timeout(left.min(Duration::from_millis(200)), rd.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) => {
+                    self.check_qemu_alive()?;
+                    return Err(RtError::runtime("the guest channel closed during boot"));
+                }
+                Ok(Ok(n)) => dec.push(&buf[..n]),
+                Ok(Err(e)) => return Err(RtError::runtime(format!("guest channel: {e}"))),
+                Err(_) => {
+                    self.check_qemu_alive()?;
+                    if Instant::now() >= deadline {
+                        return Err(self.boot_timeout());
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn kill_vm(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill().await;
+        }
+    }
+
+    pub fn cleanup(&self) {
+        let _ = fs::remove_dir_all(&self.run_dir);
+    }
+
+    /// After a failed boot: a sandbox this process created is forgotten entirely (the name
+    /// is free again); a restarted one is recorded as crashed with the reason.
+    pub fn boot_failed(&self, e: &RtError) {
+        if self.created {
+            let _ = msb_store::remove_sandbox_state(&self.store, &self.cfg.name);
+        } else {
+            let _ = self.store.set_exited(
+                &self.cfg.name,
+                msb_store::CRASHED,
+                1,
+                &format!("start failed: {}", e.message),
+            );
+        }
+    }
+}
+
+/// A booted sandbox: the relay and the control channel of its main loop.
+pub struct Running {
+    pub relay: Relay,
+    pub ctl_tx: mpsc::Sender<Control>,
+    pub ctl_rx: mpsc::Receiver<Control>,
+}
+
+async fn write_frame(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    frame: &Frame,
+) -> Result<(), RtError> {
+    let buf = frame
+        .encode()
+        .map_err(|e| RtError::new("protocol", e.to_string()))?;
+    wr.write_all(&buf)
+        .await
+        .map_err(|e| RtError::runtime(format!("guest channel: {e}")))
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_ne_bytes(b)
+}

@@ -1,0 +1,205 @@
+//! Sandbox records from the store, for `Sandbox.get/list/remove` and killing a sandbox
+//! whose runtime may not answer.
+
+use std::time::Duration;
+
+use msb_protocol::{Frame, Message, CHANNEL_ID, PROTOCOL_VERSION};
+use msb_store::{remove_sandbox_state, runtime_alive, try_lock, Record, Store, STOPPED};
+use napi::Result;
+use napi_derive::napi;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::err;
+
+#[napi(object)]
+pub struct SandboxRecord {
+    pub name: String,
+    /// "running" | "stopped" | "crashed" | "draining"
+    pub status: String,
+    pub config_json: String,
+    /// Milliseconds since the epoch.
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub runtime_pid: Option<u32>,
+    pub socket_path: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_reason: Option<String>,
+}
+
+impl From<Record> for SandboxRecord {
+    fn from(r: Record) -> Self {
+        SandboxRecord {
+            name: r.name,
+            status: r.status,
+            config_json: r.config_json,
+            created_at: r.created_at_ms as f64,
+            updated_at: r.updated_at_ms as f64,
+            runtime_pid: r.runtime_pid.map(|p| p as u32),
+            socket_path: r.socket_path,
+            exit_code: r.exit_code.map(|c| c as i32),
+            exit_reason: r.exit_reason,
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            "invalidConfig",
+            format!("name: invalid sandbox name '{name}'"),
+        ))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| err("runtime", e))?
+}
+
+fn open(home: &str) -> Result<Store> {
+    Store::open(home).map_err(|e| err("runtime", e))
+}
+
+fn not_found(name: &str) -> napi::Error {
+    err("sandboxNotFound", format!("no sandbox named '{name}'"))
+}
+
+/// Every sandbox (running, draining, stopped, crashed), by name.
+#[napi]
+pub async fn list_sandboxes(msb_home: String) -> Result<Vec<SandboxRecord>> {
+    blocking(move || {
+        Ok(open(&msb_home)?
+            .list()
+            .map_err(|e| err("runtime", e))?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    })
+    .await
+}
+
+#[napi]
+pub async fn get_sandbox(msb_home: String, name: String) -> Result<SandboxRecord> {
+    check_name(&name)?;
+    blocking(move || {
+        let rec = open(&msb_home)?.get(&name).map_err(|e| err("runtime", e))?;
+        rec.map(Into::into).ok_or_else(|| not_found(&name))
+    })
+    .await
+}
+
+/// Delete a stopped (or crashed) sandbox's row and directory.
+#[napi]
+pub async fn remove_sandbox(msb_home: String, name: String) -> Result<()> {
+    check_name(&name)?;
+    blocking(move || {
+        let store = open(&msb_home)?;
+        let exists = store.get(&name).map_err(|e| err("runtime", e))?.is_some();
+        if !exists && !store.layout().sandbox_dir(&name).exists() {
+            return Err(not_found(&name));
+        }
+        let Some(_lock) = try_lock(store.layout(), &name).map_err(|e| err("runtime", e))? else {
+            return Err(err(
+                "sandboxStillRunning",
+                format!("sandbox '{name}' is still running: stop it first"),
+            ));
+        };
+        remove_sandbox_state(&store, &name).map_err(|e| err("runtime", e))
+    })
+    .await
+}
+
+/// End a sandbox's VM at once: through its runtime when it answers, else by killing the
+/// runtime (QEMU dies with it). Nothing to do for a stopped sandbox.
+#[napi]
+pub async fn kill_sandbox(msb_home: String, name: String) -> Result<()> {
+    check_name(&name)?;
+    let home = msb_home.clone();
+    let n = name.clone();
+    let rec = blocking(move || open(&home)?.get(&n).map_err(|e| err("runtime", e)))
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    if !rec.is_live() {
+        return Ok(());
+    }
+    if let Some(sock) = &rec.socket_path {
+        if tokio::time::timeout(Duration::from_secs(3), kill_via_socket(sock))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            return wait_gone(&msb_home, &name).await;
+        }
+    }
+    // The runtime does not answer: kill it (QEMU has PDEATHSIG and follows). The pid is only
+    // trusted while the sandbox's lock is held, so a recycled pid is never hit.
+    let home = msb_home.clone();
+    let n = name.clone();
+    blocking(move || {
+        let store = open(&home)?;
+        if let (Some(pid), true) = (rec.runtime_pid, runtime_alive(store.layout(), &n)) {
+            // SAFETY: plain kill.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        Ok(())
+    })
+    .await?;
+    wait_gone(&msb_home, &name).await?;
+    let n = name.clone();
+    blocking(move || {
+        let store = open(&msb_home)?;
+        // The runtime could not record its own end.
+        store
+            .set_exited(&n, STOPPED, 137, "killed")
+            .map_err(|e| err("runtime", e))
+    })
+    .await
+}
+
+async fn kill_via_socket(sock: &str) -> std::io::Result<()> {
+    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    let mut out = Frame::new(
+        CHANNEL_ID,
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .encode()
+    .map_err(std::io::Error::other)?;
+    out.extend(
+        Frame::control(CHANNEL_ID, Message::Kill)
+            .encode()
+            .map_err(std::io::Error::other)?,
+    );
+    s.write_all(&out).await?;
+    // The runtime closes the connection when it exits.
+    let mut buf = [0u8; 4096];
+    while s.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+/// Wait until nobody holds the sandbox's lock (its runtime has exited).
+async fn wait_gone(home: &str, name: &str) -> Result<()> {
+    let layout = msb_store::Layout::new(home);
+    for _ in 0..200 {
+        if !runtime_alive(&layout, name) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(err(
+        "runtime",
+        format!("sandbox '{name}' did not stop within 10 s"),
+    ))
+}
