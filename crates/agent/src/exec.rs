@@ -1,22 +1,41 @@
-//! Exec sessions. Each request becomes a child process whose stdout and stderr are
-//! relayed in chunks; PID 1 reaps every child (also orphans re-parented to it) in one
-//! reaper thread and hands exit statuses to the sessions that wait for them.
+//! Exec sessions. Each request becomes a child process whose output is relayed in
+//! flow-controlled chunks; stdin, signals and terminal resizes arrive as session
+//! messages. PID 1 reaps every child (also orphans re-parented to it) in one reaper
+//! thread and hands exit statuses to the sessions that wait for them.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Sender};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use msb_protocol::{ExecRequest, Frame, Message, MAX_CHUNK};
+use msb_protocol::{ExecRequest, Frame, Message, TtySize, INITIAL_WINDOW, MAX_CHUNK};
 
 use crate::port::Port;
+use crate::window::{send_windowed, Window};
 
 type Waiters = HashMap<i32, Sender<ExitStatus>>;
+/// Builds the message that carries a chunk of one output stream.
+type Wrap = fn(Vec<u8>) -> Message;
+
+/// Where a session's stdin goes.
+pub enum Input {
+    Data(Vec<u8>),
+    Close,
+}
+
+/// What the main loop needs to steer a running session.
+pub struct Control {
+    /// Process group to signal (the child is its leader); 0 for sessions without one.
+    pub(crate) pgid: i32,
+    pub(crate) stdin: Option<Sender<Input>>,
+    pub(crate) window: Arc<Window>,
+    pub(crate) pty: Option<Arc<OwnedFd>>,
+}
 
 pub struct Sessions {
     port: Arc<Port>,
@@ -25,7 +44,11 @@ pub struct Sessions {
     user: Option<String>,
     waiters: Mutex<Waiters>,
     spawned: Condvar,
+    pub(crate) controls: Mutex<HashMap<u32, Control>>,
 }
+
+/// Directory of `.script()` files; on every command's PATH.
+pub const SCRIPTS_DIR: &str = "/.msb/scripts";
 
 impl Sessions {
     pub fn start(
@@ -41,10 +64,36 @@ impl Sessions {
             user,
             waiters: Mutex::new(HashMap::new()),
             spawned: Condvar::new(),
+            controls: Mutex::new(HashMap::new()),
         });
         let reaper = s.clone();
         std::thread::spawn(move || reaper.reap());
         s
+    }
+
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
+    }
+
+    /// Register a session the main loop routes input to. False when the id is in use.
+    pub(crate) fn register(&self, id: u32, c: Control) -> bool {
+        let mut m = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        if m.contains_key(&id) {
+            return false;
+        }
+        m.insert(id, c);
+        true
+    }
+
+    pub(crate) fn unregister(&self, id: u32) {
+        if let Some(c) = self
+            .controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            c.window.close();
+        }
     }
 
     fn reap(&self) {
@@ -72,8 +121,51 @@ impl Sessions {
     }
 
     pub fn spawn(self: &Arc<Self>, id: u32, req: ExecRequest) {
+        if self
+            .controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+        {
+            let _ = self.port.send(&Frame::new(
+                id,
+                Message::Failed {
+                    reason: "session id in use".into(),
+                },
+            ));
+            return;
+        }
         if let Err(reason) = self.try_spawn(id, &req) {
             let _ = self.port.send(&Frame::new(id, Message::Failed { reason }));
+        }
+    }
+
+    /// A message for a running session (stdin, signal, resize, credit).
+    pub fn input(&self, id: u32, msg: Message) {
+        let controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = controls.get(&id) else { return };
+        match msg {
+            Message::Stdin(data) => {
+                if let Some(tx) = &c.stdin {
+                    let _ = tx.send(Input::Data(data));
+                }
+            }
+            Message::StdinClose => {
+                if let Some(tx) = &c.stdin {
+                    let _ = tx.send(Input::Close);
+                }
+            }
+            Message::Signal { signal } if (1..=64).contains(&signal) && c.pgid > 1 => {
+                // SAFETY: plain kill of the session's process group.
+                unsafe { libc::kill(-c.pgid, signal) };
+            }
+            Message::Resize { rows, cols } => {
+                if let Some(pty) = &c.pty {
+                    set_winsize(pty.as_raw_fd(), TtySize { rows, cols });
+                }
+            }
+            Message::Credit { bytes } => c.window.grant(bytes),
+            _ => {}
         }
     }
 
@@ -83,6 +175,7 @@ impl Sessions {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        add_scripts_to_path(&mut env);
         let cwd = req
             .cwd
             .clone()
@@ -95,14 +188,7 @@ impl Sessions {
         // it leaves for fork when PATH was changed and the program has no '/'.
         let program = resolve_program(&req.cmd, &env)?;
         let mut cmd = Command::new(&program);
-        cmd.arg0(&req.cmd)
-            .args(&req.args)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        cmd.arg0(&req.cmd).args(&req.args).env_clear().envs(env);
         if let Some(user) = req.user.as_ref().or(self.user.as_ref()) {
             let (uid, gid, home) = resolve_user(user)?;
             cmd.uid(uid).gid(gid);
@@ -111,6 +197,54 @@ impl Sessions {
                     cmd.env("HOME", h);
                 }
             }
+        }
+        let rlimits = parse_rlimits(&req.rlimits)?;
+
+        // stdio: a pseudo-terminal, or pipes.
+        let mut pty_master: Option<OwnedFd> = None;
+        if let Some(size) = req.tty {
+            let (master, slave) = open_pty(size)?;
+            let slave_fd = slave.as_raw_fd();
+            cmd.stdin(Stdio::from(slave.try_clone().map_err(|e| e.to_string())?))
+                .stdout(Stdio::from(slave.try_clone().map_err(|e| e.to_string())?))
+                .stderr(Stdio::from(slave));
+            let _ = slave_fd;
+            pty_master = Some(master);
+        } else {
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        }
+        let tty = req.tty.is_some();
+        if tty || !rlimits.is_empty() {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(res, n) in &rlimits {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(res, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if tty {
+                        // Own session with the terminal as its controlling terminal.
+                        libc::setsid();
+                        libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    } else {
+                        libc::setpgid(0, 0);
+                    }
+                    Ok(())
+                });
+            }
+        } else {
+            cmd.process_group(0);
         }
 
         let (tx, rx) = channel();
@@ -131,36 +265,112 @@ impl Sessions {
             self.spawned.notify_all();
             child
         };
-        self.port
-            .send(&Frame::new(id, Message::Started { pid: child.id() }))?;
+        // The command line's copy of the slave end must go, or EOF never comes.
+        drop(cmd);
+        let pid = child.id();
+        let window = Arc::new(Window::new(INITIAL_WINDOW));
+        let pty = pty_master.map(Arc::new);
 
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let port = self.port.clone();
-        // One thread per session: relays both pipes, then reports the exit status.
+        // Stdin: a writer thread fed by the main loop, so a child that does not read its
+        // stdin never blocks the agent.
+        let stdin_target: Option<File> = match (&pty, child.stdin.take()) {
+            (Some(m), _) => Some(File::from(m.try_clone().map_err(|e| e.to_string())?)),
+            (None, Some(s)) => Some(File::from(OwnedFd::from(s))),
+            (None, None) => None,
+        };
+        let stdin_tx = stdin_target.map(|f| {
+            let (itx, irx) = channel::<Input>();
+            let port = self.port.clone();
+            std::thread::spawn(move || feed_stdin(f, irx, tty, &port, id));
+            itx
+        });
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Control {
+                    pgid: pid as i32,
+                    stdin: stdin_tx,
+                    window: window.clone(),
+                    pty: pty.clone(),
+                },
+            );
+        self.port.send(&Frame::new(id, Message::Started { pid }))?;
+
+        let mut outputs: Vec<(File, Wrap)> = Vec::new();
+        if let Some(m) = &pty {
+            outputs.push((
+                File::from(m.try_clone().map_err(|e| e.to_string())?),
+                Message::Stdout,
+            ));
+        } else {
+            if let Some(o) = child.stdout.take() {
+                outputs.push((File::from(OwnedFd::from(o)), Message::Stdout));
+            }
+            if let Some(e) = child.stderr.take() {
+                outputs.push((File::from(OwnedFd::from(e)), Message::Stderr));
+            }
+        }
+        let me = self.clone();
+        // One thread per session: relays the output, then reports the exit status.
         std::thread::spawn(move || {
-            relay_pipes(stdout, stderr, &port, id);
+            relay_outputs(outputs, &me.port, &window, id);
             let status = rx.recv().ok();
             let msg = Message::Exited {
                 code: status.and_then(|s| s.code()),
                 signal: status.and_then(|s| s.signal()),
             };
-            let _ = port.send(&Frame::new(id, msg));
+            me.controls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            window.close();
+            let _ = me.port.send(&Frame::new(id, msg));
         });
         Ok(())
     }
 }
 
-/// Copy stdout and stderr to the port in chunks until both reach EOF. Writing to the
-/// port blocks while the host is not reading, which is what slows a fast producer down.
-fn relay_pipes(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, port: &Port, id: u32) {
-    type Wrap = fn(Vec<u8>) -> Message;
-    let mut pipes: Vec<(std::fs::File, Wrap)> = Vec::new();
-    if let Some(o) = stdout {
-        pipes.push((std::fs::File::from(OwnedFd::from(o)), Message::Stdout));
+/// Write stdin as it comes, returning credit to the host for each chunk written (the
+/// host never has more than a window of stdin in flight).
+fn feed_stdin(mut f: File, rx: Receiver<Input>, tty: bool, port: &Port, id: u32) {
+    let mut broken = false;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Input::Data(d) => {
+                // After EPIPE the data is dropped, but credit still flows so the host's
+                // writer never hangs on a child that stopped reading.
+                if !broken && f.write_all(&d).is_err() {
+                    broken = true;
+                }
+                let _ = port.send(&Frame::new(
+                    id,
+                    Message::Credit {
+                        bytes: d.len() as u32 + msb_protocol::FRAME_COST,
+                    },
+                ));
+            }
+            Input::Close => {
+                if tty {
+                    // A terminal has no EOF of its own: send the EOF character (^D).
+                    let _ = f.write_all(&[4]);
+                }
+                return;
+            }
+        }
     }
-    if let Some(e) = stderr {
-        pipes.push((std::fs::File::from(OwnedFd::from(e)), Message::Stderr));
+}
+
+/// Copy the session's output to the port until every stream reached EOF. Writing waits
+/// for the host's credit, which is what slows a fast producer down.
+fn relay_outputs(mut pipes: Vec<(File, Wrap)>, port: &Port, window: &Window, id: u32) {
+    for (f, _) in &pipes {
+        // SAFETY: fcntl on our own open fd.
+        unsafe {
+            let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
     }
     let mut buf = vec![0u8; MAX_CHUNK];
     while !pipes.is_empty() {
@@ -186,20 +396,108 @@ fn relay_pipes(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, port: &
                 continue;
             }
             let (file, wrap) = &mut pipes[i];
-            match file.read(&mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) => {
-                    if port.send(&Frame::new(id, wrap(buf[..n].to_vec()))).is_err() {
-                        return;
+            // Gather what is there (up to a full chunk) before sending: a producer that
+            // writes in small pieces still travels in large frames.
+            let mut filled = 0;
+            let mut eof = false;
+            while filled < buf.len() {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // On a terminal, EIO means the last holder of the slave went away.
+                    Err(_) => {
+                        eof = true;
+                        break;
                     }
                 }
-                Err(e)
-                    if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => closed.push(i),
+            }
+            if filled > 0 && !send_windowed(port, window, id, &buf[..filled], *wrap) {
+                return;
+            }
+            if eof {
+                closed.push(i);
             }
         }
         for i in closed.into_iter().rev() {
             pipes.remove(i);
+        }
+    }
+}
+
+fn open_pty(size: TtySize) -> Result<(OwnedFd, File), String> {
+    let mut master: RawFd = -1;
+    let mut slave: RawFd = -1;
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: out-pointers are valid; name and termios may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot open a terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: both fds were just opened and are ours.
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), File::from_raw_fd(slave)) };
+    // SAFETY: setting close-on-exec on our own fd.
+    unsafe { libc::fcntl(m.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok((m, s))
+}
+
+fn set_winsize(fd: RawFd, size: TtySize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: ioctl with a valid winsize on our pty master.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+fn parse_rlimits(list: &[(String, u64)]) -> Result<Vec<(libc::__rlimit_resource_t, u64)>, String> {
+    list.iter()
+        .map(|(name, n)| {
+            let res = match name.as_str() {
+                "nofile" => libc::RLIMIT_NOFILE,
+                "nproc" => libc::RLIMIT_NPROC,
+                "as" => libc::RLIMIT_AS,
+                "cpu" => libc::RLIMIT_CPU,
+                "fsize" => libc::RLIMIT_FSIZE,
+                "core" => libc::RLIMIT_CORE,
+                "stack" => libc::RLIMIT_STACK,
+                "memlock" => libc::RLIMIT_MEMLOCK,
+                "data" => libc::RLIMIT_DATA,
+                other => return Err(format!("unknown resource limit: {other}")),
+            };
+            Ok((res, *n))
+        })
+        .collect()
+}
+
+/// Put the scripts directory at the end of PATH (scripts never shadow system tools).
+fn add_scripts_to_path(env: &mut [(String, String)]) {
+    if let Some((_, v)) = env.iter_mut().rev().find(|(k, _)| k == "PATH") {
+        if !v.split(':').any(|d| d == SCRIPTS_DIR) {
+            v.push(':');
+            v.push_str(SCRIPTS_DIR);
         }
     }
 }
@@ -254,9 +552,18 @@ fn resolve_user(user: &str) -> Result<(u32, u32, Option<String>), String> {
         (uid, gid, Some(home))
     };
     let gid = match g {
-        Some(g) => g
-            .parse::<u32>()
-            .map_err(|_| format!("invalid group in user spec: {user}"))?,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+                groups
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() >= 3 && f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| format!("unknown group: {g}"))?
+            }
+        },
         None => default_gid,
     };
     Ok((uid, gid, home))

@@ -7,8 +7,10 @@
 
 mod boot;
 mod exec;
+mod fsops;
 mod port;
 mod sys;
+mod window;
 
 use std::sync::Arc;
 
@@ -99,6 +101,21 @@ fn run() -> Result<(), String> {
                     frame.id,
                     Message::Failed {
                         reason: "sandbox is not bootstrapped".into(),
+                    },
+                ))?,
+            },
+            m if m.is_session_input() => {
+                if let Some(s) = &sessions {
+                    s.input(frame.id, m);
+                }
+            }
+            Message::Fs(op) => match &sessions {
+                Some(s) => fsops::start(s, frame.id, op),
+                None => port.send(&Frame::new(
+                    frame.id,
+                    Message::FsError {
+                        errno: "EAGAIN".into(),
+                        message: "sandbox is not bootstrapped".into(),
                     },
                 ))?,
             },

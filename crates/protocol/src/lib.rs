@@ -14,13 +14,24 @@ pub use frame::{
     decode_raw, encode_frame, read_frame, set_raw_id, Frame, FrameDecoder, FrameError,
     FLAG_CONTROL, HEADER_AFTER_LEN, KNOWN_FLAGS, MAX_FRAME, MAX_PAYLOAD,
 };
-pub use message::{Bootstrap, DiskSpec, ExecRequest, GuestStats, Message, MetricsReport, RootSpec};
+pub use message::{
+    Bootstrap, DiskSpec, ExecRequest, FsEntry, FsOp, GuestStats, Message, MetricsReport, RootSpec,
+    TtySize,
+};
 
 /// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Request id used for frames that do not belong to a session (handshake, bootstrap).
 pub const CHANNEL_ID: u32 = 0;
 
 /// Largest chunk of stdout/stderr the agent puts in one frame.
 pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Bytes a session may have in flight in each direction before the receiver grants
+/// `Credit` (output: guest -> host; stdin and fs writes: host -> guest).
+pub const INITIAL_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// What one data frame costs in credit on top of its payload, so that a stream of tiny
+/// frames is bounded too (in frames, not only in bytes).
+pub const FRAME_COST: u32 = 256;

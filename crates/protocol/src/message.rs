@@ -55,6 +55,104 @@ pub enum Message {
     MetricsReport(MetricsReport),
     /// msb-runtime -> client: a control request was carried out.
     Done,
+    /// Host -> guest, on an exec (or fs write) session: bytes for its stdin.
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Host -> guest: end of stdin (EOF).
+    StdinClose,
+    /// Host -> guest: send a signal to the session's process group.
+    Signal {
+        signal: i32,
+    },
+    /// Host -> guest: new terminal size of a TTY session.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Host -> guest: the host consumed this many bytes of the session's output; the
+    /// guest may send that many more (flow control).
+    Credit {
+        bytes: u32,
+    },
+    /// Host -> guest: a filesystem operation; the frame's id names the session.
+    Fs(FsOp),
+    /// Guest -> host: file contents of an `FsOp::Read` (flow-controlled like stdout).
+    FsData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Guest -> host: end of an `FsOp::Read`.
+    FsEnd,
+    FsEntries(Vec<FsEntry>),
+    FsStat(FsEntry),
+    FsExists(bool),
+    /// Guest -> host: the operation (or a write, after `StdinClose`) is complete.
+    FsDone,
+    /// Guest -> host: the operation failed; `errno` is the symbolic name (ENOENT, ...).
+    FsError {
+        errno: String,
+        message: String,
+    },
+}
+
+/// Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsOp {
+    Read {
+        path: String,
+    },
+    /// Followed by `Stdin` chunks and `StdinClose`; answered by `FsDone`.
+    Write {
+        path: String,
+        mode: Option<u32>,
+        append: bool,
+    },
+    List {
+        path: String,
+    },
+    Stat {
+        path: String,
+    },
+    Exists {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        mode: Option<u32>,
+        recursive: bool,
+    },
+    Remove {
+        path: String,
+    },
+    RemoveDir {
+        path: String,
+        recursive: bool,
+    },
+    Copy {
+        src: String,
+        dst: String,
+    },
+    Rename {
+        src: String,
+        dst: String,
+    },
+    Symlink {
+        target: String,
+        link: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FsEntry {
+    pub name: String,
+    /// "file" | "dir" | "symlink" | "other"
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub modified_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// What the guest reports about itself. Untrusted: the host only passes the numbers on.
@@ -98,6 +196,14 @@ impl Message {
                 | Message::Failed { .. }
                 | Message::Error { .. }
                 | Message::GuestStats(_)
+                | Message::FsData(_)
+                | Message::FsEnd
+                | Message::FsEntries(_)
+                | Message::FsStat(_)
+                | Message::FsExists(_)
+                | Message::FsDone
+                | Message::FsError { .. }
+                | Message::Credit { .. }
         )
     }
 
@@ -112,6 +218,24 @@ impl Message {
                 | Message::Drain
                 | Message::Detach
                 | Message::Metrics
+                | Message::Stdin(_)
+                | Message::StdinClose
+                | Message::Signal { .. }
+                | Message::Resize { .. }
+                | Message::Credit { .. }
+                | Message::Fs(_)
+        )
+    }
+
+    /// Messages a client sends on an existing session (routed to the guest as is).
+    pub fn is_session_input(&self) -> bool {
+        matches!(
+            self,
+            Message::Stdin(_)
+                | Message::StdinClose
+                | Message::Signal { .. }
+                | Message::Resize { .. }
+                | Message::Credit { .. }
         )
     }
 
@@ -119,7 +243,15 @@ impl Message {
     pub fn ends_session(&self) -> bool {
         matches!(
             self,
-            Message::Exited { .. } | Message::Failed { .. } | Message::Error { .. }
+            Message::Exited { .. }
+                | Message::Failed { .. }
+                | Message::Error { .. }
+                | Message::FsEnd
+                | Message::FsEntries(_)
+                | Message::FsStat(_)
+                | Message::FsExists(_)
+                | Message::FsDone
+                | Message::FsError { .. }
         )
     }
 }
@@ -137,6 +269,15 @@ pub struct ExecRequest {
     /// A user name from the guest's /etc/passwd, or `uid[:gid]`.
     #[serde(default)]
     pub user: Option<String>,
+    /// Stdin is a pipe fed by `Stdin` messages (else /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run on a pseudo-terminal of this size (stdout carries the terminal's output).
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+    /// Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`).
+    #[serde(default)]
+    pub rlimits: Vec<(String, u64)>,
 }
 
 /// A block device, found in the guest by its virtio serial.

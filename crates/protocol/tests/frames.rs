@@ -9,6 +9,9 @@ fn exec() -> Message {
         env: vec![("A".into(), "b".into())],
         cwd: Some("/tmp".into()),
         user: None,
+        stdin: true,
+        tty: Some(TtySize { rows: 24, cols: 80 }),
+        rlimits: vec![("nofile".into(), 64)],
     })
 }
 
@@ -31,6 +34,33 @@ fn round_trip_blocking_and_incremental() {
             },
         ),
         Frame::control(1, Message::Stop { timeout_ms: 500 }),
+        Frame::new(
+            8,
+            Message::Fs(FsOp::Write {
+                path: "/a".into(),
+                mode: Some(0o600),
+                append: false,
+            }),
+        ),
+        Frame::new(8, Message::Stdin(vec![1, 2, 3])),
+        Frame::new(8, Message::Credit { bytes: 65536 }),
+        Frame::new(
+            8,
+            Message::FsEntries(vec![FsEntry {
+                name: "x".into(),
+                kind: "file".into(),
+                size: 3,
+                mode: 0o644,
+                modified_ms: 1,
+            }]),
+        ),
+        Frame::new(
+            8,
+            Message::FsError {
+                errno: "ENOENT".into(),
+                message: "/a: gone".into(),
+            },
+        ),
     ];
     let mut wire = Vec::new();
     for m in &msgs {
@@ -165,4 +195,10 @@ fn direction_rules() {
     assert!(Message::Stdout(vec![]).allowed_from_guest());
     assert!(!Message::Ready.allowed_from_client());
     assert!(exec().allowed_from_client());
+    // The guest may not start sessions or send input; clients may not send output.
+    assert!(!Message::Fs(FsOp::List { path: "/".into() }).allowed_from_guest());
+    assert!(!Message::Stdin(vec![]).allowed_from_guest());
+    assert!(!Message::FsData(vec![]).allowed_from_client());
+    assert!(Message::Credit { bytes: 1 }.is_session_input());
+    assert!(Message::FsDone.ends_session() && !Message::FsData(vec![]).ends_session());
 }

@@ -246,6 +246,11 @@ impl Relay {
         let target = {
             let mut r = self.routes.lock().unwrap();
             let Some(&(client, local)) = r.sessions.get(&frame.id) else {
+                // Credit for stdin may cross the end of its session; anything else on an
+                // unknown id is a protocol violation.
+                if matches!(frame.message, Message::Credit { .. }) {
+                    return Ok(());
+                }
                 return Err(format!("guest used unknown request id {}", frame.id));
             };
             if frame.message.ends_session() {
@@ -391,7 +396,7 @@ impl Relay {
                         };
                         let _ = reply(&tx, frame.id, msg).await;
                     }
-                    Message::Exec(req) => {
+                    msg @ (Message::Exec(_) | Message::Fs(_)) => {
                         let guest_id = {
                             let mut r = self.routes.lock().unwrap();
                             let in_use = r
@@ -408,10 +413,7 @@ impl Relay {
                             }
                         };
                         match guest_id {
-                            Some(gid) => {
-                                self.send_to_guest(&Frame::new(gid, Message::Exec(req)))
-                                    .await
-                            }
+                            Some(gid) => self.send_to_guest(&Frame::new(gid, msg)).await,
                             None => {
                                 let _ = reply(
                                     &tx,
@@ -423,6 +425,20 @@ impl Relay {
                                 )
                                 .await;
                             }
+                        }
+                    }
+                    msg if msg.is_session_input() => {
+                        // Stdin, signals, resizes and credit for one of this client's sessions.
+                        let gid = {
+                            let r = self.routes.lock().unwrap();
+                            r.sessions
+                                .iter()
+                                .find(|(_, &(c, l))| c == client_id && l == frame.id)
+                                .map(|(&g, _)| g)
+                        };
+                        // A session that just ended is not an error: input may cross its end.
+                        if let Some(gid) = gid {
+                            self.send_to_guest(&Frame::new(gid, msg)).await;
                         }
                     }
                     _ => {
@@ -454,26 +470,11 @@ async fn reply(tx: &mpsc::Sender<Vec<u8>>, id: u32, msg: Message) -> Result<(), 
     tx.send(buf).await.map_err(|_| ())
 }
 
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "hello",
-        Message::Bootstrap(_) => "bootstrap",
-        Message::Ready => "ready",
-        Message::Exec(_) => "exec",
-        Message::Started { .. } => "started",
-        Message::Stdout(_) => "stdout",
-        Message::Stderr(_) => "stderr",
-        Message::Exited { .. } => "exited",
-        Message::Failed { .. } => "failed",
-        Message::Shutdown => "shutdown",
-        Message::Error { .. } => "error",
-        Message::Stop { .. } => "stop",
-        Message::Kill => "kill",
-        Message::Drain => "drain",
-        Message::Detach => "detach",
-        Message::Metrics => "metrics",
-        Message::GuestStats(_) => "guest_stats",
-        Message::MetricsReport(_) => "metrics_report",
-        Message::Done => "done",
-    }
+/// The variant name of a message, for logs (never its payload: it may be large).
+fn kind(m: &Message) -> String {
+    let dbg = format!("{m:?}");
+    dbg.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -1,28 +1,33 @@
-//! A client of one msb-runtime: exec sessions over its agent socket.
+//! A client of one msb-runtime: exec and fs sessions over its agent socket.
 //!
-//! Events are pulled (`next`), not pushed: a consumer that stops pulling stops the reader
-//! once the session's queue is full, and the backpressure travels to the guest.
+//! Events are pulled (`next`), not pushed. Flow control is credit-based in both
+//! directions (see msb_protocol::INITIAL_WINDOW): the guest sends a session's output only
+//! while it has credit, and `next` returns credit as the consumer takes each chunk, so a
+//! slow consumer slows the producer and a session's queue here never holds more than a
+//! window; stdin writes wait for the guest's credit the same way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use msb_protocol::{ExecRequest, Frame, FrameDecoder, Message, CHANNEL_ID, PROTOCOL_VERSION};
+use msb_protocol::{
+    ExecRequest, Frame, FrameDecoder, FsEntry, FsOp, Message, CHANNEL_ID, FRAME_COST,
+    INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+};
 use napi::bindgen_prelude::Buffer;
 use napi::Result;
 use napi_derive::napi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::err;
 
-const SESSION_QUEUE: usize = 64;
-
 #[napi(object)]
 pub struct ExecEvent {
-    /// "started" | "stdout" | "stderr" | "exited" | "failed"
+    /// "started" | "stdout" | "stderr" | "exited" | "failed" for exec sessions;
+    /// "fsData" | "fsEnd" | "fsDone" | "fsExists" | "fsStat" | "fsEntries" | "fsError" for fs
     pub kind: String,
     pub pid: Option<u32>,
     pub data: Option<Buffer>,
@@ -30,17 +35,59 @@ pub struct ExecEvent {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// Symbolic errno of an fsError (ENOENT, EISDIR, ...).
+    pub errno: Option<String>,
+    pub entries: Option<Vec<FsEntryJs>>,
+    pub entry: Option<FsEntryJs>,
+    pub exists: Option<bool>,
+}
+
+#[napi(object)]
+pub struct FsEntryJs {
+    pub name: String,
+    /// "file" | "dir" | "symlink" | "other"
+    pub kind: String,
+    pub size: f64,
+    pub mode: u32,
+    pub modified_ms: f64,
+}
+
+impl From<FsEntry> for FsEntryJs {
+    fn from(e: FsEntry) -> Self {
+        FsEntryJs {
+            name: e.name,
+            kind: e.kind,
+            size: e.size as f64,
+            mode: e.mode,
+            modified_ms: e.modified_ms as f64,
+        }
+    }
+}
+
+/// The guest names the errno; only plausible names pass (E + capitals and digits).
+fn safe_errno(s: &str) -> String {
+    let ok = s.len() <= 16
+        && s.starts_with('E')
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if ok {
+        s.to_string()
+    } else {
+        "EIO".to_string()
+    }
 }
 
 struct Session {
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>>,
 }
 
 struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     /// Control requests waiting for the runtime's answer, by request id.
     controls: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
-    senders: Mutex<HashMap<u32, mpsc::Sender<Message>>>,
+    senders: Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>,
+    /// Credit for sending stdin / fs write data, per session.
+    send_windows: Mutex<HashMap<u32, Arc<Semaphore>>>,
     sessions: Mutex<HashMap<u32, Session>>,
     next_id: AtomicU32,
     /// Becomes Some(reason) when the connection ends.
@@ -108,6 +155,7 @@ impl AgentClient {
             writer: tokio::sync::Mutex::new(wr),
             controls: Mutex::new(HashMap::new()),
             senders: Mutex::new(HashMap::new()),
+            send_windows: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed: closed_rx,
@@ -121,24 +169,107 @@ impl AgentClient {
     pub async fn exec(&self, request_json: String) -> Result<u32> {
         let req: ExecRequest =
             serde_json::from_str(&request_json).map_err(|e| err("invalidConfig", e))?;
+        self.open_session(Message::Exec(req)).await
+    }
+
+    /// Start a filesystem operation (JSON of `FsOp`); its results come through `next`.
+    #[napi]
+    pub async fn fs(&self, op_json: String) -> Result<u32> {
+        let op: FsOp = serde_json::from_str(&op_json).map_err(|e| err("invalidConfig", e))?;
+        self.open_session(Message::Fs(op)).await
+    }
+
+    /// Write to a session's stdin (or an fs write's file); waits for the guest's credit.
+    #[napi]
+    pub async fn write_stdin(&self, session_id: u32, data: Buffer) -> Result<()> {
+        let window = self
+            .inner
+            .send_windows
+            .lock()
+            .unwrap()
+            .get(&session_id)
+            .cloned();
+        let Some(window) = window else {
+            return Err(err("sandboxNotRunning", "the session has ended"));
+        };
+        for chunk in data.chunks(MAX_CHUNK) {
+            let permits = window
+                .acquire_many(chunk.len() as u32 + FRAME_COST)
+                .await
+                .map_err(|_| err("sandboxNotRunning", "the session has ended"))?;
+            permits.forget();
+            write(
+                &self.inner,
+                Frame::new(session_id, Message::Stdin(chunk.to_vec())),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// End a session's stdin (EOF), or finish an fs write.
+    #[napi]
+    pub async fn close_stdin(&self, session_id: u32) -> Result<()> {
+        write(&self.inner, Frame::new(session_id, Message::StdinClose)).await
+    }
+
+    /// Send a signal to a session's process group.
+    #[napi]
+    pub async fn signal(&self, session_id: u32, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(err(
+                "invalidConfig",
+                format!("signal: {signal} is not a signal number (1-64)"),
+            ));
+        }
+        write(
+            &self.inner,
+            Frame::new(session_id, Message::Signal { signal }),
+        )
+        .await
+    }
+
+    /// Resize a TTY session's terminal.
+    #[napi]
+    pub async fn resize(&self, session_id: u32, rows: u16, cols: u16) -> Result<()> {
+        write(
+            &self.inner,
+            Frame::new(session_id, Message::Resize { rows, cols }),
+        )
+        .await
+    }
+
+    async fn open_session(&self, msg: Message) -> Result<u32> {
         if let Some(reason) = self.inner.closed.borrow().clone() {
-            return Err(err("runtime", reason));
+            return Err(err("sandboxNotRunning", reason));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed).max(1);
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         self.inner.senders.lock().unwrap().insert(id, tx);
+        self.inner
+            .send_windows
+            .lock()
+            .unwrap()
+            .insert(id, Arc::new(Semaphore::new(INITIAL_WINDOW as usize)));
         self.inner.sessions.lock().unwrap().insert(
             id,
             Session {
                 rx: Arc::new(tokio::sync::Mutex::new(rx)),
             },
         );
-        if let Err(e) = write(&self.inner, Frame::new(id, Message::Exec(req))).await {
-            self.inner.senders.lock().unwrap().remove(&id);
-            self.inner.sessions.lock().unwrap().remove(&id);
+        if let Err(e) = write(&self.inner, Frame::new(id, msg)).await {
+            self.forget(id);
             return Err(e);
         }
         Ok(id)
+    }
+
+    fn forget(&self, id: u32) {
+        self.inner.senders.lock().unwrap().remove(&id);
+        self.inner.sessions.lock().unwrap().remove(&id);
+        if let Some(w) = self.inner.send_windows.lock().unwrap().remove(&id) {
+            w.close();
+        }
     }
 
     /// The next event of a session, or null once its final event was returned.
@@ -163,7 +294,20 @@ impl AgentClient {
             ));
         };
         if msg.ends_session() {
-            self.inner.sessions.lock().unwrap().remove(&session_id);
+            self.forget(session_id);
+        }
+        if let Message::Stdout(d) | Message::Stderr(d) | Message::FsData(d) = &msg {
+            // The consumer took this chunk: the guest may send as much again.
+            let credit = Frame::new(
+                session_id,
+                Message::Credit {
+                    bytes: d.len() as u32 + FRAME_COST,
+                },
+            );
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let _ = write(&inner, credit).await;
+            });
         }
         let ev = |kind: &str| ExecEvent {
             kind: kind.into(),
@@ -172,6 +316,10 @@ impl AgentClient {
             code: None,
             signal: None,
             reason: None,
+            errno: None,
+            entries: None,
+            entry: None,
+            exists: None,
         };
         Ok(Some(match msg {
             Message::Started { pid } => ExecEvent {
@@ -197,6 +345,29 @@ impl AgentClient {
             Message::Failed { reason } => ExecEvent {
                 reason: Some(reason),
                 ..ev("failed")
+            },
+            Message::FsData(d) => ExecEvent {
+                data: Some(d.into()),
+                ..ev("fsData")
+            },
+            Message::FsEnd => ev("fsEnd"),
+            Message::FsDone => ev("fsDone"),
+            Message::FsExists(b) => ExecEvent {
+                exists: Some(b),
+                ..ev("fsExists")
+            },
+            Message::FsStat(e) => ExecEvent {
+                entry: Some(e.into()),
+                ..ev("fsStat")
+            },
+            Message::FsEntries(v) => ExecEvent {
+                entries: Some(v.into_iter().map(Into::into).collect()),
+                ..ev("fsEntries")
+            },
+            Message::FsError { errno, message } => ExecEvent {
+                errno: Some(safe_errno(&errno)),
+                reason: Some(message),
+                ..ev("fsError")
             },
             Message::Error { code, message } => return Err(err(trusted_code(&code), message)),
             other => return Err(err("protocol", format!("unexpected message {other:?}"))),
@@ -362,10 +533,16 @@ async fn reader(
                         let _ = w.send(f.message);
                         continue;
                     }
+                    if let Message::Credit { bytes } = f.message {
+                        if let Some(w) = inner.send_windows.lock().unwrap().get(&f.id) {
+                            w.add_permits(bytes as usize);
+                        }
+                        continue;
+                    }
                     let tx = inner.senders.lock().unwrap().get(&f.id).cloned();
                     if let Some(tx) = tx {
                         let ends = f.message.ends_session();
-                        let _ = tx.send(f.message).await;
+                        let _ = tx.send(f.message);
                         if ends {
                             inner.senders.lock().unwrap().remove(&f.id);
                         }
@@ -385,5 +562,8 @@ async fn reader(
     // control waiters fails their requests.
     inner.senders.lock().unwrap().clear();
     inner.controls.lock().unwrap().clear();
+    for (_, w) in inner.send_windows.lock().unwrap().drain() {
+        w.close();
+    }
     let _ = closed.send(Some(reason));
 }
