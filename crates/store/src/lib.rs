@@ -120,9 +120,17 @@ impl Store {
         }
         let conn = Connection::open(&db)?;
         conn.busy_timeout(Duration::from_secs(15))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        // Switching to WAL and creating the schema take locks for which SQLite does not
+        // always wait (two processes opening a new database at once get SQLITE_BUSY at
+        // once), so these steps retry on their own.
+        retry_busy(|| {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+            }
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.execute_batch(SCHEMA)
+        })?;
         Ok(Store { conn, layout })
     }
 
@@ -225,6 +233,23 @@ impl Store {
     }
 }
 
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
         name: row.get(0)?,
@@ -299,8 +324,8 @@ mod tests {
 
     #[test]
     fn concurrent_connections_do_not_fail_with_busy() {
+        // No Store::open before the threads: they race to create the database too.
         let home = tempfile::tempdir().unwrap();
-        Store::open(home.path()).unwrap();
         let handles: Vec<_> = (0..8)
             .map(|t| {
                 let p = home.path().to_path_buf();

@@ -7,8 +7,9 @@ import { main, processIO } from "./main.js";
 process.stdout.on("error", () => undefined);
 process.stderr.on("error", () => undefined);
 
-// First SIGINT / SIGTERM: kill the sandbox, remove it, exit 128+signal.
-// A second one: exit at once (the attached VM still goes down with us).
+// First SIGINT / SIGTERM: end what msb is doing (msb run kills and removes its
+// sandbox; exec and metrics --watch stop streaming), exit 128+signal.
+// A second one: exit at once (an attached VM still goes down with us).
 const controller = new AbortController();
 for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   process.on(sig, () => {

@@ -28,7 +28,8 @@ export async function pullCommand(image: string, r: RegistryFlags, io: ImagesIO)
   }
 }
 
-function ago(d: Date, now: Date): string {
+/** "12 seconds ago", "3 minutes ago", ... */
+export function ago(d: Date, now: Date): string {
   const s = Math.max(0, Math.round((now.getTime() - d.getTime()) / 1000));
   if (s < 60) return `${s} seconds ago`;
   if (s < 3600) return `${Math.round(s / 60)} minutes ago`;

@@ -3,6 +3,18 @@ import { parseCli, type CliOutput } from "./args.js";
 import { imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
+import {
+  createCommand,
+  execCommand,
+  inspectCommand,
+  killCommand,
+  lsCommand,
+  metricsCommand,
+  rmCommand,
+  startCommand,
+  stopCommand,
+  type CommandIO,
+} from "./sandboxes.js";
 
 /** This package's version (read from its package.json, one level above src/ and dist/). */
 export const VERSION: string = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
@@ -11,6 +23,9 @@ export interface MainIO extends CliOutput {
   writeOut: RunDeps["writeOut"];
   writeErr: RunDeps["writeErr"];
   signal?: AbortSignal;
+  /** stdout is a terminal (default: process.stdout.isTTY). */
+  isTTY?: boolean;
+  columns?: number;
 }
 
 function writer(stream: NodeJS.WriteStream): (data: Uint8Array | string) => Promise<void> {
@@ -41,9 +56,39 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     err: io.err,
     progress: { write: io.err, isTTY: process.stderr.isTTY === true, columns: process.stderr.columns ?? 80 },
   };
+  const view = new PullProgressView(imagesIO.progress);
+  const cmdIO: CommandIO = {
+    out: io.out,
+    err: io.err,
+    writeOut: io.writeOut,
+    writeErr: io.writeErr,
+    isTTY: io.isTTY ?? process.stdout.isTTY === true,
+    onPullProgress: (p) => view.update(p),
+  };
+  const columns = io.columns ?? process.stdout.columns;
+  if (columns !== undefined) cmdIO.columns = columns;
+  if (io.signal !== undefined) cmdIO.signal = io.signal;
   switch (parsed.kind) {
     case "exit":
       return parsed.code;
+    case "create":
+      return createCommand(parsed.options, cmdIO);
+    case "start":
+      return startCommand(parsed.names, cmdIO);
+    case "stop":
+      return stopCommand(parsed.names, parsed.timeoutMs, cmdIO);
+    case "kill":
+      return killCommand(parsed.names, cmdIO);
+    case "rm":
+      return rmCommand(parsed.names, parsed.force, cmdIO);
+    case "ls":
+      return lsCommand(parsed.json, cmdIO);
+    case "inspect":
+      return inspectCommand(parsed.name, cmdIO);
+    case "exec":
+      return execCommand(parsed.name, parsed.command, cmdIO);
+    case "metrics":
+      return metricsCommand(parsed.options, cmdIO);
     case "pull":
       return pullCommand(parsed.image, parsed.registry, imagesIO);
     case "images":
@@ -52,7 +97,6 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return rmiCommand(parsed.images, imagesIO);
     case "run": {
       // Pull progress of `msb run IMAGE` goes to stderr, like the command's own stderr.
-      const view = new PullProgressView(imagesIO.progress);
       const deps = sdkDeps({
         writeOut: io.writeOut,
         writeErr: io.writeErr,

@@ -84,9 +84,9 @@ export function commandLine(given: readonly string[], config: { entrypoint: stri
   return [...entry, ...rest];
 }
 
-/** A fresh default sandbox name: `run-` and 8 hex digits. */
-export function defaultName(): string {
-  return `run-${randomBytes(4).toString("hex")}`;
+/** A fresh default sandbox name: `run-` (or `prefix-`) and 8 hex digits. */
+export function defaultName(prefix = "run"): string {
+  return `${prefix}-${randomBytes(4).toString("hex")}`;
 }
 
 /** Exit code for an error, and the line to print for it. */

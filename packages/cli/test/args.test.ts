@@ -121,3 +121,101 @@ describe("msb global options", () => {
     expect(unknown.err).toContain("frobnicate");
   });
 });
+
+describe("sandbox lifecycle commands", () => {
+  it("create takes run's options, lifetime limits and --replace, but no command", () => {
+    const { result } = parse(
+      "create", "--name", "w1", "--cpus", "2", "--memory", "256", "-e", "A=1", "-w", "/srv", "--pull-policy", "never",
+      "--idle-timeout", "30", "--max-duration", "600", "--replace", "--username", "u", "alpine:3.20",
+    );
+    expect(result).toEqual({
+      kind: "create",
+      options: {
+        name: "w1",
+        cpus: 2,
+        memory: 256,
+        env: [["A", "1"]],
+        workdir: "/srv",
+        pullPolicy: "never",
+        idleTimeoutSecs: 30,
+        maxDurationSecs: 600,
+        replace: true,
+        registry: { username: "u" },
+        image: "alpine:3.20",
+      },
+    });
+    expect(parse("create").result).toEqual({ kind: "create", options: { env: [], registry: {} } });
+    const withCmd = parse("create", "--", "echo", "hi");
+    expect(withCmd.result).toEqual({ kind: "exit", code: 2 });
+    expect(withCmd.err).toContain("msb exec");
+  });
+
+  it("start, stop, kill and rm take one or more names", () => {
+    expect(parse("start", "a").result).toEqual({ kind: "start", names: ["a"] });
+    expect(parse("stop", "a", "b").result).toEqual({ kind: "stop", names: ["a", "b"] });
+    expect(parse("stop", "--timeout", "2500", "a").result).toEqual({ kind: "stop", names: ["a"], timeoutMs: 2500 });
+    expect(parse("stop", "-t", "1", "a").result).toEqual({ kind: "stop", names: ["a"], timeoutMs: 1 });
+    expect(parse("kill", "a", "b").result).toEqual({ kind: "kill", names: ["a", "b"] });
+    expect(parse("rm", "a", "b").result).toEqual({ kind: "rm", names: ["a", "b"], force: false });
+    expect(parse("rm", "-f", "a").result).toEqual({ kind: "rm", names: ["a"], force: true });
+  });
+
+  it("ls and its alias ps, with --json", () => {
+    expect(parse("ls").result).toEqual({ kind: "ls", json: false });
+    expect(parse("ps").result).toEqual({ kind: "ls", json: false });
+    expect(parse("ps", "--json").result).toEqual({ kind: "ls", json: true });
+  });
+
+  it("inspect NAME; exec NAME -- CMD (everything after -- untouched)", () => {
+    expect(parse("inspect", "w1").result).toEqual({ kind: "inspect", name: "w1" });
+    expect(parse("exec", "w1", "--", "sh", "-c", "echo $X; exit 3", "--", "--cpus").result).toEqual({
+      kind: "exec",
+      name: "w1",
+      command: ["sh", "-c", "echo $X; exit 3", "--", "--cpus"],
+    });
+  });
+
+  it("metrics NAME with --watch, --interval and --json", () => {
+    expect(parse("metrics", "w1").result).toEqual({ kind: "metrics", options: { name: "w1", watch: false, json: false, intervalMs: 1000 } });
+    expect(parse("metrics", "--watch", "--interval", "250", "--json", "w1").result).toEqual({
+      kind: "metrics",
+      options: { name: "w1", watch: true, json: true, intervalMs: 250 },
+    });
+  });
+
+  const bad: [string[], string][] = [
+    [["start"], "NAME"],
+    [["stop"], "NAME"],
+    [["kill"], "NAME"],
+    [["rm"], "NAME"],
+    [["inspect"], "NAME"],
+    [["inspect", "a", "b"], "too many arguments"],
+    [["exec", "w1"], "missing command"],
+    [["exec", "w1", "--"], "missing command"],
+    [["exec", "--", "true"], "NAME"],
+    [["metrics"], "NAME"],
+    [["metrics", "--interval", "0", "w1"], "interval"],
+    [["metrics", "--interval", "-5", "w1"], "interval"],
+    [["metrics", "--interval", "fast", "w1"], "interval"],
+    [["stop", "--timeout", "0", "a"], "timeout"],
+    [["create", "--idle-timeout", "0"], "idle-timeout"],
+    [["create", "--idle-timeout", "-1"], "idle-timeout"],
+    [["create", "--max-duration", "0"], "max-duration"],
+    [["create", "--max-duration", "1.5"], "max-duration"],
+    [["create", "img", "extra"], "too many arguments"],
+    [["ls", "--bogus"], "--bogus"],
+  ];
+  for (const [argv, word] of bad) {
+    it(`rejects ${JSON.stringify(argv)} with exit 2, naming ${word}`, () => {
+      const { result, err } = parse(...argv);
+      expect(result).toEqual({ kind: "exit", code: 2 });
+      expect(err).toContain(word);
+    });
+  }
+
+  it("--help lists the lifecycle commands", () => {
+    const { out } = parse("--help");
+    for (const cmd of ["create", "start", "stop", "kill", "rm", "ls|ps", "inspect", "exec", "metrics"]) expect(out).toContain(cmd);
+    expect(parse("exec", "--help").out).toContain("NAME -- CMD [ARGS...]");
+  });
+});

@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
-import { InvalidConfigError } from "./errors.js";
+import { CorruptConfigError, InvalidConfigError } from "./errors.js";
 
 export const DEFAULT_CPUS = 1;
 export const DEFAULT_MEMORY_MIB = 512;
@@ -79,10 +79,23 @@ export const argsSchema = z.array(
   { error: "must be an array of strings" },
 );
 
+/** Largest millisecond timeout the native side takes (u32). */
+export const MAX_TIMEOUT_MS = 0xffff_ffff;
+const timeoutRule = `must be a positive integer number of milliseconds (at most ${MAX_TIMEOUT_MS})`;
+/** Stop timeouts and sampling intervals: positive whole milliseconds. */
 export const timeoutMsSchema = z
-  .number({ error: "must be a non-negative integer number of milliseconds" })
-  .int({ error: "must be a non-negative integer number of milliseconds" })
-  .min(0, { error: "must be a non-negative integer number of milliseconds" });
+  .number({ error: timeoutRule })
+  .int({ error: timeoutRule })
+  .min(1, { error: timeoutRule })
+  .max(MAX_TIMEOUT_MS, { error: timeoutRule });
+
+const secsRule = "must be a positive integer number of seconds";
+/** `idleTimeout` and `maxDuration`: positive whole seconds. */
+export const secondsSchema = z
+  .number({ error: secsRule })
+  .int({ error: secsRule })
+  .min(1, { error: secsRule })
+  .max(Number.MAX_SAFE_INTEGER, { error: secsRule });
 
 export const entrypointSchema = z
   .array(z.string({ error: "must be strings" }).refine(noNul, { error: "must not contain NUL" }), {
@@ -149,6 +162,18 @@ export interface RawSandboxConfig {
   registryAuth?: unknown;
   insecureRegistry?: unknown;
   registryCa?: unknown;
+  idleTimeout?: unknown;
+  maxDuration?: unknown;
+}
+
+/**
+ * Registry credentials as a configuration holds them. `password` is absent from a
+ * configuration read back from the state store: it is never written to disk.
+ */
+export interface ConfigRegistryAuth {
+  kind: "basic";
+  username: string;
+  password?: string;
 }
 
 /** A validated sandbox configuration. */
@@ -172,11 +197,17 @@ export interface SandboxConfig {
   /** Default user of every command; `null`: the image's user, else root. */
   user: string | null;
   pullPolicy: PullPolicy;
-  /** Present only when set; never printed. */
-  registryAuth: RegistryAuth | null;
+  /** Present only when set; never printed, and its password is never stored. */
+  registryAuth: ConfigRegistryAuth | null;
   insecureRegistry: boolean;
   /** Extra CA certificate (PEM file) for the registry's TLS. */
   registryCa: string | null;
+  /** Drain the sandbox after this many seconds without an exec session (`null`: never). */
+  idleTimeoutSecs: number | null;
+  /** Drain and stop the sandbox at this age, in seconds (`null`: no limit). */
+  maxDurationSecs: number | null;
+  /** Manifest digest of the OCI image the sandbox was created from (OCI images only). */
+  imageDigest?: string | null;
 }
 
 /**
@@ -215,6 +246,8 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
   const insecureRegistry =
     raw.insecureRegistry === undefined ? false : check(z.boolean({ error: "must be a boolean" }), "insecureRegistry", raw.insecureRegistry);
   const registryCa = raw.registryCa === undefined ? null : resolve(cwd, check(imageSchema, "registryCa", raw.registryCa));
+  const idleTimeoutSecs = raw.idleTimeout === undefined ? null : check(secondsSchema, "idleTimeout", raw.idleTimeout);
+  const maxDurationSecs = raw.maxDuration === undefined ? null : check(secondsSchema, "maxDuration", raw.maxDuration);
   return {
     name,
     image,
@@ -230,7 +263,74 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
     registryAuth,
     insecureRegistry,
     registryCa,
+    idleTimeoutSecs,
+    maxDurationSecs,
   };
+}
+
+/**
+ * The configuration as it is stored with the sandbox (JSON-safe): everything but the
+ * registry password.
+ */
+export function persistableConfig(config: SandboxConfig): SandboxConfig {
+  const out: SandboxConfig = { ...config, env: config.env.map(([k, v]): [string, string] => [k, v]) };
+  if (config.registryAuth) out.registryAuth = { kind: config.registryAuth.kind, username: config.registryAuth.username };
+  return out;
+}
+
+const stringArray = z.array(z.string());
+const storedConfigSchema = z.object({
+  name: nameSchema,
+  image: z.string().nullable().default(null),
+  imageKind: z.enum(["path", "oci"]).nullable().default(null),
+  cpus: cpusSchema,
+  memoryMib: memorySchema,
+  env: z.array(z.tuple([z.string(), z.string()])).default([]),
+  workdir: z.string().nullable().default(null),
+  hostname: z.string().nullable().default(null),
+  entrypoint: stringArray.nullable().default(null),
+  cmd: stringArray.nullable().optional(),
+  user: z.string().nullable().default(null),
+  pullPolicy: pullPolicySchema.default("if-missing"),
+  registryAuth: z
+    .object({ kind: z.literal("basic"), username: z.string() })
+    .nullable()
+    .default(null),
+  insecureRegistry: z.boolean().default(false),
+  registryCa: z.string().nullable().default(null),
+  idleTimeoutSecs: secondsSchema.nullable().default(null),
+  maxDurationSecs: secondsSchema.nullable().default(null),
+  imageDigest: z.string().nullable().optional(),
+});
+
+/**
+ * Read back a configuration stored by {@link persistableConfig}. Throws
+ * {@link CorruptConfigError} (naming the sandbox and the bad field) when it is not
+ * JSON or not a configuration.
+ */
+export function parseStoredConfig(configJson: string, sandbox: string): SandboxConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(configJson);
+  } catch (e) {
+    throw new CorruptConfigError(sandbox, `the stored configuration of sandbox ${sandbox} is not valid JSON`, { cause: e });
+  }
+  const r = storedConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const where = issue && issue.path.length > 0 ? issue.path.join(".") : "configuration";
+    throw new CorruptConfigError(sandbox, `the stored configuration of sandbox ${sandbox} is invalid: ${where}: ${issue?.message ?? "invalid"}`, {
+      cause: r.error,
+    });
+  }
+  const d = r.data;
+  if (d.name !== sandbox) {
+    throw new CorruptConfigError(sandbox, `the stored configuration of sandbox ${sandbox} names another sandbox (${JSON.stringify(d.name)})`);
+  }
+  const config: SandboxConfig = { ...d, env: d.env.map(([k, v]): [string, string] => [k, v]) };
+  if (d.cmd === undefined) delete config.cmd;
+  if (d.imageDigest === undefined) delete config.imageDigest;
+  return config;
 }
 
 /** `$MSB_HOME`, or `~/.microsandbox`, as an absolute path. Read at call time. */

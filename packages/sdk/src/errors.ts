@@ -52,6 +52,28 @@ export class SandboxNotRunningError extends MicrosandboxError {
   }
 }
 
+/** The sandbox is draining: commands already running finish, new ones are refused. */
+export class SandboxDrainingError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxDraining", message, options);
+  }
+}
+
+/**
+ * A sandbox's stored configuration cannot be read back (not JSON, or not a
+ * configuration). Only that sandbox's `config()` (and what needs it: `start`,
+ * `connect`) fails; listing and removing sandboxes keep working.
+ */
+export class CorruptConfigError extends MicrosandboxError {
+  /** The sandbox whose configuration is unreadable. */
+  readonly sandbox: string;
+
+  constructor(sandbox: string, message: string, options?: { cause?: unknown }) {
+    super("corruptConfig", message, options);
+    this.sandbox = sandbox;
+  }
+}
+
 /** The root filesystem (directory or disk image) given to `.image()` does not exist or is unusable. */
 export class ImageNotFoundError extends MicrosandboxError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -137,6 +159,8 @@ const NATIVE_CODES: Record<string, Ctor> = {
   sandboxNotFound: SandboxNotFoundError,
   sandboxAlreadyExists: SandboxAlreadyExistsError,
   sandboxStillRunning: SandboxStillRunningError,
+  sandboxNotRunning: SandboxNotRunningError,
+  sandboxDraining: SandboxDrainingError,
   imageNotFound: ImageNotFoundError,
   image: ImageError,
   registryAuth: RegistryAuthError,

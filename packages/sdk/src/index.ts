@@ -2,8 +2,11 @@
 import "./polyfill.js";
 
 export { Sandbox, SandboxBuilder, DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./sandbox.js";
+export { SandboxHandle } from "./handle.js";
+export type { SandboxStatus } from "./lifecycle.js";
+export { MetricsStream, type SandboxMetrics } from "./metrics.js";
 export { ExecHandle, ExecOutput, type ExecEvent, type ExitStatus } from "./exec.js";
-export type { SandboxConfig, PullPolicy, RegistryAuth } from "./config.js";
+export type { SandboxConfig, PullPolicy, RegistryAuth, ConfigRegistryAuth } from "./config.js";
 export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress } from "./images.js";
 export {
   MicrosandboxError,
@@ -12,6 +15,8 @@ export {
   SandboxAlreadyExistsError,
   SandboxStillRunningError,
   SandboxNotRunningError,
+  SandboxDrainingError,
+  CorruptConfigError,
   ImageNotFoundError,
   ImageError,
   RegistryAuthError,

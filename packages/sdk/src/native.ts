@@ -30,9 +30,51 @@ export interface NativeExecEvent {
 export interface NativeAgentClient {
   exec(requestJson: string): Promise<number>;
   next(sessionId: number): Promise<NativeExecEvent | null>;
+  /** Graceful stop; resolves when the VM is gone. */
   stop(timeoutMs: number): Promise<void>;
   kill(): Promise<void>;
-  close(): void;
+  /** Resource usage, measured by msb-runtime. */
+  metrics(): Promise<NativeMetricsRecord>;
+  /** Resolves once the runtime accepted: status "draining", new execs fail with `sandboxDraining`. */
+  drain(): Promise<void>;
+  /** The runtime stops watching its creator (then call `releaseAttachment(pid)`). */
+  detach(): Promise<void>;
+  /** Resolves when the VM is gone (the connection closes), without stopping it. */
+  wait(): Promise<void>;
+  /** True once the runtime closed the connection (the sandbox stopped). */
+  readonly closed: boolean;
+  /** Drop the connection without stopping the sandbox. */
+  close(): void | Promise<void>;
+}
+
+/** What msb-runtime measures (see SandboxMetrics for the meaning of each field). */
+export interface NativeMetricsRecord {
+  cpuPercent: number;
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  diskReadBytes: number;
+  diskWriteBytes: number;
+  netRxBytes: number;
+  netTxBytes: number;
+  timestampMs: number;
+  uptimeMs: number;
+}
+
+/** A sandbox's row in the state store. */
+export interface NativeSandboxRecord {
+  name: string;
+  status: string;
+  /** What the SDK passed as `sdkConfig` when it created the sandbox. */
+  configJson: string;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+  updatedAt: number;
+  /** Set while running or draining. */
+  runtimePid: number | null;
+  socketPath: string | null;
+  /** Set once the VM ended: 0 graceful stop or guest power-off, 137 killed, 1 crashed. */
+  exitCode: number | null;
+  exitReason: string | null;
 }
 
 export interface NativeAssetPaths {
@@ -46,6 +88,12 @@ export interface NativeAssetPaths {
 export interface NativeBinding {
   startSandbox(configJson: string): Promise<NativeRuntimeInfo>;
   removeSandbox(msbHome: string, name: string): Promise<void>;
+  listSandboxes(msbHome: string): Promise<NativeSandboxRecord[]>;
+  getSandbox(msbHome: string, name: string): Promise<NativeSandboxRecord>;
+  /** Ends the VM at once even if its runtime does not answer; a no-op when it is stopped. */
+  killSandbox(msbHome: string, name: string): Promise<void>;
+  /** Let an attached runtime outlive this process. */
+  releaseAttachment(runtimePid: number): boolean;
   AgentClient: { connect(socketPath: string): Promise<NativeAgentClient> };
   assetPaths(): NativeAssetPaths;
 }
@@ -64,8 +112,15 @@ export interface NativeSandboxConfig {
   workdir: string | null;
   hostname: string | null;
   user: string | null;
+  /** "create": the name must be free; "start": boot an existing, stopped sandbox (its disk is kept). */
+  mode: "create" | "start";
+  /** false: detached (msb-runtime calls setsid and outlives this process). */
   attached: boolean;
   bootTimeoutMs: number;
+  idleTimeoutSecs: number | null;
+  maxDurationSecs: number | null;
+  /** The SDK's configuration, stored verbatim in the state store (no registry password). */
+  sdkConfig: unknown;
 }
 
 /** The JSON the addon's `AgentClient.exec` takes (every key present). */

@@ -1,4 +1,6 @@
 import "./polyfill.js";
+import { join } from "node:path";
+import { parseReference, pullImage, type ImageConfig, type PulledImage, type PullProgress } from "@microsandbox/oci";
 import {
   argsSchema,
   bootTimeoutMs,
@@ -6,6 +8,8 @@ import {
   cmdSchema,
   msbHome,
   nameSchema,
+  parseStoredConfig,
+  persistableConfig,
   timeoutMsSchema,
   validateConfig,
   type PullPolicy,
@@ -13,13 +17,31 @@ import {
   type RegistryAuth,
   type SandboxConfig,
 } from "./config.js";
-import { fromOci, SandboxNotRunningError } from "./errors.js";
-import { pullImage, type ImageConfig, type PulledImage, type PullProgress } from "@microsandbox/oci";
-import { ExecHandle, type ExecOutput } from "./exec.js";
+import {
+  fromNative,
+  fromOci,
+  SandboxDrainingError,
+  SandboxNotRunningError,
+  SandboxStillRunningError,
+} from "./errors.js";
+import { ExecHandle, type ExecOutput, type ExitStatus } from "./exec.js";
+import { SandboxHandle } from "./handle.js";
+import {
+  closeQuietly,
+  findRecord,
+  finalExit,
+  isLive,
+  readRecord,
+  removeWhenStopped,
+  stopByName,
+  toRecord,
+} from "./lifecycle.js";
+import { MetricsStream, toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import {
   callNative,
   native,
   type NativeAgentClient,
+  type NativeBinding,
   type NativeExecRequest,
   type NativeRuntimeInfo,
   type NativeSandboxConfig,
@@ -39,6 +61,7 @@ export const DEFAULT_SHELL = "/bin/sh";
 export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
   #onPullProgress: ((p: PullProgress) => void) | undefined;
+  #replace = false;
 
   /** @internal Use {@link Sandbox.builder}. */
   constructor(name: string) {
@@ -62,7 +85,7 @@ export class SandboxBuilder {
     return this;
   }
 
-  /** Credentials for the image's registry: `{ kind: "basic", username, password }`. */
+  /** Credentials for the image's registry: `{ kind: "basic", username, password }`. The password is never stored. */
   registryAuth(auth: RegistryAuth): this {
     this.#raw.registryAuth = auth;
     return this;
@@ -128,6 +151,36 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Drain the sandbox after `secs` seconds (a positive integer) with no exec session
+   * running: it then stops. Enforced by the sandbox's runtime on the host, so it
+   * also applies to detached sandboxes.
+   */
+  idleTimeout(secs: number): this {
+    this.#raw.idleTimeout = secs;
+    return this;
+  }
+
+  /**
+   * Maximum lifetime in seconds (a positive integer): at that age the sandbox is
+   * drained and stopped, whatever runs in it. Enforced on the host; the guest cannot
+   * extend it.
+   */
+  maxDuration(secs: number): this {
+    this.#raw.maxDuration = secs;
+    return this;
+  }
+
+  /**
+   * If a sandbox with this name exists, stop it (gracefully, killed after 10 s) and
+   * remove it before creating the new one. Without this, a name in use rejects
+   * with {@link SandboxAlreadyExistsError}.
+   */
+  replace(replace = true): this {
+    this.#replace = replace;
+    return this;
+  }
+
   /** Validate the configuration without starting anything. Throws {@link InvalidConfigError}. */
   validate(): SandboxConfig {
     return validateConfig(this.#raw);
@@ -138,56 +191,152 @@ export class SandboxBuilder {
    * however it exits. Resolves once the guest agent is ready for commands.
    */
   async create(): Promise<Sandbox> {
-    let config = this.validate();
-    const home = msbHome();
-    const binding = await callNative(() => native());
-    const assets = await callNative(() => binding.assetPaths());
-    let rootfs = config.image ?? assets.defaultImage;
-    if (config.imageKind === "oci" && config.image !== null) {
-      const pulled = await pull(config, home, this.#onPullProgress);
-      rootfs = pulled.rootfs;
-      config = applyImageConfig(config, pulled.config);
-    }
-    const nativeConfig: NativeSandboxConfig = {
-      name: config.name,
-      msbHome: home,
-      runtimePath: assets.runtime,
-      kernel: assets.kernel,
-      initramfs: assets.initramfs,
-      image: rootfs,
-      cpus: config.cpus,
-      memoryMib: config.memoryMib,
-      env: config.env,
-      workdir: config.workdir,
-      hostname: config.hostname,
-      user: config.user,
-      attached: true,
-      bootTimeoutMs: bootTimeoutMs(),
-    };
-    const info = await callNative(() => binding.startSandbox(JSON.stringify(nativeConfig)));
-    let client: NativeAgentClient;
-    try {
-      client = await callNative(() => binding.AgentClient.connect(info.socketPath));
-    } catch (e) {
-      // The VM is up but unreachable: end its runtime rather than leave it running.
-      try {
-        process.kill(info.pid, "SIGTERM");
-      } catch {
-        // already gone
-      }
-      throw e;
-    }
-    return new Sandbox(config, info, client, true);
+    return this.#create(true);
+  }
+
+  /**
+   * Boot the sandbox in detached mode: it keeps running after this process exits,
+   * until it is stopped (`Sandbox.get(name)` reaches it from anywhere).
+   */
+  async createDetached(): Promise<Sandbox> {
+    return this.#create(false);
+  }
+
+  async #create(attached: boolean): Promise<Sandbox> {
+    const config = this.validate();
+    return launch(config, {
+      mode: "create",
+      attached,
+      replace: this.#replace,
+      ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
+    });
   }
 }
 
-/** Pull (or find in the cache) the OCI image of `config`. */
-async function pull(config: SandboxConfig, home: string, onProgress?: (p: PullProgress) => void): Promise<PulledImage> {
+interface LaunchOptions {
+  mode: "create" | "start";
+  attached: boolean;
+  replace?: boolean;
+  /** mode "start": the stored configuration, as stored. */
+  storedConfig?: unknown;
+  onPullProgress?: (p: PullProgress) => void;
+}
+
+/**
+ * Boot a sandbox: find its root filesystem (pulling an OCI image if needed), hand the
+ * configuration to msb-runtime, connect to the guest agent. Used by the builder
+ * (`mode: "create"`, a new sandbox) and by `Sandbox.start` (`mode: "start"`: an existing
+ * stopped sandbox, booted again from its stored configuration with its disk kept).
+ */
+async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> {
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  const assets = await callNative(() => binding.assetPaths());
+  const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
+  if (o.replace) await replaceExisting(binding, home, config.name);
+  const nativeConfig: NativeSandboxConfig = {
+    name: config.name,
+    msbHome: home,
+    runtimePath: assets.runtime,
+    kernel: assets.kernel,
+    initramfs: assets.initramfs,
+    image: rootfs,
+    cpus: config.cpus,
+    memoryMib: config.memoryMib,
+    env: config.env,
+    workdir: config.workdir,
+    hostname: config.hostname,
+    user: config.user,
+    mode: o.mode,
+    attached: o.attached,
+    bootTimeoutMs: bootTimeoutMs(),
+    idleTimeoutSecs: config.idleTimeoutSecs,
+    maxDurationSecs: config.maxDurationSecs,
+    // A restart stores back exactly what was stored.
+    sdkConfig: o.storedConfig !== undefined ? o.storedConfig : persistableConfig(config),
+  };
+  // (A create whose boot fails leaves nothing behind: msb-runtime forgets the sandbox.)
+  const info = await callNative(() => binding.startSandbox(JSON.stringify(nativeConfig)));
+  let client: NativeAgentClient;
   try {
-    return await pullImage(config.image as string, {
+    client = await callNative(() => binding.AgentClient.connect(info.socketPath));
+  } catch (e) {
+    // The VM is up but unreachable: end it rather than leave it running.
+    await callNative(() => binding.killSandbox(home, config.name)).catch(() => {
+      try {
+        process.kill(info.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    });
+    throw e;
+  }
+  return new Sandbox(config, info, client, o.attached, home);
+}
+
+/**
+ * The root filesystem to boot. For a new sandbox from an OCI image: pull it (with the
+ * configured policy) and merge the image's defaults under the builder's options. For
+ * a restart: the same image again, from the cache when it is there (pull policy
+ * "if-missing"), pinned to the digest it was created from, with the stored
+ * configuration as is (it already has the image's defaults merged in).
+ */
+async function resolveRootfs(
+  config: SandboxConfig,
+  home: string,
+  defaultImage: string,
+  mode: "create" | "start",
+  onProgress?: (p: PullProgress) => void,
+): Promise<{ rootfs: string; config: SandboxConfig }> {
+  if (config.imageKind !== "oci" || config.image === null) return { rootfs: config.image ?? defaultImage, config };
+  if (mode === "create") {
+    const pulled = await pull(config.image, config, home, config.pullPolicy, onProgress);
+    return { rootfs: pulled.rootfs, config: { ...applyImageConfig(config, pulled.config), imageDigest: pulled.digest } };
+  }
+  const digest = config.imageDigest ?? null;
+  let byTag: PulledImage | undefined;
+  let tagError: unknown;
+  try {
+    byTag = await pull(config.image, config, home, "if-missing", onProgress);
+  } catch (e) {
+    tagError = e;
+  }
+  if (byTag !== undefined && (digest === null || byTag.digest === digest)) return { rootfs: byTag.rootfs, config };
+  if (digest === null) throw tagError;
+  // The tag now names another image (or cannot be resolved): use the one the sandbox's disk was made on.
+  try {
+    const pinned = await pull(pinnedReference(config.image, digest), config, home, "if-missing", onProgress);
+    return { rootfs: pinned.rootfs, config };
+  } catch (e) {
+    throw tagError ?? e;
+  }
+}
+
+/** `registry/repository@digest` for an image reference. */
+function pinnedReference(image: string, digest: string): string {
+  try {
+    const r = parseReference(image);
+    return `${r.registry}/${r.repository}@${digest}`;
+  } catch (e) {
+    throw fromOci(e);
+  }
+}
+
+/** Pull (or find in the cache) an OCI image. */
+async function pull(
+  image: string,
+  config: SandboxConfig,
+  home: string,
+  policy: PullPolicy,
+  onProgress?: (p: PullProgress) => void,
+): Promise<PulledImage> {
+  const auth = config.registryAuth;
+  try {
+    return await pullImage(image, {
       msbHome: home,
-      policy: config.pullPolicy,
-      ...(config.registryAuth ? { auth: config.registryAuth } : {}),
+      policy,
+      // A configuration read back from the store has no password: pull anonymously.
+      ...(auth && auth.password !== undefined ? { auth: { kind: auth.kind, username: auth.username, password: auth.password } } : {}),
       insecure: config.insecureRegistry,
       ...(config.registryCa ? { caFile: config.registryCa } : {}),
       ...(onProgress ? { onProgress } : {}),
@@ -195,6 +344,25 @@ async function pull(config: SandboxConfig, home: string, onProgress?: (p: PullPr
   } catch (e) {
     throw fromOci(e);
   }
+}
+
+/** `.replace()`: stop (or kill) and remove a sandbox of that name, if there is one. */
+async function replaceExisting(binding: NativeBinding, home: string, name: string): Promise<void> {
+  const rec = await findRecord(binding, home, name);
+  if (rec === undefined) return;
+  if (isLive(rec.status)) await stopByName(binding, home, name, DEFAULT_STOP_TIMEOUT_MS);
+  await removeWhenStopped(binding, home, name, { missingOk: true });
+}
+
+/** `Sandbox.start` / `startDetached`: boot a stopped (or crashed) sandbox again. */
+async function startExisting(name: string, attached: boolean): Promise<Sandbox> {
+  const n = check(nameSchema, "name", name);
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  const rec = await readRecord(binding, home, n);
+  if (isLive(rec.status)) throw new SandboxStillRunningError(`sandbox ${n} is ${rec.status}; stop it first`);
+  const config = parseStoredConfig(rec.configJson, n);
+  return launch(config, { mode: "start", attached, storedConfig: JSON.parse(rec.configJson) as unknown });
 }
 
 /**
@@ -214,18 +382,17 @@ export function applyImageConfig(config: SandboxConfig, image: ImageConfig): San
   };
 }
 
-type State = "running" | "stopping" | "stopped";
+type State = "running" | "stopping" | "stopped" | "closed";
 
 /**
  * A running sandbox: a microVM with its own kernel, reached through its guest
  * agent. Supports `await using`: leaving the scope stops the VM when this
- * handle owns its lifecycle.
+ * handle owns its lifecycle (attached mode), and otherwise only closes this
+ * handle's connection.
  */
 export class Sandbox implements AsyncDisposable {
   /** The sandbox's unique name. */
   readonly name: string;
-  /** `true` when this handle owns the VM's lifecycle (attached mode: the VM stops with this process). */
-  readonly ownsLifecycle: boolean;
   /** @internal Process id of this sandbox's msb-runtime (tests and tooling). */
   readonly runtimePid: number;
   /** @internal Host directory of this sandbox's state (`$MSB_HOME/sandboxes/<name>`). */
@@ -233,17 +400,22 @@ export class Sandbox implements AsyncDisposable {
 
   readonly #config: SandboxConfig;
   readonly #client: NativeAgentClient;
+  readonly #home: string;
+  #ownsLifecycle: boolean;
   #state: State = "running";
+  #draining = false;
   #stopping: Promise<void> | undefined;
+  #waiting: Promise<void> | undefined;
 
-  /** @internal Use {@link Sandbox.builder}. */
-  constructor(config: SandboxConfig, info: NativeRuntimeInfo, client: NativeAgentClient, ownsLifecycle: boolean) {
+  /** @internal Use {@link Sandbox.builder}, {@link Sandbox.start} or `handle.connect()`. */
+  constructor(config: SandboxConfig, info: NativeRuntimeInfo, client: NativeAgentClient, ownsLifecycle: boolean, home: string = msbHome()) {
     this.name = config.name;
-    this.ownsLifecycle = ownsLifecycle;
+    this.#ownsLifecycle = ownsLifecycle;
     this.runtimePid = info.pid;
     this.sandboxDir = info.sandboxDir;
     this.#config = config;
     this.#client = client;
+    this.#home = home;
   }
 
   /** Start configuring a sandbox called `name` (unique; 1-63 of `[A-Za-z0-9_.-]`, starting with a letter or digit). */
@@ -251,7 +423,26 @@ export class Sandbox implements AsyncDisposable {
     return new SandboxBuilder(name);
   }
 
-  /** Delete a stopped sandbox's state from disk. Rejects with `sandboxStillRunning` while it runs. */
+  /** A handle to an existing sandbox, running or not. Unknown name -> `SandboxNotFoundError`. */
+  static async get(name: string): Promise<SandboxHandle> {
+    const n = check(nameSchema, "name", name);
+    const home = msbHome();
+    const binding = await callNative(() => native());
+    return new SandboxHandle(await readRecord(binding, home, n), home);
+  }
+
+  /** Every sandbox in `$MSB_HOME`: running, draining, stopped and crashed ones. */
+  static async list(): Promise<SandboxHandle[]> {
+    const home = msbHome();
+    const binding = await callNative(() => native());
+    const records = await callNative(() => binding.listSandboxes(home));
+    return records.map((r) => new SandboxHandle(toRecord(r), home));
+  }
+
+  /**
+   * Delete a stopped sandbox and all its state (configuration, disk, logs). Rejects with
+   * `SandboxStillRunningError` while it runs and `SandboxNotFoundError` for an unknown name.
+   */
   static async remove(name: string): Promise<void> {
     const n = check(nameSchema, "name", name);
     const home = msbHome();
@@ -259,13 +450,37 @@ export class Sandbox implements AsyncDisposable {
     await callNative(() => binding.removeSandbox(home, n));
   }
 
-  /** The validated configuration the sandbox was created with. */
+  /**
+   * Boot a stopped (or crashed) sandbox again from its stored configuration, with the
+   * files it wrote kept, in attached mode (it stops when this process exits).
+   * Unknown name -> `SandboxNotFoundError`; a running one -> `SandboxStillRunningError`.
+   */
+  static async start(name: string): Promise<Sandbox> {
+    return startExisting(name, true);
+  }
+
+  /** As {@link Sandbox.start}, in detached mode: the sandbox outlives this process. */
+  static async startDetached(name: string): Promise<Sandbox> {
+    return startExisting(name, false);
+  }
+
+  /**
+   * `true` when this handle owns the VM's lifecycle (attached mode: the VM stops
+   * when this process exits, and `await using` stops it); `false` for detached
+   * sandboxes, after {@link detach}, and for handles from `connect()`.
+   */
+  get ownsLifecycle(): boolean {
+    return this.#ownsLifecycle;
+  }
+
+  /** The validated configuration the sandbox runs with (an OCI image's defaults merged in). */
   config(): SandboxConfig {
     return { ...this.#config, env: this.#config.env.map(([k, v]): [string, string] => [k, v]) };
   }
 
-  /** `true` until {@link stop} or {@link kill} has been called. */
+  /** `true` until the sandbox was seen to stop (or this handle was stopped, killed or disposed). */
   get running(): boolean {
+    if (this.#state === "running" && this.#client.closed) this.#finish();
     return this.#state === "running";
   }
 
@@ -280,7 +495,11 @@ export class Sandbox implements AsyncDisposable {
     return this.exec(DEFAULT_SHELL, ["-c", s]);
   }
 
-  /** Start `cmd` with `args` and return a handle that streams its events as they come. */
+  /**
+   * Start `cmd` with `args` and return a handle that streams its events as they come.
+   * Rejects with `SandboxDrainingError` while the sandbox drains and
+   * `SandboxNotRunningError` once it stopped.
+   */
   async execStream(cmd: string, args: readonly string[] = []): Promise<ExecHandle> {
     const request: NativeExecRequest = {
       cmd: check(cmdSchema, "cmd", cmd),
@@ -290,25 +509,32 @@ export class Sandbox implements AsyncDisposable {
       user: null,
     };
     this.#ensureRunning();
+    if (this.#draining) throw new SandboxDrainingError(`sandbox ${this.name} is draining: it takes no new commands`);
     const client = this.#client;
-    const session = await callNative(() => client.exec(JSON.stringify(request)));
+    const session = await this.#call(() => client.exec(JSON.stringify(request)));
     return new ExecHandle(() => client.next(session));
   }
 
   /**
-   * Shut the VM down gracefully (guest processes are asked to end, then the VM
-   * powers off) and resolve once it is gone. After `timeoutMs` the VM is
-   * killed. Calling it again, or after {@link kill}, does nothing.
+   * Shut the VM down gracefully (guest processes get SIGTERM, disks are synced, the VM
+   * powers off) and resolve once it is gone. After `timeoutMs` (a positive integer,
+   * default 10 s) the VM is killed. Calling it again, or after {@link kill}, does nothing.
    */
   async stop(timeoutMs: number = DEFAULT_STOP_TIMEOUT_MS): Promise<void> {
     const t = check(timeoutMsSchema, "timeoutMs", timeoutMs);
     if (this.#state === "stopped") return;
+    if (this.#state === "closed") this.#ensureRunning();
     if (this.#stopping === undefined) {
       this.#state = "stopping";
       const client = this.#client;
       this.#stopping = callNative(() => client.stop(t)).then(
         () => this.#finish(),
         (e: unknown) => {
+          if (client.closed) {
+            // The VM went away on its own meanwhile: stopped is stopped.
+            this.#finish();
+            return;
+          }
           // The VM may still be reachable: the handle stays usable (for kill()).
           if (this.#state === "stopping") this.#state = "running";
           this.#stopping = undefined;
@@ -319,17 +545,129 @@ export class Sandbox implements AsyncDisposable {
     return this.#stopping;
   }
 
+  /** {@link stop}, then how the VM ended: `code` 0 for a graceful stop (137 when it had to be killed). */
+  async stopAndWait(timeoutMs: number = DEFAULT_STOP_TIMEOUT_MS): Promise<ExitStatus> {
+    await this.stop(timeoutMs);
+    return this.#exitStatus();
+  }
+
+  /**
+   * Wait until the VM ends on its own (the guest powers off, a drain, the idle timeout or
+   * max duration, `kill` from elsewhere, a crash), without stopping it, and resolve to how
+   * it ended: `code` 0 for a graceful end, 137 killed, 1 crashed.
+   */
+  async wait(): Promise<ExitStatus> {
+    if (this.#state === "closed") this.#ensureRunning();
+    if (this.#state === "running" || this.#state === "stopping") {
+      if (this.#waiting === undefined) {
+        const client = this.#client;
+        this.#waiting = (async () => {
+          try {
+            await callNative(() => client.wait());
+          } catch (e) {
+            if (!client.closed) throw e;
+          }
+          this.#finish();
+        })();
+        this.#waiting.catch(() => (this.#waiting = undefined));
+      }
+      await this.#waiting;
+    }
+    return this.#exitStatus();
+  }
+
   /** Terminate the VM at once, without a graceful shutdown. Does nothing once the sandbox is stopped. */
   async kill(): Promise<void> {
     if (this.#state === "stopped") return;
+    if (this.#state === "closed") this.#ensureRunning();
     const client = this.#client;
-    await callNative(() => client.kill());
+    try {
+      await callNative(() => client.kill());
+    } catch (e) {
+      // The runtime does not answer: end the VM without it.
+      const binding = await callNative(() => native());
+      await callNative(() => binding.killSandbox(this.#home, this.name)).catch(() => {
+        throw e;
+      });
+    }
     this.#finish();
   }
 
-  /** Stop the sandbox if this handle owns its lifecycle and it is still running. Never rejects when it already stopped. */
+  /**
+   * Graceful drain: commands already running finish, new ones are rejected with
+   * `SandboxDrainingError`, and the sandbox stops once the last one ended (its status is
+   * "draining" meanwhile). Resolves when the drain has begun; {@link wait} waits for the end.
+   */
+  async drain(): Promise<void> {
+    this.#ensureRunning();
+    const client = this.#client;
+    await this.#call(() => client.drain());
+    this.#draining = true;
+  }
+
+  /**
+   * Let the sandbox outlive this process: this handle no longer owns its lifecycle, so
+   * neither the end of this process nor `await using` stops it. Reconnect from
+   * anywhere with `Sandbox.get(name)`. Does nothing for a sandbox this handle does not own.
+   */
+  async detach(): Promise<void> {
+    if (!this.#ownsLifecycle) return;
+    this.#ensureRunning();
+    const client = this.#client;
+    await this.#call(() => client.detach());
+    const binding = await callNative(() => native());
+    await callNative(() => binding.releaseAttachment(this.runtimePid));
+    this.#ownsLifecycle = false;
+  }
+
+  /** Stop the sandbox if it runs, then delete it and all its state from disk. */
+  async removePersisted(): Promise<void> {
+    if (this.#state !== "stopped") {
+      if (this.#state === "closed") {
+        const binding = await callNative(() => native());
+        await stopByName(binding, this.#home, this.name, DEFAULT_STOP_TIMEOUT_MS);
+      } else {
+        try {
+          await this.stop();
+        } catch {
+          await this.kill();
+        }
+      }
+    }
+    const binding = await callNative(() => native());
+    await removeWhenStopped(binding, this.#home, this.name);
+  }
+
+  /** A snapshot of the sandbox's resource use (see {@link SandboxMetrics} for each field). */
+  async metrics(): Promise<SandboxMetrics> {
+    this.#ensureRunning();
+    const client = this.#client;
+    return toSandboxMetrics(await this.#call(() => client.metrics()));
+  }
+
+  /**
+   * Metrics every `intervalMs` milliseconds (a positive integer): an RxJS Observable,
+   * also usable with `for await`. Sampling starts on subscribe (first sample at once),
+   * stops on unsubscribe (or when the `for await` loop ends), and the stream errors
+   * with `SandboxNotRunningError` when the sandbox stops.
+   */
+  metricsStream(intervalMs: number): MetricsStream {
+    const t = check(timeoutMsSchema, "intervalMs", intervalMs);
+    return new MetricsStream(() => this.metrics(), t);
+  }
+
+  /**
+   * Leaving an `await using` scope: stops the sandbox when this handle owns its
+   * lifecycle; otherwise only closes this handle's connection (the sandbox keeps
+   * running). Never rejects.
+   */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.ownsLifecycle || this.#state === "stopped") return;
+    if (this.#state === "stopped" || this.#state === "closed") return;
+    if (!this.#ownsLifecycle) {
+      this.#state = "closed";
+      closeQuietly(this.#client);
+      return;
+    }
     try {
       await this.stop();
     } catch {
@@ -343,20 +681,58 @@ export class Sandbox implements AsyncDisposable {
     }
   }
 
+  /** Run a call on the agent connection; an error after the VM went away says so. */
+  async #call<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      const err = fromNative(e);
+      if (this.#client.closed && !(err instanceof SandboxDrainingError)) {
+        this.#finish();
+        if (!(err instanceof SandboxNotRunningError)) {
+          throw new SandboxNotRunningError(`sandbox ${this.name} has stopped`, { cause: err });
+        }
+      }
+      throw err;
+    }
+  }
+
+  async #exitStatus(): Promise<ExitStatus> {
+    const binding = await callNative(() => native());
+    return finalExit(binding, this.#home, this.name);
+  }
+
   #finish(): void {
     if (this.#state === "stopped") return;
     this.#state = "stopped";
     this.#stopping = undefined;
-    try {
-      this.#client.close();
-    } catch {
-      // closing an already closed client is fine
-    }
+    closeQuietly(this.#client);
   }
 
   #ensureRunning(): void {
-    if (this.#state !== "running") {
-      throw new SandboxNotRunningError(`sandbox ${this.name} is ${this.#state === "stopping" ? "stopping" : "stopped"}`);
+    if (this.#state === "running" && this.#client.closed) this.#finish();
+    switch (this.#state) {
+      case "running":
+        return;
+      case "closed":
+        throw new SandboxNotRunningError(
+          `this handle to sandbox ${this.name} was closed (the sandbox may still run: Sandbox.get("${this.name}") reconnects)`,
+        );
+      default:
+        throw new SandboxNotRunningError(`sandbox ${this.name} is ${this.#state === "stopping" ? "stopping" : "stopped"}`);
     }
   }
+}
+
+/** @internal Boot a handle's sandbox from a record (`handle.connect()`). */
+export async function connectRecord(
+  binding: NativeBinding,
+  home: string,
+  name: string,
+  config: SandboxConfig,
+  pid: number,
+  socketPath: string,
+): Promise<Sandbox> {
+  const client = await callNative(() => binding.AgentClient.connect(socketPath));
+  return new Sandbox(config, { pid, socketPath, sandboxDir: join(home, "sandboxes", name) }, client, false, home);
 }

@@ -84,6 +84,8 @@ describe("SandboxBuilder validation", () => {
       registryAuth: null,
       insecureRegistry: false,
       registryCa: null,
+      idleTimeoutSecs: null,
+      maxDurationSecs: null,
     });
     expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");

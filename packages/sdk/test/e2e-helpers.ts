@@ -3,11 +3,38 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll } from "vitest";
+import { Sandbox } from "../src/index.js";
+
+/**
+ * Kill and remove every sandbox of the current MSB_HOME (detached ones outlive the
+ * test process otherwise). Never throws.
+ */
+export async function removeAllSandboxes(): Promise<void> {
+  let all: Awaited<ReturnType<typeof Sandbox.list>> = [];
+  try {
+    all = await Sandbox.list();
+  } catch {
+    return;
+  }
+  await Promise.all(
+    all.map(async (h) => {
+      if (h.status === "running" || h.status === "draining") await h.kill().catch(() => undefined);
+      await waitForAsync(async () => {
+        try {
+          await Sandbox.remove(h.name);
+          return true;
+        } catch (e) {
+          return (e as { code?: string }).code === "sandboxNotFound";
+        }
+      }, 10_000);
+    }),
+  );
+}
 
 /**
  * Give this test file a fresh, empty MSB_HOME (short path: socket paths under it
- * must stay within the 108-byte limit), restored and deleted after the file.
- * Returns a getter for the path.
+ * must stay within the 108-byte limit), restored and deleted after the file, once
+ * every sandbox left in it was killed. Returns a getter for the path.
  */
 export function useTempMsbHome(): () => string {
   let home = "";
@@ -16,7 +43,8 @@ export function useTempMsbHome(): () => string {
     home = mkdtempSync(join(tmpdir(), "msb-"));
     process.env.MSB_HOME = home;
   });
-  afterAll(() => {
+  afterAll(async () => {
+    if (home) await removeAllSandboxes();
     if (saved === undefined) delete process.env.MSB_HOME;
     else process.env.MSB_HOME = saved;
     if (home) rmSync(home, { recursive: true, force: true });
@@ -67,6 +95,33 @@ export async function waitFor(cond: () => boolean, timeoutMs: number): Promise<b
     if (Date.now() >= deadline) return false;
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** Poll async `cond` every 200 ms until it holds or `timeoutMs` passes; returns whether it held. */
+export async function waitForAsync(cond: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Resolve to `p`'s value, or reject after `ms` with a message saying what did not happen. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
 }
 
 /** Stop (or failing that kill) every sandbox given; never throws. For afterAll / finally. */

@@ -14,6 +14,8 @@ import {
   SandboxNotFoundError,
   SandboxNotRunningError,
   SandboxStillRunningError,
+  SandboxDrainingError,
+  CorruptConfigError,
   fromNative,
 } from "../src/index.js";
 
@@ -22,6 +24,8 @@ describe("fromNative", () => {
     ["sandboxAlreadyExists", SandboxAlreadyExistsError],
     ["sandboxStillRunning", SandboxStillRunningError],
     ["sandboxNotFound", SandboxNotFoundError],
+    ["sandboxNotRunning", SandboxNotRunningError],
+    ["sandboxDraining", SandboxDrainingError],
     ["imageNotFound", ImageNotFoundError],
     ["kernelNotFound", KernelNotFoundError],
     ["qemuNotFound", QemuNotFoundError],
@@ -85,5 +89,9 @@ describe("error classes", () => {
     expect(i.code).toBe("invalidConfig");
     expect(i.field).toBe("cpus");
     expect(new SandboxNotRunningError("x").code).toBe("sandboxNotRunning");
+    expect(new SandboxDrainingError("x").code).toBe("sandboxDraining");
+    const c = new CorruptConfigError("w1", "bad");
+    expect(c.code).toBe("corruptConfig");
+    expect(c.sandbox).toBe("w1");
   });
 });

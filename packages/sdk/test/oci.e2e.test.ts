@@ -1,6 +1,8 @@
 // End-to-end: sandboxes from OCI images pulled from local registries (test-vms/registry),
 // booted as real VMs. The image's Env, WorkingDir and User must be visible inside, and
 // builder options must override them.
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ImageError,
@@ -13,7 +15,7 @@ import {
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
 import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
 
-useTempMsbHome();
+const home = useTempMsbHome();
 
 let plain: Registry;
 let tls: Registry;
@@ -115,8 +117,45 @@ describe("sandboxes from OCI images", () => {
       .create();
     try {
       expect((await sb.exec("cat", ["/etc/image-marker"])).stdout()).toBe("busybox-fixture\n");
+      // The password is never stored: not in the record, not anywhere in the database files.
+      const h = await Sandbox.get("oci-tls");
+      expect(h.configJson).not.toContain(tls.password!);
+      expect(h.config().registryAuth).toEqual({ kind: "basic", username: tls.username! });
+      const dbDir = join(home(), "db");
+      for (const f of readdirSync(dbDir)) {
+        expect(readFileSync(join(dbDir, f)).includes(Buffer.from(tls.password!)), f).toBe(false);
+      }
     } finally {
       await cleanup(sb);
+    }
+  });
+
+  it("stop then start: the image comes from the cache (its registry may be gone), the files are kept", async () => {
+    const own = await startRegistry("plain");
+    let stopped = false;
+    try {
+      await pushFixtures(own, ["busybox:latest"]);
+      const sb = await Sandbox.builder("oci-restart").image(`${own.host}/busybox:latest`).pullPolicy("always").createDetached();
+      // (the image's user is 1000, who owns /home/app)
+      const w = await sb.shell("echo kept > /home/app/restart.txt");
+      expect(w.code, w.stderr()).toBe(0);
+      expect((await sb.exec("id", ["-u"])).stdout()).toBe("1000\n");
+      await sb.stop();
+      await own.stop();
+      stopped = true;
+      const again = await Sandbox.start("oci-restart");
+      try {
+        expect((await again.exec("cat", ["/home/app/restart.txt"])).stdout()).toBe("kept\n");
+        // the image's defaults still apply (they were stored with the sandbox)
+        expect((await again.exec("id", ["-u"])).stdout()).toBe("1000\n");
+        expect((await again.exec("pwd")).stdout()).toBe("/opt/data\n");
+        expect(again.config().imageDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
+      } finally {
+        await cleanup(again);
+      }
+      await Sandbox.remove("oci-restart");
+    } finally {
+      if (!stopped) await own.stop();
     }
   });
 

@@ -6,6 +6,7 @@ import {
   QemuNotFoundError,
   Sandbox,
   SandboxAlreadyExistsError,
+  SandboxNotFoundError,
   SandboxNotRunningError,
   SandboxStillRunningError,
 } from "../src/index.js";
@@ -54,8 +55,29 @@ describe("Sandbox.create", () => {
         workdir: "/app",
         hostname: "w1",
         user: null,
+        mode: "create",
         attached: true,
         bootTimeoutMs: 60000,
+        idleTimeoutSecs: null,
+        maxDurationSecs: null,
+        sdkConfig: {
+          name: "w1",
+          image: null,
+          imageKind: null,
+          cpus: 2,
+          memoryMib: 1024,
+          env: [["MODE", "test"]],
+          workdir: "/app",
+          hostname: "w1",
+          entrypoint: null,
+          user: null,
+          pullPolicy: "if-missing",
+          registryAuth: null,
+          insecureRegistry: false,
+          registryCa: null,
+          idleTimeoutSecs: null,
+          maxDurationSecs: null,
+        },
       },
     ]);
     expect(sb.name).toBe("w1");
@@ -200,9 +222,11 @@ describe("Sandbox lifecycle", () => {
   });
 
   it("Sandbox.remove validates the name and calls removeSandbox with MSB_HOME", async () => {
+    fake.addRecord({ name: "w1" });
     await Sandbox.remove("w1");
     expect(fake.removed).toEqual([["/tmp/msb-unit-home", "w1"]]);
     await expect(Sandbox.remove("")).rejects.toBeInstanceOf(InvalidConfigError);
+    await expect(Sandbox.remove("w1")).rejects.toBeInstanceOf(SandboxNotFoundError);
     fake.removeError = new Error("sandboxStillRunning: sandbox w1 is running; stop it first");
     await expect(Sandbox.remove("w1")).rejects.toBeInstanceOf(SandboxStillRunningError);
   });

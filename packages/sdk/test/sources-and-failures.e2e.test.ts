@@ -1,7 +1,7 @@
 // End-to-end: root filesystem sources other than the default image, and the failures a
 // user can act on (missing kernel, missing QEMU, a guest that never answers). Each
 // failure must be a typed error with a code, and must leave no VM behind.
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -61,6 +61,23 @@ describe("root filesystem sources", () => {
       expect(readFileSync(join(root, "etc/message"), "utf8")).toBe("from a host directory\n");
     } finally {
       await cleanup(sb);
+    }
+  });
+
+  it("a sandbox from a host directory starts again with its changes kept", async () => {
+    const root = existsSync(join(scratch, "rootfs")) ? join(scratch, "rootfs") : busyboxDir();
+    const sb = await Sandbox.builder("e2e-dir-restart").image(root).create();
+    try {
+      await sb.shell("echo second boot > /etc/restart-marker");
+    } finally {
+      await cleanup(sb);
+    }
+    const again = await Sandbox.start("e2e-dir-restart");
+    try {
+      expect((await again.exec("cat", ["/etc/restart-marker"])).stdout()).toBe("second boot\n");
+      expect((await again.exec("cat", ["/etc/message"])).stdout()).toBe("from a host directory\n");
+    } finally {
+      await cleanup(again);
     }
   });
 

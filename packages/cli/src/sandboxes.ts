@@ -1,0 +1,302 @@
+/**
+ * Commands on named sandboxes: `msb create`, `start`, `stop`, `kill`, `rm`, `ls` / `ps`,
+ * `inspect`, `exec`, `metrics`. Sandboxes made here are detached (they outlive msb);
+ * every command reaches them by name through the SDK.
+ */
+import {
+  ExecFailedError,
+  Sandbox,
+  SandboxNotRunningError,
+  type PullPolicy,
+  type PullProgress,
+  type SandboxConfig,
+  type SandboxHandle,
+  type SandboxMetrics,
+} from "@microsandbox/sdk";
+import type { CreateOptions, MetricsOptions } from "./args.js";
+import { ago, table } from "./images.js";
+import { formatBytes } from "./progress.js";
+import { applyRegistryFlags, defaultName, describeError, EXIT_EXEC_FAILED, signalExitCode } from "./run.js";
+
+/** Where the commands write. */
+export interface CommandIO {
+  out(text: string): void;
+  err(text: string): void;
+  /** A chunk of a command's output; resolves when more may follow (back-pressure). */
+  writeOut(data: Uint8Array): Promise<void>;
+  writeErr(data: Uint8Array | string): Promise<void>;
+  /** stdout is a terminal (`msb metrics --watch` then redraws one line). */
+  isTTY: boolean;
+  columns?: number;
+  /** Aborted on SIGINT / SIGTERM. */
+  signal?: AbortSignal;
+  onPullProgress?: (p: PullProgress) => void;
+}
+
+function fail(io: CommandIO, e: unknown): number {
+  const d = describeError(e);
+  io.err(`${d.message}\n`);
+  return d.code;
+}
+
+/** Run `f` for each name; report failures and go on. Resolves to 0, or the code of the last failure. */
+async function eachName(io: CommandIO, names: readonly string[], f: (name: string) => Promise<void>): Promise<number> {
+  let code = 0;
+  for (const name of names) {
+    try {
+      await f(name);
+      io.out(`${name}\n`);
+    } catch (e) {
+      code = fail(io, e);
+    }
+  }
+  return code;
+}
+
+/** `msb create`: a detached sandbox; prints its name. */
+export async function createCommand(o: CreateOptions, io: CommandIO): Promise<number> {
+  const name = o.name ?? defaultName("sb");
+  try {
+    const b = Sandbox.builder(name);
+    if (o.image !== undefined) b.image(o.image);
+    if (o.cpus !== undefined) b.cpus(o.cpus);
+    if (o.memory !== undefined) b.memory(o.memory);
+    for (const [k, v] of o.env) b.env(k, v);
+    if (o.workdir !== undefined) b.workdir(o.workdir);
+    if (o.pullPolicy !== undefined) b.pullPolicy(o.pullPolicy as PullPolicy);
+    if (o.idleTimeoutSecs !== undefined) b.idleTimeout(o.idleTimeoutSecs);
+    if (o.maxDurationSecs !== undefined) b.maxDuration(o.maxDurationSecs);
+    if (o.replace) b.replace();
+    applyRegistryFlags(b, o.registry);
+    if (io.onPullProgress) b.onPullProgress(io.onPullProgress);
+    const sb = await b.createDetached();
+    // Only our connection goes; the sandbox keeps running.
+    await sb[Symbol.asyncDispose]();
+    io.out(`${name}\n`);
+    return 0;
+  } catch (e) {
+    return fail(io, e);
+  }
+}
+
+/** `msb start NAME...`: boot stopped sandboxes again, detached. */
+export function startCommand(names: readonly string[], io: CommandIO): Promise<number> {
+  return eachName(io, names, async (name) => {
+    const sb = await Sandbox.startDetached(name);
+    await sb[Symbol.asyncDispose]();
+  });
+}
+
+/** `msb stop NAME... [--timeout MS]`. */
+export function stopCommand(names: readonly string[], timeoutMs: number | undefined, io: CommandIO): Promise<number> {
+  return eachName(io, names, async (name) => {
+    const h = await Sandbox.get(name);
+    await (timeoutMs === undefined ? h.stop() : h.stop(timeoutMs));
+  });
+}
+
+/** `msb kill NAME...`. */
+export function killCommand(names: readonly string[], io: CommandIO): Promise<number> {
+  return eachName(io, names, async (name) => {
+    await (await Sandbox.get(name)).kill();
+  });
+}
+
+/** `msb rm [-f] NAME...`. */
+export function rmCommand(names: readonly string[], force: boolean, io: CommandIO): Promise<number> {
+  return eachName(io, names, async (name) => {
+    if (force) await (await Sandbox.get(name)).kill();
+    await Sandbox.remove(name);
+  });
+}
+
+/** The image column: the reference or path given, or "(default)". */
+function imageOf(h: Pick<SandboxHandle, "config">): { image: string | null; text: string } {
+  let config: SandboxConfig;
+  try {
+    config = h.config();
+  } catch {
+    return { image: null, text: "?" };
+  }
+  return { image: config.image, text: config.image ?? "(default)" };
+}
+
+/** The record of a sandbox as `ls --json` and `inspect` print it. */
+export function sandboxJson(h: SandboxHandle, withConfig: boolean): Record<string, unknown> {
+  const j: Record<string, unknown> = {
+    name: h.name,
+    status: h.status,
+    image: imageOf(h).image,
+    createdAt: h.createdAt.toISOString(),
+    updatedAt: h.updatedAt.toISOString(),
+    runtimePid: h.runtimePid,
+    exitCode: h.exitCode,
+    exitReason: h.exitReason,
+  };
+  if (withConfig) {
+    try {
+      j.config = h.config();
+    } catch (e) {
+      j.config = null;
+      j.configError = e instanceof Error ? e.message : String(e);
+    }
+  }
+  return j;
+}
+
+/** `msb ls` output: a table (NAME STATUS IMAGE CREATED) or JSON. */
+export function formatSandboxes(handles: readonly SandboxHandle[], json: boolean, now = new Date()): string {
+  if (json) return JSON.stringify(handles.map((h) => sandboxJson(h, false)), null, 2) + "\n";
+  return table(
+    ["NAME", "STATUS", "IMAGE", "CREATED"],
+    handles.map((h) => [h.name, h.status, imageOf(h).text, ago(h.createdAt, now)]),
+  );
+}
+
+export async function lsCommand(json: boolean, io: CommandIO): Promise<number> {
+  try {
+    const all = await Sandbox.list();
+    all.sort((a, b) => a.name.localeCompare(b.name));
+    io.out(formatSandboxes(all, json));
+    return 0;
+  } catch (e) {
+    return fail(io, e);
+  }
+}
+
+export async function inspectCommand(name: string, io: CommandIO): Promise<number> {
+  try {
+    io.out(JSON.stringify(sandboxJson(await Sandbox.get(name), true), null, 2) + "\n");
+    return 0;
+  } catch (e) {
+    return fail(io, e);
+  }
+}
+
+/** `msb exec NAME -- CMD...`: stream the output, exit with the command's exit code. */
+export async function execCommand(name: string, command: readonly string[], io: CommandIO): Promise<number> {
+  const [cmd, ...args] = command;
+  if (cmd === undefined) return fail(io, new Error("missing command"));
+  let sb: Sandbox | undefined;
+  try {
+    sb = await (await Sandbox.get(name)).connect();
+    const handle = await sb.execStream(cmd, args);
+    const aborted = new Promise<"aborted">((resolve) => {
+      if (io.signal?.aborted) resolve("aborted");
+      io.signal?.addEventListener("abort", () => resolve("aborted"), { once: true });
+    });
+    const pump = (async () => {
+      let exit: number | undefined;
+      for await (const ev of handle) {
+        if (ev.kind === "stdout") await io.writeOut(ev.data);
+        else if (ev.kind === "stderr") await io.writeErr(ev.data);
+        else if (ev.kind === "exited") exit = ev.code;
+      }
+      if (exit === undefined) throw new Error("the command ended without an exit code");
+      return exit;
+    })();
+    const r = await Promise.race([pump, aborted]);
+    if (r === "aborted") {
+      pump.catch(() => undefined);
+      return signalExitCode(io.signal?.reason);
+    }
+    return r;
+  } catch (e) {
+    if (e instanceof ExecFailedError) {
+      io.err(`msb: ${e.reason}\n`);
+      return EXIT_EXEC_FAILED;
+    }
+    return fail(io, e);
+  } finally {
+    await sb?.[Symbol.asyncDispose]();
+  }
+}
+
+/** 1h02m03s, 4m05s, 6.7s. */
+export function formatDuration(ms: number): string {
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
+  const s = Math.floor(ms / 1000);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = String(s % 60).padStart(2, "0");
+  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m${sec}s` : `${m}m${sec}s`;
+}
+
+/** One metrics sample as one line of text. */
+export function formatMetricsLine(name: string, m: SandboxMetrics): string {
+  const memPct = m.memoryLimitBytes > 0 ? ` (${((100 * m.memoryBytes) / m.memoryLimitBytes).toFixed(1)}%)` : "";
+  return [
+    name,
+    `cpu ${m.cpuPercent.toFixed(1)}%`,
+    `mem ${formatBytes(m.memoryBytes)} / ${formatBytes(m.memoryLimitBytes)}${memPct}`,
+    `disk r ${formatBytes(m.diskReadBytes)} w ${formatBytes(m.diskWriteBytes)}`,
+    `net rx ${formatBytes(m.netRxBytes)} tx ${formatBytes(m.netTxBytes)}`,
+    `up ${formatDuration(m.uptime)}`,
+  ].join("  ");
+}
+
+/** One metrics sample as a JSON line. */
+export function formatMetricsJson(name: string, m: SandboxMetrics): string {
+  return JSON.stringify({ name, ...m, timestamp: m.timestamp.toISOString() });
+}
+
+/**
+ * `msb metrics NAME [--watch] [--interval MS] [--json]`. Without --watch, one sample. With
+ * it: on a terminal one line redrawn in place, otherwise a line per sample, until Ctrl-C
+ * (exit 130) or the sandbox stops (exit 0).
+ */
+export async function metricsCommand(o: MetricsOptions, io: CommandIO): Promise<number> {
+  const format = (m: SandboxMetrics) => (o.json ? formatMetricsJson(o.name, m) : formatMetricsLine(o.name, m));
+  if (!o.watch) {
+    try {
+      io.out(`${format(await (await Sandbox.get(o.name)).metrics())}\n`);
+      return 0;
+    } catch (e) {
+      return fail(io, e);
+    }
+  }
+  const live = io.isTTY && !o.json;
+  let drawn = false;
+  let sb: Sandbox | undefined;
+  try {
+    sb = await (await Sandbox.get(o.name)).connect();
+    const stream = sb.metricsStream(o.intervalMs);
+    const code = await new Promise<number>((resolve, reject) => {
+      const sub = stream.subscribe({
+        next(m) {
+          const line = format(m);
+          if (live) {
+            const width = io.columns ?? 0;
+            io.out(`\r\x1b[2K${width > 1 && line.length >= width ? line.slice(0, width - 1) : line}`);
+            drawn = true;
+          } else {
+            io.out(`${line}\n`);
+          }
+        },
+        error(e: unknown) {
+          if (e instanceof SandboxNotRunningError) {
+            if (drawn) io.out("\n");
+            drawn = false;
+            io.err(`msb: sandbox ${o.name} stopped\n`);
+            resolve(0);
+          } else {
+            reject(e);
+          }
+        },
+      });
+      const onAbort = () => {
+        sub.unsubscribe();
+        resolve(signalExitCode(io.signal?.reason));
+      };
+      if (io.signal?.aborted) onAbort();
+      else io.signal?.addEventListener("abort", onAbort, { once: true });
+    });
+    if (drawn) io.out("\n");
+    return code;
+  } catch (e) {
+    if (drawn) io.out("\n");
+    return fail(io, e);
+  } finally {
+    await sb?.[Symbol.asyncDispose]();
+  }
+}

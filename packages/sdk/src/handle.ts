@@ -1,0 +1,156 @@
+import "./polyfill.js";
+import { check, parseStoredConfig, timeoutMsSchema, type SandboxConfig } from "./config.js";
+import { SandboxNotRunningError } from "./errors.js";
+import { closeQuietly, isLive, readRecord, stopByName, type SandboxRecord, type SandboxStatus } from "./lifecycle.js";
+import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
+import { callNative, native } from "./native.js";
+import { connectRecord, DEFAULT_STOP_TIMEOUT_MS, Sandbox } from "./sandbox.js";
+
+/**
+ * A lightweight handle to an existing sandbox, running or not, from
+ * `Sandbox.get(name)` or `Sandbox.list()`: its status and configuration, and
+ * lifecycle control, without a connection to its guest. To run commands, upgrade
+ * it with {@link connect} (a running sandbox) or {@link start} (a stopped one).
+ *
+ * The properties are a snapshot taken when the handle was made: `status` does not
+ * change by itself. {@link refresh} reads the sandbox's current state; the methods
+ * always act on the current state, and update the snapshot when they read it.
+ */
+export class SandboxHandle {
+  #rec: SandboxRecord;
+  readonly #home: string;
+
+  /** @internal Use `Sandbox.get(name)` or `Sandbox.list()`. */
+  constructor(record: SandboxRecord, home: string) {
+    this.#rec = record;
+    this.#home = home;
+  }
+
+  /** The sandbox's name. */
+  get name(): string {
+    return this.#rec.name;
+  }
+
+  /** `"running"`, `"draining"` (finishing its commands, taking no new ones), `"stopped"` or `"crashed"`, as of the snapshot. */
+  get status(): SandboxStatus {
+    return this.#rec.status;
+  }
+
+  /** The stored configuration, raw JSON (what {@link config} parses). */
+  get configJson(): string {
+    return this.#rec.configJson;
+  }
+
+  /** When the sandbox was created. */
+  get createdAt(): Date {
+    return new Date(this.#rec.createdAt.getTime());
+  }
+
+  /** When its record last changed (started, stopped, crashed, ...). */
+  get updatedAt(): Date {
+    return new Date(this.#rec.updatedAt.getTime());
+  }
+
+  /** Process id of its msb-runtime while it runs or drains, else `null`. */
+  get runtimePid(): number | null {
+    return this.#rec.runtimePid;
+  }
+
+  /** How the VM last ended (`null` while it runs or before it ever ended): 0 graceful stop or power-off, 137 killed, 1 crashed. */
+  get exitCode(): number | null {
+    return this.#rec.exitCode;
+  }
+
+  /** Why the VM last ended, e.g. `"stopped"`, `"killed"`, `"idle timeout"`, `"max duration"`, `"kernel panic"`, `"runtime died"`. */
+  get exitReason(): string | null {
+    return this.#rec.exitReason;
+  }
+
+  /**
+   * The stored configuration, parsed. Rejects with `CorruptConfigError` when it cannot
+   * be read back (only this sandbox is affected: listing still works). The registry
+   * password is never stored, so `registryAuth` has none.
+   */
+  config(): SandboxConfig {
+    return parseStoredConfig(this.#rec.configJson, this.#rec.name);
+  }
+
+  /** Read the sandbox's current state into this handle. `SandboxNotFoundError` once it was removed. */
+  async refresh(): Promise<this> {
+    const binding = await callNative(() => native());
+    this.#rec = await readRecord(binding, this.#home, this.#rec.name);
+    return this;
+  }
+
+  /**
+   * A full {@link Sandbox} for a running (or draining) sandbox: exec, metrics, stop...
+   * It does not own the sandbox's lifecycle: `await using` only closes the connection.
+   * A stopped or crashed sandbox -> `SandboxNotRunningError` (use {@link start}).
+   */
+  async connect(): Promise<Sandbox> {
+    const binding = await callNative(() => native());
+    const rec = await this.#live();
+    const config = this.config();
+    return connectRecord(binding, this.#home, rec.name, config, rec.runtimePid as number, rec.socketPath as string);
+  }
+
+  /** Boot the stopped sandbox again (files kept), attached to this process. See `Sandbox.start`. */
+  async start(): Promise<Sandbox> {
+    const sb = await Sandbox.start(this.name);
+    await this.refresh().catch(() => undefined);
+    return sb;
+  }
+
+  /** Boot the stopped sandbox again (files kept), detached. See `Sandbox.startDetached`. */
+  async startDetached(): Promise<Sandbox> {
+    const sb = await Sandbox.startDetached(this.name);
+    await this.refresh().catch(() => undefined);
+    return sb;
+  }
+
+  /**
+   * Stop the sandbox gracefully (killed after `timeoutMs`, default 10 s) and resolve
+   * once its VM is gone. Does nothing when it is not running.
+   */
+  async stop(timeoutMs: number = DEFAULT_STOP_TIMEOUT_MS): Promise<void> {
+    const t = check(timeoutMsSchema, "timeoutMs", timeoutMs);
+    const binding = await callNative(() => native());
+    await stopByName(binding, this.#home, this.name, t);
+    await this.refresh().catch(() => undefined);
+  }
+
+  /** End the VM at once, even when its runtime does not answer. Does nothing when it is not running. */
+  async kill(): Promise<void> {
+    const binding = await callNative(() => native());
+    await callNative(() => binding.killSandbox(this.#home, this.name));
+    await this.refresh().catch(() => undefined);
+  }
+
+  /** Delete the stopped sandbox and all its state. `SandboxStillRunningError` while it runs. */
+  async remove(): Promise<void> {
+    await Sandbox.remove(this.name);
+  }
+
+  /** A snapshot of the running sandbox's resource use, from its runtime. Stopped -> `SandboxNotRunningError`. */
+  async metrics(): Promise<SandboxMetrics> {
+    const binding = await callNative(() => native());
+    const rec = await this.#live();
+    const socketPath = rec.socketPath as string;
+    const client = await callNative(() => binding.AgentClient.connect(socketPath));
+    try {
+      return toSandboxMetrics(await callNative(() => client.metrics()));
+    } finally {
+      closeQuietly(client);
+    }
+  }
+
+  /** The current record, which must be of a running or draining sandbox. */
+  async #live(): Promise<SandboxRecord> {
+    await this.refresh();
+    const rec = this.#rec;
+    if (!isLive(rec.status) || rec.socketPath === null || rec.runtimePid === null) {
+      throw new SandboxNotRunningError(`sandbox ${rec.name} is ${rec.status}`);
+    }
+    return rec;
+  }
+}
