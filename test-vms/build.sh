@@ -27,6 +27,9 @@ PATH=$PATH:/usr/sbin:/sbin # depmod, modprobe, mke2fs, debugfs for non-root user
 # virtio_net (and its failover deps) joins this list with the networking work; every
 # module costs boot time under emulation.
 WANT_MODULES=(virtio_mmio virtio_blk virtio_console ext4 overlay)
+# Packed too, but loaded by the agent only when a sandbox shares host directories
+# (virtiofs volumes or a directory image): listed in /etc/msb/modules.virtiofs.
+VIRTIOFS_MODULES=(fuse virtiofs)
 # A fixed UUID/hash seed keeps rootfs.ext4 byte-identical between builds.
 FS_UUID=6d73622d-6465-4661-b56c-742d726f6f74
 
@@ -287,32 +290,40 @@ if ! is_fresh "$OID-initramfs" "$IKEY" "$OUT/initramfs.cpio"; then
   # Load order: each module's dependencies first, duplicates dropped;
   # "builtin" lines (e.g. ext4 in the cloud kernel) need nothing.
   declare -A seen=()
-  : >"$IROOT/etc/msb/modules"
-  for m in "${WANT_MODULES[@]}"; do
-    deps=$(modprobe -d "$KTREE" -S "$KVER" --show-depends "$m") || die "module $m not found for $KVER"
-    while read -r kind path _; do
-      case $kind in
-        builtin) log "  $m: built in" ;;
-        insmod)
-          [[ -z ${seen[$path]:-} ]] || continue
-          seen[$path]=1
-          base=$(basename "$path"); base=${base%%.ko*}
-          dst=$IROOT/lib/modules/$base.ko
-          [[ ! -e $dst ]] || die "two modules named $base.ko"
-          case $path in
-            *.ko) cp "$path" "$dst" ;;
-            *.ko.xz) xz -dc "$path" >"$dst" ;;
-            *.ko.zst) zstd -qdc "$path" >"$dst" ;;
-            *.ko.gz) gzip -dc "$path" >"$dst" ;;
-            *) die "unknown module format: $path" ;;
-          esac
-          chmod 0644 "$dst"
-          echo "/lib/modules/$base.ko" >>"$IROOT/etc/msb/modules"
-          ;;
-      esac
-    done <<<"$deps"
-  done
+  # add_modules LIST_FILE MODULE...: copy each module with its dependencies (in load
+  # order, each once across both lists) and list them in LIST_FILE.
+  add_modules() {
+    local list=$1; shift
+    : >"$list"
+    for m in "$@"; do
+      deps=$(modprobe -d "$KTREE" -S "$KVER" --show-depends "$m") || die "module $m not found for $KVER"
+      while read -r kind path _; do
+        case $kind in
+          builtin) log "  $m: built in" ;;
+          insmod)
+            [[ -z ${seen[$path]:-} ]] || continue
+            seen[$path]=1
+            base=$(basename "$path"); base=${base%%.ko*}
+            dst=$IROOT/lib/modules/$base.ko
+            [[ ! -e $dst ]] || die "two modules named $base.ko"
+            case $path in
+              *.ko) cp "$path" "$dst" ;;
+              *.ko.xz) xz -dc "$path" >"$dst" ;;
+              *.ko.zst) zstd -qdc "$path" >"$dst" ;;
+              *.ko.gz) gzip -dc "$path" >"$dst" ;;
+              *) die "unknown module format: $path" ;;
+            esac
+            chmod 0644 "$dst"
+            echo "/lib/modules/$base.ko" >>"$list"
+            ;;
+        esac
+      done <<<"$deps"
+    done
+  }
+  add_modules "$IROOT/etc/msb/modules" "${WANT_MODULES[@]}"
+  add_modules "$IROOT/etc/msb/modules.virtiofs" "${VIRTIOFS_MODULES[@]}"
   log "  modules: $(xargs -n1 basename <"$IROOT/etc/msb/modules" | tr '\n' ' ')"
+  log "  on demand (virtiofs): $(xargs -n1 basename <"$IROOT/etc/msb/modules.virtiofs" | tr '\n' ' ')"
   make_cpio "$IROOT" "$OUT/initramfs.cpio"
   mark "$OID-initramfs" "$IKEY"
 fi

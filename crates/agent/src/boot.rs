@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use msb_protocol::{Bootstrap, DiskSpec};
+use msb_protocol::{Bootstrap, DiskSpec, GuestMount, LowerSpec};
 
 use crate::sys;
 
@@ -21,21 +21,27 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         sys::set_hostname(&b.hostname)?;
     }
 
-    let lower = find_disk(&b.root.lower)?;
+    // Host directories travel over virtiofs: its modules are loaded only when needed.
+    let virtiofs = matches!(b.root.lower, LowerSpec::Virtiofs { .. })
+        || b.mounts.iter().any(|m| m.fstype == "virtiofs");
+    if virtiofs {
+        sys::load_modules("/etc/msb/modules.virtiofs");
+    }
     let upper = find_disk(&b.root.upper)?;
-    sys::flush_block_device(&lower);
     sys::flush_block_device(&upper);
-
     for d in ["/mnt/lower", "/mnt/upper", "/newroot"] {
         fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
     }
-    sys::mount(
-        &lower,
-        "/mnt/lower",
-        &b.root.lower.fstype,
-        libc::MS_RDONLY,
-        "",
-    )?;
+    match &b.root.lower {
+        LowerSpec::Disk(spec) => {
+            let lower = find_disk(spec)?;
+            sys::flush_block_device(&lower);
+            mount_any(&lower, "/mnt/lower", &spec.fstype, libc::MS_RDONLY)?;
+        }
+        LowerSpec::Virtiofs { tag } => {
+            sys::mount(tag, "/mnt/lower", "virtiofs", libc::MS_RDONLY, "")?
+        }
+    }
     sys::mount(
         &upper,
         "/mnt/upper",
@@ -82,6 +88,10 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     );
     let _ = fs::create_dir_all("/tmp");
 
+    for m in &b.mounts {
+        mount_extra(m)?;
+    }
+
     if let Some(w) = &b.workdir {
         fs::create_dir_all(w).map_err(|e| format!("workdir {w}: {e}"))?;
     }
@@ -114,5 +124,43 @@ fn find_disk(spec: &DiskSpec) -> Result<String, String> {
             return Err(format!("no disk with serial '{}'", spec.serial));
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Mount a block device; fstype "auto" tries each filesystem the kernel knows.
+fn mount_any(dev: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> Result<(), String> {
+    if fstype != "auto" {
+        return sys::mount(dev, target, fstype, flags, "");
+    }
+    let known = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let candidates: Vec<&str> = known
+        .lines()
+        .filter(|l| !l.starts_with("nodev"))
+        .map(str::trim)
+        .collect();
+    for fs in &candidates {
+        if sys::mount(dev, target, fs, flags, "").is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{dev}: no filesystem the guest kernel knows ({}) could mount it",
+        candidates.join(", ")
+    ))
+}
+
+/// A volume: virtiofs share or tmpfs, at an absolute guest path created if missing.
+fn mount_extra(m: &GuestMount) -> Result<(), String> {
+    if !m.target.starts_with('/') || m.target.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "volume target {} must be an absolute path",
+            m.target
+        ));
+    }
+    fs::create_dir_all(&m.target).map_err(|e| format!("volume {}: {e}", m.target))?;
+    let flags = if m.readonly { libc::MS_RDONLY } else { 0 } | libc::MS_NOSUID | libc::MS_NODEV;
+    match m.fstype.as_str() {
+        "virtiofs" | "tmpfs" => sys::mount(&m.source, &m.target, &m.fstype, flags, &m.options),
+        other => Err(format!("volume {}: unsupported type {other}", m.target)),
     }
 }

@@ -287,10 +287,33 @@ pub struct DiskSpec {
     pub fstype: String,
 }
 
+/// Where the read-only image comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowerSpec {
+    /// A block device (`fstype` "auto": try the filesystems the kernel knows).
+    Disk(DiskSpec),
+    /// A host directory shared read-only over virtiofs under this tag.
+    Virtiofs { tag: String },
+}
+
+/// A mount made after the root switch, before any command runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestMount {
+    /// "virtiofs" (source = tag) or "tmpfs".
+    pub fstype: String,
+    pub source: String,
+    /// Absolute guest path; created if missing.
+    pub target: String,
+    pub readonly: bool,
+    /// Filesystem options, e.g. "size=64m" for tmpfs.
+    pub options: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootSpec {
-    /// Read-only image disk.
-    pub lower: DiskSpec,
+    /// Read-only image.
+    pub lower: LowerSpec,
     /// Writable per-sandbox disk holding the overlay's `data/` and `work/`.
     pub upper: DiskSpec,
 }
@@ -309,4 +332,6 @@ pub struct Bootstrap {
     /// Fresh entropy mixed into the guest's pool.
     #[serde(with = "serde_bytes")]
     pub entropy: Vec<u8>,
+    #[serde(default)]
+    pub mounts: Vec<GuestMount>,
 }

@@ -37,6 +37,29 @@ pub struct Config {
     /// The SDK's view of the configuration, stored as the sandbox's config (opaque here).
     #[serde(default)]
     pub sdk_config: serde_json::Value,
+    #[serde(default)]
+    pub mounts: Vec<MountCfg>,
+    /// Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
+    #[serde(default)]
+    pub image_fstype: Option<String>,
+    /// Verbosity of this runtime's log: trace, debug, info (default), warn, error.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+/// A volume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountCfg {
+    pub guest_path: String,
+    /// "bind" (source: host dir), "named" (source: volume name), "tmpfs".
+    pub kind: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default, rename = "sizeMiB")]
+    pub size_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
@@ -85,6 +108,55 @@ impl Config {
         }
         if self.max_duration_secs == Some(0) {
             return bad("maxDurationSecs", "must be at least 1");
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            let field = format!("mounts[{i}]");
+            if !m.guest_path.starts_with('/') || m.guest_path.split('/').any(|c| c == "..") {
+                return bad(
+                    &field,
+                    &format!("guest path {} must be absolute", m.guest_path),
+                );
+            }
+            match (m.kind.as_str(), m.source.as_deref()) {
+                ("bind", Some(src)) => {
+                    let p = std::path::Path::new(src);
+                    if !p.is_absolute() || !p.is_dir() {
+                        return bad(
+                            &field,
+                            &format!("bind source {src} is not an existing host directory"),
+                        );
+                    }
+                }
+                ("named", Some(name)) => {
+                    let ok = name
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphanumeric())
+                        && name.len() <= 63
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    if !ok {
+                        return bad(&field, &format!("invalid volume name {name}"));
+                    }
+                }
+                ("tmpfs", _) => {
+                    if m.size_mib == Some(0) {
+                        return bad(&field, "tmpfs size must be at least 1 MiB");
+                    }
+                }
+                (kind, _) => {
+                    return bad(
+                        &field,
+                        &format!("unknown volume kind {kind} or missing source"),
+                    )
+                }
+            }
+        }
+        if let Some(l) = &self.log_level {
+            if !["trace", "debug", "info", "warn", "error"].contains(&l.as_str()) {
+                return bad("logLevel", "must be trace, debug, info, warn or error");
+            }
         }
         if !self.msb_home.is_absolute() {
             return bad("msbHome", "must be an absolute path");

@@ -12,39 +12,86 @@ use crate::error::RtError;
 /// Size of a new upper disk. The file is sparse: only written blocks use host space.
 const UPPER_SIZE: u64 = 4 << 30;
 
-pub struct LowerDisk {
-    pub path: PathBuf,
-    pub fstype: String,
+/// The read-only image, as the guest will get it.
+pub enum Lower {
+    Disk {
+        path: PathBuf,
+        fstype: String,
+        format: &'static str,
+    },
+    /// A host directory, shared read-only over virtiofs.
+    Dir(PathBuf),
 }
 
-/// Work out what `image` is and return a disk the guest can mount read-only.
-pub async fn prepare_lower(image: &Path, sandbox_dir: &Path) -> Result<LowerDisk, RtError> {
+/// Work out what `image` is. `fstype` is the caller's word for a disk whose filesystem
+/// cannot be detected (qcow2, or a filesystem without a known magic).
+pub async fn prepare_lower(
+    image: &Path,
+    fstype: Option<&str>,
+    sandbox_dir: &Path,
+) -> Result<Lower, RtError> {
     let meta = fs::metadata(image)
         .map_err(|e| RtError::new("imageNotFound", format!("image {}: {e}", image.display())))?;
     if meta.is_dir() {
-        // A directory becomes an ext4 image of its contents (mke2fs -d keeps owners and modes).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return Ok(Lower::Dir(image.to_path_buf()));
+        }
+        // virtiofsd needs root: without it, copy the directory into an ext4 image
+        // (mke2fs -d keeps modes; owners become the invoking user's).
         let out = sandbox_dir.join("lower.ext4");
-        let size_mib = dir_size(image) / (1 << 20) * 13 / 10 + 64;
-        run_mke2fs(
-            &["-q", "-F", "-t", "ext4", "-d"],
-            &[image.as_os_str(), out.as_os_str()],
-            Some(size_mib),
-        )
-        .await?;
-        return Ok(LowerDisk {
+        if !out.exists() {
+            let size_mib = dir_size(image) / (1 << 20) * 13 / 10 + 64;
+            run_mke2fs(
+                &["-q", "-F", "-t", "ext4", "-d"],
+                &[image.as_os_str(), out.as_os_str()],
+                Some(size_mib),
+            )
+            .await?;
+        }
+        return Ok(Lower::Disk {
             path: out,
             fstype: "ext4".into(),
+            format: "raw",
         });
     }
-    let fstype = detect_fstype(image)?.ok_or_else(|| {
-        RtError::new(
-            "invalidConfig",
-            format!("image {}: not a directory and not a disk with a filesystem this version can mount (ext4, ext2/3, erofs)", image.display()),
-        )
-    })?;
-    Ok(LowerDisk {
+    let mut head = [0u8; 4];
+    fs::File::open(image)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| {
+            RtError::new(
+                "invalidConfig",
+                format!(
+                    "image {}: cannot read it as a disk image: {e}",
+                    image.display()
+                ),
+            )
+        })?;
+    if head == *b"QFI\xfb" {
+        let fstype = fstype.unwrap_or("auto").to_string();
+        return Ok(Lower::Disk {
+            path: image.to_path_buf(),
+            fstype,
+            format: "qcow2",
+        });
+    }
+    let fstype = match (detect_fstype(image)?, fstype) {
+        (_, Some(given)) => given.to_string(),
+        (Some(found), None) => found,
+        (None, None) => {
+            return Err(RtError::new(
+                "invalidConfig",
+                format!(
+                    "image {}: not a directory and not a disk with a filesystem this version can detect (ext4, ext2/3, erofs); name it with imageWith(i => i.disk(path).fstype(...))",
+                    image.display()
+                ),
+            ))
+        }
+    };
+    Ok(Lower::Disk {
         path: image.to_path_buf(),
         fstype,
+        format: "raw",
     })
 }
 

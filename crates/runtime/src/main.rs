@@ -8,6 +8,7 @@ mod disks;
 mod error;
 mod relay;
 mod sandbox;
+mod shares;
 mod supervise;
 mod vm;
 
@@ -20,9 +21,32 @@ use crate::config::Config;
 use crate::error::RtError;
 use crate::sandbox::Sandbox;
 
+/// Verbosity of runtime.log: 0 trace, 1 debug, 2 info (default), 3 warn, 4 error.
+static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// An info line in runtime.log (dropped at log level warn or error).
 pub(crate) fn log(msg: &str) {
-    eprintln!("msb-runtime: {msg}");
+    if LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed) <= 2 {
+        eprintln!("msb-runtime: {msg}");
+    }
 }
+
+/// An error line in runtime.log (always written).
+pub(crate) fn log_error(msg: &str) {
+    eprintln!("msb-runtime: error: {msg}");
+}
+
+fn set_log_level(level: Option<&str>) {
+    let n = match level {
+        Some("trace") => 0,
+        Some("debug") => 1,
+        Some("warn") => 3,
+        Some("error") => 4,
+        _ => 2,
+    };
+    LOG_LEVEL.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[1] == "--floor-argv" {
@@ -76,6 +100,7 @@ async fn async_main() -> i32 {
             return 1;
         }
     };
+    set_log_level(cfg.log_level.as_deref());
     let mut sb = match Sandbox::prepare(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -93,7 +118,7 @@ async fn async_main() -> i32 {
             0
         }
         Err(e) => {
-            log(&e.to_string());
+            log_error(&e.to_string());
             sb.kill_vm().await;
             sb.boot_failed(&e);
             sb.cleanup();

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    Bootstrap, DiskSpec, Frame, FrameDecoder, Message, RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
+    Bootstrap, DiskSpec, Frame, FrameDecoder, GuestMount, LowerSpec, Message, RootSpec, CHANNEL_ID,
+    PROTOCOL_VERSION,
 };
 use msb_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,9 +19,14 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Mode};
 use crate::cpu::CpuSampler;
+use crate::disks::Lower;
 use crate::error::RtError;
 use crate::relay::{Control, MetricsSource, Relay};
+use crate::shares::{self, Share};
 use crate::{disks, log, vm};
+
+/// virtiofs tag of a directory image.
+const ROOT_TAG: &str = "msbroot";
 
 pub struct Sandbox {
     pub(crate) store: Store,
@@ -36,6 +42,8 @@ pub struct Sandbox {
     created: bool,
     /// When QEMU started (uptime is measured from here).
     pub(crate) started: Instant,
+    /// virtiofsd processes of the shares (killed with us).
+    virtiofsd: Vec<Child>,
 }
 
 impl Sandbox {
@@ -142,6 +150,7 @@ impl Sandbox {
         }
         let created = cfg.mode == Mode::Create;
         Ok(Sandbox {
+            virtiofsd: Vec::new(),
             started: Instant::now(),
             store,
             created,
@@ -169,7 +178,11 @@ impl Sandbox {
                 ));
             }
         }
-        let lower = disks::prepare_lower(&self.cfg.image, &self.dir).await?;
+        let lower =
+            disks::prepare_lower(&self.cfg.image, self.cfg.image_fstype.as_deref(), &self.dir)
+                .await?;
+        let (shares, mounts) = self.volumes(&lower)?;
+        self.virtiofsd = shares::start(&shares, &self.dir.join("virtiofsd.log")).await?;
         let upper = self.dir.join("upper.ext4");
         let fresh_upper = !upper.exists();
         if fresh_upper {
@@ -181,9 +194,15 @@ impl Sandbox {
             console_log: &self.dir.join("console.log"),
             qemu_log: &self.dir.join("qemu.log"),
             agent_chardev: &self.vm_sock,
-            lower: &lower.path,
-            lower_readonly: true,
+            lower: match &lower {
+                Lower::Disk { path, format, .. } => Some((path.as_path(), *format)),
+                Lower::Dir(_) => None,
+            },
             upper: &upper,
+            shares: shares
+                .iter()
+                .map(|s| (s.tag.as_str(), s.socket.as_path()))
+                .collect(),
         };
         let cmd = vm::qemu_command(&qemu_bin, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
@@ -235,9 +254,14 @@ impl Sandbox {
         }
         let boot = Bootstrap {
             root: RootSpec {
-                lower: DiskSpec {
-                    serial: "lower".into(),
-                    fstype: lower.fstype.clone(),
+                lower: match &lower {
+                    Lower::Disk { fstype, .. } => LowerSpec::Disk(DiskSpec {
+                        serial: "lower".into(),
+                        fstype: fstype.clone(),
+                    }),
+                    Lower::Dir(_) => LowerSpec::Virtiofs {
+                        tag: ROOT_TAG.into(),
+                    },
                 },
                 upper: DiskSpec {
                     serial: "upper".into(),
@@ -257,6 +281,7 @@ impl Sandbox {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             entropy,
+            mounts,
         };
         write_frame(&mut wr, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
         loop {
@@ -396,6 +421,54 @@ impl Sandbox {
         if let Some(mut q) = self.qemu.take() {
             let _ = q.kill().await;
         }
+    }
+
+    /// virtiofs shares (a directory image, bind and named volumes) and the guest mounts.
+    fn volumes(&self, lower: &Lower) -> Result<(Vec<Share>, Vec<GuestMount>), RtError> {
+        let mut shares = Vec::new();
+        let mut mounts = Vec::new();
+        let mut share = |tag: String, dir: PathBuf, readonly: bool| {
+            let socket = self.run_dir.join(format!("{tag}.sock"));
+            shares.push(Share {
+                tag,
+                dir,
+                readonly,
+                socket,
+            });
+        };
+        if let Lower::Dir(dir) = lower {
+            share(ROOT_TAG.into(), dir.clone(), true);
+        }
+        for (i, m) in self.cfg.mounts.iter().enumerate() {
+            let tag = format!("msbvol{i}");
+            let source = m.source.clone().unwrap_or_default();
+            match m.kind.as_str() {
+                "bind" => share(tag.clone(), PathBuf::from(&source), m.readonly),
+                "named" => {
+                    let dir = self.cfg.msb_home.join("volumes").join(&source);
+                    fs::create_dir_all(&dir)?;
+                    share(tag.clone(), dir, m.readonly);
+                }
+                _ => {}
+            }
+            mounts.push(match m.kind.as_str() {
+                "tmpfs" => GuestMount {
+                    fstype: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    target: m.guest_path.clone(),
+                    readonly: m.readonly,
+                    options: m.size_mib.map(|s| format!("size={s}m")).unwrap_or_default(),
+                },
+                _ => GuestMount {
+                    fstype: "virtiofs".into(),
+                    source: tag,
+                    target: m.guest_path.clone(),
+                    readonly: m.readonly,
+                    options: String::new(),
+                },
+            });
+        }
+        Ok((shares, mounts))
     }
 
     pub fn cleanup(&self) {

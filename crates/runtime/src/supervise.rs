@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::log;
 use crate::relay::Control;
 use crate::sandbox::{tail, Running, Sandbox};
+use crate::{log, log_error};
 
 /// fd on which an attached runtime receives the read end of its creator's pipe.
 const ATTACH_FD: i32 = 3;
@@ -168,9 +168,13 @@ impl Sandbox {
             (None, Ok(s)) => (CRASHED, 1, format!("VMM exited: {s}")),
             (None, Err(e)) => (CRASHED, 1, format!("VMM: {e}")),
         };
-        log(&format!("VM ended: {state} ({code}, {reason})"));
+        if state == CRASHED {
+            log_error(&format!("VM ended: {state} ({code}, {reason})"));
+        } else {
+            log(&format!("VM ended: {state} ({code}, {reason})"));
+        }
         if let Err(e) = self.store.set_exited(&self.cfg.name, state, code, &reason) {
-            log(&format!("recording the exit: {e}"));
+            log_error(&format!("recording the exit: {e}"));
         }
     }
 }

@@ -12,9 +12,11 @@ pub struct VmPaths<'a> {
     pub console_log: &'a Path,
     pub qemu_log: &'a Path,
     pub agent_chardev: &'a Path,
-    pub lower: &'a Path,
-    pub lower_readonly: bool,
+    /// Read-only image disk and its format (raw, qcow2); None for a shared directory.
+    pub lower: Option<(&'a Path, &'a str)>,
     pub upper: &'a Path,
+    /// virtiofs shares: (tag, vhost-user socket).
+    pub shares: Vec<(&'a str, &'a Path)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -187,7 +189,18 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    c.args(["-M", "microvm", "-accel", accel_arg, "-cpu", cpu]);
+    if p.shares.is_empty() {
+        c.args(["-M", "microvm"]);
+    } else {
+        // vhost-user-fs needs guest memory virtiofsd can map, and modern virtio-mmio.
+        c.args(["-M", "microvm,memory-backend=mem"]);
+        c.arg("-object").arg(format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            cfg.memory_mib
+        ));
+        c.args(["-global", "virtio-mmio.force-legacy=false"]);
+    }
+    c.args(["-accel", accel_arg, "-cpu", cpu]);
     c.args([
         "-smp",
         &cfg.cpus.to_string(),
@@ -206,24 +219,31 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
     c.args(["-append", &kernel_cmdline(accel)]);
     c.arg("-serial")
         .arg(format!("file:{}", p.console_log.display()));
-    // Fixed device order: agent port, lower disk, upper disk.
+    // Fixed device order: agent port, lower disk, upper disk, shares.
     c.args(["-device", "virtio-serial-device"]);
     c.arg("-chardev").arg(format!(
         "socket,id=agent,path={},server=on,wait=off",
         p.agent_chardev.display()
     ));
     c.args(["-device", "virtserialport,chardev=agent,name=agent"]);
-    let ro = if p.lower_readonly { ",readonly=on" } else { "" };
-    c.arg("-drive").arg(format!(
-        "id=lower,file={},format=raw,if=none{ro}",
-        qemu_path(p.lower)
-    ));
-    c.args(["-device", "virtio-blk-device,drive=lower,serial=lower"]);
+    if let Some((lower, format)) = p.lower {
+        c.arg("-drive").arg(format!(
+            "id=lower,file={},format={format},if=none,readonly=on",
+            qemu_path(lower)
+        ));
+        c.args(["-device", "virtio-blk-device,drive=lower,serial=lower"]);
+    }
     c.arg("-drive").arg(format!(
         "id=upper,file={},format=raw,if=none,discard=unmap",
         qemu_path(p.upper)
     ));
     c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
+    for (i, (tag, sock)) in p.shares.iter().enumerate() {
+        c.arg("-chardev")
+            .arg(format!("socket,id=fs{i},path={}", sock.display()));
+        c.arg("-device")
+            .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
+    }
 
     c.stdin(Stdio::null());
     if let Ok(f) = fs::File::create(p.qemu_log) {
