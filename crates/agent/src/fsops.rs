@@ -278,7 +278,12 @@ fn mkdir(path: &str, mode: Option<u32>, recursive: bool) -> io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(recursive);
     std::os::unix::fs::DirBuilderExt::mode(&mut b, mode.unwrap_or(0o755));
-    b.create(path)
+    b.create(path)?;
+    if let Some(m) = mode {
+        // The agent's umask would cut bits the caller asked for.
+        fs::set_permissions(path, fs::Permissions::from_mode(m))?;
+    }
+    Ok(())
 }
 
 fn remove_file(path: &str) -> io::Result<()> {

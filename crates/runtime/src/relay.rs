@@ -27,8 +27,11 @@ pub enum Control {
     Kill,
     /// Refuse new execs, stop once the running ones finished. Answered once recorded.
     Drain(oneshot::Sender<()>),
-    /// Stop watching the creating process.
-    Detach,
+    /// Stop watching the creating process. Answered once done, so the creator may then
+    /// close its end of the attach pipe without that reading as "creator went away".
+    Detach(oneshot::Sender<()>),
+    /// The attach pipe reached EOF (ignored once detached).
+    CreatorGone,
     /// The guest broke the protocol: end the sandbox.
     Protocol(String),
 }
@@ -373,7 +376,9 @@ impl Relay {
                         let _ = reply(&tx, frame.id, Message::Done).await;
                     }
                     Message::Detach if frame.flags & FLAG_CONTROL != 0 => {
-                        let _ = self.control.send(Control::Detach).await;
+                        let (done_tx, done_rx) = oneshot::channel();
+                        let _ = self.control.send(Control::Detach(done_tx)).await;
+                        let _ = done_rx.await;
                         let _ = reply(&tx, frame.id, Message::Done).await;
                     }
                     Message::Metrics if frame.flags & FLAG_CONTROL != 0 => {

@@ -51,6 +51,7 @@ impl Sandbox {
         let mut forced = false;
         let mut shutdown_sent = false;
         let mut draining = false;
+        let mut detached = !self.cfg.attached;
         let mut idle_since = Instant::now();
         let idle_timeout = self.cfg.idle_timeout_secs.map(Duration::from_secs);
         let max_at = self
@@ -94,13 +95,22 @@ impl Sandbox {
                         }
                         let _ = done.send(());
                     }
-                    Control::Detach => {
+                    Control::Detach(done) => {
                         if let Some(h) = attach.take() {
                             h.abort();
                             // Leave the creator's session: its terminal's signals are not ours.
                             // SAFETY: setsid has no preconditions; failure (already a leader) is fine.
                             unsafe { libc::setsid() };
                             log("detached from the creating process");
+                        }
+                        detached = true;
+                        let _ = done.send(());
+                    }
+                    Control::CreatorGone => {
+                        if !detached && !shutdown_sent {
+                            log("creator went away: stopping");
+                            kill_at = Some(Instant::now() + ATTACH_STOP_GRACE);
+                            request = Some(Ending::Stop("creator exited"));
                         }
                     }
                 },
@@ -191,8 +201,7 @@ fn watch_attach_pipe(ctl: mpsc::Sender<Control>) -> JoinHandle<()> {
             while matches!(f.read(&mut b), Ok(n) if n > 0) {}
         })
         .await;
-        log("creator went away: stopping");
-        let _ = ctl.send(Control::Stop(ATTACH_STOP_GRACE)).await;
+        let _ = ctl.send(Control::CreatorGone).await;
     })
 }
 

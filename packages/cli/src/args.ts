@@ -5,8 +5,30 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 
+/** A volume from `-v` / `--tmpfs`. */
+export type VolumeSpec =
+  | { kind: "bind"; source: string; guestPath: string; readonly: boolean }
+  | { kind: "named"; source: string; guestPath: string; readonly: boolean }
+  | { kind: "tmpfs"; guestPath: string; sizeMiB?: number; readonly: boolean };
+
+/** Guest options shared by `run` and `create`: volumes and scripts. */
+export interface GuestFlags {
+  /** `-v` and `--tmpfs`, in order. */
+  volumes?: VolumeSpec[];
+  /** `--script NAME=HOSTFILE`: [name, host file]. */
+  scripts?: [string, string][];
+}
+
+/** How a command is attached to msb's terminal: `-t` and `-i`. */
+export interface AttachFlags {
+  /** `-t`: run the command on a pseudo-terminal. */
+  tty?: boolean;
+  /** `-i`: forward msb's stdin (also done whenever stdin is not a terminal). */
+  interactive?: boolean;
+}
+
 /** What `msb run` was asked to do. */
-export interface RunOptions {
+export interface RunOptions extends GuestFlags, AttachFlags {
   name?: string;
   image?: string;
   cpus?: number;
@@ -19,6 +41,17 @@ export interface RunOptions {
   command: string[];
 }
 
+/** `msb exec`'s options. */
+export interface ExecCliOptions extends AttachFlags {
+  env: [string, string][];
+  workdir?: string;
+  user?: string;
+  timeoutMs?: number;
+}
+
+/** One side of `msb cp`: a host path, or `NAME:/guest/path`. */
+export type CpEndpoint = { kind: "host"; path: string } | { kind: "sandbox"; name: string; path: string };
+
 /** Registry access flags shared by `run` and `pull`. */
 export interface RegistryFlags {
   username?: string;
@@ -29,7 +62,7 @@ export interface RegistryFlags {
 }
 
 /** What `msb create` was asked to do: `msb run`'s options without a command, plus lifetime limits. */
-export interface CreateOptions {
+export interface CreateOptions extends GuestFlags {
   name?: string;
   image?: string;
   cpus?: number;
@@ -63,7 +96,8 @@ export type ParsedCli =
   | { kind: "rm"; names: string[]; force: boolean }
   | { kind: "ls"; json: boolean }
   | { kind: "inspect"; name: string }
-  | { kind: "exec"; name: string; command: string[] }
+  | { kind: "exec"; name: string; command: string[]; options: ExecCliOptions }
+  | { kind: "cp"; src: CpEndpoint; dst: CpEndpoint }
   | { kind: "metrics"; options: MetricsOptions }
   | { kind: "pull"; image: string; registry: RegistryFlags }
   | { kind: "images"; json: boolean }
@@ -81,7 +115,8 @@ export interface CliOutput {
 export const EXIT_USAGE = 2;
 
 export const RUN_USAGE = "[options] [IMAGE] -- CMD [ARGS...]";
-export const EXEC_USAGE = "NAME -- CMD [ARGS...]";
+export const EXEC_USAGE = "[options] NAME -- CMD [ARGS...]";
+export const CP_USAGE = "SRC DST (one of them NAME:/guest/path)";
 
 function integer(field: string) {
   return (value: string): number => {
@@ -109,6 +144,60 @@ function envPair(value: string, previous: [string, string][] | undefined): [stri
   return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
 }
 
+function collect<T>(parse: (v: string) => T) {
+  return (value: string, previous: T[] | undefined): T[] => [...(previous ?? []), parse(value)];
+}
+
+/** `-v HOST:GUEST[:ro]` (a host path has a '/') or `-v NAME:GUEST[:ro]` (a named volume). */
+export function parseVolume(value: string): VolumeSpec {
+  const parts = value.split(":");
+  const mode = parts.length === 3 ? parts[2] : undefined;
+  const [source, guestPath] = parts;
+  if (parts.length < 2 || parts.length > 3 || !source || !guestPath || (mode !== undefined && mode !== "ro" && mode !== "rw")) {
+    throw new InvalidArgumentError(`volume must be HOST_DIR:GUEST_PATH[:ro] or NAME:GUEST_PATH[:ro] (got ${JSON.stringify(value)}).`);
+  }
+  if (!guestPath.startsWith("/")) throw new InvalidArgumentError(`volume guest path must be absolute (got ${JSON.stringify(guestPath)}).`);
+  const readonly = mode === "ro";
+  const isPath = source.includes("/") || source === "." || source === ".." || source.startsWith("~");
+  return isPath ? { kind: "bind", source, guestPath, readonly } : { kind: "named", source, guestPath, readonly };
+}
+
+/** `--tmpfs GUEST[:size=MiB][,ro]`. */
+export function parseTmpfs(value: string): VolumeSpec {
+  const colon = value.indexOf(":");
+  const guestPath = colon === -1 ? value : value.slice(0, colon);
+  if (!guestPath.startsWith("/")) throw new InvalidArgumentError(`tmpfs guest path must be absolute (got ${JSON.stringify(guestPath)}).`);
+  const spec: VolumeSpec = { kind: "tmpfs", guestPath, readonly: false };
+  if (colon !== -1) {
+    for (const opt of value.slice(colon + 1).split(",")) {
+      const m = /^size=([1-9][0-9]*)$/.exec(opt);
+      if (m) spec.sizeMiB = Number(m[1]);
+      else if (opt === "ro") spec.readonly = true;
+      else throw new InvalidArgumentError(`tmpfs options are size=MiB and ro (got ${JSON.stringify(opt)}).`);
+    }
+  }
+  return spec;
+}
+
+/** `--script NAME=HOSTFILE`. */
+export function parseScript(value: string): [string, string] {
+  const eq = value.indexOf("=");
+  const name = value.slice(0, eq);
+  const file = value.slice(eq + 1);
+  if (eq <= 0 || file === "" || name.includes("/")) {
+    throw new InvalidArgumentError(`script must be NAME=HOSTFILE, NAME without '/' (got ${JSON.stringify(value)}).`);
+  }
+  return [name, file];
+}
+
+const CP_SANDBOX = /^([A-Za-z0-9][A-Za-z0-9_.-]*):(\/.*)$/;
+
+/** `NAME:/guest/path` is a sandbox path; anything else a host path (write `./a:b` for a host file named `a:b`). */
+export function parseCpEndpoint(value: string): CpEndpoint {
+  const m = CP_SANDBOX.exec(value);
+  return m ? { kind: "sandbox", name: m[1] as string, path: m[2] as string } : { kind: "host", path: value };
+}
+
 interface RawRegistryOpts {
   username?: string;
   password?: string;
@@ -116,7 +205,7 @@ interface RawRegistryOpts {
   caFile?: string;
 }
 
-interface RawRunOpts extends RawRegistryOpts {
+interface RawRunOpts extends RawRegistryOpts, RawGuestOpts, RawAttachOpts {
   name?: string;
   cpus?: number;
   memory?: number;
@@ -150,6 +239,48 @@ function registryFlags(o: RawRegistryOpts, env: NodeJS.ProcessEnv): RegistryFlag
   return r;
 }
 
+interface RawGuestOpts {
+  volume?: VolumeSpec[];
+  tmpfs?: VolumeSpec[];
+  script?: [string, string][];
+}
+
+interface RawAttachOpts {
+  tty?: boolean;
+  interactive?: boolean;
+}
+
+function guestOptions(cmd: Command): Command {
+  return cmd
+    .option("-v, --volume <spec>", "mount a host directory (HOST_DIR:GUEST_PATH[:ro]) or a named volume (NAME:GUEST_PATH[:ro]); repeatable", collect(parseVolume))
+    .option("--tmpfs <spec>", "mount a tmpfs: GUEST_PATH[:size=MiB][,ro]; repeatable", collect(parseTmpfs))
+    .option("--script <NAME=HOSTFILE>", "install HOSTFILE as /.msb/scripts/NAME (on PATH); repeatable", collect(parseScript));
+}
+
+function guestFlags(o: RawGuestOpts, into: GuestFlags): void {
+  const volumes = [...(o.volume ?? []), ...(o.tmpfs ?? [])];
+  if (volumes.length > 0) into.volumes = volumes;
+  if (o.script !== undefined) into.scripts = o.script;
+}
+
+function attachOptions(cmd: Command): Command {
+  return cmd
+    .option("-t, --tty", "run the command on a pseudo-terminal (the local terminal goes raw; resizes are forwarded)")
+    .option("-i, --interactive", "forward stdin (always done when stdin is not a terminal)");
+}
+
+function attachFlags(o: RawAttachOpts, into: AttachFlags): void {
+  if (o.tty) into.tty = true;
+  if (o.interactive) into.interactive = true;
+}
+
+interface RawExecOpts extends RawAttachOpts {
+  env?: [string, string][];
+  workdir?: string;
+  user?: string;
+  timeout?: number;
+}
+
 interface RawCreateOpts extends RawRunOpts {
   idleTimeout?: number;
   maxDuration?: number;
@@ -164,7 +295,8 @@ interface Handlers {
   rm(names: string[], opts: { force?: boolean }): void;
   ls(opts: { json?: boolean }): void;
   inspect(name: string): void;
-  exec(name: string): void;
+  exec(name: string, opts: RawExecOpts): void;
+  cp(src: string, dst: string): void;
   metrics(name: string, opts: { watch?: boolean; json?: boolean; interval?: number }): void;
   pull(image: string, opts: RawRegistryOpts): void;
   images(opts: { json?: boolean }): void;
@@ -192,6 +324,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("-e, --env <KEY=VALUE>", "environment variable for the command (repeatable)", envPair)
     .option("-w, --workdir <dir>", "working directory inside the sandbox (absolute)")
     .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy);
+  guestOptions(run);
+  attachOptions(run);
   registryOptions(run)
     .addHelpText(
       "after",
@@ -213,6 +347,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("--idle-timeout <secs>", "stop the sandbox after this many seconds without a running command", positiveInteger("idle-timeout"))
     .option("--max-duration <secs>", "stop the sandbox at this age in seconds, whatever runs in it", positiveInteger("max-duration"))
     .option("--replace", "stop and remove a sandbox of the same name first");
+  guestOptions(create);
   registryOptions(create)
     .addHelpText("after", "\nExamples:\n  msb create --name worker alpine\n  msb exec worker -- cat /etc/os-release\n  msb stop worker && msb rm worker\n")
     .action((image: string | undefined, opts: RawCreateOpts) => on.create(image, opts));
@@ -250,13 +385,32 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .description("print a sandbox's state and configuration as JSON")
     .argument("<NAME>", "sandbox name")
     .action((name: string) => on.inspect(name));
-  program
+  const exec = program
     .command("exec")
     .description("run a command in a running sandbox, stream its output and exit with its exit code")
     .usage(EXEC_USAGE)
     .argument("<NAME>", "sandbox name")
-    .addHelpText("after", "\nEverything after -- is the command and its arguments, passed as is.\n\nExample:\n  msb exec worker -- sh -c 'echo $HOSTNAME'\n")
-    .action((name: string) => on.exec(name));
+    .option("-e, --env <KEY=VALUE>", "environment variable for the command (repeatable)", envPair)
+    .option("-w, --workdir <dir>", "working directory (absolute)")
+    .option("-u, --user <user>", "run as this user: a name, uid or uid:gid")
+    .option("--timeout <ms>", "kill the command after this many milliseconds (exit 124)", positiveInteger("timeout"));
+  attachOptions(exec)
+    .addHelpText(
+      "after",
+      "\nEverything after -- is the command and its arguments, passed as is. stdin is forwarded\nwhen it is not a terminal (or with -i); Ctrl-C sends SIGINT to the command (a second\none ends msb). With -t on a terminal, keys go to the command as typed.\n\nExamples:\n  msb exec worker -- sh -c 'echo $HOSTNAME'\n  echo hi | msb exec worker -- cat\n  msb exec -t worker -- sh\n",
+    )
+    .action((name: string, opts: RawExecOpts) => on.exec(name, opts));
+  program
+    .command("cp")
+    .description("copy files or directory trees between the host and a running sandbox")
+    .usage(CP_USAGE)
+    .argument("<SRC>", "host path or NAME:/guest/path")
+    .argument("<DST>", "host path or NAME:/guest/path")
+    .addHelpText(
+      "after",
+      "\nA destination that is an existing directory receives SRC inside it; otherwise SRC is\ncopied to DST. Modes are kept and symbolic links are copied as links.\n\nExamples:\n  msb cp ./src worker:/app\n  msb cp worker:/var/log/app.log ./app.log\n",
+    )
+    .action((src: string, dst: string) => on.cp(src, dst));
   program
     .command("metrics")
     .description("show a running sandbox's resource use")
@@ -306,6 +460,8 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
         return;
       }
       const options: RunOptions = { env: opts.env ?? [], command, registry: registryFlags(opts, env) };
+      guestFlags(opts, options);
+      attachFlags(opts, options);
       if (image !== undefined) options.image = image;
       if (opts.name !== undefined) options.name = opts.name;
       if (opts.cpus !== undefined) options.cpus = opts.cpus;
@@ -321,6 +477,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
         return;
       }
       const options: CreateOptions = { env: opts.env ?? [], registry: registryFlags(opts, env) };
+      guestFlags(opts, options);
       if (image !== undefined) options.image = image;
       if (opts.name !== undefined) options.name = opts.name;
       if (opts.cpus !== undefined) options.cpus = opts.cpus;
@@ -347,13 +504,33 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     inspect(name) {
       result = { kind: "inspect", name };
     },
-    exec(name) {
+    exec(name, opts) {
       if (command[0] === undefined || command[0] === "") {
         out.err(`error: missing command: msb exec ${EXEC_USAGE}\n`);
         result = { kind: "exit", code: EXIT_USAGE };
         return;
       }
-      result = { kind: "exec", name, command };
+      const options: ExecCliOptions = { env: opts.env ?? [] };
+      attachFlags(opts, options);
+      if (opts.workdir !== undefined) options.workdir = opts.workdir;
+      if (opts.user !== undefined) options.user = opts.user;
+      if (opts.timeout !== undefined) options.timeoutMs = opts.timeout;
+      result = { kind: "exec", name, command, options };
+    },
+    cp(src, dst) {
+      if (sep !== -1) {
+        out.err("error: msb cp takes no command after --\n");
+        result = { kind: "exit", code: EXIT_USAGE };
+        return;
+      }
+      const s = parseCpEndpoint(src);
+      const d = parseCpEndpoint(dst);
+      if ((s.kind === "sandbox") === (d.kind === "sandbox")) {
+        out.err(`error: exactly one of SRC and DST must be a sandbox path NAME:/path (msb cp ${CP_USAGE})\n`);
+        result = { kind: "exit", code: EXIT_USAGE };
+        return;
+      }
+      result = { kind: "cp", src: s, dst: d };
     },
     metrics(name, opts) {
       result = {

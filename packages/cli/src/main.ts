@@ -1,9 +1,11 @@
 import { createRequire } from "node:module";
 import { parseCli, type CliOutput } from "./args.js";
+import { processTerminal, type TerminalIO } from "./attach.js";
 import { imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
 import {
+  cpCommand,
   createCommand,
   execCommand,
   inspectCommand,
@@ -26,6 +28,8 @@ export interface MainIO extends CliOutput {
   /** stdout is a terminal (default: process.stdout.isTTY). */
   isTTY?: boolean;
   columns?: number;
+  /** msb's terminal (stdin, raw mode, size) for exec and run; without it stdin is not forwarded. */
+  terminal?: TerminalIO;
 }
 
 function writer(stream: NodeJS.WriteStream): (data: Uint8Array | string) => Promise<void> {
@@ -43,6 +47,7 @@ export function processIO(signal?: AbortSignal): MainIO {
     err: (s) => void process.stderr.write(s),
     writeOut: writer(process.stdout),
     writeErr: writer(process.stderr),
+    terminal: processTerminal(),
   };
   if (signal !== undefined) io.signal = signal;
   return io;
@@ -68,6 +73,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
   const columns = io.columns ?? process.stdout.columns;
   if (columns !== undefined) cmdIO.columns = columns;
   if (io.signal !== undefined) cmdIO.signal = io.signal;
+  if (io.terminal !== undefined) cmdIO.terminal = io.terminal;
   switch (parsed.kind) {
     case "exit":
       return parsed.code;
@@ -86,7 +92,9 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "inspect":
       return inspectCommand(parsed.name, cmdIO);
     case "exec":
-      return execCommand(parsed.name, parsed.command, cmdIO);
+      return execCommand(parsed.name, parsed.command, cmdIO, parsed.options);
+    case "cp":
+      return cpCommand(parsed.src, parsed.dst, cmdIO);
     case "metrics":
       return metricsCommand(parsed.options, cmdIO);
     case "pull":
@@ -102,6 +110,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
         writeErr: io.writeErr,
         onPullProgress: (p) => view.update(p),
         ...(io.signal ? { signal: io.signal } : {}),
+        ...(io.terminal ? { terminal: io.terminal } : {}),
       });
       return runCommand(parsed.options, deps);
     }

@@ -6,9 +6,11 @@
  * and clean-up logic is unit-testable without a VM.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { constants } from "node:os";
 import {
   ExecFailedError,
+  ExecTimeoutError,
   InvalidConfigError,
   MicrosandboxError,
   Sandbox,
@@ -19,18 +21,29 @@ import {
   type PullProgress,
   type SandboxBuilder,
 } from "@microsandbox/sdk";
-import { EXIT_USAGE, type RegistryFlags, type RunOptions } from "./args.js";
+import { EXIT_USAGE, type GuestFlags, type RegistryFlags, type RunOptions } from "./args.js";
+import { attach, attachPlan, type AttachableCommand, type TerminalIO } from "./attach.js";
 
 /** Exit code when the command could not be started (as a shell does for "command not found"). */
 export const EXIT_EXEC_FAILED = 127;
 /** Exit code for any other failure of msb itself. */
 export const EXIT_FAILURE = 1;
+/** Exit code when `--timeout` killed the command (as timeout(1) does). */
+export const EXIT_TIMEOUT = 124;
+
+/** How `msb run` starts its command. */
+export interface RunExecOptions {
+  /** Run on a pseudo-terminal of this size. */
+  tty?: { rows: number; cols: number } | undefined;
+  /** stdin is a pipe msb writes to (else /dev/null). */
+  stdin?: boolean;
+}
 
 /** The part of a Sandbox that `msb run` uses. */
 export interface RunSandbox {
   /** The image's entrypoint and default command (OCI images), after builder overrides. */
   config(): { entrypoint: string[] | null; cmd?: string[] | null };
-  execStream(cmd: string, args: readonly string[]): Promise<AsyncIterable<ExecEvent>>;
+  execStream(cmd: string, args: readonly string[], options?: RunExecOptions): Promise<AttachableCommand | AsyncIterable<ExecEvent>>;
   stop(): Promise<void>;
   kill(): Promise<void>;
 }
@@ -45,10 +58,14 @@ export interface RunDeps {
   signal?: AbortSignal;
   /** How long to retry removing a sandbox whose runtime is still exiting (ms). Default 10 s. */
   removeTimeoutMs?: number;
+  /** msb's terminal, for -t / -i and piped stdin; without it nothing is forwarded. */
+  terminal?: TerminalIO;
 }
 
 /** The real dependencies: the SDK. */
-export function sdkDeps(io: Pick<RunDeps, "writeOut" | "writeErr" | "signal"> & { onPullProgress?: (p: PullProgress) => void }): RunDeps {
+export function sdkDeps(
+  io: Pick<RunDeps, "writeOut" | "writeErr" | "signal" | "terminal"> & { onPullProgress?: (p: PullProgress) => void },
+): RunDeps {
   return {
     ...io,
     async create(o) {
@@ -59,12 +76,48 @@ export function sdkDeps(io: Pick<RunDeps, "writeOut" | "writeErr" | "signal"> & 
       for (const [k, v] of o.env) b.env(k, v);
       if (o.workdir !== undefined) b.workdir(o.workdir);
       if (o.pullPolicy !== undefined) b.pullPolicy(o.pullPolicy as PullPolicy);
+      applyGuestFlags(b, o);
       applyRegistryFlags(b, o.registry);
       if (io.onPullProgress) b.onPullProgress(io.onPullProgress);
-      return b.create();
+      const sb = await b.create();
+      return {
+        config: () => sb.config(),
+        execStream: (cmd, args, x = {}) =>
+          sb.execStreamWith(cmd, (e) => {
+            e.args(args);
+            if (x.tty) e.tty(true, x.tty);
+            if (x.stdin) e.stdinPipe();
+          }),
+        stop: () => sb.stop(),
+        kill: () => sb.kill(),
+      };
     },
     remove: (name) => Sandbox.remove(name),
   };
+}
+
+/**
+ * Volumes and scripts onto a builder. A script's host file is read here: one that cannot
+ * be read is an `InvalidConfigError` (field "script") naming it.
+ */
+export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags): void {
+  for (const v of g.volumes ?? []) {
+    b.volume(v.guestPath, (m) => {
+      if (v.kind === "bind") m.bind(v.source);
+      else if (v.kind === "named") m.named(v.source);
+      else m.tmpfs(v.sizeMiB === undefined ? {} : { sizeMiB: v.sizeMiB });
+      if (v.readonly) m.readonly();
+    });
+  }
+  for (const [name, file] of g.scripts ?? []) {
+    let content: string;
+    try {
+      content = readFileSync(file, "utf8");
+    } catch (e) {
+      throw new InvalidConfigError("script", `invalid script ${name}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+    }
+    b.script(name, content);
+  }
 }
 
 /** Registry flags onto a builder (or image pull options). */
@@ -93,6 +146,7 @@ export function defaultName(prefix = "run"): string {
 export function describeError(e: unknown): { code: number; message: string } {
   if (e instanceof InvalidConfigError) return { code: EXIT_USAGE, message: `msb: ${e.message}` };
   if (e instanceof ExecFailedError) return { code: EXIT_EXEC_FAILED, message: `msb: ${e.reason}` };
+  if (e instanceof ExecTimeoutError) return { code: EXIT_TIMEOUT, message: `msb: ${e.message}` };
   if (e instanceof MicrosandboxError) return { code: EXIT_FAILURE, message: `msb: ${e.message}` };
   const text = e instanceof Error ? e.message : String(e);
   return { code: EXIT_FAILURE, message: `msb: ${text}` };
@@ -150,15 +204,12 @@ export async function runCommand(options: RunOptions, deps: RunDeps): Promise<nu
     if (cmd === undefined || cmd === "") {
       throw new InvalidConfigError("command", "no command given and the image defines no entrypoint or default command");
     }
-    const handle = await sandbox.execStream(cmd, args);
-    let exit: number | undefined;
-    for await (const ev of handle) {
-      if (ev.kind === "stdout") await deps.writeOut(ev.data);
-      else if (ev.kind === "stderr") await deps.writeErr(ev.data);
-      else if (ev.kind === "exited") exit = ev.code;
-    }
-    if (exit === undefined) throw new Error("the command ended without an exit code");
-    code = exit;
+    const plan = attachPlan(options, deps.terminal);
+    const execOptions: RunExecOptions = {};
+    if (plan.tty) execOptions.tty = deps.terminal?.size() ?? { rows: 24, cols: 80 };
+    if (plan.forwardStdin) execOptions.stdin = true;
+    const handle = await (plan.tty || plan.forwardStdin ? sandbox.execStream(cmd, args, execOptions) : sandbox.execStream(cmd, args));
+    code = await attach(handle, plan, deps.terminal, deps);
   } catch (e) {
     if (signal?.aborted) {
       code = signalExitCode(signal.reason);

@@ -3,9 +3,12 @@
  * `inspect`, `exec`, `metrics`. Sandboxes made here are detached (they outlive msb);
  * every command reaches them by name through the SDK.
  */
+import { lstat } from "node:fs/promises";
+import { basename, join, posix } from "node:path";
+import { constants } from "node:os";
 import {
-  ExecFailedError,
   Sandbox,
+  SandboxFsOpsError,
   SandboxNotRunningError,
   type PullPolicy,
   type PullProgress,
@@ -13,10 +16,11 @@ import {
   type SandboxHandle,
   type SandboxMetrics,
 } from "@microsandbox/sdk";
-import type { CreateOptions, MetricsOptions } from "./args.js";
+import type { CpEndpoint, CreateOptions, ExecCliOptions, MetricsOptions } from "./args.js";
+import { attach, attachPlan, type TerminalIO } from "./attach.js";
 import { ago, table } from "./images.js";
 import { formatBytes } from "./progress.js";
-import { applyRegistryFlags, defaultName, describeError, EXIT_EXEC_FAILED, signalExitCode } from "./run.js";
+import { applyGuestFlags, applyRegistryFlags, defaultName, describeError, signalExitCode } from "./run.js";
 
 /** Where the commands write. */
 export interface CommandIO {
@@ -31,6 +35,8 @@ export interface CommandIO {
   /** Aborted on SIGINT / SIGTERM. */
   signal?: AbortSignal;
   onPullProgress?: (p: PullProgress) => void;
+  /** msb's terminal (stdin, raw mode, size); without it nothing is forwarded. */
+  terminal?: TerminalIO;
 }
 
 function fail(io: CommandIO, e: unknown): number {
@@ -67,6 +73,7 @@ export async function createCommand(o: CreateOptions, io: CommandIO): Promise<nu
     if (o.idleTimeoutSecs !== undefined) b.idleTimeout(o.idleTimeoutSecs);
     if (o.maxDurationSecs !== undefined) b.maxDuration(o.maxDurationSecs);
     if (o.replace) b.replace();
+    applyGuestFlags(b, o);
     applyRegistryFlags(b, o.registry);
     if (io.onPullProgress) b.onPullProgress(io.onPullProgress);
     const sb = await b.createDetached();
@@ -173,39 +180,74 @@ export async function inspectCommand(name: string, io: CommandIO): Promise<numbe
   }
 }
 
-/** `msb exec NAME -- CMD...`: stream the output, exit with the command's exit code. */
-export async function execCommand(name: string, command: readonly string[], io: CommandIO): Promise<number> {
+/**
+ * `msb exec [-t] [-i] [-e K=V] [-w DIR] [-u USER] [--timeout MS] NAME -- CMD...`: stream
+ * the output, forward stdin (see {@link attachPlan}), exit with the command's exit code.
+ * SIGINT / SIGTERM / SIGHUP to msb are passed on to the command (a second one ends msb).
+ */
+export async function execCommand(name: string, command: readonly string[], io: CommandIO, options: ExecCliOptions = { env: [] }): Promise<number> {
   const [cmd, ...args] = command;
   if (cmd === undefined) return fail(io, new Error("missing command"));
+  const plan = attachPlan(options, io.terminal);
+  let sb: Sandbox | undefined;
+  let onAbort: (() => void) | undefined;
+  try {
+    sb = await (await Sandbox.get(name)).connect();
+    const handle = await sb.execStreamWith(cmd, (b) => {
+      b.args(args);
+      for (const [k, v] of options.env) b.env(k, v);
+      if (options.workdir !== undefined) b.cwd(options.workdir);
+      if (options.user !== undefined) b.user(options.user);
+      if (options.timeoutMs !== undefined) b.timeout(options.timeoutMs);
+      if (plan.tty) b.tty(true, io.terminal?.size());
+      if (plan.forwardStdin) b.stdinPipe();
+    });
+    const signal = io.signal;
+    if (signal) {
+      onAbort = () => {
+        const n = (constants.signals as Record<string, number>)[String(signal.reason)] ?? constants.signals.SIGINT;
+        handle.signal(n).catch(() => undefined);
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
+    return await attach(handle, plan, io.terminal, io);
+  } catch (e) {
+    return fail(io, e);
+  } finally {
+    if (onAbort) io.signal?.removeEventListener("abort", onAbort);
+    await sb?.[Symbol.asyncDispose]();
+  }
+}
+
+/**
+ * `msb cp SRC DST`, one side `NAME:/guest/path`: files and directory trees, either way.
+ * A destination that is an existing directory receives SRC inside it.
+ */
+export async function cpCommand(src: CpEndpoint, dst: CpEndpoint, io: CommandIO): Promise<number> {
+  const name = src.kind === "sandbox" ? src.name : dst.kind === "sandbox" ? dst.name : undefined;
+  if (name === undefined) return fail(io, new Error("one of SRC and DST must be NAME:/guest/path"));
   let sb: Sandbox | undefined;
   try {
     sb = await (await Sandbox.get(name)).connect();
-    const handle = await sb.execStream(cmd, args);
-    const aborted = new Promise<"aborted">((resolve) => {
-      if (io.signal?.aborted) resolve("aborted");
-      io.signal?.addEventListener("abort", () => resolve("aborted"), { once: true });
-    });
-    const pump = (async () => {
-      let exit: number | undefined;
-      for await (const ev of handle) {
-        if (ev.kind === "stdout") await io.writeOut(ev.data);
-        else if (ev.kind === "stderr") await io.writeErr(ev.data);
-        else if (ev.kind === "exited") exit = ev.code;
-      }
-      if (exit === undefined) throw new Error("the command ended without an exit code");
-      return exit;
-    })();
-    const r = await Promise.race([pump, aborted]);
-    if (r === "aborted") {
-      pump.catch(() => undefined);
-      return signalExitCode(io.signal?.reason);
+    const fs = sb.fs();
+    if (src.kind === "host" && dst.kind === "sandbox") {
+      let target = dst.path;
+      const into = await fs.stat(target).catch((e: unknown) => {
+        if (e instanceof SandboxFsOpsError && e.errno === "ENOENT") return undefined;
+        throw e;
+      });
+      if (into?.kind === "dir") target = posix.join(target, basename(src.path.replace(/\/+$/, "")) || ".");
+      await fs.copyFromHost(src.path, target);
+    } else if (src.kind === "sandbox" && dst.kind === "host") {
+      let target = dst.path;
+      const st = await lstat(target).catch(() => undefined);
+      const base = posix.basename(src.path);
+      if (st?.isDirectory() && base !== "") target = join(target, base);
+      await fs.copyToHost(src.path, target);
     }
-    return r;
+    return 0;
   } catch (e) {
-    if (e instanceof ExecFailedError) {
-      io.err(`msb: ${e.reason}\n`);
-      return EXIT_EXEC_FAILED;
-    }
     return fail(io, e);
   } finally {
     await sb?.[Symbol.asyncDispose]();

@@ -172,6 +172,7 @@ describe("sandbox lifecycle commands", () => {
       kind: "exec",
       name: "w1",
       command: ["sh", "-c", "echo $X; exit 3", "--", "--cpus"],
+      options: { env: [] },
     });
   });
 
@@ -218,4 +219,85 @@ describe("sandbox lifecycle commands", () => {
     for (const cmd of ["create", "start", "stop", "kill", "rm", "ls|ps", "inspect", "exec", "metrics"]) expect(out).toContain(cmd);
     expect(parse("exec", "--help").out).toContain("NAME -- CMD [ARGS...]");
   });
+});
+
+describe("guest surface options", () => {
+  it("run takes -v (bind and named), --tmpfs, --script, -t and -i", () => {
+    const { result } = parse(
+      "run", "-v", "./data:/data", "-v", "/abs:/ro:ro", "-v", "cache:/cache", "--volume", "vol.1:/v:rw",
+      "--tmpfs", "/scratch:size=64", "--tmpfs", "/t:ro", "--script", "greet=./greet.sh", "-t", "-i", "--", "sh",
+    );
+    expect(result).toEqual({
+      kind: "run",
+      options: {
+        env: [],
+        registry: {},
+        command: ["sh"],
+        tty: true,
+        interactive: true,
+        volumes: [
+          { kind: "bind", source: "./data", guestPath: "/data", readonly: false },
+          { kind: "bind", source: "/abs", guestPath: "/ro", readonly: true },
+          { kind: "named", source: "cache", guestPath: "/cache", readonly: false },
+          { kind: "named", source: "vol.1", guestPath: "/v", readonly: false },
+          { kind: "tmpfs", guestPath: "/scratch", sizeMiB: 64, readonly: false },
+          { kind: "tmpfs", guestPath: "/t", readonly: true },
+        ],
+        scripts: [["greet", "./greet.sh"]],
+      },
+    });
+  });
+
+  it("create takes -v, --tmpfs and --script too", () => {
+    const { result } = parse("create", "--name", "w", "-v", "n:/n", "--tmpfs", "/t", "--script", "a=/x");
+    expect(result).toMatchObject({
+      kind: "create",
+      options: { volumes: [{ kind: "named", source: "n", guestPath: "/n", readonly: false }, { kind: "tmpfs", guestPath: "/t", readonly: false }], scripts: [["a", "/x"]] },
+    });
+  });
+
+  it("exec takes -t, -i, -e, -w, -u and --timeout before NAME", () => {
+    const { result } = parse("exec", "-t", "-i", "-e", "A=1", "-e", "B=2", "-w", "/tmp", "-u", "nobody", "--timeout", "500", "w1", "--", "sh");
+    expect(result).toEqual({
+      kind: "exec",
+      name: "w1",
+      command: ["sh"],
+      options: { env: [["A", "1"], ["B", "2"]], tty: true, interactive: true, workdir: "/tmp", user: "nobody", timeoutMs: 500 },
+    });
+  });
+
+  it("cp: exactly one side is NAME:/path", () => {
+    expect(parse("cp", "./a", "w1:/tmp/a").result).toEqual({ kind: "cp", src: { kind: "host", path: "./a" }, dst: { kind: "sandbox", name: "w1", path: "/tmp/a" } });
+    expect(parse("cp", "w1:/etc", "/tmp/etc").result).toEqual({ kind: "cp", src: { kind: "sandbox", name: "w1", path: "/etc" }, dst: { kind: "host", path: "/tmp/etc" } });
+    // a host path with a colon: write it as ./a:b
+    expect(parse("cp", "./a:/b", "w1:/x").result).toMatchObject({ src: { kind: "host", path: "./a:/b" } });
+    for (const argv of [["cp", "a", "b"], ["cp", "w1:/a", "w2:/b"], ["cp", "w1:rel", "b"]]) {
+      const { result, err } = parse(...argv);
+      expect(result).toEqual({ kind: "exit", code: 2 });
+      expect(err).toContain("NAME:/");
+    }
+    expect(parse("cp", "a").result).toEqual({ kind: "exit", code: 2 });
+  });
+
+  const bad: [string[], string][] = [
+    [["run", "-v", "/only", "--", "true"], "volume"],
+    [["run", "-v", "/a:rel", "--", "true"], "absolute"],
+    [["run", "-v", "/a:/b:rx", "--", "true"], "volume"],
+    [["run", "-v", "a:b:c:d", "--", "true"], "volume"],
+    [["run", "--tmpfs", "rel", "--", "true"], "tmpfs"],
+    [["run", "--tmpfs", "/t:size=0", "--", "true"], "size"],
+    [["run", "--tmpfs", "/t:big", "--", "true"], "tmpfs"],
+    [["run", "--script", "noequals", "--", "true"], "script"],
+    [["run", "--script", "a/b=/x", "--", "true"], "script"],
+    [["run", "--script", "a=", "--", "true"], "script"],
+    [["exec", "--timeout", "0", "w1", "--", "true"], "timeout"],
+    [["exec", "-e", "X", "w1", "--", "true"], "env"],
+  ];
+  for (const [argv, word] of bad) {
+    it(`rejects ${JSON.stringify(argv)} with exit 2, naming ${word}`, () => {
+      const { result, err } = parse(...argv);
+      expect(result).toEqual({ kind: "exit", code: 2 });
+      expect(err).toContain(word);
+    });
+  }
 });

@@ -3,9 +3,9 @@
  * checked on its own so that the resulting {@link InvalidConfigError} names
  * exactly one field, in both `field` and the message.
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
-import { isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, posix, resolve } from "node:path";
 import { z } from "zod";
 import { CorruptConfigError, InvalidConfigError } from "./errors.js";
 
@@ -126,6 +126,130 @@ export const registryAuthSchema = z.object(
 );
 export type RegistryAuth = z.infer<typeof registryAuthSchema>;
 
+export const logLevelSchema = z.enum(["trace", "debug", "info", "warn", "error"], {
+  error: 'must be "trace", "debug", "info", "warn" or "error"',
+});
+export type LogLevel = z.infer<typeof logLevelSchema>;
+
+/** An absolute guest path: starts with '/', no NUL, no '..' component. */
+export const guestPathSchema = z
+  .string({ error: "must be a string" })
+  .refine((p) => p.startsWith("/"), { error: "must be an absolute guest path (start with '/')" })
+  .refine(noNul, { error: "must not contain NUL" })
+  .refine((p) => !p.split("/").includes(".."), { error: "must not contain '..'" });
+
+/** Name of a script in /.msb/scripts: one path component. */
+export const scriptNameSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .max(255, { error: "must be at most 255 characters" })
+  .refine((n) => !n.includes("/"), { error: "must not contain '/'" })
+  .refine(noNul, { error: "must not contain NUL" })
+  .refine((n) => n !== "." && n !== "..", { error: "must not be '.' or '..'" });
+
+export const scriptContentSchema = z.string({ error: "must be a string" });
+
+/** File permission bits, 0 to 0o7777. */
+export const modeSchema = z
+  .number({ error: "must be an integer from 0 to 0o7777" })
+  .int({ error: "must be an integer from 0 to 0o7777" })
+  .min(0, { error: "must be an integer from 0 to 0o7777" })
+  .max(0o7777, { error: "must be an integer from 0 to 0o7777" });
+
+/** A filesystem type name for `.imageWith(i => i.fstype(...))`. */
+export const fstypeSchema = z
+  .string({ error: "must be a string" })
+  .regex(/^[a-z][a-z0-9]{0,15}$/, { error: "must be a filesystem type such as \"ext4\" (lowercase letters and digits)" });
+
+/** Named volume: like a sandbox name. */
+export const volumeNameSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .max(MAX_NAME_LENGTH, { error: `must be at most ${MAX_NAME_LENGTH} characters` })
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, {
+    error: "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
+  });
+
+const sizeRule = "must be a positive integer number of MiB";
+export const sizeMiBSchema = z
+  .number({ error: sizeRule })
+  .int({ error: sizeRule })
+  .min(1, { error: sizeRule })
+  .max(MAX_MEMORY_MIB * 1024, { error: sizeRule });
+
+const hostPathSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine(noNul, { error: "must not contain NUL" });
+
+/** A volume of the sandbox, as configured (and as msb-runtime takes it). */
+export interface VolumeMount {
+  /** Absolute path inside the guest. */
+  guestPath: string;
+  kind: "bind" | "named" | "tmpfs";
+  /** bind: absolute host directory; named: volume name; tmpfs: `null`. */
+  source: string | null;
+  readonly: boolean;
+  /** tmpfs: size cap in MiB (`null`: the guest kernel's default, half its memory). */
+  sizeMiB: number | null;
+}
+
+/** What a `.volume()` builder recorded. */
+export interface RawVolume {
+  guestPath: unknown;
+  /** Every kind chosen, in order (exactly one is valid). */
+  kinds: ("bind" | "named" | "tmpfs")[];
+  source?: unknown;
+  readonly?: unknown;
+  sizeMiB?: unknown;
+}
+
+export type PatchKind = "text" | "file" | "copyFile" | "copyDir" | "symlink" | "mkdir" | "remove" | "append";
+
+/** What a `.patch()` builder recorded for one step. */
+export interface RawPatch {
+  kind: PatchKind;
+  path: unknown;
+  content?: unknown;
+  source?: unknown;
+  target?: unknown;
+  mode?: unknown;
+}
+
+/** A validated patch step, with its payload (applied at create, in order). */
+export interface PatchOp {
+  kind: PatchKind;
+  /** Guest path the step writes (the link for a symlink). */
+  path: string;
+  /** text, file, append: the bytes to write. */
+  content: Uint8Array | null;
+  /** copyFile, copyDir: absolute host path. */
+  source: string | null;
+  /** symlink: the link's target (stored as is). */
+  target: string | null;
+  /** text, file, copyFile, mkdir: permission bits; `null`: default (copyFile: the host file's). */
+  mode: number | null;
+}
+
+/** A patch step as the configuration records it (without its payload). */
+export interface PatchRecord {
+  kind: PatchKind;
+  path: string;
+  source: string | null;
+  target: string | null;
+  mode: number | null;
+  /** text, file, append: how many bytes it writes. */
+  bytes: number | null;
+}
+
+const utf8 = new TextEncoder();
+
+/** A guest path in normal form: `.` and duplicate slashes gone, no trailing slash. */
+export function normalizeGuestPath(p: string): string {
+  const n = posix.normalize(p);
+  return n.length > 1 && n.endsWith("/") ? n.slice(0, -1) : n;
+}
+
 function show(value: unknown): string {
   let s: string;
   if (typeof value === "string") s = JSON.stringify(value);
@@ -164,6 +288,14 @@ export interface RawSandboxConfig {
   registryCa?: unknown;
   idleTimeout?: unknown;
   maxDuration?: unknown;
+  /** `.imageWith(i => i.disk(p))`: the image is a disk image path, whatever it looks like. */
+  imageIsDisk?: boolean;
+  imageFstype?: unknown;
+  shell?: unknown;
+  scripts?: [unknown, unknown][];
+  patches?: RawPatch[];
+  volumes?: RawVolume[];
+  logLevel?: unknown;
 }
 
 /**
@@ -208,6 +340,18 @@ export interface SandboxConfig {
   maxDurationSecs: number | null;
   /** Manifest digest of the OCI image the sandbox was created from (OCI images only). */
   imageDigest?: string | null;
+  /** Filesystem of a disk image given with `.imageWith(i => i.disk(p).fstype(t))`; `null`: detected. */
+  imageFstype: string | null;
+  /** Shell of `sb.shell()` and `sb.shellStream()`; `null`: /bin/sh. */
+  shell: string | null;
+  /** Scripts placed in /.msb/scripts (on every command's PATH): [name, content]. */
+  scripts: [string, string][];
+  /** Patches applied to the writable layer at create (recorded without their contents). */
+  patches: PatchRecord[];
+  /** Volumes: bind-mounted host directories, named volumes, tmpfs. */
+  volumes: VolumeMount[];
+  /** Verbosity of the sandbox's runtime log (`runtime.log`); `null`: info. */
+  logLevel: LogLevel | null;
 }
 
 /**
@@ -221,13 +365,27 @@ export function imageKindOf(image: string, cwd: string): "path" | "oci" {
 
 /** Validate everything the builder recorded. Throws {@link InvalidConfigError} on the first bad field. */
 export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd()): SandboxConfig {
+  return validateAll(raw, cwd).config;
+}
+
+/** {@link validateConfig}, also returning the patch steps with their payloads. */
+export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()): { config: SandboxConfig; patches: PatchOp[] } {
   const name = check(nameSchema, "name", raw.name);
   let image: string | null = null;
   let imageKind: "path" | "oci" | null = null;
   if (raw.image !== undefined) {
     const given = check(imageSchema, "image", raw.image);
-    imageKind = imageKindOf(given, cwd);
+    imageKind = raw.imageIsDisk ? "path" : imageKindOf(given, cwd);
     image = imageKind === "path" ? resolve(cwd, given.replace(/^~(?=\/|$)/, homedir())) : given;
+  } else if (raw.imageIsDisk) {
+    throw new InvalidConfigError("image", "invalid image: imageWith() needs a disk image path: i.disk(path)");
+  }
+  let imageFstype: string | null = null;
+  if (raw.imageFstype !== undefined) {
+    imageFstype = check(fstypeSchema, "imageFstype", raw.imageFstype, "image fstype");
+    if (!raw.imageIsDisk) {
+      throw new InvalidConfigError("imageFstype", "invalid image fstype: a filesystem type needs a disk image: imageWith(i => i.disk(path).fstype(type))");
+    }
   }
   const cpus = raw.cpus === undefined ? DEFAULT_CPUS : check(cpusSchema, "cpus", raw.cpus);
   const memoryMib = raw.memory === undefined ? DEFAULT_MEMORY_MIB : check(memorySchema, "memory", raw.memory);
@@ -248,7 +406,16 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
   const registryCa = raw.registryCa === undefined ? null : resolve(cwd, check(imageSchema, "registryCa", raw.registryCa));
   const idleTimeoutSecs = raw.idleTimeout === undefined ? null : check(secondsSchema, "idleTimeout", raw.idleTimeout);
   const maxDurationSecs = raw.maxDuration === undefined ? null : check(secondsSchema, "maxDuration", raw.maxDuration);
-  return {
+  const shell = raw.shell === undefined ? null : check(cmdSchema, "shell", raw.shell);
+  const scriptMap = new Map<string, string>();
+  for (const [n, c] of raw.scripts ?? []) {
+    const sname = check(scriptNameSchema, "script", n, "script name");
+    scriptMap.set(sname, check(scriptContentSchema, "script", c, `script content of ${sname}`));
+  }
+  const patches = validatePatches(raw.patches ?? [], cwd);
+  const volumes = validateVolumes(raw.volumes ?? [], cwd);
+  const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
+  const config: SandboxConfig = {
     name,
     image,
     imageKind,
@@ -265,7 +432,118 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
     registryCa,
     idleTimeoutSecs,
     maxDurationSecs,
+    imageFstype,
+    shell,
+    scripts: [...scriptMap],
+    patches: patches.map(patchRecord),
+    volumes,
+    logLevel,
   };
+  return { config, patches };
+}
+
+function patchRecord(p: PatchOp): PatchRecord {
+  return { kind: p.kind, path: p.path, source: p.source, target: p.target, mode: p.mode, bytes: p.content === null ? null : p.content.byteLength };
+}
+
+function contentBytes(v: unknown, what: string): Uint8Array {
+  if (typeof v === "string") return utf8.encode(v);
+  if (v instanceof Uint8Array) return v;
+  throw new InvalidConfigError("patch", `invalid patch: the content of ${what} must be a string or a Uint8Array`);
+}
+
+/** What kind of thing is at a host path (following symlinks), or undefined when nothing is. */
+function hostKind(p: string): "file" | "dir" | "other" | undefined {
+  try {
+    const st = statSync(p);
+    return st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Check the patch steps: absolute guest paths, modes, and host sources that exist
+ * (copyFile: a file, copyDir: a directory). Host paths are resolved against `cwd`.
+ */
+export function validatePatches(raw: readonly RawPatch[], cwd: string = process.cwd()): PatchOp[] {
+  return raw.map((r, i) => {
+    const label = `patch ${r.kind} path`;
+    const path = normalizeGuestPath(check(guestPathSchema, "patch", r.path, label));
+    const mode = r.mode === undefined || r.mode === null ? null : check(modeSchema, "patch", r.mode, `patch ${r.kind} mode`);
+    const op: PatchOp = { kind: r.kind, path, content: null, source: null, target: null, mode };
+    switch (r.kind) {
+      case "text":
+      case "file":
+      case "append":
+        op.content = contentBytes(r.content, `${r.kind}(${path})`);
+        break;
+      case "copyFile":
+      case "copyDir": {
+        const src = resolve(cwd, check(hostPathSchema, "patch", r.source, `patch ${r.kind} source`));
+        const kind = hostKind(src);
+        const want = r.kind === "copyFile" ? "file" : "dir";
+        if (kind === undefined) throw new InvalidConfigError("patch", `invalid patch: ${r.kind} source ${src} does not exist on the host`);
+        if (kind !== want) {
+          throw new InvalidConfigError("patch", `invalid patch: ${r.kind} source ${src} is not a ${want === "file" ? "regular file" : "directory"}`);
+        }
+        op.source = src;
+        break;
+      }
+      case "symlink":
+        op.target = check(
+          z.string({ error: "must be a string" }).min(1, { error: "must not be empty" }).refine(noNul, { error: "must not contain NUL" }),
+          "patch",
+          r.target,
+          "patch symlink target",
+        );
+        break;
+      case "mkdir":
+      case "remove":
+        break;
+      default:
+        throw new InvalidConfigError("patch", `invalid patch: unknown step ${JSON.stringify((r as { kind: unknown }).kind)} (#${i + 1})`);
+    }
+    return op;
+  });
+}
+
+/** Check `.volume()` mounts: absolute unique guest paths, one kind each, bind sources that are host directories. */
+export function validateVolumes(raw: readonly RawVolume[], cwd: string = process.cwd()): VolumeMount[] {
+  const seen = new Set<string>();
+  return raw.map((r) => {
+    const guestPath = normalizeGuestPath(check(guestPathSchema, "volume", r.guestPath, "volume guest path"));
+    if (guestPath === "/") throw new InvalidConfigError("volume", "invalid volume guest path \"/\": a volume cannot replace the root filesystem");
+    if (seen.has(guestPath)) throw new InvalidConfigError("volume", `invalid volume guest path ${JSON.stringify(guestPath)}: mounted twice`);
+    seen.add(guestPath);
+    const kinds = [...new Set(r.kinds)];
+    if (kinds.length !== 1) {
+      throw new InvalidConfigError(
+        "volume",
+        `invalid volume ${guestPath}: choose exactly one of bind(hostDir), named(name), tmpfs()${kinds.length > 1 ? ` (got ${kinds.join(", ")})` : ""}`,
+      );
+    }
+    const kind = kinds[0] as VolumeMount["kind"];
+    const readonly = r.readonly === undefined ? false : check(z.boolean({ error: "must be a boolean" }), "volume", r.readonly, `volume ${guestPath} readonly`);
+    let source: string | null = null;
+    let sizeMiB: number | null = null;
+    if (kind === "bind") {
+      source = resolve(cwd, check(hostPathSchema, "volume", r.source, `volume ${guestPath} bind source`).replace(/^~(?=\/|$)/, homedir()));
+      checkBindSource(source, guestPath);
+    } else if (kind === "named") {
+      source = check(volumeNameSchema, "volume", r.source, `volume ${guestPath} name`);
+    } else if (r.sizeMiB !== undefined && r.sizeMiB !== null) {
+      sizeMiB = check(sizeMiBSchema, "volume", r.sizeMiB, `volume ${guestPath} sizeMiB`);
+    }
+    return { guestPath, kind, source, readonly, sizeMiB };
+  });
+}
+
+/** A bind source must be an existing host directory. */
+export function checkBindSource(source: string, guestPath: string): void {
+  const kind = hostKind(source);
+  if (kind === undefined) throw new InvalidConfigError("volume", `invalid volume ${guestPath}: bind source ${source} does not exist on the host`);
+  if (kind !== "dir") throw new InvalidConfigError("volume", `invalid volume ${guestPath}: bind source ${source} is not a directory`);
 }
 
 /**
@@ -273,9 +551,22 @@ export function validateConfig(raw: RawSandboxConfig, cwd: string = process.cwd(
  * registry password.
  */
 export function persistableConfig(config: SandboxConfig): SandboxConfig {
-  const out: SandboxConfig = { ...config, env: config.env.map(([k, v]): [string, string] => [k, v]) };
+  const out: SandboxConfig = copyConfig(config);
   if (config.registryAuth) out.registryAuth = { kind: config.registryAuth.kind, username: config.registryAuth.username };
   return out;
+}
+
+/** A deep copy (the arrays and their entries are the caller's to change). */
+export function copyConfig(config: SandboxConfig): SandboxConfig {
+  return {
+    ...config,
+    env: config.env.map(([k, v]): [string, string] => [k, v]),
+    scripts: config.scripts.map(([k, v]): [string, string] => [k, v]),
+    patches: config.patches.map((p) => ({ ...p })),
+    volumes: config.volumes.map((v) => ({ ...v })),
+    ...(config.entrypoint ? { entrypoint: [...config.entrypoint] } : {}),
+    ...(config.cmd ? { cmd: [...config.cmd] } : {}),
+  };
 }
 
 const stringArray = z.array(z.string());
@@ -301,6 +592,33 @@ const storedConfigSchema = z.object({
   idleTimeoutSecs: secondsSchema.nullable().default(null),
   maxDurationSecs: secondsSchema.nullable().default(null),
   imageDigest: z.string().nullable().optional(),
+  imageFstype: z.string().nullable().default(null),
+  shell: z.string().nullable().default(null),
+  scripts: z.array(z.tuple([z.string(), z.string()])).default([]),
+  patches: z
+    .array(
+      z.object({
+        kind: z.enum(["text", "file", "copyFile", "copyDir", "symlink", "mkdir", "remove", "append"]),
+        path: z.string(),
+        source: z.string().nullable().default(null),
+        target: z.string().nullable().default(null),
+        mode: z.number().int().nullable().default(null),
+        bytes: z.number().int().nullable().default(null),
+      }),
+    )
+    .default([]),
+  volumes: z
+    .array(
+      z.object({
+        guestPath: z.string(),
+        kind: z.enum(["bind", "named", "tmpfs"]),
+        source: z.string().nullable(),
+        readonly: z.boolean().default(false),
+        sizeMiB: z.number().int().nullable().default(null),
+      }),
+    )
+    .default([]),
+  logLevel: logLevelSchema.nullable().default(null),
 });
 
 /**
@@ -327,7 +645,11 @@ export function parseStoredConfig(configJson: string, sandbox: string): SandboxC
   if (d.name !== sandbox) {
     throw new CorruptConfigError(sandbox, `the stored configuration of sandbox ${sandbox} names another sandbox (${JSON.stringify(d.name)})`);
   }
-  const config: SandboxConfig = { ...d, env: d.env.map(([k, v]): [string, string] => [k, v]) };
+  const config: SandboxConfig = {
+    ...d,
+    env: d.env.map(([k, v]): [string, string] => [k, v]),
+    scripts: d.scripts.map(([k, v]): [string, string] => [k, v]),
+  };
   if (d.cmd === undefined) delete config.cmd;
   if (d.imageDigest === undefined) delete config.imageDigest;
   return config;

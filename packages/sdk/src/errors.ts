@@ -153,6 +153,30 @@ export class ExecTimeoutError extends MicrosandboxError {
   }
 }
 
+/** `takeStdin()` or a write to stdin could not be served: stdin is not a pipe, was already taken, was closed, or the command has exited. */
+export class StdinUnavailableError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("stdinUnavailable", message, options);
+  }
+}
+
+/**
+ * A filesystem operation of `sb.fs()` failed in the guest. `errno` is the symbolic
+ * errno the guest reported (`ENOENT`, `EACCES`, `EISDIR`, `ENOTDIR`, `EEXIST`,
+ * `ENOTEMPTY`, `EROFS`, `ENOSPC`, ...) and `path` the guest path the operation was
+ * called with.
+ */
+export class SandboxFsOpsError extends MicrosandboxError {
+  readonly errno: string;
+  readonly path: string;
+
+  constructor(errno: string, path: string, message?: string, options?: { cause?: unknown }) {
+    super("sandboxFsOps", message ?? `${path}: ${errno}`, options);
+    this.errno = errno;
+    this.path = path;
+  }
+}
+
 type Ctor = new (message: string, options?: { cause?: unknown }) => MicrosandboxError;
 
 const NATIVE_CODES: Record<string, Ctor> = {

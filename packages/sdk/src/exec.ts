@@ -1,5 +1,18 @@
 import "./polyfill.js";
-import { ExecFailedError, MicrosandboxError, ProtocolError, RuntimeError, fromNative } from "./errors.js";
+import { z } from "zod";
+import { check } from "./config.js";
+import {
+  ExecFailedError,
+  ExecTimeoutError,
+  InvalidConfigError,
+  MicrosandboxError,
+  ProtocolError,
+  RuntimeError,
+  SandboxNotRunningError,
+  StdinUnavailableError,
+  fromNative,
+} from "./errors.js";
+import { ttyDimSchema, type StdinMode } from "./exec-options.js";
 import type { NativeExecEvent } from "./native.js";
 
 const utf8 = new TextDecoder("utf-8");
@@ -81,17 +94,124 @@ function isInt(v: unknown): v is number {
 }
 
 /**
+ * What a handle needs to act on its command's session (absent for handles built
+ * from a bare event source, as in tests).
+ * @internal
+ */
+export interface SessionControls {
+  writeStdin(data: Uint8Array): Promise<void>;
+  closeStdin(): Promise<void>;
+  signal(n: number): Promise<void>;
+  resize(rows: number, cols: number): Promise<void>;
+  /** True once the sandbox's connection is gone. */
+  readonly closed: boolean;
+}
+
+/** @internal How the command was started. */
+export interface ExecHandleOptions {
+  controls?: SessionControls;
+  /** Where stdin comes from (default "null"). */
+  stdin?: StdinMode;
+  /** stdin "bytes": fed in the background, then EOF. */
+  stdinBytes?: Uint8Array | null;
+  tty?: boolean;
+  /** Kill the command with SIGKILL after this long; the handle then rejects with ExecTimeoutError. */
+  timeoutMs?: number | null;
+  /** After that kill, how long to wait for the end before giving up (default KILL_GRACE_MS). */
+  killGraceMs?: number;
+}
+
+/** After a timeout's SIGKILL, how long to wait for the command's end before giving up on it. */
+export const KILL_GRACE_MS = 5_000;
+
+const signalSchema = z
+  .number({ error: "must be an integer from 1 to 64" })
+  .int({ error: "must be an integer from 1 to 64" })
+  .min(1, { error: "must be an integer from 1 to 64" })
+  .max(64, { error: "must be an integer from 1 to 64" });
+
+const enc = new TextEncoder();
+
+/**
+ * A command's stdin, from {@link ExecHandle.takeStdin}. Writes are sent in order and each
+ * resolves once the guest has taken the bytes (flow control: a command that does not
+ * read its stdin makes writes wait). Do not change a chunk until its write resolved.
+ */
+export class ExecStdin {
+  readonly #controls: SessionControls;
+  #tail: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  /** @internal */
+  constructor(controls: SessionControls) {
+    this.#controls = controls;
+  }
+
+  /** Send bytes (a string is sent as UTF-8). Rejects with `StdinUnavailableError` after `close()` or once the command has exited. */
+  write(data: string | Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(new StdinUnavailableError("stdin was closed"));
+    let bytes: Uint8Array;
+    if (typeof data === "string") bytes = enc.encode(data);
+    else if (data instanceof Uint8Array) bytes = data;
+    else return Promise.reject(new InvalidConfigError("data", "invalid data: stdin takes a string or a Uint8Array"));
+    const p = this.#tail.then(() => (bytes.byteLength === 0 ? undefined : this.#send(bytes)));
+    this.#tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** End of input: the command reads EOF (on a TTY: a ^D). Waits for earlier writes. Calling it again does nothing. */
+  close(): Promise<void> {
+    if (this.#closed) return this.#tail;
+    this.#closed = true;
+    const p = this.#tail.then(() => this.#controls.closeStdin().catch((e: unknown) => this.#mapError(e)));
+    this.#tail = p.catch(() => undefined);
+    return p;
+  }
+
+  async #send(bytes: Uint8Array): Promise<void> {
+    try {
+      await this.#controls.writeStdin(bytes);
+    } catch (e) {
+      this.#mapError(e);
+    }
+  }
+
+  #mapError(e: unknown): never {
+    const err = fromNative(e);
+    if (err instanceof SandboxNotRunningError && !this.#controls.closed) {
+      throw new StdinUnavailableError("the command has exited: its stdin is closed", { cause: err });
+    }
+    throw err;
+  }
+}
+
+/**
  * A running command. Read its events with `for await (const ev of handle)` or
  * {@link recv}, or wait for the end with {@link wait} / {@link collect}. Events
  * are delivered once: `collect()` after some `recv()` calls gathers only the
  * output not yet received.
  *
+ * Output is pulled: the guest sends more only as events are taken here, so a command
+ * whose handle is not read blocks once its window (a few MiB) is full, and memory
+ * stays bounded whatever it prints. Many commands may run at once on one sandbox.
+ *
  * If the command cannot be started (the guest reports `failed`, e.g. the
  * program does not exist), `recv`, iteration, `wait` and `collect` reject with
- * {@link ExecFailedError}.
+ * {@link ExecFailedError}. With a timeout, they reject with {@link ExecTimeoutError}
+ * once the killed command is gone.
  */
 export class ExecHandle implements AsyncIterable<ExecEvent> {
   readonly #next: () => Promise<NativeExecEvent | null>;
+  readonly #controls: SessionControls | undefined;
+  readonly #stdinMode: StdinMode;
+  readonly #tty: boolean;
+  readonly #timeoutMs: number | null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timedOut = false;
+  /** Settles KILL_GRACE_MS after a timeout's kill (the command may be stuck: e.g. a setsid'd child keeps its output open). */
+  #grace: Promise<"grace"> | undefined;
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #stdinTaken = false;
   #tail: Promise<unknown> = Promise.resolve();
   #done = false;
   #failure: MicrosandboxError | undefined;
@@ -99,13 +219,88 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   #pid: number | undefined;
 
   /** @internal `next` pulls the next raw event of the session (`null` at its end). */
-  constructor(next: () => Promise<NativeExecEvent | null>) {
+  constructor(next: () => Promise<NativeExecEvent | null>, options: ExecHandleOptions = {}) {
     this.#next = next;
+    this.#controls = options.controls;
+    this.#stdinMode = options.stdin ?? "null";
+    this.#tty = options.tty ?? false;
+    this.#timeoutMs = options.timeoutMs ?? null;
+    const controls = this.#controls;
+    if (this.#timeoutMs !== null && controls) {
+      let expire: (v: "grace") => void = () => undefined;
+      this.#grace = new Promise<"grace">((resolve) => (expire = resolve));
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        if (this.#done) return;
+        this.#timedOut = true;
+        controls.signal(9).catch(() => undefined);
+        this.#graceTimer = setTimeout(() => expire("grace"), options.killGraceMs ?? KILL_GRACE_MS);
+      }, this.#timeoutMs);
+    }
+    const bytes = options.stdinBytes;
+    if (this.#stdinMode === "bytes" && controls) {
+      // Fed while the caller reads the output (a command may need its output read
+      // before it takes more input). Failures mean the command stopped reading: its
+      // exit status tells the rest.
+      this.#stdinTaken = true;
+      void (async () => {
+        try {
+          if (bytes && bytes.byteLength > 0) await controls.writeStdin(bytes);
+        } finally {
+          await controls.closeStdin();
+        }
+      })().catch(() => undefined);
+    }
   }
 
   /** The guest pid of the command, once the `started` event has been received. */
   get pid(): number | undefined {
     return this.#pid;
+  }
+
+  /**
+   * The command's stdin, for a command started with `stdinPipe()` or `tty(true)`. It can
+   * be taken once; otherwise (or a second time) this throws `StdinUnavailableError`.
+   */
+  takeStdin(): ExecStdin {
+    if (!this.#controls || !(this.#stdinMode === "pipe" || this.#tty)) {
+      throw new StdinUnavailableError("the command's stdin is not a pipe: start it with stdinPipe() or tty(true)");
+    }
+    if (this.#stdinTaken) throw new StdinUnavailableError("the command's stdin was already taken");
+    this.#stdinTaken = true;
+    return new ExecStdin(this.#controls);
+  }
+
+  /** Send signal `n` (1-64, e.g. 15 for SIGTERM) to the command's process group. Does nothing once it has exited. */
+  async signal(n: number): Promise<void> {
+    const sig = check(signalSchema, "signal", n);
+    const c = this.#requireControls("signal");
+    if (this.#done) return;
+    await c.signal(sig).catch((e: unknown) => {
+      throw fromNative(e);
+    });
+  }
+
+  /** SIGKILL to the command's process group. */
+  kill(): Promise<void> {
+    return this.signal(9);
+  }
+
+  /** New terminal size of a command started with `tty(true)`. */
+  async resize(rows: number, cols: number): Promise<void> {
+    const r = check(ttyDimSchema, "rows", rows);
+    const c2 = check(ttyDimSchema, "cols", cols);
+    const c = this.#requireControls("resize");
+    if (!this.#tty) throw new InvalidConfigError("tty", "resize() needs a command started with tty(true)");
+    if (this.#done) return;
+    await c.resize(r, c2).catch((e: unknown) => {
+      throw fromNative(e);
+    });
+  }
+
+  #requireControls(what: string): SessionControls {
+    if (!this.#controls) throw new RuntimeError(`${what}() is not available on this handle`);
+    return this.#controls;
   }
 
   /** The next event, or `null` once the command has exited and every event was delivered. */
@@ -119,12 +314,13 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   async #recvOne(): Promise<ExecEvent | null> {
     if (this.#failure) throw this.#failure;
     if (this.#done) return null;
-    let raw: NativeExecEvent | null;
+    let raw: NativeExecEvent | null | "grace";
     try {
-      raw = await this.#next();
+      raw = this.#grace ? await Promise.race([this.#next(), this.#grace]) : await this.#next();
     } catch (e) {
       throw this.#fail(fromNative(e));
     }
+    if (raw === "grace") throw this.#fail(new ExecTimeoutError(this.#timeoutMs as number));
     if (raw === null || raw === undefined) {
       throw this.#fail(new RuntimeError("the command's session ended without an exit status (was the sandbox stopped?)"));
     }
@@ -143,6 +339,10 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
       }
       case "exited": {
         if (!isInt(raw.code)) throw this.#fail(new ProtocolError("exited event without an exit code"));
+        this.#clearTimer();
+        if (this.#timedOut && (raw.signal === 9 || raw.code === 137)) {
+          throw this.#fail(new ExecTimeoutError(this.#timeoutMs as number));
+        }
         this.#exit = { code: raw.code, success: raw.code === 0 };
         this.#done = true;
         return isInt(raw.signal) ? { kind: "exited", code: raw.code, signal: raw.signal } : { kind: "exited", code: raw.code };
@@ -154,7 +354,19 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     }
   }
 
+  #clearTimer(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#graceTimer !== undefined) {
+      clearTimeout(this.#graceTimer);
+      this.#graceTimer = undefined;
+    }
+  }
+
   #fail(e: MicrosandboxError): MicrosandboxError {
+    this.#clearTimer();
     this.#failure = e;
     this.#done = true;
     return e;

@@ -5,8 +5,29 @@ export { Sandbox, SandboxBuilder, DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from 
 export { SandboxHandle } from "./handle.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
-export { ExecHandle, ExecOutput, type ExecEvent, type ExitStatus } from "./exec.js";
-export type { SandboxConfig, PullPolicy, RegistryAuth, ConfigRegistryAuth } from "./config.js";
+export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } from "./exec.js";
+export { ExecOptionsBuilder, RLIMIT_RESOURCES, type RlimitResource } from "./exec-options.js";
+export { PatchBuilder, MountBuilder, ImageBuilder, type PatchModeOptions } from "./builders.js";
+export {
+  SandboxFs,
+  FsReadStream,
+  FsWriteStream,
+  type FsEntry,
+  type FsEntryKind,
+  type FsWriteOptions,
+  type FsMkdirOptions,
+  type FsRemoveDirOptions,
+} from "./fs.js";
+export type {
+  SandboxConfig,
+  PullPolicy,
+  RegistryAuth,
+  ConfigRegistryAuth,
+  LogLevel,
+  VolumeMount,
+  PatchRecord,
+  PatchKind,
+} from "./config.js";
 export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress } from "./images.js";
 export {
   MicrosandboxError,
@@ -27,6 +48,8 @@ export {
   ProtocolError,
   ExecFailedError,
   ExecTimeoutError,
+  StdinUnavailableError,
+  SandboxFsOpsError,
   fromNative,
   fromOci,
 } from "./errors.js";

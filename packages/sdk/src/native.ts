@@ -18,18 +18,64 @@ export interface NativeRuntimeInfo {
   sandboxDir: string;
 }
 
+export interface NativeFsEntry {
+  name: string;
+  /** "file" | "dir" | "symlink" | "other" */
+  kind: string;
+  size: number;
+  /** Permission bits (`mode & 0o7777`). */
+  mode: number;
+  modifiedMs: number;
+}
+
+/**
+ * One event of a session. Exec sessions: started, stdout, stderr, exited, failed.
+ * Filesystem sessions: fsData... then fsEnd (read), fsDone, fsExists, fsStat,
+ * fsEntries, or fsError.
+ */
 export interface NativeExecEvent {
-  kind: "started" | "stdout" | "stderr" | "exited" | "failed";
+  kind:
+    | "started"
+    | "stdout"
+    | "stderr"
+    | "exited"
+    | "failed"
+    | "fsData"
+    | "fsEnd"
+    | "fsDone"
+    | "fsExists"
+    | "fsStat"
+    | "fsEntries"
+    | "fsError";
   pid?: number;
   data?: Uint8Array;
   code?: number;
   signal?: number;
   reason?: string;
+  /** Symbolic errno of an fsError (ENOENT, EISDIR, ...). */
+  errno?: string;
+  entries?: NativeFsEntry[];
+  entry?: NativeFsEntry;
+  exists?: boolean;
 }
 
 export interface NativeAgentClient {
   exec(requestJson: string): Promise<number>;
+  /** Start a filesystem operation (JSON of {@link NativeFsOp}); results come through `next`. */
+  fs(opJson: string): Promise<number>;
+  /**
+   * The next event of a session (`null` after its last one). Taking an output chunk
+   * returns its credit to the guest: a consumer that stops calling `next` stops the producer.
+   */
   next(sessionId: number): Promise<NativeExecEvent | null>;
+  /** Bytes for a session's stdin (or an fs write's file); resolves once the guest gave credit for them. */
+  writeStdin(sessionId: number, data: Buffer): Promise<void>;
+  /** EOF on a session's stdin (^D on a TTY), or the end of an fs write. */
+  closeStdin(sessionId: number): Promise<void>;
+  /** A signal to the session's process group. */
+  signal(sessionId: number, signal: number): Promise<void>;
+  /** New terminal size of a TTY session. */
+  resize(sessionId: number, rows: number, cols: number): Promise<void>;
   /** Graceful stop; resolves when the VM is gone. */
   stop(timeoutMs: number): Promise<void>;
   kill(): Promise<void>;
@@ -119,8 +165,26 @@ export interface NativeSandboxConfig {
   bootTimeoutMs: number;
   idleTimeoutSecs: number | null;
   maxDurationSecs: number | null;
+  /** Volumes (virtiofs for bind and named ones, tmpfs in the guest). */
+  mounts: NativeMount[];
+  /** Filesystem of a disk image when detection cannot tell; null: detect. */
+  imageFstype: string | null;
+  /** Verbosity of msb-runtime's log; null: its default (info). */
+  logLevel: "trace" | "debug" | "info" | "warn" | "error" | null;
   /** The SDK's configuration, stored verbatim in the state store (no registry password). */
   sdkConfig: unknown;
+}
+
+/** A volume as msb-runtime takes it (every key present). */
+export interface NativeMount {
+  /** Absolute path inside the guest. */
+  guestPath: string;
+  kind: "bind" | "named" | "tmpfs";
+  /** bind: absolute host directory; named: volume name; tmpfs: null. */
+  source: string | null;
+  readonly: boolean;
+  /** tmpfs only: size cap in MiB (null: the guest's default). */
+  sizeMiB: number | null;
 }
 
 /** The JSON the addon's `AgentClient.exec` takes (every key present). */
@@ -130,7 +194,27 @@ export interface NativeExecRequest {
   env: [string, string][];
   cwd: string | null;
   user: string | null;
+  /** true: stdin is a pipe fed by `writeStdin`; false: /dev/null. */
+  stdin: boolean;
+  /** Run on a pseudo-terminal of this size (stdout then carries the terminal's output). */
+  tty: { rows: number; cols: number } | null;
+  /** Resource limits, soft and hard: [name, value]. */
+  rlimits: [string, number][];
 }
+
+/** The JSON the addon's `AgentClient.fs` takes (serde, externally tagged). Guest paths are absolute. */
+export type NativeFsOp =
+  | { read: { path: string } }
+  | { write: { path: string; mode: number | null; append: boolean } }
+  | { list: { path: string } }
+  | { stat: { path: string } }
+  | { exists: { path: string } }
+  | { mkdir: { path: string; mode: number | null; recursive: boolean } }
+  | { remove: { path: string } }
+  | { remove_dir: { path: string; recursive: boolean } }
+  | { copy: { src: string; dst: string } }
+  | { rename: { src: string; dst: string } }
+  | { symlink: { target: string; link: string } };
 
 const ADDON = "@microsandbox/core-native";
 

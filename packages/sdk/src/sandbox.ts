@@ -1,17 +1,22 @@
 import "./polyfill.js";
 import { join } from "node:path";
 import { parseReference, pullImage, type ImageConfig, type PulledImage, type PullProgress } from "@microsandbox/oci";
+import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
 import {
-  argsSchema,
   bootTimeoutMs,
   check,
+  checkBindSource,
   cmdSchema,
+  copyConfig,
   msbHome,
   nameSchema,
   parseStoredConfig,
   persistableConfig,
   timeoutMsSchema,
+  validateAll,
   validateConfig,
+  type LogLevel,
+  type PatchOp,
   type PullPolicy,
   type RawSandboxConfig,
   type RegistryAuth,
@@ -20,11 +25,15 @@ import {
 import {
   fromNative,
   fromOci,
+  InvalidConfigError,
   SandboxDrainingError,
   SandboxNotRunningError,
   SandboxStillRunningError,
 } from "./errors.js";
-import { ExecHandle, type ExecOutput, type ExitStatus } from "./exec.js";
+import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
+import { buildExecOptions, resolveExecOptions, type ExecOptionsBuilder } from "./exec-options.js";
+import { SandboxFs } from "./fs.js";
+import { applyPatches, installScripts } from "./setup.js";
 import { SandboxHandle } from "./handle.js";
 import {
   closeQuietly,
@@ -42,7 +51,6 @@ import {
   native,
   type NativeAgentClient,
   type NativeBinding,
-  type NativeExecRequest,
   type NativeRuntimeInfo,
   type NativeSandboxConfig,
 } from "./native.js";
@@ -65,7 +73,68 @@ export class SandboxBuilder {
 
   /** @internal Use {@link Sandbox.builder}. */
   constructor(name: string) {
-    this.#raw = { name, env: [] };
+    this.#raw = { name, env: [], scripts: [], patches: [], volumes: [] };
+  }
+
+  /**
+   * The root filesystem given explicitly, for a disk image whose filesystem cannot be
+   * detected: `.imageWith(i => i.disk("./disk.qcow2").fstype("ext4"))`.
+   */
+  imageWith(configure: (i: ImageBuilder) => ImageBuilder | void): this {
+    const b = new ImageBuilder();
+    if (typeof configure === "function") configure(b);
+    this.#raw.image = b.disk_;
+    this.#raw.imageIsDisk = true;
+    if (b.fstype_ !== undefined) this.#raw.imageFstype = b.fstype_;
+    else delete this.#raw.imageFstype;
+    return this;
+  }
+
+  /** The shell of `sb.shell(script)` and `sb.shellStream(script)` (run as `shell -c script`). Default `/bin/sh`. */
+  shell(shell: string): this {
+    this.#raw.shell = shell;
+    return this;
+  }
+
+  /**
+   * A script installed as `/.msb/scripts/<name>` (mode 0755) before `create()` resolves.
+   * That directory ends every command's PATH, so `sb.exec(name)` and `sb.shell(name)`
+   * run it; give it a `#!` line. `name` is one file name (no `/`). Repeatable; a later
+   * script of the same name wins.
+   */
+  script(name: string, content: string): this {
+    this.#raw.scripts?.push([name, content]);
+    return this;
+  }
+
+  /**
+   * Changes to the root filesystem, applied to this sandbox's writable layer in order
+   * before `create()` resolves: `.patch(p => p.text("/etc/motd", "hi\n").mkdir("/data"))`.
+   * The image itself is never modified. Host sources (`copyFile`, `copyDir`) must exist
+   * when `create()` is called. Repeatable.
+   */
+  patch(configure: (p: PatchBuilder) => PatchBuilder | void): this {
+    const b = new PatchBuilder();
+    if (typeof configure === "function") configure(b);
+    this.#raw.patches?.push(...b.steps);
+    return this;
+  }
+
+  /**
+   * Mount a volume at `guestPath` (absolute): `m.bind(hostDir)`, `m.named(name)` or
+   * `m.tmpfs({ sizeMiB })`, optionally `.readonly()`. Repeatable.
+   */
+  volume(guestPath: string, configure: (m: MountBuilder) => MountBuilder | void): this {
+    const b = new MountBuilder(guestPath);
+    if (typeof configure === "function") configure(b);
+    this.#raw.volumes?.push(b.raw);
+    return this;
+  }
+
+  /** Verbosity of the sandbox's runtime log (`$MSB_HOME/sandboxes/<name>/runtime.log`): trace, debug, info (default), warn, error. */
+  logLevel(level: LogLevel): this {
+    this.#raw.logLevel = level;
+    return this;
   }
 
   /**
@@ -76,6 +145,8 @@ export class SandboxBuilder {
    */
   image(image: string): this {
     this.#raw.image = image;
+    delete this.#raw.imageIsDisk;
+    delete this.#raw.imageFstype;
     return this;
   }
 
@@ -203,11 +274,12 @@ export class SandboxBuilder {
   }
 
   async #create(attached: boolean): Promise<Sandbox> {
-    const config = this.validate();
+    const { config, patches } = validateAll(this.#raw);
     return launch(config, {
       mode: "create",
       attached,
       replace: this.#replace,
+      patches,
       ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
     });
   }
@@ -220,6 +292,8 @@ interface LaunchOptions {
   /** mode "start": the stored configuration, as stored. */
   storedConfig?: unknown;
   onPullProgress?: (p: PullProgress) => void;
+  /** mode "create": patch steps to apply after boot. */
+  patches?: PatchOp[];
 }
 
 /**
@@ -229,6 +303,8 @@ interface LaunchOptions {
  * stopped sandbox, booted again from its stored configuration with its disk kept).
  */
 async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> {
+  // Host directories may have gone since the configuration was made (a restart).
+  for (const v of given.volumes) if (v.kind === "bind") checkBindSource(v.source ?? "", v.guestPath);
   const home = msbHome();
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
@@ -252,6 +328,9 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     bootTimeoutMs: bootTimeoutMs(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
+    mounts: config.volumes.map((v) => ({ guestPath: v.guestPath, kind: v.kind, source: v.source, readonly: v.readonly, sizeMiB: v.sizeMiB })),
+    imageFstype: config.imageFstype,
+    logLevel: config.logLevel,
     // A restart stores back exactly what was stored.
     sdkConfig: o.storedConfig !== undefined ? o.storedConfig : persistableConfig(config),
   };
@@ -271,7 +350,20 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     });
     throw e;
   }
-  return new Sandbox(config, info, client, o.attached, home);
+  const sb = new Sandbox(config, info, client, o.attached, home);
+  // Before anything of the caller's runs: scripts (every boot), patches (the first one).
+  if (config.scripts.length > 0 || (o.patches?.length ?? 0) > 0) {
+    try {
+      const fs = sb.fs();
+      await installScripts(fs, config.scripts);
+      if (o.mode === "create" && o.patches) await applyPatches(fs, o.patches);
+    } catch (e) {
+      await sb.kill().catch(() => undefined);
+      if (o.mode === "create") await removeWhenStopped(binding, home, config.name, { missingOk: true }).catch(() => undefined);
+      throw fromNative(e);
+    }
+  }
+  return sb;
 }
 
 /**
@@ -475,7 +567,7 @@ export class Sandbox implements AsyncDisposable {
 
   /** The validated configuration the sandbox runs with (an OCI image's defaults merged in). */
   config(): SandboxConfig {
-    return { ...this.#config, env: this.#config.env.map(([k, v]): [string, string] => [k, v]) };
+    return copyConfig(this.#config);
   }
 
   /** `true` until the sandbox was seen to stop (or this handle was stopped, killed or disposed). */
@@ -489,10 +581,23 @@ export class Sandbox implements AsyncDisposable {
     return (await this.execStream(cmd, args)).collect();
   }
 
-  /** Run `script` with the sandbox's shell (`/bin/sh -c script`) and wait for it to finish. */
+  /**
+   * Run `cmd` with options and wait for it to finish:
+   * `sb.execWith("ls", b => b.args(["-l"]).cwd("/tmp").env("K", "V").timeout(5000))`.
+   * With a timeout, a command still running is killed and the call rejects with
+   * `ExecTimeoutError`. `stdinPipe()` makes no sense here (use {@link execStreamWith}).
+   */
+  async execWith(cmd: string, configure: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecOutput> {
+    const b = buildExecOptions(configure);
+    if (b.raw.stdin === "pipe") {
+      throw new InvalidConfigError("stdin", "invalid stdin: stdinPipe() needs a handle to write to: use execStreamWith() and takeStdin(), or stdinBytes()");
+    }
+    return (await this.execStreamWith(cmd, () => b)).collect();
+  }
+
+  /** Run `script` with the sandbox's shell (`/bin/sh -c script` unless `.shell()` chose another) and wait for it to finish. */
   async shell(script: string): Promise<ExecOutput> {
-    const s = check(cmdSchema, "script", script);
-    return this.exec(DEFAULT_SHELL, ["-c", s]);
+    return (await this.shellStream(script)).collect();
   }
 
   /**
@@ -501,18 +606,66 @@ export class Sandbox implements AsyncDisposable {
    * `SandboxNotRunningError` once it stopped.
    */
   async execStream(cmd: string, args: readonly string[] = []): Promise<ExecHandle> {
-    const request: NativeExecRequest = {
-      cmd: check(cmdSchema, "cmd", cmd),
-      args: check(argsSchema, "args", args),
-      env: [],
-      cwd: null,
-      user: null,
-    };
+    return this.execStreamWith(cmd, (b) => b.args(args));
+  }
+
+  /**
+   * Start `cmd` with options (see {@link execWith}) and return its {@link ExecHandle}:
+   * events, `takeStdin()` (with `stdinPipe()` or `tty(true)`), `signal(n)`, `kill()`,
+   * `resize(rows, cols)` (TTY), `wait()`, `collect()`.
+   */
+  async execStreamWith(cmd: string, configure?: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecHandle> {
+    const o = resolveExecOptions(cmd, buildExecOptions(configure));
     this.#ensureRunning();
     if (this.#draining) throw new SandboxDrainingError(`sandbox ${this.name} is draining: it takes no new commands`);
     const client = this.#client;
-    const session = await this.#call(() => client.exec(JSON.stringify(request)));
-    return new ExecHandle(() => client.next(session));
+    const session = await this.#call(() => client.exec(JSON.stringify(o.request)));
+    const controls: SessionControls = {
+      writeStdin: (data) => client.writeStdin(session, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)),
+      closeStdin: () => client.closeStdin(session),
+      signal: (n) => client.signal(session, n),
+      resize: (rows, cols) => client.resize(session, rows, cols),
+      get closed() {
+        return client.closed;
+      },
+    };
+    return new ExecHandle(() => client.next(session), {
+      controls,
+      stdin: o.stdin,
+      stdinBytes: o.stdinBytes,
+      tty: o.request.tty !== null,
+      timeoutMs: o.timeoutMs,
+    });
+  }
+
+  /** Start `script` with the sandbox's shell and return its {@link ExecHandle}. */
+  async shellStream(script: string): Promise<ExecHandle> {
+    const s = check(cmdSchema, "script", script);
+    return this.execStream(this.#config.shell ?? DEFAULT_SHELL, ["-c", s]);
+  }
+
+  /**
+   * Files in the sandbox: read, write, list, stat, copy to and from the host...
+   * See {@link SandboxFs}.
+   */
+  fs(): SandboxFs {
+    return new SandboxFs({
+      client: () => {
+        this.#ensureRunning();
+        return this.#client;
+      },
+      call: (f) => this.#call(f),
+      run: (cmd, args) => this.#runAsRoot(cmd, args),
+    });
+  }
+
+  /** A helper command as root, whatever the sandbox's default user (fs fallbacks). */
+  async #runAsRoot(cmd: string, args: string[]): Promise<ExecOutput> {
+    this.#ensureRunning();
+    const client = this.#client;
+    const o = resolveExecOptions(cmd, buildExecOptions((b) => b.args(args).user("0")));
+    const session = await this.#call(() => client.exec(JSON.stringify(o.request)));
+    return new ExecHandle(() => client.next(session)).collect();
   }
 
   /**

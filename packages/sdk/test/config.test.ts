@@ -86,6 +86,12 @@ describe("SandboxBuilder validation", () => {
       registryCa: null,
       idleTimeoutSecs: null,
       maxDurationSecs: null,
+      imageFstype: null,
+      shell: null,
+      scripts: [],
+      patches: [],
+      volumes: [],
+      logLevel: null,
     });
     expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");

@@ -137,3 +137,25 @@ export async function cleanup(...sandboxes: ({ stop(): Promise<void>; kill(): Pr
     }),
   );
 }
+
+/**
+ * Read a command's events until its stdout (everything received so far, decoded) matches
+ * `re`; returns that text. Rejects after `ms`, or if the command exits first.
+ */
+export async function readUntil(
+  h: { recv(): Promise<{ kind: string; data?: Uint8Array } | null> },
+  re: RegExp,
+  ms = 30_000,
+  sofar = { text: "" },
+): Promise<string> {
+  const dec = new TextDecoder();
+  const deadline = Date.now() + ms;
+  while (!re.test(sofar.text)) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`output never matched ${re}: ${JSON.stringify(sofar.text.slice(-300))}`);
+    const ev = await within(h.recv(), left, `output matching ${re} (so far ${JSON.stringify(sofar.text.slice(-300))})`);
+    if (ev === null) throw new Error(`the command ended before its output matched ${re}: ${JSON.stringify(sofar.text.slice(-300))}`);
+    if (ev.kind === "stdout" && ev.data) sofar.text += dec.decode(ev.data, { stream: true });
+  }
+  return sofar.text;
+}

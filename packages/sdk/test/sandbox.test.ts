@@ -60,6 +60,9 @@ describe("Sandbox.create", () => {
         bootTimeoutMs: 60000,
         idleTimeoutSecs: null,
         maxDurationSecs: null,
+        mounts: [],
+        imageFstype: null,
+        logLevel: null,
         sdkConfig: {
           name: "w1",
           image: null,
@@ -77,6 +80,12 @@ describe("Sandbox.create", () => {
           registryCa: null,
           idleTimeoutSecs: null,
           maxDurationSecs: null,
+          imageFstype: null,
+          shell: null,
+          scripts: [],
+          patches: [],
+          volumes: [],
+          logLevel: null,
         },
       },
     ]);
@@ -118,7 +127,16 @@ describe("Sandbox exec", () => {
     expect(out.code).toBe(0);
     expect(out.stdout()).toBe("echo hello world\n");
     expect(out.stderr()).toBe("to stderr\n");
-    expect(fake.clients[0]!.requests[0]).toEqual({ cmd: "echo", args: ["hello", "world"], env: [], cwd: null, user: null });
+    expect(fake.clients[0]!.requests[0]).toEqual({
+      cmd: "echo",
+      args: ["hello", "world"],
+      env: [],
+      cwd: null,
+      user: null,
+      stdin: false,
+      tty: null,
+      rlimits: [],
+    });
     await sb.stop();
   });
 
@@ -127,7 +145,16 @@ describe("Sandbox exec", () => {
     const out = await sb.shell("exit 42");
     expect(out.code).toBe(42);
     expect(out.success).toBe(false);
-    expect(fake.clients[0]!.requests[0]).toEqual({ cmd: "/bin/sh", args: ["-c", "exit 42"], env: [], cwd: null, user: null });
+    expect(fake.clients[0]!.requests[0]).toEqual({
+      cmd: "/bin/sh",
+      args: ["-c", "exit 42"],
+      env: [],
+      cwd: null,
+      user: null,
+      stdin: false,
+      tty: null,
+      rlimits: [],
+    });
     await sb.stop();
   });
 

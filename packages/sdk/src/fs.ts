@@ -1,0 +1,644 @@
+/**
+ * `sb.fs()`: files inside a running sandbox, through the guest agent's filesystem
+ * operations. Guest paths are absolute and resolved by the guest's own kernel inside
+ * the guest's root: nothing the guest says is ever used to pick a host path, except
+ * single, checked names under the host directory given to {@link SandboxFs.copyToHost}.
+ *
+ * Contents stream in both directions with the agent channel's flow control (a few MiB
+ * in flight at most), so reading or writing a large file keeps memory bounded.
+ */
+import "./polyfill.js";
+import { constants as fsConstants, createReadStream } from "node:fs";
+import { chmod, lstat, mkdir as hostMkdir, open, readdir, readlink as hostReadlink, symlink as hostSymlink, unlink } from "node:fs/promises";
+import { join, posix, resolve } from "node:path";
+import { z } from "zod";
+import { check, guestPathSchema, modeSchema, normalizeGuestPath } from "./config.js";
+import { InvalidConfigError, MicrosandboxError, ProtocolError, SandboxFsOpsError, fromNative } from "./errors.js";
+import type { ExecOutput } from "./exec.js";
+import type { NativeAgentClient, NativeExecEvent, NativeFsEntry, NativeFsOp } from "./native.js";
+
+/** What a directory entry is. Symbolic links are reported as such, never followed. */
+export type FsEntryKind = "file" | "dir" | "symlink" | "other";
+
+/** A file, directory or link in the guest, from `list()` or `stat()`. */
+export interface FsEntry {
+  /** Its name (for `stat`, the last component of the path). */
+  name: string;
+  kind: FsEntryKind;
+  /** Size in bytes (of the link itself for a symlink). */
+  size: number;
+  /** Permission bits, `mode & 0o7777` (e.g. `0o644`). */
+  mode: number;
+  /** Last modification time. */
+  modified: Date;
+}
+
+export interface FsWriteOptions {
+  /** Permission bits of the file (default 0o644 for a new file; an existing file gets this mode when given). */
+  mode?: number;
+  /** Append to the file instead of replacing its contents. */
+  append?: boolean;
+}
+
+export interface FsMkdirOptions {
+  /** Permission bits (default 0o755). */
+  mode?: number;
+  /** Create missing parents, and accept an existing directory (default `true`). */
+  recursive?: boolean;
+}
+
+export interface FsRemoveDirOptions {
+  /** Remove the directory's contents too (default `false`: it must be empty). */
+  recursive?: boolean;
+}
+
+/** @internal What a {@link SandboxFs} needs from its sandbox. */
+export interface FsContext {
+  /** The agent connection, once the sandbox is known to run. */
+  client(): NativeAgentClient;
+  /** Run a call on the connection, mapping errors (`SandboxNotRunningError` once the sandbox stopped). */
+  call<T>(f: () => Promise<T>): Promise<T>;
+  /** Run a helper command in the guest as root. */
+  run(cmd: string, args: string[]): Promise<ExecOutput>;
+}
+
+const KINDS: readonly string[] = ["file", "dir", "symlink", "other"];
+/** How deep copyToHost descends before it calls the guest's tree hostile. */
+export const MAX_COPY_DEPTH = 1024;
+const HOST_CHUNK = 1 << 20;
+const utf8 = new TextDecoder("utf-8");
+const enc = new TextEncoder();
+
+const boolOption = z.boolean({ error: "must be a boolean" });
+const symlinkTargetSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine((s) => !s.includes("\0"), { error: "must not contain NUL" });
+const hostPathSchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine((s) => !s.includes("\0"), { error: "must not contain NUL" });
+
+function guestPath(field: string, p: unknown): string {
+  return normalizeGuestPath(check(guestPathSchema, field, p));
+}
+
+/** A guest-supplied text, made safe to put in a message. */
+function sanitize(s: unknown): string {
+  const t = typeof s === "string" ? s : "";
+  // eslint-disable-next-line no-control-regex
+  const clean = t.replace(/[\u0000-\u001f\u007f]/g, " ");
+  return clean.length > 300 ? `${clean.slice(0, 297)}...` : clean;
+}
+
+function fsError(op: string, path: string, ev: NativeExecEvent): SandboxFsOpsError {
+  const errno = typeof ev.errno === "string" && /^E[A-Z0-9]{1,15}$/.test(ev.errno) ? ev.errno : "EIO";
+  const reason = sanitize(ev.reason);
+  return new SandboxFsOpsError(errno, path, `${op} ${path}: ${errno}${reason ? ` (${reason})` : ""}`);
+}
+
+/** A host-side failure of copyFromHost / copyToHost, reported like a guest one (errno and the host path). */
+function hostError(op: string, path: string, e: unknown): MicrosandboxError {
+  if (e instanceof MicrosandboxError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const errno = typeof err?.code === "string" && /^E[A-Z0-9]+$/.test(err.code) ? err.code : "EIO";
+  return new SandboxFsOpsError(errno, path, `${op}: host ${path}: ${errno} (${err?.message ?? String(e)})`, { cause: e });
+}
+
+function toEntry(e: NativeFsEntry | undefined): FsEntry {
+  const r = e as unknown as Record<string, unknown> | undefined;
+  if (
+    !r ||
+    typeof r.name !== "string" ||
+    typeof r.kind !== "string" ||
+    !KINDS.includes(r.kind) ||
+    typeof r.size !== "number" ||
+    !(r.size >= 0) ||
+    typeof r.mode !== "number" ||
+    !Number.isInteger(r.mode) ||
+    typeof r.modifiedMs !== "number" ||
+    !Number.isFinite(r.modifiedMs)
+  ) {
+    throw new ProtocolError("malformed file entry from the guest");
+  }
+  return { name: r.name, kind: r.kind as FsEntryKind, size: r.size, mode: r.mode & 0o7777, modified: new Date(r.modifiedMs) };
+}
+
+/**
+ * A name from a guest directory listing, checked before it becomes part of a host path:
+ * one non-empty component, not `.` or `..`, without `/` or NUL.
+ */
+export function checkEntryName(name: unknown): string {
+  if (typeof name !== "string" || name === "" || name === "." || name === ".." || name.includes("/") || name.includes("\0")) {
+    throw new ProtocolError(`the guest listed an unsafe file name ${JSON.stringify(String(name)).slice(0, 80)}`);
+  }
+  return name;
+}
+
+function toBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+function plain(d: Uint8Array): Uint8Array {
+  return Object.getPrototypeOf(d) === Uint8Array.prototype ? d : new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+}
+
+/**
+ * A file being read from the guest: an async iterable of `Uint8Array` chunks (up to
+ * 64 KiB each), from `sb.fs().readStream(path)`. Chunks are pulled as you iterate, so
+ * at most the agent channel's window is in flight. For a Node stream:
+ * `Readable.from(stream)`.
+ *
+ * Leaving a `for await` loop early (or {@link cancel}) drains the rest of the file
+ * in the background, discarding it, so the guest's side of the transfer ends.
+ */
+export class FsReadStream implements AsyncIterable<Uint8Array> {
+  readonly path: string;
+  readonly #next: () => Promise<NativeExecEvent | null>;
+  #first: NativeExecEvent | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+  #done = false;
+  #failure: MicrosandboxError | undefined;
+  #draining: Promise<void> | undefined;
+
+  /** @internal */
+  constructor(path: string, next: () => Promise<NativeExecEvent | null>, first: NativeExecEvent) {
+    this.path = path;
+    this.#next = next;
+    this.#first = first;
+  }
+
+  /** The next chunk, or `null` at the end of the file. A guest error mid-way rejects with `SandboxFsOpsError`. */
+  recv(): Promise<Uint8Array | null> {
+    const p = this.#tail.then(() => this.#recvOne());
+    this.#tail = p.catch(() => undefined);
+    return p;
+  }
+
+  async #recvOne(): Promise<Uint8Array | null> {
+    if (this.#failure) throw this.#failure;
+    if (this.#done) return null;
+    let ev: NativeExecEvent | null;
+    if (this.#first !== undefined) {
+      ev = this.#first;
+      this.#first = undefined;
+    } else {
+      try {
+        ev = await this.#next();
+      } catch (e) {
+        throw this.#fail(fromNative(e));
+      }
+    }
+    switch (ev?.kind) {
+      case "fsData":
+        if (!(ev.data instanceof Uint8Array)) throw this.#fail(new ProtocolError("fsData event without data"));
+        return plain(ev.data);
+      case "fsEnd":
+        this.#done = true;
+        return null;
+      case "fsError":
+        throw this.#fail(fsError("read", this.path, ev));
+      default:
+        throw this.#fail(new ProtocolError(`unexpected event ${JSON.stringify(ev?.kind ?? null)} while reading ${this.path}`));
+    }
+  }
+
+  #fail(e: MicrosandboxError): MicrosandboxError {
+    this.#failure = e;
+    this.#done = true;
+    return e;
+  }
+
+  /** Stop reading: the rest of the file is drained in the background and discarded. Resolves once it is. */
+  cancel(): Promise<void> {
+    this.#draining ??= (async () => {
+      try {
+        while ((await this.recv()) !== null);
+      } catch {
+        // the transfer is over either way
+      }
+    })();
+    return this.#draining;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array, void, undefined> {
+    let finished = false;
+    try {
+      for (let c = await this.recv(); c !== null; c = await this.recv()) yield c;
+      finished = true;
+    } finally {
+      if (!finished && !this.#done) void this.cancel();
+    }
+  }
+}
+
+type Settled = { ev: NativeExecEvent | null } | { err: MicrosandboxError };
+
+/**
+ * A file being written in the guest, from `sb.fs().writeStream(path)`. Each `write`
+ * resolves once the guest has taken the bytes (flow control: memory stays bounded
+ * however much is written); `close()` resolves once the file is complete. Do not
+ * change a chunk until its write resolved.
+ */
+export class FsWriteStream {
+  readonly path: string;
+  readonly #client: NativeAgentClient;
+  readonly #id: number;
+  readonly #settled: Promise<Settled>;
+  readonly #op: string;
+  #tail: Promise<void> = Promise.resolve();
+  #closed = false;
+  #result: Settled | undefined;
+
+  /** @internal */
+  constructor(path: string, client: NativeAgentClient, id: number, op = "write") {
+    this.path = path;
+    this.#client = client;
+    this.#id = id;
+    this.#op = op;
+    // The guest answers only at the end (fsDone), or at once when it cannot open the file.
+    this.#settled = client.next(id).then(
+      (ev): Settled => (this.#result = { ev }),
+      (e: unknown): Settled => (this.#result = { err: fromNative(e) }),
+    );
+  }
+
+  /** Write bytes (a string as UTF-8). */
+  write(data: string | Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(new InvalidConfigError("data", `${this.#op} ${this.path}: the stream was closed`));
+    let bytes: Uint8Array;
+    if (typeof data === "string") bytes = enc.encode(data);
+    else if (data instanceof Uint8Array) bytes = data;
+    else return Promise.reject(new InvalidConfigError("data", "invalid data: a file takes a string or a Uint8Array"));
+    const p = this.#tail.then(() => (bytes.byteLength === 0 ? this.#check() : this.#send(bytes)));
+    this.#tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Finish the file; resolves once the guest has written all of it (or rejects with its error). Idempotent. */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      const p = this.#tail.then(async () => {
+        if (this.#result === undefined) {
+          await this.#client.closeStdin(this.#id).catch(() => undefined);
+        }
+        this.#outcome(await this.#settled, true);
+      });
+      this.#tail = p.catch(() => undefined);
+      return p;
+    }
+    return this.#tail.then(() => this.#outcome(this.#result ?? { ev: null }, true));
+  }
+
+  async #check(): Promise<void> {
+    if (this.#result !== undefined) this.#outcome(this.#result, false);
+  }
+
+  async #send(bytes: Uint8Array): Promise<void> {
+    await this.#check();
+    const sent = this.#client.writeStdin(this.#id, toBuffer(bytes)).then(
+      () => "sent" as const,
+      (e: unknown) => ({ writeError: e }),
+    );
+    const r = await Promise.race([sent, this.#settled]);
+    if (r === "sent") return;
+    if ("writeError" in r) {
+      // The session probably ended (its window is closed then): say why, if the guest did.
+      const why = await Promise.race([this.#settled, new Promise<undefined>((res) => setTimeout(res, 1000, undefined))]);
+      if (why !== undefined) this.#outcome(why, false);
+      throw fromNative(r.writeError);
+    }
+    this.#outcome(r, false);
+  }
+
+  /** What the session's final event means; returns only for fsDone at the end. */
+  #outcome(s: Settled, atEnd: boolean): void {
+    if ("err" in s) throw s.err;
+    const ev = s.ev;
+    if (ev?.kind === "fsError") throw fsError(this.#op, this.path, ev);
+    if (ev?.kind === "fsDone" && atEnd) return;
+    throw new ProtocolError(`unexpected event ${JSON.stringify(ev?.kind ?? null)} while writing ${this.path}`);
+  }
+}
+
+/**
+ * Files in a running sandbox: `sb.fs()`. Every guest path is absolute. Failures in the
+ * guest reject with {@link SandboxFsOpsError} (`code: "sandboxFsOps"`), whose `errno`
+ * names the error (`ENOENT`, `EACCES`, `EISDIR`, `ENOTDIR`, `EEXIST`, `ENOTEMPTY`,
+ * `EROFS`, `ENOSPC`, ...) and `path` the path in question.
+ */
+export class SandboxFs {
+  readonly #ctx: FsContext;
+
+  /** @internal Use `sb.fs()`. */
+  constructor(ctx: FsContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Start an operation; its events come through `next(id)`. */
+  async #open(op: NativeFsOp): Promise<{ client: NativeAgentClient; id: number }> {
+    const client = this.#ctx.client();
+    const id = await this.#ctx.call(() => client.fs(JSON.stringify(op)));
+    return { client, id };
+  }
+
+  /** An operation answered by one event of kind `want`. */
+  async #single(op: NativeFsOp, name: string, path: string, want: NativeExecEvent["kind"]): Promise<NativeExecEvent> {
+    const { client, id } = await this.#open(op);
+    const ev = await this.#ctx.call(() => client.next(id));
+    if (ev?.kind === "fsError") throw fsError(name, path, ev);
+    if (ev?.kind !== want) throw new ProtocolError(`unexpected answer ${JSON.stringify(ev?.kind ?? null)} to ${name} ${path}`);
+    return ev;
+  }
+
+  /** The whole file. For large files prefer {@link readStream}. A directory -> `EISDIR`. */
+  async read(path: string): Promise<Uint8Array> {
+    const stream = await this.readStream(path);
+    const chunks: Uint8Array[] = [];
+    let n = 0;
+    for (let c = await stream.recv(); c !== null; c = await stream.recv()) {
+      chunks.push(c);
+      n += c.byteLength;
+    }
+    if (chunks.length === 1) return chunks[0] as Uint8Array;
+    const out = new Uint8Array(n);
+    let off = 0;
+    for (const c of chunks) {
+      out.set(c, off);
+      off += c.byteLength;
+    }
+    return out;
+  }
+
+  /** The whole file decoded as UTF-8. */
+  async readToString(path: string): Promise<string> {
+    return utf8.decode(await this.read(path));
+  }
+
+  /** Create or replace a file with these contents (a string as UTF-8). Missing parent directory -> `ENOENT`. */
+  async write(path: string, data: string | Uint8Array, options: FsWriteOptions = {}): Promise<void> {
+    if (typeof data !== "string" && !(data instanceof Uint8Array)) {
+      throw new InvalidConfigError("data", "invalid data: a file takes a string or a Uint8Array");
+    }
+    const ws = await this.writeStream(path, options);
+    if ((typeof data === "string" ? data.length : data.byteLength) > 0) await ws.write(data);
+    await ws.close();
+  }
+
+  /** The entries of a directory (without `.` and `..`), sorted by name. */
+  async list(path: string): Promise<FsEntry[]> {
+    const p = guestPath("path", path);
+    const ev = await this.#single({ list: { path: p } }, "list", p, "fsEntries");
+    if (!Array.isArray(ev.entries)) throw new ProtocolError(`malformed listing of ${p}`);
+    return ev.entries.map(toEntry);
+  }
+
+  /** Create a directory; by default with its missing parents, and an existing directory is fine. */
+  async mkdir(path: string, options: FsMkdirOptions = {}): Promise<void> {
+    const p = guestPath("path", path);
+    const mode = options.mode === undefined ? null : check(modeSchema, "mode", options.mode);
+    const recursive = options.recursive === undefined ? true : check(boolOption, "recursive", options.recursive);
+    await this.#single({ mkdir: { path: p, mode, recursive } }, "mkdir", p, "fsDone");
+    if (mode !== null) await this.#fixDirMode(p, mode);
+  }
+
+  /**
+   * The guest creates directories under its umask (022): bits it masked off (group and
+   * other write, setgid, sticky) are set afterwards, only on a directory that has exactly
+   * the masked mode (so an existing directory with another mode is left alone).
+   */
+  async #fixDirMode(p: string, mode: number): Promise<void> {
+    if ((mode & 0o7022) === 0) return;
+    const st = await this.stat(p);
+    if (st.mode === mode || st.mode !== (mode & 0o1755)) return;
+    const out = await this.#ctx.run("chmod", [mode.toString(8), p]).catch((e: unknown) => e);
+    if (out instanceof Error || !(out as ExecOutput).success) {
+      const why = out instanceof Error ? out.message : sanitize((out as ExecOutput).stderr());
+      throw new SandboxFsOpsError("EPERM", p, `mkdir ${p}: cannot set mode ${mode.toString(8)} (${why})`);
+    }
+  }
+
+  /** Remove a directory: it must be empty unless `recursive`. A file -> `ENOTDIR`. */
+  async removeDir(path: string, options: FsRemoveDirOptions = {}): Promise<void> {
+    const p = guestPath("path", path);
+    const recursive = options.recursive === undefined ? false : check(boolOption, "recursive", options.recursive);
+    await this.#single({ remove_dir: { path: p, recursive } }, "removeDir", p, "fsDone");
+  }
+
+  /** Remove a file or symbolic link. A directory -> `EISDIR` (use {@link removeDir}). */
+  async remove(path: string): Promise<void> {
+    const p = guestPath("path", path);
+    await this.#single({ remove: { path: p } }, "remove", p, "fsDone");
+  }
+
+  /** Copy a file, symlink or directory tree inside the guest (modes kept). */
+  async copy(src: string, dst: string): Promise<void> {
+    const s = guestPath("src", src);
+    const d = guestPath("dst", dst);
+    await this.#single({ copy: { src: s, dst: d } }, "copy", s, "fsDone");
+  }
+
+  /** Rename or move inside the guest. */
+  async rename(src: string, dst: string): Promise<void> {
+    const s = guestPath("src", src);
+    const d = guestPath("dst", dst);
+    await this.#single({ rename: { src: s, dst: d } }, "rename", s, "fsDone");
+  }
+
+  /** Create a symbolic link `link` pointing to `target` (stored as given; it need not exist). */
+  async symlink(target: string, link: string): Promise<void> {
+    const t = check(symlinkTargetSchema, "target", target);
+    const l = guestPath("link", link);
+    await this.#single({ symlink: { target: t, link: l } }, "symlink", l, "fsDone");
+  }
+
+  /** What is at `path` (a symbolic link is reported as a link, not followed). */
+  async stat(path: string): Promise<FsEntry> {
+    const p = guestPath("path", path);
+    const ev = await this.#single({ stat: { path: p } }, "stat", p, "fsStat");
+    return toEntry(ev.entry);
+  }
+
+  /** Whether anything (a file, directory or link, even a dangling one) is at `path`. */
+  async exists(path: string): Promise<boolean> {
+    const p = guestPath("path", path);
+    const ev = await this.#single({ exists: { path: p } }, "exists", p, "fsExists");
+    if (typeof ev.exists !== "boolean") throw new ProtocolError(`malformed answer to exists ${p}`);
+    return ev.exists;
+  }
+
+  /**
+   * Read a file as a stream of chunks: resolves once the guest has opened it (so a
+   * missing file rejects here), to an {@link FsReadStream} (`for await`, `recv()`).
+   */
+  async readStream(path: string): Promise<FsReadStream> {
+    const p = guestPath("path", path);
+    const { client, id } = await this.#open({ read: { path: p } });
+    const next = () => client.next(id);
+    const first = await this.#ctx.call(next);
+    if (first === null) throw new ProtocolError(`the read of ${p} ended without an answer`);
+    if (first.kind === "fsError") throw fsError("read", p, first);
+    return new FsReadStream(p, next, first);
+  }
+
+  /**
+   * Write a file as a stream: `await ws.write(chunk)` as often as needed, then
+   * `await ws.close()`. An error opening the file (e.g. `ENOENT` for a missing parent)
+   * rejects the first `write` or the `close`.
+   */
+  async writeStream(path: string, options: FsWriteOptions = {}): Promise<FsWriteStream> {
+    const p = guestPath("path", path);
+    const mode = options.mode === undefined ? null : check(modeSchema, "mode", options.mode);
+    const append = options.append === undefined ? false : check(boolOption, "append", options.append);
+    const { client, id } = await this.#open({ write: { path: p, mode, append } });
+    return new FsWriteStream(p, client, id);
+  }
+
+  /** Target of a guest symbolic link (read with the guest's `readlink`). */
+  async #readlink(p: string): Promise<string> {
+    const out = await this.#ctx.run("readlink", [p]).catch((e: unknown) => e);
+    if (out instanceof Error || !(out as ExecOutput).success) {
+      const why = out instanceof Error ? out.message : sanitize((out as ExecOutput).stderr());
+      throw new SandboxFsOpsError("EIO", p, `readlink ${p}: cannot read the link (${why})`);
+    }
+    const target = (out as ExecOutput).stdout().replace(/\n$/, "");
+    if (target === "" || target.includes("\0")) throw new ProtocolError(`the guest gave an invalid link target for ${p}`);
+    return target;
+  }
+
+  /**
+   * Copy a host file or directory tree to `guestPath` (which it becomes: a directory's
+   * contents go under `guestPath`). Modes are kept, symbolic links are copied as links,
+   * sockets, FIFOs and devices are skipped. Existing guest files are replaced.
+   */
+  async copyFromHost(hostPath: string, guestPathArg: string): Promise<void> {
+    const src = resolve(check(hostPathSchema, "hostPath", hostPath));
+    const dst = guestPath("guestPath", guestPathArg);
+    await this.#fromHost(src, dst);
+  }
+
+  async #fromHost(src: string, dst: string): Promise<void> {
+    let st;
+    try {
+      st = await lstat(src);
+    } catch (e) {
+      throw hostError("copyFromHost", src, e);
+    }
+    if (st.isSymbolicLink()) {
+      let target: string;
+      try {
+        target = await hostReadlink(src);
+      } catch (e) {
+        throw hostError("copyFromHost", src, e);
+      }
+      try {
+        await this.symlink(target, dst);
+      } catch (e) {
+        if (!(e instanceof SandboxFsOpsError && e.errno === "EEXIST")) throw e;
+        await this.remove(dst);
+        await this.symlink(target, dst);
+      }
+    } else if (st.isFile()) {
+      const ws = await this.writeStream(dst, { mode: st.mode & 0o7777 });
+      try {
+        for await (const chunk of createReadStream(src, { highWaterMark: HOST_CHUNK })) await ws.write(chunk as Buffer);
+      } catch (e) {
+        await ws.close().catch(() => undefined);
+        throw hostError("copyFromHost", src, e);
+      }
+      await ws.close();
+    } else if (st.isDirectory()) {
+      await this.mkdir(dst, { mode: st.mode & 0o7777, recursive: true });
+      let names: string[];
+      try {
+        names = (await readdir(src)).sort();
+      } catch (e) {
+        throw hostError("copyFromHost", src, e);
+      }
+      for (const name of names) await this.#fromHost(join(src, name), posix.join(dst, name));
+    }
+    // sockets, FIFOs, devices: skipped
+  }
+
+  /**
+   * Copy a guest file or directory tree to `hostPath` (which it becomes). Modes are
+   * kept (without setuid/setgid on the host), symbolic links are recreated as links and
+   * never followed, special files are skipped. Every name the guest lists is checked
+   * (one path component, not `.` or `..`), so nothing is ever written outside
+   * `hostPath`; existing host links in the way are replaced, not followed.
+   */
+  async copyToHost(guestPathArg: string, hostPath: string): Promise<void> {
+    const src = guestPath("guestPath", guestPathArg);
+    const dst = resolve(check(hostPathSchema, "hostPath", hostPath));
+    const root = await this.stat(src);
+    await this.#toHost(src, dst, root, 0, true);
+  }
+
+  async #toHost(src: string, dst: string, entry: FsEntry, depth: number, isRoot: boolean): Promise<void> {
+    if (depth > MAX_COPY_DEPTH) throw new ProtocolError(`the guest tree under ${src} is deeper than ${MAX_COPY_DEPTH} levels`);
+    const existing = await lstat(dst).catch(() => undefined);
+    switch (entry.kind) {
+      case "symlink": {
+        const target = await this.#readlink(src);
+        try {
+          if (existing && !existing.isDirectory()) await unlink(dst);
+          await hostSymlink(target, dst);
+        } catch (e) {
+          throw hostError("copyToHost", dst, e);
+        }
+        return;
+      }
+      case "file": {
+        const stream = await this.readStream(src);
+        // A link in the way (below the root) is removed, never written through.
+        if (existing?.isSymbolicLink() && !isRoot) await unlink(dst).catch((e: unknown) => Promise.reject(hostError("copyToHost", dst, e)));
+        let fh;
+        try {
+          const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | (isRoot ? 0 : fsConstants.O_NOFOLLOW);
+          fh = await open(dst, flags, 0o600);
+        } catch (e) {
+          void stream.cancel();
+          throw hostError("copyToHost", dst, e);
+        }
+        try {
+          for (let c = await stream.recv(); c !== null; c = await stream.recv()) {
+            let off = 0;
+            while (off < c.byteLength) off += (await fh.write(c, off, c.byteLength - off)).bytesWritten;
+          }
+          await fh.chmod(entry.mode & 0o777);
+        } catch (e) {
+          void stream.cancel();
+          throw hostError("copyToHost", dst, e);
+        } finally {
+          await fh.close().catch(() => undefined);
+        }
+        return;
+      }
+      case "dir": {
+        try {
+          if (existing?.isSymbolicLink() && !isRoot) await unlink(dst);
+          else if (existing && !existing.isDirectory() && !(isRoot && existing.isSymbolicLink())) {
+            throw Object.assign(new Error(`${dst} exists and is not a directory`), { code: "ENOTDIR" });
+          }
+          if (!existing || (existing.isSymbolicLink() && !isRoot)) await hostMkdir(dst, { mode: 0o700 });
+        } catch (e) {
+          throw hostError("copyToHost", dst, e);
+        }
+        const entries = await this.list(src);
+        const seen = new Set<string>();
+        for (const child of entries) {
+          const name = checkEntryName(child.name);
+          if (seen.has(name)) throw new ProtocolError(`the guest listed ${JSON.stringify(name)} twice in ${src}`);
+          seen.add(name);
+          await this.#toHost(posix.join(src, name), join(dst, name), child, depth + 1, false);
+        }
+        // Last, so a read-only directory could still be filled.
+        await chmod(dst, entry.mode & 0o1777).catch((e: unknown) => Promise.reject(hostError("copyToHost", dst, e)));
+        return;
+      }
+      default:
+        return; // sockets, FIFOs, devices: skipped
+    }
+  }
+}
