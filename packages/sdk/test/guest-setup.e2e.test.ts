@@ -1,6 +1,7 @@
 // End-to-end: what shapes the guest before any command runs: the shell, scripts in
 // /.msb/scripts, guest defaults (hostname, workdir, env, user, entrypoint, log level)
 // and patches (applied to this sandbox's writable layer only).
+import { execFileSync } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -147,5 +148,14 @@ describe("root filesystem given explicitly", () => {
     expect((await sb.exec("cat", ["/etc/hostname"])).stdout()).toBe("msb\n");
     expect(sb.config()).toMatchObject({ image: disk, imageKind: "path", imageFstype: "ext4" });
     expect((await Sandbox.get("e2e-imagewith")).config().imageFstype).toBe("ext4");
+  });
+
+  it("boots a qcow2 disk image, with the filesystem named or found by the guest", async () => {
+    const qcow = join(host, "rootfs.qcow2");
+    execFileSync("qemu-img", ["convert", "-O", "qcow2", native().assetPaths().defaultImage, qcow]);
+    const named = await create(Sandbox.builder("e2e-qcow-named").imageWith((i) => i.disk(qcow).fstype("ext4")));
+    expect((await named.exec("cat", ["/etc/hostname"])).stdout()).toBe("msb\n");
+    const auto = await create(Sandbox.builder("e2e-qcow-auto").image(qcow));
+    expect((await auto.shell("echo auto ok")).stdout()).toBe("auto ok\n");
   });
 });
