@@ -1,0 +1,81 @@
+//! The smoltcp device: frames from the guest are queued by the stack; frames smoltcp
+//! transmits go into the bounded queue of the writer task. When that queue is full the
+//! device offers no tokens, so smoltcp keeps data in its socket buffers (backpressure from
+//! a guest that does not read).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::time::Instant;
+use tokio::sync::mpsc;
+
+use crate::Shared;
+
+pub(crate) struct Dev {
+    pub rx: VecDeque<Vec<u8>>,
+    pub out: mpsc::Sender<Vec<u8>>,
+    /// Largest Ethernet frame (IP MTU + 14).
+    pub frame_mtu: usize,
+    pub shared: Arc<Shared>,
+}
+
+impl Dev {
+    fn has_room(&self) -> bool {
+        if self.out.capacity() == 0 {
+            self.shared.tx_blocked.store(true, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+}
+
+pub(crate) struct RxTok(Vec<u8>);
+
+impl RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+pub(crate) struct TxTok<'a>(&'a mpsc::Sender<Vec<u8>>);
+
+impl TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0u8; len];
+        let r = f(&mut v);
+        // The stack is the only sender and checked for room, so this does not fail
+        // unless the writer is gone.
+        let _ = self.0.try_send(v);
+        r
+    }
+}
+
+impl Device for Dev {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _t: Instant) -> Option<(RxTok, TxTok<'_>)> {
+        if self.rx.is_empty() || !self.has_room() {
+            return None;
+        }
+        let f = self.rx.pop_front()?;
+        Some((RxTok(f), TxTok(&self.out)))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<TxTok<'_>> {
+        if !self.has_room() {
+            return None;
+        }
+        Some(TxTok(&self.out))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = self.frame_mtu;
+        c
+    }
+}

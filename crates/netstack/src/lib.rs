@@ -1,0 +1,196 @@
+//! msb-netstack: the userspace network of one sandbox.
+//!
+//! The guest's virtio-net is connected by QEMU `-netdev stream` to a Unix socket that
+//! msb-runtime serves; every Ethernet frame on it is prefixed by its length (4 bytes, big
+//! endian). [`NetStack::serve`] takes that stream, terminates every guest flow in a
+//! userspace TCP/IP stack (smoltcp) and re-opens it from an ordinary host socket when the
+//! [`Policy`] allows it. Published ports carry connections from 127.0.0.1 into the guest.
+//! See README.md for the architecture, the policy semantics and the caps.
+
+pub mod config;
+mod device;
+pub mod dns;
+mod host;
+pub mod packet;
+pub mod policy;
+mod stack;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::net::{TcpListener, UdpSocket, UnixStream};
+
+pub use config::{
+    Action, Group, MacAddr, NetConfig, Policy, Proto, PublishedPort, Rule, Target, HOST_NAME,
+};
+
+/// Largest Ethernet frame accepted on the stream (65535-byte IP packet + Ethernet header +
+/// one VLAN tag). A larger length prefix closes the stream.
+pub const MAX_FRAME_LEN: usize = 65535 + 14 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid network config: {0}")]
+    Config(String),
+    #[error("cannot publish {proto:?} port {port} on 127.0.0.1: {source}")]
+    Bind {
+        proto: Proto,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("bad frame on the guest's network stream: {0}")]
+    Framing(String),
+    #[error("guest network stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("this NetStack is already serving (or has served) a stream")]
+    AlreadyServed,
+}
+
+/// Traffic counters, from the guest's point of view: `rx_bytes` are the bytes of the
+/// Ethernet frames the stack wrote to the guest, `tx_bytes` the bytes of the frames the
+/// guest wrote (every frame read, including ones that were dropped). The 4-byte length
+/// prefixes are not counted; Ethernet headers are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Diagnostic figures (for tests, logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// TCP flows now (pending connects, open, closing; both directions).
+    pub tcp_flows: usize,
+    /// Highest `tcp_flows` seen.
+    pub tcp_flows_peak: usize,
+    pub udp_flows: usize,
+    /// Flows refused by policy (TCP reset, UDP/ICMP unreachable, published connections).
+    pub denied: u64,
+    /// TCP SYNs and published connections refused because of `max_connections`.
+    pub over_cap: u64,
+    /// Guest frames dropped as malformed or unsupported (bad checksum, fragment, IPv6,
+    /// spoofed source, ...).
+    pub dropped_frames: u64,
+    pub dns_queries: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tcp_flows: AtomicUsize,
+    pub tcp_flows_peak: AtomicUsize,
+    pub udp_flows: AtomicUsize,
+    pub denied: AtomicU64,
+    pub over_cap: AtomicU64,
+    pub dropped_frames: AtomicU64,
+    pub dns_queries: AtomicU64,
+    /// Set by the stack when the frame queue to the guest was full; the writer clears it
+    /// and wakes the stack.
+    pub tx_blocked: AtomicBool,
+}
+
+pub(crate) enum Listener {
+    Tcp(TcpListener, PublishedPort),
+    Udp(Arc<UdpSocket>, PublishedPort),
+}
+
+/// One sandbox's network. Cheap to clone (a handle); [`NetStack::serve`] runs it.
+#[derive(Clone)]
+pub struct NetStack {
+    cfg: Arc<NetConfig>,
+    shared: Arc<Shared>,
+    listeners: Arc<Mutex<Option<Vec<Listener>>>>,
+    published: Arc<Vec<(PublishedPort, SocketAddr)>>,
+}
+
+impl NetStack {
+    /// Validate the config and bind the published ports on 127.0.0.1 (so that a port
+    /// conflict is reported before the VM starts). Needs a tokio runtime.
+    pub async fn bind(cfg: NetConfig) -> Result<NetStack, NetError> {
+        cfg.validate()?;
+        let mut listeners = Vec::new();
+        let mut published = Vec::new();
+        for p in &cfg.ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], p.host_port));
+            let bind_err = |source| NetError::Bind {
+                proto: p.protocol,
+                port: p.host_port,
+                source,
+            };
+            match p.protocol {
+                Proto::Tcp => {
+                    let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+                    published.push((*p, l.local_addr().map_err(bind_err)?));
+                    listeners.push(Listener::Tcp(l, *p));
+                }
+                Proto::Udp => {
+                    let s = UdpSocket::bind(addr).await.map_err(bind_err)?;
+                    published.push((*p, s.local_addr().map_err(bind_err)?));
+                    listeners.push(Listener::Udp(Arc::new(s), *p));
+                }
+                Proto::Icmp => {
+                    return Err(NetError::Config("published ports are tcp or udp".into()))
+                }
+            }
+        }
+        Ok(NetStack {
+            cfg: Arc::new(cfg),
+            shared: Arc::new(Shared::default()),
+            listeners: Arc::new(Mutex::new(Some(listeners))),
+            published: Arc::new(published),
+        })
+    }
+
+    /// Bind and serve in one call.
+    pub async fn run(cfg: NetConfig, stream: UnixStream) -> Result<(), NetError> {
+        NetStack::bind(cfg).await?.serve(stream).await
+    }
+
+    /// Serve the guest's frame stream until it closes (`Ok`), carries a bad frame length
+    /// or fails (`Err`). Every host socket of the sandbox is closed when this returns or
+    /// when the future is dropped. Call once per NetStack.
+    pub async fn serve(&self, stream: UnixStream) -> Result<(), NetError> {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or(NetError::AlreadyServed)?;
+        stack::run(self.cfg.clone(), self.shared.clone(), stream, listeners).await
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.cfg
+    }
+
+    /// The published ports with the addresses they are bound to (useful with
+    /// `host_port: 0`).
+    pub fn published(&self) -> Vec<(PublishedPort, SocketAddr)> {
+        self.published.to_vec()
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            rx_bytes: self.shared.rx_bytes.load(Ordering::Relaxed),
+            tx_bytes: self.shared.tx_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        Stats {
+            tcp_flows: s.tcp_flows.load(Ordering::Relaxed),
+            tcp_flows_peak: s.tcp_flows_peak.load(Ordering::Relaxed),
+            udp_flows: s.udp_flows.load(Ordering::Relaxed),
+            denied: s.denied.load(Ordering::Relaxed),
+            over_cap: s.over_cap.load(Ordering::Relaxed),
+            dropped_frames: s.dropped_frames.load(Ordering::Relaxed),
+            dns_queries: s.dns_queries.load(Ordering::Relaxed),
+        }
+    }
+}
