@@ -30,6 +30,8 @@ WANT_MODULES=(virtio_mmio virtio_blk virtio_console ext4 overlay)
 # Packed too, but loaded by the agent only when a sandbox shares host directories
 # (virtiofs volumes or a directory image): listed in /etc/msb/modules.virtiofs.
 VIRTIOFS_MODULES=(fuse virtiofs)
+# Loaded only for sandboxes with a network (listed in /etc/msb/modules.net).
+NET_MODULES=(virtio_net)
 # A fixed UUID/hash seed keeps rootfs.ext4 byte-identical between builds.
 FS_UUID=6d73622d-6465-4661-b56c-742d726f6f74
 
@@ -322,8 +324,10 @@ if ! is_fresh "$OID-initramfs" "$IKEY" "$OUT/initramfs.cpio"; then
   }
   add_modules "$IROOT/etc/msb/modules" "${WANT_MODULES[@]}"
   add_modules "$IROOT/etc/msb/modules.virtiofs" "${VIRTIOFS_MODULES[@]}"
+  add_modules "$IROOT/etc/msb/modules.net" "${NET_MODULES[@]}"
   log "  modules: $(xargs -n1 basename <"$IROOT/etc/msb/modules" | tr '\n' ' ')"
   log "  on demand (virtiofs): $(xargs -n1 basename <"$IROOT/etc/msb/modules.virtiofs" | tr '\n' ' ')"
+  log "  on demand (network): $(xargs -n1 basename <"$IROOT/etc/msb/modules.net" | tr '\n' ' ')"
   make_cpio "$IROOT" "$OUT/initramfs.cpio"
   mark "$OID-initramfs" "$IKEY"
 fi

@@ -27,6 +27,10 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     if virtiofs {
         sys::load_modules("/etc/msb/modules.virtiofs");
     }
+    if let Some(n) = &b.network {
+        sys::load_modules("/etc/msb/modules.net");
+        crate::net::configure(n)?;
+    }
     let upper = find_disk(&b.root.upper)?;
     sys::flush_block_device(&upper);
     for d in ["/mnt/lower", "/mnt/upper", "/newroot"] {
@@ -90,6 +94,9 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
 
     for m in &b.mounts {
         mount_extra(m)?;
+    }
+    if let Some(n) = &b.network {
+        crate::net::write_files(n);
     }
 
     if let Some(w) = &b.workdir {

@@ -8,6 +8,7 @@
 mod boot;
 mod exec;
 mod fsops;
+mod net;
 mod port;
 mod sys;
 mod window;

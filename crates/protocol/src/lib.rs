@@ -15,8 +15,8 @@ pub use frame::{
     FLAG_CONTROL, HEADER_AFTER_LEN, KNOWN_FLAGS, MAX_FRAME, MAX_PAYLOAD,
 };
 pub use message::{
-    Bootstrap, DiskSpec, ExecRequest, FsEntry, FsOp, GuestMount, GuestStats, LowerSpec, Message,
-    MetricsReport, RootSpec, TtySize,
+    Bootstrap, DiskSpec, ExecRequest, FsEntry, FsOp, GuestMount, GuestNetwork, GuestStats,
+    LowerSpec, Message, MetricsReport, RootSpec, TtySize,
 };
 
 /// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal.

@@ -334,4 +334,20 @@ pub struct Bootstrap {
     pub entropy: Vec<u8>,
     #[serde(default)]
     pub mounts: Vec<GuestMount>,
+    /// The guest's NIC configuration; None: no network (no NIC is attached either).
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+}
+
+/// Static configuration of eth0, set by the agent before any command runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub mtu: u16,
+    /// Written to /etc/hosts as `host.microsandbox.internal`.
+    pub host_ip: std::net::Ipv4Addr,
+    /// The gateway answers DNS (resolv.conf points at it).
+    pub dns: bool,
 }

@@ -45,6 +45,9 @@ pub struct Config {
     /// Verbosity of this runtime's log: trace, debug, info (default), warn, error.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// The network (msb_netstack::NetConfig as JSON); None: no NIC at all.
+    #[serde(default)]
+    pub network: Option<serde_json::Value>,
 }
 
 /// A volume.

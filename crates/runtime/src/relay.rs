@@ -64,6 +64,8 @@ impl Routes {
 /// What metrics need besides the guest's own figures.
 #[derive(Clone)]
 pub struct MetricsSource {
+    /// The network stack: its counters are the host's own (trusted) view of the traffic.
+    pub net: Option<msb_netstack::NetStack>,
     pub cpu: CpuSampler,
     pub memory_limit_bytes: u64,
     pub started: Instant,
@@ -167,8 +169,16 @@ impl Relay {
             memory_limit_bytes: limit,
             disk_read_bytes: guest.disk_read_bytes,
             disk_write_bytes: guest.disk_write_bytes,
-            net_rx_bytes: guest.net_rx_bytes,
-            net_tx_bytes: guest.net_tx_bytes,
+            net_rx_bytes: source
+                .net
+                .as_ref()
+                .map(|n| n.counters().rx_bytes)
+                .unwrap_or(0),
+            net_tx_bytes: source
+                .net
+                .as_ref()
+                .map(|n| n.counters().tx_bytes)
+                .unwrap_or(0),
             timestamp_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

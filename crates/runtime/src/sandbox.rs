@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    Bootstrap, DiskSpec, Frame, FrameDecoder, GuestMount, LowerSpec, Message, RootSpec, CHANNEL_ID,
-    PROTOCOL_VERSION,
+    Bootstrap, DiskSpec, Frame, FrameDecoder, GuestMount, GuestNetwork, LowerSpec, Message,
+    RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
 };
 use msb_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +23,8 @@ use crate::disks::Lower;
 use crate::error::RtError;
 use crate::relay::{Control, MetricsSource, Relay};
 use crate::shares::{self, Share};
-use crate::{disks, log, vm};
+use crate::{disks, log, log_error, vm};
+use msb_netstack::{NetConfig, NetStack};
 
 /// virtiofs tag of a directory image.
 const ROOT_TAG: &str = "msbroot";
@@ -34,6 +35,7 @@ pub struct Sandbox {
     pub(crate) dir: PathBuf,
     run_dir: PathBuf,
     pub(crate) agent_sock: PathBuf,
+    net_sock: PathBuf,
     vm_sock: PathBuf,
     /// Held for the life of the process: the sandbox name is in use while it is.
     _lock: fs::File,
@@ -138,6 +140,7 @@ impl Sandbox {
             .join(format!("{:08x}", random_u32()));
         fs::create_dir_all(&run_dir)?;
         let agent_sock = run_dir.join("agent.sock");
+        let net_sock = run_dir.join("net.sock");
         let vm_sock = run_dir.join("vm.sock");
         if agent_sock.as_os_str().len() > 100 {
             return Err(RtError::new(
@@ -158,6 +161,7 @@ impl Sandbox {
             dir,
             run_dir,
             agent_sock,
+            net_sock,
             vm_sock,
             _lock: lock,
             qemu: None,
@@ -183,6 +187,7 @@ impl Sandbox {
                 .await?;
         let (shares, mounts) = self.volumes(&lower)?;
         self.virtiofsd = shares::start(&shares, &self.dir.join("virtiofsd.log")).await?;
+        let net = self.network().await?;
         let upper = self.dir.join("upper.ext4");
         let fresh_upper = !upper.exists();
         if fresh_upper {
@@ -203,6 +208,10 @@ impl Sandbox {
                 .iter()
                 .map(|s| (s.tag.as_str(), s.socket.as_path()))
                 .collect(),
+            net: net.as_ref().map(|(stack, _)| {
+                let c = stack.config();
+                (self.net_sock.as_path(), c.guest_mac.to_string(), c.mtu)
+            }),
         };
         let cmd = vm::qemu_command(&qemu_bin, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
@@ -282,6 +291,17 @@ impl Sandbox {
                 .unwrap_or(0),
             entropy,
             mounts,
+            network: net.as_ref().map(|(stack, _)| {
+                let c = stack.config();
+                GuestNetwork {
+                    ip: c.guest_ip,
+                    prefix_len: c.prefix_len,
+                    gateway: c.gateway_ip,
+                    mtu: c.mtu,
+                    host_ip: c.effective_host_ip(),
+                    dns: c.dns,
+                }
+            }),
         };
         write_frame(&mut wr, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
         loop {
@@ -310,6 +330,7 @@ impl Sandbox {
         let relay = Relay::start(rd, wr, dec, ctl_tx.clone());
         if let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) {
             relay.set_metrics_source(MetricsSource {
+                net: net.as_ref().map(|(stack, _)| stack.clone()),
                 cpu: CpuSampler::start(pid, self.cfg.cpus as u32),
                 memory_limit_bytes: self.cfg.memory_mib as u64 * 1024 * 1024,
                 started: self.started,
@@ -421,6 +442,31 @@ impl Sandbox {
         if let Some(mut q) = self.qemu.take() {
             let _ = q.kill().await;
         }
+    }
+
+    /// The userspace network: bind its published ports now (a taken port fails the boot
+    /// before QEMU starts), listen for QEMU's frames, and serve them once it connects.
+    async fn network(&self) -> Result<Option<(NetStack, tokio::task::JoinHandle<()>)>, RtError> {
+        let Some(json) = &self.cfg.network else {
+            return Ok(None);
+        };
+        let cfg = NetConfig::from_json(&json.to_string())
+            .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
+        let stack = NetStack::bind(cfg)
+            .await
+            .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
+        let _ = fs::remove_file(&self.net_sock);
+        let listener = UnixListener::bind(&self.net_sock)
+            .map_err(|e| RtError::runtime(format!("listen on {}: {e}", self.net_sock.display())))?;
+        let serving = stack.clone();
+        let task = tokio::spawn(async move {
+            if let Ok((stream, _)) = listener.accept().await {
+                if let Err(e) = serving.serve(stream).await {
+                    log_error(&format!("network: {e}"));
+                }
+            }
+        });
+        Ok(Some((stack, task)))
     }
 
     /// virtiofs shares (a directory image, bind and named volumes) and the guest mounts.

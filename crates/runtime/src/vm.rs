@@ -17,6 +17,8 @@ pub struct VmPaths<'a> {
     pub upper: &'a Path,
     /// virtiofs shares: (tag, vhost-user socket).
     pub shares: Vec<(&'a str, &'a Path)>,
+    /// The NIC: (socket msb-runtime listens on for QEMU's frames, guest MAC, MTU).
+    pub net: Option<(&'a Path, String, u16)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,6 +240,20 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         qemu_path(p.upper)
     ));
     c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
+    if let Some((sock, mac, mtu)) = &p.net {
+        // Frames go to msb-runtime's userspace stack, 4-byte length before each.
+        c.arg("-netdev").arg(format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            sock.display()
+        ));
+        let host_mtu = if *mtu > 1500 {
+            format!(",host_mtu={mtu}")
+        } else {
+            String::new()
+        };
+        c.arg("-device")
+            .arg(format!("virtio-net-device,netdev=n0,mac={mac}{host_mtu}"));
+    }
     for (i, (tag, sock)) in p.shares.iter().enumerate() {
         c.arg("-chardev")
             .arg(format!("socket,id=fs{i},path={}", sock.display()));

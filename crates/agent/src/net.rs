@@ -1,0 +1,121 @@
+//! eth0 set up with ioctls (the image may have no `ip` tool): address, netmask, MTU, up,
+//! default route; then resolv.conf and /etc/hosts inside the new root.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use msb_protocol::GuestNetwork;
+
+const IFNAMSIZ: usize = 16;
+
+/// A `struct ifreq` as bytes: name, then the union (a sockaddr_in, an int or a short).
+fn ifreq(name: &str) -> [u8; 40] {
+    let mut r = [0u8; 40];
+    r[..name.len().min(IFNAMSIZ - 1)]
+        .copy_from_slice(&name.as_bytes()[..name.len().min(IFNAMSIZ - 1)]);
+    r
+}
+
+fn put_addr(r: &mut [u8; 40], ip: Ipv4Addr) {
+    r[16..18].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    r[20..24].copy_from_slice(&ip.octets());
+}
+
+fn ioctl(fd: i32, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), String> {
+    // SAFETY: `arg` points at a buffer of the size the request expects.
+    if unsafe { libc::ioctl(fd, req as _, arg) } != 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn set_up(fd: i32, name: &str) -> Result<(), String> {
+    let mut r = ifreq(name);
+    ioctl(fd, libc::SIOCGIFFLAGS, r.as_mut_ptr().cast(), "get flags")?;
+    let flags = i16::from_ne_bytes([r[16], r[17]]) | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+    r[16..18].copy_from_slice(&flags.to_ne_bytes());
+    ioctl(fd, libc::SIOCSIFFLAGS, r.as_mut_ptr().cast(), "set flags")
+}
+
+/// Configure eth0 (and lo). Runs before the root switch, after the NIC's module loaded.
+pub fn configure(n: &GuestNetwork) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new("/sys/class/net/eth0").exists() {
+        if Instant::now() > deadline {
+            return Err("the network interface eth0 did not appear".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: plain socket for interface ioctls; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let result = (|| {
+        set_up(fd, "lo")?;
+        let mut r = ifreq("eth0");
+        put_addr(&mut r, n.ip);
+        ioctl(fd, libc::SIOCSIFADDR, r.as_mut_ptr().cast(), "set address")?;
+        let mask = if n.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - n.prefix_len.min(32) as u32)
+        };
+        let mut r = ifreq("eth0");
+        put_addr(&mut r, Ipv4Addr::from(mask));
+        ioctl(
+            fd,
+            libc::SIOCSIFNETMASK,
+            r.as_mut_ptr().cast(),
+            "set netmask",
+        )?;
+        let mut r = ifreq("eth0");
+        r[16..20].copy_from_slice(&(n.mtu as i32).to_ne_bytes());
+        ioctl(fd, libc::SIOCSIFMTU, r.as_mut_ptr().cast(), "set mtu")?;
+        set_up(fd, "eth0")?;
+        // SAFETY: rtentry is plain data; zeroed is a valid start.
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        let sin = |ip: Ipv4Addr| {
+            // SAFETY: sockaddr_in is plain data.
+            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+            // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
+            unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(s) }
+        };
+        rt.rt_dst = sin(Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sin(Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sin(n.gateway);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        ioctl(
+            fd,
+            libc::SIOCADDRT,
+            (&mut rt as *mut libc::rtentry).cast(),
+            "add default route",
+        )
+    })();
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Name resolution files in the (new) root.
+pub fn write_files(n: &GuestNetwork) {
+    let _ = fs::create_dir_all("/etc");
+    if n.dns {
+        let _ = fs::write("/etc/resolv.conf", format!("nameserver {}\n", n.gateway));
+    }
+    let hosts =
+        fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
+    let line = format!("{}\thost.microsandbox.internal", n.host_ip);
+    if !hosts.lines().any(|l| l.trim() == line) {
+        let mut out = hosts;
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&line);
+        out.push('\n');
+        let _ = fs::write("/etc/hosts", out);
+    }
+}
