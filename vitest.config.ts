@@ -11,13 +11,14 @@ import { defineConfig } from "vitest/config";
 // e2e project builds both first (global setup, incremental `tsc -b`).
 
 const sdkSource = fileURLToPath(new URL("./packages/sdk/src/index.ts", import.meta.url));
+const netstackSource = fileURLToPath(new URL("./packages/netstack/src/index.ts", import.meta.url));
 const ociSource = fileURLToPath(new URL("./packages/oci/src/index.ts", import.meta.url));
 
 export default defineConfig({
   test: {
     projects: [
       {
-        resolve: { alias: { "@microsandbox/sdk": sdkSource, "@microsandbox/oci": ociSource } },
+        resolve: { alias: { "@microsandbox/sdk": sdkSource, "@microsandbox/oci": ociSource, "@microsandbox/netstack": netstackSource } },
         test: {
           name: "unit",
           include: ["packages/*/test/**/*.test.ts"],

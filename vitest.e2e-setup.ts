@@ -8,5 +8,5 @@ import { fileURLToPath } from "node:url";
 export default function setup(): void {
   const root = fileURLToPath(new URL(".", import.meta.url));
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
-  execFileSync(process.execPath, [tsc, "-b", "packages/oci", "packages/sdk", "packages/cli"], { cwd: root, stdio: "inherit" });
+  execFileSync(process.execPath, [tsc, "-b", "packages/netstack", "packages/oci", "packages/sdk", "packages/cli"], { cwd: root, stdio: "inherit" });
 }

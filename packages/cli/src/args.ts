@@ -17,6 +17,34 @@ export interface GuestFlags {
   volumes?: VolumeSpec[];
   /** `--script NAME=HOSTFILE`: [name, host file]. */
   scripts?: [string, string][];
+  /** `-p HOST:GUEST[/udp]`, in order. */
+  ports?: PortSpec[];
+  /** `--no-net`: no network at all. */
+  noNet?: boolean;
+  /** `--net-rule`, in order (before the default policy's rules: first match wins). */
+  netRules?: NetRuleSpec[];
+}
+
+/** A published port from `-p HOST:GUEST[/udp]`. */
+export interface PortSpec {
+  protocol: "tcp" | "udp";
+  hostPort: number;
+  guestPort: number;
+}
+
+export const NET_GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const;
+
+/** An egress rule from `--net-rule allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]]`. */
+export interface NetRuleSpec {
+  action: "allow" | "deny";
+  target:
+    | { kind: "ip"; value: string }
+    | { kind: "cidr"; value: string }
+    | { kind: "domain"; value: string }
+    | { kind: "domainSuffix"; value: string }
+    | { kind: "group"; value: (typeof NET_GROUPS)[number] };
+  protocol?: "tcp" | "udp" | "icmp";
+  ports?: [number, number];
 }
 
 /** How a command is attached to msb's terminal: `-t` and `-i`. */
@@ -179,6 +207,58 @@ export function parseTmpfs(value: string): VolumeSpec {
   return spec;
 }
 
+function portNumber(s: string | undefined, what: string, value: string): number {
+  if (s === undefined || !/^[0-9]{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535) {
+    throw new InvalidArgumentError(`${what} must be a port from 1 to 65535 (got ${JSON.stringify(value)}).`);
+  }
+  return Number(s);
+}
+
+/** `-p HOST:GUEST[/udp]` (also `/tcp`). */
+export function parsePort(value: string): PortSpec {
+  const m = /^([^:/]*):([^:/]*)(?:\/(tcp|udp))?$/.exec(value);
+  if (!m) throw new InvalidArgumentError(`port must be HOST_PORT:GUEST_PORT[/udp] (got ${JSON.stringify(value)}).`);
+  return {
+    protocol: m[3] === "udp" ? "udp" : "tcp",
+    hostPort: portNumber(m[1], "host port", value),
+    guestPort: portNumber(m[2], "guest port", value),
+  };
+}
+
+/**
+ * `--net-rule allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]]`. TARGET: an IPv4 address, a
+ * CIDR (`10.0.0.0/8`), a group (public, private, loopback, link-local, metadata, host,
+ * any), `*.example.com` (the domain and every name below it) or a domain name.
+ */
+export function parseNetRule(value: string): NetRuleSpec {
+  const usage = `net rule must be allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]] (got ${JSON.stringify(value)}).`;
+  const [action, target, ...rest] = value.split(":");
+  if ((action !== "allow" && action !== "deny") || !target || rest.length > 2) throw new InvalidArgumentError(usage);
+  const rule: NetRuleSpec = { action, target: { kind: "domain", value: target } };
+  if ((NET_GROUPS as readonly string[]).includes(target)) rule.target = { kind: "group", value: target as (typeof NET_GROUPS)[number] };
+  else if (target.includes("/")) rule.target = { kind: "cidr", value: target };
+  else if (/^[0-9]+(\.[0-9]+){3}$/.test(target)) rule.target = { kind: "ip", value: target };
+  else if (target.startsWith("*.") || target.startsWith(".")) rule.target = { kind: "domainSuffix", value: target.replace(/^\*?\./, "") };
+  if (rule.target.kind !== "group" && rule.target.kind !== "ip" && rule.target.kind !== "cidr" && !/^[A-Za-z0-9_.-]+$/.test(rule.target.value)) {
+    throw new InvalidArgumentError(`net rule target must be an IPv4 address, a CIDR, a group (${NET_GROUPS.join(", ")}), *.SUFFIX or a domain (got ${JSON.stringify(target)}).`);
+  }
+  for (const part of rest) {
+    if (part === "tcp" || part === "udp" || part === "icmp") {
+      if (rule.protocol !== undefined || rule.ports !== undefined) throw new InvalidArgumentError(usage);
+      rule.protocol = part;
+      continue;
+    }
+    const m = /^([^-]*)(?:-([^-]*))?$/.exec(part);
+    if (!m || rule.ports !== undefined) throw new InvalidArgumentError(usage);
+    const from = portNumber(m[1], "net rule port", value);
+    const to = m[2] === undefined ? from : portNumber(m[2], "net rule port", value);
+    if (from > to) throw new InvalidArgumentError(`net rule port range must not end below its start (got ${JSON.stringify(value)}).`);
+    rule.ports = [from, to];
+  }
+  if (rule.protocol === "icmp" && rule.ports !== undefined) throw new InvalidArgumentError(`net rule ports apply to tcp and udp only (got ${JSON.stringify(value)}).`);
+  return rule;
+}
+
 /** `--script NAME=HOSTFILE`. */
 export function parseScript(value: string): [string, string] {
   const eq = value.indexOf("=");
@@ -243,6 +323,9 @@ interface RawGuestOpts {
   volume?: VolumeSpec[];
   tmpfs?: VolumeSpec[];
   script?: [string, string][];
+  publish?: PortSpec[];
+  net?: boolean;
+  netRule?: NetRuleSpec[];
 }
 
 interface RawAttachOpts {
@@ -254,13 +337,23 @@ function guestOptions(cmd: Command): Command {
   return cmd
     .option("-v, --volume <spec>", "mount a host directory (HOST_DIR:GUEST_PATH[:ro]) or a named volume (NAME:GUEST_PATH[:ro]); repeatable", collect(parseVolume))
     .option("--tmpfs <spec>", "mount a tmpfs: GUEST_PATH[:size=MiB][,ro]; repeatable", collect(parseTmpfs))
-    .option("--script <NAME=HOSTFILE>", "install HOSTFILE as /.msb/scripts/NAME (on PATH); repeatable", collect(parseScript));
+    .option("--script <NAME=HOSTFILE>", "install HOSTFILE as /.msb/scripts/NAME (on PATH); repeatable", collect(parseScript))
+    .option("-p, --publish <HOST:GUEST[/udp]>", "publish a guest port on the host's 127.0.0.1:HOST (tcp unless /udp); repeatable", collect(parsePort))
+    .option("--no-net", "no network at all (the guest gets no NIC)")
+    .option(
+      "--net-rule <rule>",
+      "egress rule allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]], TARGET an IP, CIDR, domain, *.SUFFIX or group (public, private, loopback, link-local, metadata, host, any); checked in order before the default (public allowed, everything else denied); repeatable",
+      collect(parseNetRule),
+    );
 }
 
 function guestFlags(o: RawGuestOpts, into: GuestFlags): void {
   const volumes = [...(o.volume ?? []), ...(o.tmpfs ?? [])];
   if (volumes.length > 0) into.volumes = volumes;
   if (o.script !== undefined) into.scripts = o.script;
+  if (o.publish !== undefined) into.ports = o.publish;
+  if (o.net === false) into.noNet = true;
+  if (o.netRule !== undefined) into.netRules = o.netRule;
 }
 
 function attachOptions(cmd: Command): Command {

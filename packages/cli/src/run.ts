@@ -13,6 +13,7 @@ import {
   ExecTimeoutError,
   InvalidConfigError,
   MicrosandboxError,
+  NetworkPolicy,
   Sandbox,
   SandboxAlreadyExistsError,
   SandboxStillRunningError,
@@ -20,8 +21,9 @@ import {
   type PullPolicy,
   type PullProgress,
   type SandboxBuilder,
+  type TargetBuilder,
 } from "@microsandbox/sdk";
-import { EXIT_USAGE, type GuestFlags, type RegistryFlags, type RunOptions } from "./args.js";
+import { EXIT_USAGE, type GuestFlags, type NetRuleSpec, type RegistryFlags, type RunOptions } from "./args.js";
 import { attach, attachPlan, type AttachableCommand, type TerminalIO } from "./attach.js";
 
 /** Exit code when the command could not be started (as a shell does for "command not found"). */
@@ -118,6 +120,40 @@ export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags): void {
     }
     b.script(name, content);
   }
+  if (g.noNet) b.disableNetwork();
+  for (const p of g.ports ?? []) {
+    if (p.protocol === "udp") b.portUdp(p.hostPort, p.guestPort);
+    else b.port(p.hostPort, p.guestPort);
+  }
+  const rules = g.netRules ?? [];
+  if (rules.length > 0) b.network((n) => n.policy(netRulesPolicy(rules)));
+}
+
+/** `--net-rule`s, in order, then the default policy (public allowed, everything else denied). */
+export function netRulesPolicy(rules: readonly NetRuleSpec[]): NetworkPolicy {
+  return NetworkPolicy.builder()
+    .defaultDeny()
+    .egress((r) => {
+      for (const rule of rules) {
+        r.anyProtocol().anyPort();
+        if (rule.protocol === "tcp") r.tcp();
+        else if (rule.protocol === "udp") r.udp();
+        else if (rule.protocol === "icmp") r.icmp();
+        if (rule.ports) r.portRange(rule.ports[0], rule.ports[1]);
+        const t = rule.target;
+        const pick = (d: TargetBuilder) => {
+          if (t.kind === "ip") d.ip(t.value);
+          else if (t.kind === "cidr") d.cidr(t.value);
+          else if (t.kind === "domain") d.domain(t.value);
+          else if (t.kind === "domainSuffix") d.domainSuffix(t.value);
+          else d.group(t.value);
+        };
+        if (rule.action === "allow") r.allow(pick);
+        else r.deny(pick);
+      }
+      r.anyProtocol().anyPort().allowPublic();
+    })
+    .build();
 }
 
 /** Registry flags onto a builder (or image pull options). */

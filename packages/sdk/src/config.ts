@@ -7,6 +7,7 @@ import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { isAbsolute, join, posix, resolve } from "node:path";
 import { z } from "zod";
+import { defaultNetConfig, type NetConfig } from "@microsandbox/netstack";
 import { CorruptConfigError, InvalidConfigError } from "./errors.js";
 
 export const DEFAULT_CPUS = 1;
@@ -296,6 +297,12 @@ export interface RawSandboxConfig {
   patches?: RawPatch[];
   volumes?: RawVolume[];
   logLevel?: unknown;
+  /** The network as `.network()`, `.port()`, `.portUdp()` built it (absent: the default network). */
+  network?: NetConfig;
+  /** `.disableNetwork()`: no NIC at all. */
+  networkDisabled?: boolean;
+  /** The first error a network setter raised (thrown at validation). */
+  networkError?: { field: string; message: string; cause: unknown };
 }
 
 /**
@@ -352,6 +359,8 @@ export interface SandboxConfig {
   volumes: VolumeMount[];
   /** Verbosity of the sandbox's runtime log (`runtime.log`); `null`: info. */
   logLevel: LogLevel | null;
+  /** The network (policy, published ports) as the native stack reads it; `null`: no network (no NIC). */
+  network: NetConfig | null;
 }
 
 /**
@@ -415,6 +424,8 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
   const patches = validatePatches(raw.patches ?? [], cwd);
   const volumes = validateVolumes(raw.volumes ?? [], cwd);
   const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
+  if (raw.networkError) throw new InvalidConfigError(raw.networkError.field, raw.networkError.message, { cause: raw.networkError.cause });
+  const network = raw.networkDisabled ? null : structuredClone(raw.network ?? defaultNetConfig());
   const config: SandboxConfig = {
     name,
     image,
@@ -438,6 +449,7 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     patches: patches.map(patchRecord),
     volumes,
     logLevel,
+    network,
   };
   return { config, patches };
 }
@@ -564,6 +576,7 @@ export function copyConfig(config: SandboxConfig): SandboxConfig {
     scripts: config.scripts.map(([k, v]): [string, string] => [k, v]),
     patches: config.patches.map((p) => ({ ...p })),
     volumes: config.volumes.map((v) => ({ ...v })),
+    network: config.network === null ? null : structuredClone(config.network),
     ...(config.entrypoint ? { entrypoint: [...config.entrypoint] } : {}),
     ...(config.cmd ? { cmd: [...config.cmd] } : {}),
   };
@@ -619,6 +632,8 @@ const storedConfigSchema = z.object({
     )
     .default([]),
   logLevel: logLevelSchema.nullable().default(null),
+  // Sandboxes stored before networking existed had no NIC.
+  network: z.record(z.string(), z.unknown()).nullable().default(null),
 });
 
 /**
@@ -647,6 +662,7 @@ export function parseStoredConfig(configJson: string, sandbox: string): SandboxC
   }
   const config: SandboxConfig = {
     ...d,
+    network: d.network as NetConfig | null,
     env: d.env.map(([k, v]): [string, string] => [k, v]),
     scripts: d.scripts.map(([k, v]): [string, string] => [k, v]),
   };

@@ -9,6 +9,20 @@ export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } fr
 export { ExecOptionsBuilder, RLIMIT_RESOURCES, type RlimitResource } from "./exec-options.js";
 export { PatchBuilder, MountBuilder, ImageBuilder, type PatchModeOptions } from "./builders.js";
 export {
+  NetworkBuilder,
+  NetworkPolicy,
+  NetworkPolicyBuilder,
+  RuleBuilder,
+  TargetBuilder,
+  NetworkConfigError,
+  type NetConfig,
+  type Policy as NetworkPolicyJson,
+  type Rule as NetworkRule,
+  type Target as NetworkTarget,
+  type Group as NetworkGroup,
+  type PublishedPort,
+} from "@microsandbox/netstack";
+export {
   SandboxFs,
   FsReadStream,
   FsWriteStream,

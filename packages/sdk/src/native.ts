@@ -173,6 +173,8 @@ export interface NativeSandboxConfig {
   logLevel: "trace" | "debug" | "info" | "warn" | "error" | null;
   /** The SDK's configuration, stored verbatim in the state store (no registry password). */
   sdkConfig: unknown;
+  /** The network (the native stack's NetConfig); `null`: no NIC at all. */
+  network: unknown;
 }
 
 /** A volume as msb-runtime takes it (every key present). */

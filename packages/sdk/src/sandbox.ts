@@ -1,6 +1,7 @@
 import "./polyfill.js";
 import { join } from "node:path";
 import { parseReference, pullImage, type ImageConfig, type PulledImage, type PullProgress } from "@microsandbox/oci";
+import { NetworkBuilder } from "@microsandbox/netstack";
 import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
 import {
   bootTimeoutMs,
@@ -70,6 +71,7 @@ export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
   #onPullProgress: ((p: PullProgress) => void) | undefined;
   #replace = false;
+  readonly #net = new NetworkBuilder();
 
   /** @internal Use {@link Sandbox.builder}. */
   constructor(name: string) {
@@ -128,6 +130,52 @@ export class SandboxBuilder {
     const b = new MountBuilder(guestPath);
     if (typeof configure === "function") configure(b);
     this.#raw.volumes?.push(b.raw);
+    return this;
+  }
+
+  /**
+   * The sandbox's network: `.network(n => n.policy(NetworkPolicy.builder()...build()).port(8080, 80))`.
+   * Without it a sandbox still has a network, with the default policy (public addresses
+   * allowed, everything else denied; the gateway's DNS always served). Repeatable: later
+   * calls add to the same network (and turn a `.disableNetwork()` off).
+   */
+  network(configure: (n: NetworkBuilder) => NetworkBuilder | void): this {
+    this.#raw.networkDisabled = false;
+    return this.#netCall(() => {
+      if (typeof configure === "function") configure(this.#net);
+    });
+  }
+
+  /** No network at all: the guest gets no NIC (only `lo`). */
+  disableNetwork(): this {
+    this.#raw.networkDisabled = true;
+    return this;
+  }
+
+  /** Publish guest TCP `guestPort` on the host's 127.0.0.1:`hostPort`. Repeatable. */
+  port(hostPort: number, guestPort: number): this {
+    return this.#netCall(() => this.#net.port(hostPort, guestPort));
+  }
+
+  /** Publish guest UDP `guestPort` on the host's 127.0.0.1:`hostPort`. Repeatable. */
+  portUdp(hostPort: number, guestPort: number): this {
+    return this.#netCall(() => this.#net.portUdp(hostPort, guestPort));
+  }
+
+  #netCall(f: () => void): this {
+    try {
+      f();
+    } catch (e) {
+      const err = e as { code?: unknown; field?: unknown; message?: unknown };
+      if (err?.code !== "invalidConfig") throw e;
+      // Reported by validate()/create(), like every other bad option.
+      this.#raw.networkError ??= {
+        field: typeof err.field === "string" ? err.field : "network",
+        message: typeof err.message === "string" ? err.message : String(e),
+        cause: e,
+      };
+    }
+    this.#raw.network = this.#net.toNativeConfig();
     return this;
   }
 
@@ -331,6 +379,7 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     mounts: config.volumes.map((v) => ({ guestPath: v.guestPath, kind: v.kind, source: v.source, readonly: v.readonly, sizeMiB: v.sizeMiB })),
     imageFstype: config.imageFstype,
     logLevel: config.logLevel,
+    network: config.network,
     // A restart stores back exactly what was stored.
     sdkConfig: o.storedConfig !== undefined ? o.storedConfig : persistableConfig(config),
   };

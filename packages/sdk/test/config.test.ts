@@ -3,6 +3,7 @@ import { InvalidConfigError, Sandbox } from "../src/index.js";
 import { validateConfig, msbHome, bootTimeoutMs } from "../src/config.js";
 import { setNativeBinding } from "../src/native.js";
 import { fakeNative, type FakeNative } from "./fake-native.js";
+import { defaultNetConfig } from "@microsandbox/netstack";
 
 let fake: FakeNative;
 beforeEach(() => {
@@ -92,6 +93,7 @@ describe("SandboxBuilder validation", () => {
       patches: [],
       volumes: [],
       logLevel: null,
+      network: defaultNetConfig(),
     });
     expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");

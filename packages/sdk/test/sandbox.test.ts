@@ -12,6 +12,7 @@ import {
 } from "../src/index.js";
 import { setNativeBinding } from "../src/native.js";
 import { fakeNative, run, type FakeNative } from "./fake-native.js";
+import { defaultNetConfig } from "@microsandbox/netstack";
 
 let fake: FakeNative;
 const savedHome = process.env.MSB_HOME;
@@ -63,6 +64,7 @@ describe("Sandbox.create", () => {
         mounts: [],
         imageFstype: null,
         logLevel: null,
+        network: defaultNetConfig(),
         sdkConfig: {
           name: "w1",
           image: null,
@@ -86,6 +88,7 @@ describe("Sandbox.create", () => {
           patches: [],
           volumes: [],
           logLevel: null,
+          network: defaultNetConfig(),
         },
       },
     ]);
