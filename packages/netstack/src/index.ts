@@ -335,8 +335,9 @@ export class NetworkBuilder {
   #mtu = DEFAULT_MTU;
   #maxConnections = DEFAULT_MAX_CONNECTIONS;
 
-  policy(policy: NetworkPolicy | ((b: NetworkPolicyBuilder) => NetworkPolicyBuilder | void)): this {
+  policy(policy: NetworkPolicy | NetworkPolicyBuilder | ((b: NetworkPolicyBuilder) => NetworkPolicyBuilder | void)): this {
     if (policy instanceof NetworkPolicy) this.#policy = policy;
+    else if (policy instanceof NetworkPolicyBuilder) this.#policy = policy.build();
     else if (typeof policy === "function") {
       const b = new NetworkPolicyBuilder();
       policy(b);

@@ -146,3 +146,19 @@ describe("NetworkBuilder", () => {
     expect(c.policy).toEqual({ defaultAction: "deny", egress: [{ action: "allow", protocol: "tcp", ports: [8000, 8000], target: { group: "host" } }], ingress: [] });
   });
 });
+
+describe("NetworkBuilder.policy accepts every form", () => {
+  it("takes a built policy, a builder, or a callback, with the same result", () => {
+    const rules = (b: ReturnType<typeof NetworkPolicy.builder>) =>
+      b.defaultDeny().egress((r) => r.tcp().port(443).allowDomainSuffix(".example.com").allowHost());
+    const built = new NetworkBuilder().policy(rules(NetworkPolicy.builder()).build()).toNativeConfig();
+    const builder = new NetworkBuilder().policy(rules(NetworkPolicy.builder())).toNativeConfig();
+    const callback = new NetworkBuilder().policy((b) => rules(b)).toNativeConfig();
+    expect(builder).toEqual(built);
+    expect(callback).toEqual(built);
+    expect(built.policy.egress).toEqual([
+      { action: "allow", target: { domainSuffix: "example.com" }, protocol: "tcp", ports: [443, 443] },
+      { action: "allow", target: { group: "host" }, protocol: "tcp", ports: [443, 443] },
+    ]);
+  });
+});
