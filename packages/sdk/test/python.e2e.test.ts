@@ -4,7 +4,8 @@
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { Sandbox } from "@microsandbox/sdk";
+import { createSocket } from "node:dgram";
+import { NetworkPolicy, Sandbox } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
 import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
 
@@ -33,5 +34,31 @@ it("runs Python in a sandbox from a Debian image", async () => {
     expect(os.stdout()).toMatch(/ID=debian/);
   } finally {
     await cleanup(sb);
+  }
+});
+
+it("UDP to the host and back through the network stack (python client in the guest)", async () => {
+  const udp = createSocket("udp4");
+  udp.on("message", (m, r) => udp.send(Buffer.from(`echo:${m.toString()}`), r.port, r.address));
+  await new Promise<void>((r) => udp.bind(0, "127.0.0.1", r));
+  const port = udp.address().port;
+  const sb = await Sandbox.builder("py-udp")
+    .image(`${reg.host}/debian-python:latest`)
+    .network((n) => n.policy(NetworkPolicy.builder().egress((r) => r.allowHost()).build()))
+    .create();
+  try {
+    const script = [
+      "import socket",
+      "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+      "s.settimeout(10)",
+      `s.sendto(b'ping', ('host.microsandbox.internal', ${port}))`,
+      "print(s.recvfrom(100)[0].decode())",
+    ].join("\n");
+    const out = await sb.exec("python3", ["-c", script]);
+    expect(out.stderr()).toBe("");
+    expect(out.stdout()).toBe("echo:ping\n");
+  } finally {
+    await cleanup(sb);
+    udp.close();
   }
 });
