@@ -44,8 +44,19 @@ pub struct Sandbox {
     created: bool,
     /// When QEMU started (uptime is measured from here).
     pub(crate) started: Instant,
-    /// virtiofsd processes of the shares (killed with us).
+    /// virtiofsd processes of the shares, and passt (killed with us).
     virtiofsd: Vec<Child>,
+    /// `MSB_NET_BACKEND=user|passt`: a baseline network instead of ours (bench/net only).
+    baseline: Option<String>,
+}
+
+/// bench/net compares our stack with QEMU's user networking and passt on the same VM.
+fn baseline_backend() -> Option<String> {
+    match std::env::var("MSB_NET_BACKEND").as_deref() {
+        Ok("user") => Some("user".into()),
+        Ok("passt") => Some("passt".into()),
+        _ => None,
+    }
 }
 
 impl Sandbox {
@@ -153,6 +164,7 @@ impl Sandbox {
         }
         let created = cfg.mode == Mode::Create;
         Ok(Sandbox {
+            baseline: None,
             virtiofsd: Vec::new(),
             started: Instant::now(),
             store,
@@ -188,6 +200,9 @@ impl Sandbox {
         let (shares, mounts) = self.volumes(&lower)?;
         self.virtiofsd = shares::start(&shares, &self.dir.join("virtiofsd.log")).await?;
         let net = self.network().await?;
+        if self.baseline.as_deref() == Some("passt") {
+            self.start_passt().await?;
+        }
         let upper = self.dir.join("upper.ext4");
         let fresh_upper = !upper.exists();
         if fresh_upper {
@@ -208,11 +223,24 @@ impl Sandbox {
                 .iter()
                 .map(|s| (s.tag.as_str(), s.socket.as_path()))
                 .collect(),
-            net: net.as_ref().map(|(stack, _)| {
-                let c = stack.config();
-                (self.net_sock.as_path(), c.guest_mac.to_string(), c.mtu)
-            }),
+            net: match (&net, &self.baseline) {
+                (Some((stack, _)), _) => {
+                    let c = stack.config();
+                    Some((
+                        Some(self.net_sock.as_path()),
+                        c.guest_mac.to_string(),
+                        c.mtu,
+                    ))
+                }
+                (None, Some(b)) => Some((
+                    (b == "passt").then_some(self.net_sock.as_path()),
+                    "02:00:00:00:00:15".to_string(),
+                    1500,
+                )),
+                _ => None,
+            },
         };
+
         let cmd = vm::qemu_command(&qemu_bin, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
         let child = tokio::process::Command::from(cmd)
@@ -291,17 +319,29 @@ impl Sandbox {
                 .unwrap_or(0),
             entropy,
             mounts,
-            network: net.as_ref().map(|(stack, _)| {
-                let c = stack.config();
-                GuestNetwork {
-                    ip: c.guest_ip,
-                    prefix_len: c.prefix_len,
-                    gateway: c.gateway_ip,
-                    mtu: c.mtu,
-                    host_ip: c.effective_host_ip(),
-                    dns: c.dns,
+            network: match (&net, &self.baseline) {
+                (Some((stack, _)), _) => {
+                    let c = stack.config();
+                    Some(GuestNetwork {
+                        ip: c.guest_ip,
+                        prefix_len: c.prefix_len,
+                        gateway: c.gateway_ip,
+                        mtu: c.mtu,
+                        host_ip: c.effective_host_ip(),
+                        dns: c.dns,
+                    })
                 }
-            }),
+                // QEMU user networking and passt both reach the host at the gateway.
+                (None, Some(_)) => Some(GuestNetwork {
+                    ip: "10.0.2.15".parse().unwrap(),
+                    prefix_len: 24,
+                    gateway: "10.0.2.2".parse().unwrap(),
+                    mtu: 1500,
+                    host_ip: "10.0.2.2".parse().unwrap(),
+                    dns: false,
+                }),
+                _ => None,
+            },
         };
         write_frame(&mut wr, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
         loop {
@@ -446,12 +486,18 @@ impl Sandbox {
 
     /// The userspace network: bind its published ports now (a taken port fails the boot
     /// before QEMU starts), listen for QEMU's frames, and serve them once it connects.
-    async fn network(&self) -> Result<Option<(NetStack, tokio::task::JoinHandle<()>)>, RtError> {
+    async fn network(
+        &mut self,
+    ) -> Result<Option<(NetStack, tokio::task::JoinHandle<()>)>, RtError> {
         let Some(json) = &self.cfg.network else {
             return Ok(None);
         };
         let cfg = NetConfig::from_json(&json.to_string())
             .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
+        self.baseline = baseline_backend();
+        if self.baseline.is_some() {
+            return Ok(None);
+        }
         let stack = NetStack::bind(cfg)
             .await
             .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
@@ -467,6 +513,37 @@ impl Sandbox {
             }
         });
         Ok(Some((stack, task)))
+    }
+
+    /// passt on our frames socket (bench/net's second baseline).
+    async fn start_passt(&mut self) -> Result<(), RtError> {
+        // passt drops to an unprivileged user before binding: its socket goes in /tmp.
+        self.net_sock = std::env::temp_dir().join(format!("msb-passt-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&self.net_sock);
+        let mut cmd = std::process::Command::new("passt");
+        cmd.args(["-f", "-1", "-q", "-s"])
+            .arg(&self.net_sock)
+            .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"]);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RtError::runtime(format!("cannot start passt: {e}")))?;
+        self.virtiofsd.push(child);
+        for _ in 0..500 {
+            if self.net_sock.exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(RtError::runtime("passt did not start"))
     }
 
     /// virtiofs shares (a directory image, bind and named volumes) and the guest mounts.
@@ -519,6 +596,8 @@ impl Sandbox {
 
     pub fn cleanup(&self) {
         let _ = fs::remove_dir_all(&self.run_dir);
+        // The passt socket (bench/net) lives outside the run directory.
+        let _ = fs::remove_file(&self.net_sock);
     }
 
     /// After a failed boot: a sandbox this process created is forgotten entirely (the name

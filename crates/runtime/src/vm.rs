@@ -17,8 +17,9 @@ pub struct VmPaths<'a> {
     pub upper: &'a Path,
     /// virtiofs shares: (tag, vhost-user socket).
     pub shares: Vec<(&'a str, &'a Path)>,
-    /// The NIC: (socket msb-runtime listens on for QEMU's frames, guest MAC, MTU).
-    pub net: Option<(&'a Path, String, u16)>,
+    /// The NIC: (frames socket, guest MAC, MTU); a socket of None is QEMU's own user
+    /// networking (bench/net's baseline only).
+    pub net: Option<(Option<&'a Path>, String, u16)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -241,11 +242,14 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
     ));
     c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
     if let Some((sock, mac, mtu)) = &p.net {
-        // Frames go to msb-runtime's userspace stack, 4-byte length before each.
-        c.arg("-netdev").arg(format!(
-            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-            sock.display()
-        ));
+        match sock {
+            // Frames go to msb-runtime's userspace stack (or passt), 4-byte length before each.
+            Some(sock) => c.arg("-netdev").arg(format!(
+                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+                sock.display()
+            )),
+            None => c.args(["-netdev", "user,id=n0,net=10.0.2.0/24"]),
+        };
         let host_mtu = if *mtu > 1500 {
             format!(",host_mtu={mtu}")
         } else {
