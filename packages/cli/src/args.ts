@@ -55,8 +55,8 @@ export interface AttachFlags {
   interactive?: boolean;
 }
 
-/** What `msb run` was asked to do. */
-export interface RunOptions extends GuestFlags, AttachFlags {
+/** The sandbox options `msb run` and `msb create` share. */
+export interface SandboxFlags extends GuestFlags {
   name?: string;
   image?: string;
   cpus?: number;
@@ -65,6 +65,10 @@ export interface RunOptions extends GuestFlags, AttachFlags {
   workdir?: string;
   pullPolicy?: string;
   registry: RegistryFlags;
+}
+
+/** What `msb run` was asked to do. */
+export interface RunOptions extends SandboxFlags, AttachFlags {
   /** Empty: run the image's entrypoint and default command. */
   command: string[];
 }
@@ -90,15 +94,7 @@ export interface RegistryFlags {
 }
 
 /** What `msb create` was asked to do: `msb run`'s options without a command, plus lifetime limits. */
-export interface CreateOptions extends GuestFlags {
-  name?: string;
-  image?: string;
-  cpus?: number;
-  memory?: number;
-  env: [string, string][];
-  workdir?: string;
-  pullPolicy?: string;
-  registry: RegistryFlags;
+export interface CreateOptions extends SandboxFlags {
   idleTimeoutSecs?: number;
   maxDurationSecs?: number;
   replace?: boolean;
