@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The slower fixture tier: a realistic image, Debian minbase + python3, one gzip layer,
+# The slower fixture tier: a realistic image, Debian minbase + python3 + curl, one gzip layer,
 # Cmd ["python3"], as the OCI layout test-vms/build/oci/debian-python (tag latest).
 #
 #   debootstrap --variant=minbase SUITE test-vms/build/debian-rootfs <mirror>
-#   chroot ... apt-get install python3, then caches, docs, man pages, locales, logs and
+#   chroot ... apt-get install python3 curl, then caches, docs, man pages, locales, logs and
 #   /dev/* removed (real images have an empty /dev)
 #
 # The mirror is the first one the system's apt sources list for SUITE (default
@@ -81,10 +81,11 @@ rm -rf --one-file-system "$R"
 log "debootstrap --variant=minbase $SUITE (mirror from the apt sources)"
 debootstrap --variant=minbase "$SUITE" "$R" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
   die "debootstrap failed (see $WORK/debootstrap.log)"
-log "apt-get install python3"
-chroot "$R" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get install -y -q --no-install-recommends python3 \
-  >>"$WORK/debootstrap.log" 2>&1 || die "apt-get install python3 failed (see $WORK/debootstrap.log)"
+log "apt-get install python3 curl"
+chroot "$R" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get install -y -q --no-install-recommends python3 curl \
+  >>"$WORK/debootstrap.log" 2>&1 || die "apt-get install python3 curl failed (see $WORK/debootstrap.log)"
 chroot "$R" python3 -c 'import json, sys; print(sys.version)' >/dev/null || die "python3 does not run"
+chroot "$R" curl --version >/dev/null || die "curl does not run"
 chroot "$R" apt-get clean
 unmount_all
 
@@ -112,7 +113,7 @@ L=$T/layout
 umoci init --layout "$L"
 umoci new --image "$L:latest"
 umoci raw add-layer --image "$L:latest" --history.created "$CREATED" \
-  --history.created_by "debootstrap --variant=minbase $SUITE + python3" "$T/layer.tar"
+  --history.created_by "debootstrap --variant=minbase $SUITE + python3 curl" "$T/layer.tar"
 umoci config --image "$L:latest" --no-history --created "$CREATED" --os linux --architecture amd64 \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --config.env LANG=C.UTF-8 --config.cmd python3
