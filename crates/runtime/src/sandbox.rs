@@ -48,6 +48,9 @@ pub struct Sandbox {
     virtiofsd: Vec<Child>,
     /// `MSB_NET_BACKEND=user|passt`: a baseline network instead of ours (bench/net only).
     baseline: Option<String>,
+    /// The MTU the network config asked for, given to a baseline as well (QEMU's user
+    /// networking stays at 1500: it cannot be configured).
+    baseline_mtu: u16,
 }
 
 /// bench/net compares our stack with QEMU's user networking and passt on the same VM.
@@ -165,6 +168,7 @@ impl Sandbox {
         let created = cfg.mode == Mode::Create;
         Ok(Sandbox {
             baseline: None,
+            baseline_mtu: 1500,
             virtiofsd: Vec::new(),
             started: Instant::now(),
             store,
@@ -235,7 +239,7 @@ impl Sandbox {
                 (None, Some(b)) => Some((
                     (b == "passt").then_some(self.net_sock.as_path()),
                     "02:00:00:00:00:15".to_string(),
-                    1500,
+                    self.baseline_mtu,
                 )),
                 _ => None,
             },
@@ -336,7 +340,7 @@ impl Sandbox {
                     ip: "10.0.2.15".parse().unwrap(),
                     prefix_len: 24,
                     gateway: "10.0.2.2".parse().unwrap(),
-                    mtu: 1500,
+                    mtu: self.baseline_mtu,
                     host_ip: "10.0.2.2".parse().unwrap(),
                     dns: false,
                 }),
@@ -495,6 +499,10 @@ impl Sandbox {
         let cfg = NetConfig::from_json(&json.to_string())
             .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
         self.baseline = baseline_backend();
+        self.baseline_mtu = match self.baseline.as_deref() {
+            Some("passt") => cfg.mtu,
+            _ => 1500,
+        };
         if self.baseline.is_some() {
             return Ok(None);
         }
@@ -523,7 +531,8 @@ impl Sandbox {
         let mut cmd = std::process::Command::new("passt");
         cmd.args(["-f", "-1", "-q", "-s"])
             .arg(&self.net_sock)
-            .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"]);
+            .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"])
+            .args(["-m", &self.baseline_mtu.to_string()]);
         // SAFETY: prctl is async-signal-safe.
         unsafe {
             use std::os::unix::process::CommandExt;

@@ -114,7 +114,7 @@ describe("NetworkBuilder", () => {
       guestIp: "10.0.2.15",
       gatewayIp: "10.0.2.2",
       prefixLen: 24,
-      mtu: 1500,
+      mtu: 65520,
       dns: true,
       maxConnections: 1024,
       policy: { defaultAction: "deny", egress: [{ action: "allow", target: { group: "public" } }], ingress: [] },
