@@ -1,5 +1,6 @@
 //! Host-side tasks: the frame reader and writer on the guest's stream, one task per TCP
-//! flow (connect + pump), one per UDP flow, the published-port listeners and DNS lookups.
+//! flow (connect + pump), one per UDP flow, one per ICMP echo request, the published-port
+//! listeners and DNS lookups.
 //! They talk to the stack task only through [`Event`]s and per-flow channels.
 
 use std::ffi::CString;
@@ -11,8 +12,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::ping::{PingSocket, ECHO_TIMEOUT};
 use crate::{NetError, Shared, MAX_FRAME_LEN};
 
 /// Largest chunk moved between a host socket and the stack in one message.
@@ -42,6 +44,13 @@ pub(crate) enum Event {
     },
     UdpReply(u64, Vec<u8>),
     UdpClosed(u64),
+    /// The host got the reply to a guest's echo request to `from`.
+    EchoReply {
+        from: Ipv4Addr,
+        ident: u16,
+        seq: u16,
+        data: Vec<u8>,
+    },
     DnsResolved {
         guest_port: u16,
         query: crate::dns::Query,
@@ -267,6 +276,29 @@ pub(crate) async fn udp_flow(
         }
     }
     let _ = ev.send(Event::UdpClosed(id)).await;
+}
+
+/// A guest's echo request, proxied: one echo from `sock`; the reply goes to the stack with
+/// the guest's identifier, sequence number and data. No reply within `ECHO_TIMEOUT` (or a
+/// socket error): nothing, the guest sees loss. `_slot` counts the request in flight.
+pub(crate) async fn icmp_echo(
+    sock: PingSocket,
+    from: Ipv4Addr,
+    (ident, seq): (u16, u16),
+    data: Vec<u8>,
+    ev: mpsc::Sender<Event>,
+    _slot: OwnedSemaphorePermit,
+) {
+    if let Ok(Ok(())) = tokio::time::timeout(ECHO_TIMEOUT, sock.echo(seq, &data)).await {
+        let _ = ev
+            .send(Event::EchoReply {
+                from,
+                ident,
+                seq,
+                data,
+            })
+            .await;
+    }
 }
 
 pub(crate) async fn tcp_listener(

@@ -12,6 +12,7 @@ mod device;
 pub mod dns;
 mod host;
 pub mod packet;
+mod ping;
 pub mod policy;
 mod stack;
 
@@ -68,9 +69,12 @@ pub struct Stats {
     /// Highest `tcp_flows` seen.
     pub tcp_flows_peak: usize,
     pub udp_flows: usize,
-    /// Flows refused by policy (TCP reset, UDP/ICMP unreachable, published connections).
+    /// Flows refused by policy (TCP reset, UDP/ICMP unreachable, published connections),
+    /// including ICMP echo requests allowed by policy that cannot be proxied because this
+    /// process may open no ICMP socket (answered with an unreachable too).
     pub denied: u64,
-    /// TCP SYNs and published connections refused because of `max_connections`.
+    /// TCP SYNs and published connections refused because of `max_connections`, and ICMP
+    /// echo requests dropped because 64 were already in flight.
     pub over_cap: u64,
     /// Guest frames dropped as malformed or unsupported (bad checksum, fragment, IPv6,
     /// spoofed source, ...).

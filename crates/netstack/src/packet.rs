@@ -1,5 +1,5 @@
-//! Frames the stack writes itself (outside smoltcp): TCP resets, ICMP errors and UDP
-//! datagrams (fragmented when larger than the MTU).
+//! Frames the stack writes itself (outside smoltcp): TCP resets, ICMP errors, proxied
+//! ICMP echo replies and UDP datagrams (fragmented when larger than the MTU).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -217,6 +217,30 @@ pub fn icmp_unreachable(
     ))
 }
 
+/// An ICMP echo reply from `from` (the pinged address) to `to` (the guest), carrying the
+/// guest's identifier, sequence number and data. The request fit the MTU, so the reply does.
+pub fn icmp_echo_reply(
+    link: Link,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+    ip_ident: u16,
+) -> Vec<u8> {
+    let repr = Icmpv4Repr::EchoReply {
+        ident,
+        seq_no,
+        data,
+    };
+    let mut icmp = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut icmp[..]),
+        &ChecksumCapabilities::default(),
+    );
+    eth_ipv4(link, from, to, IpProtocol::Icmp, ip_ident, None, &icmp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +286,30 @@ mod tests {
         }
         assert_eq!(total, 4008);
         assert!(udp_frames(link(), src, dst, &vec![0; 70000], 1500, 1).is_empty());
+    }
+
+    #[test]
+    fn echo_reply() {
+        let from = Ipv4Addr::new(127, 0, 0, 1);
+        let to = Ipv4Addr::new(10, 0, 2, 15);
+        let data = [0xa5u8; 56];
+        let f = icmp_echo_reply(link(), from, to, 0x1234, 7, &data, 3);
+        assert_eq!(f.len(), ETH_HDR + IPV4_HDR + 8 + 56);
+        let ip = Ipv4Packet::new_checked(&f[ETH_HDR..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (from, to));
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::EchoReply {
+                ident: 0x1234,
+                seq_no: 7,
+                data: &data
+            }
+        );
     }
 
     #[test]

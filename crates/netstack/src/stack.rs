@@ -26,6 +26,7 @@ use crate::device::Dev;
 use crate::dns;
 use crate::host::{self, Cmd, Event, CHUNK, UDP_IDLE};
 use crate::packet::{self, Link, SegInfo, ETH_HDR};
+use crate::ping::{OpenError, PingSocket, MAX_ECHO_PENDING};
 use crate::policy::{self, DnsMap, Special};
 use crate::{Listener, NetError, Shared};
 
@@ -114,6 +115,8 @@ struct Stack {
     in_udp_by_client: HashMap<(usize, SocketAddr), u16>,
     dns_map: DnsMap,
     dns_pending: usize,
+    /// One permit per proxied echo request in flight.
+    echo_slots: Arc<Semaphore>,
     next_id: u64,
     next_tcp_eph: u16,
     next_udp_eph: u16,
@@ -200,6 +203,7 @@ pub(crate) async fn run(
         in_udp_by_client: HashMap::new(),
         dns_map: DnsMap::default(),
         dns_pending: 0,
+        echo_slots: Arc::new(Semaphore::new(MAX_ECHO_PENDING)),
         next_id: 1,
         next_tcp_eph: 49152,
         next_udp_eph: 49152,
@@ -458,19 +462,55 @@ impl Stack {
         let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
             return self.drop_frame();
         };
-        if icmp.msg_type() == Icmpv4Message::EchoRequest {
-            // ICMP is not proxied: answer "administratively prohibited" so ping fails fast.
+        if icmp.msg_type() != Icmpv4Message::EchoRequest
+            || icmp.msg_code() != 0
+            || !icmp.verify_checksum()
+        {
+            return self.drop_frame();
+        }
+        let names = self.dns_map.names(dst, Instant::now());
+        if policy::egress(&self.cfg.policy, dst, Proto::Icmp, None, &names, &self.sp)
+            == Action::Deny
+        {
             self.shared.denied.fetch_add(1, Ordering::Relaxed);
-            if let Some(f) = packet::icmp_unreachable(
-                self.link,
-                self.cfg.gateway_ip,
-                ipb,
-                Icmpv4DstUnreachable::CommProhibited,
-            ) {
-                self.emit(f);
+            return self.icmp_prohibited(ipb);
+        }
+        let Ok(slot) = self.echo_slots.clone().try_acquire_owned() else {
+            // Dropped: the guest's ping reports loss.
+            self.shared.over_cap.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match PingSocket::open(dst) {
+            Ok(sock) => {
+                self.tasks.spawn(host::icmp_echo(
+                    sock,
+                    dst,
+                    (icmp.echo_ident(), icmp.echo_seq_no()),
+                    icmp.data().to_vec(),
+                    self.ev_tx.clone(),
+                    slot,
+                ));
             }
-        } else {
-            self.drop_frame();
+            // No ICMP socket for this process: fail fast, as if denied.
+            Err(OpenError::Unavailable) => {
+                self.shared.denied.fetch_add(1, Ordering::Relaxed);
+                self.icmp_prohibited(ipb);
+            }
+            // A passing shortage (descriptors): this request is lost.
+            Err(OpenError::Transient) => {}
+        }
+    }
+
+    /// "Communication administratively prohibited" from the gateway about `ipb`, so that
+    /// ping fails at once.
+    fn icmp_prohibited(&mut self, ipb: &[u8]) {
+        if let Some(f) = packet::icmp_unreachable(
+            self.link,
+            self.cfg.gateway_ip,
+            ipb,
+            Icmpv4DstUnreachable::CommProhibited,
+        ) {
+            self.emit(f);
         }
     }
 
@@ -808,6 +848,18 @@ impl Stack {
                     self.udp_by_key.remove(&f.key);
                     self.update_flow_gauges();
                 }
+            }
+            Event::EchoReply {
+                from,
+                ident,
+                seq,
+                data,
+            } => {
+                let ip_ident = self.next_ident();
+                let guest = self.cfg.guest_ip;
+                let f =
+                    packet::icmp_echo_reply(self.link, from, guest, ident, seq, &data, ip_ident);
+                self.emit(f);
             }
             Event::DnsResolved {
                 guest_port,

@@ -403,8 +403,9 @@ async fn arp_and_icmp_echo_to_the_gateway() {
             ip,
         ));
     }
-    // ICMP echo to the gateway and to a public address (not proxied: unreachable).
-    for dst in [GATEWAY_IP, Ipv4Addr::new(8, 8, 8, 8)] {
+    // ICMP echo to the gateway and to a private address (denied by the default policy:
+    // unreachable).
+    for dst in [GATEWAY_IP, Ipv4Addr::new(192, 168, 7, 7)] {
         let mut icmp = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
         let sum = checksum(&icmp);
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -455,7 +456,7 @@ async fn arp_and_icmp_echo_to_the_gateway() {
         );
     }
     assert!(echo_reply, "no echo reply from the gateway");
-    assert!(unreachable, "no admin-prohibited for the public ping");
+    assert!(unreachable, "no admin-prohibited for the denied ping");
 }
 
 fn checksum(b: &[u8]) -> u16 {
