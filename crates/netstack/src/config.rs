@@ -314,8 +314,9 @@ fn default_tcp() -> Proto {
 fn default_true() -> bool {
     true
 }
+/// A virtual link: a large MTU costs nothing outside and saves the guest per-packet work.
 fn default_mtu() -> u16 {
-    1500
+    65520
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
@@ -536,7 +537,7 @@ mod tests {
     fn defaults_and_errors() {
         let j = r#"{"guestMac":"02:00:00:00:00:02","guestIp":"10.0.2.15","gatewayIp":"10.0.2.2","prefixLen":24}"#;
         let c = NetConfig::from_json(j).unwrap();
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu, 65520);
         assert!(c.dns);
         assert_eq!(c.policy, Policy::default());
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);

@@ -81,6 +81,9 @@ struct TcpFlow {
     guest_fin_seen: bool,
     guest_fin_fwd: bool,
     closed_since: Option<Instant>,
+    /// The guest's SYN, replayed into a listening socket, that smoltcp has not taken yet
+    /// (it may wait in the device queue while the queue to the guest is full).
+    syn_waiting: Option<SegInfo>,
 }
 
 struct UdpFlow {
@@ -124,6 +127,8 @@ struct Stack {
     last_prime: Instant,
     overflow: VecDeque<Vec<u8>>,
     overflow_bytes: usize,
+    /// IPv4 fragments from the guest waiting for the rest of their datagram.
+    frags: crate::frag::Reassembler,
 }
 
 pub(crate) async fn run(
@@ -211,6 +216,7 @@ pub(crate) async fn run(
         last_prime: Instant::now(),
         overflow: VecDeque::new(),
         overflow_bytes: 0,
+        frags: Default::default(),
     };
     st.prime_neighbor();
     let r = st.run(frame_rx, ev_rx).await;
@@ -428,8 +434,19 @@ impl Stack {
             return self.drop_frame();
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            // Fragments are not reassembled (guests use path MTU discovery; DF is set).
-            return self.drop_frame();
+            // Large UDP/ICMP datagrams arrive fragmented (TCP sets DF): reassemble, then
+            // handle the whole packet as if it had come in one frame.
+            let end = ETH_HDR + ip.total_len() as usize;
+            return match self.frags.push(Instant::now(), &buf[ETH_HDR..end]) {
+                crate::frag::Outcome::Complete(pkt) => {
+                    let mut whole = Vec::with_capacity(ETH_HDR + pkt.len());
+                    whole.extend_from_slice(&buf[..ETH_HDR]);
+                    whole.extend_from_slice(&pkt);
+                    self.handle_ipv4(whole, src_mac)
+                }
+                crate::frag::Outcome::Pending => {}
+                crate::frag::Outcome::Dropped => self.drop_frame(),
+            };
         }
         self.learn_guest_mac(src_mac);
         let dst = ip.dst_addr();
@@ -919,19 +936,16 @@ impl Stack {
         {
             return self.remove_flow(id, false);
         }
+        let Some(seg) = syn_info(&syn) else {
+            return self.remove_flow(id, false);
+        };
         let h = self.sockets.add(s);
         f.handle = Some(h);
-        self.dev.rx.push_back(syn.clone());
+        f.syn_waiting = Some(seg);
+        self.dev.rx.push_back(syn);
+        // service_tcp (in the poll) sees the socket leave LISTEN, or resets the guest if
+        // smoltcp refused the SYN.
         self.poll();
-        if self.sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen {
-            // smoltcp did not take the SYN (should not happen): reset the guest.
-            if let Some(seg) = syn_info(&syn) {
-                if let Some(fr) = packet::tcp_rst(self.link, &seg) {
-                    self.emit(fr);
-                }
-            }
-            self.remove_flow(id, false);
-        }
     }
 
     fn inbound_tcp(&mut self, stream: TcpStream, guest_port: u16, peer: SocketAddr) {
@@ -1070,10 +1084,15 @@ impl Stack {
         let mut moved = false;
         let mut done: Vec<(u64, bool)> = Vec::new();
         let mut spawn: Vec<u64> = Vec::new();
+        let mut refused: Vec<SegInfo> = Vec::new();
+        let rx_empty = self.dev.rx.is_empty();
         for (&id, flow) in self.flows.iter_mut() {
             let Some(h) = flow.handle else { continue };
             let sock = self.sockets.get_mut::<tcp::Socket>(h);
             let state = sock.state();
+            if state != tcp::State::Listen {
+                flow.syn_waiting = None;
+            }
             if matches!(
                 state,
                 tcp::State::CloseWait
@@ -1154,7 +1173,16 @@ impl Stack {
                 tcp::State::TimeWait if drained => done.push((id, true)),
                 // A passive socket reset in SYN-RECEIVED goes back to LISTEN: the guest
                 // gave up on the handshake (normally caught before smoltcp sees the RST).
-                tcp::State::Listen => done.push((id, false)),
+                tcp::State::Listen => match flow.syn_waiting {
+                    // Still queued behind other frames: smoltcp takes it in a later poll.
+                    Some(_) if !rx_empty => {}
+                    // Consumed but refused (should not happen): reset the guest.
+                    Some(seg) => {
+                        refused.push(seg);
+                        done.push((id, false));
+                    }
+                    None => done.push((id, false)),
+                },
                 tcp::State::Closed => {
                     let since = *flow.closed_since.get_or_insert_with(Instant::now);
                     if flow.guest_fin_seen && flow.fin_queued {
@@ -1198,6 +1226,11 @@ impl Stack {
         for (id, graceful) in done {
             self.remove_flow(id, graceful);
         }
+        for seg in refused {
+            if let Some(fr) = packet::tcp_rst(self.link, &seg) {
+                self.emit(fr);
+            }
+        }
         moved
     }
 }
@@ -1225,6 +1258,7 @@ impl TcpFlow {
             guest_fin_seen: false,
             guest_fin_fwd: false,
             closed_since: None,
+            syn_waiting: None,
         }
     }
 }

@@ -537,3 +537,72 @@ async fn a_stalled_host_server_only_stalls_its_own_flow() {
     }
     writer.abort();
 }
+
+/// What a real guest kernel does under a SYN flood sent from a raw socket: it resets every
+/// SYN-ACK, for connections it never opened, while the flood goes on. Flows end in every
+/// phase (connecting, just accepted, open), and the stack must survive all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syn_flood_with_the_guest_resetting_every_syn_ack() {
+    const SYNS: u16 = 10_000;
+    const BASE: u16 = 20_000;
+    const IN_FLIGHT: usize = 64;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            h2.lock().unwrap().push(s);
+        }
+    });
+    let net = start(host_allowed()).await;
+    echo_once_warmup(&net).await;
+    let dst = SocketAddrV4::new(HOST_IP, port);
+    // (port, seq for our RST) of each SYN-ACK; None for an RST from the stack
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<(u16, u32)>>();
+    net.guest
+        .set_tap(Some(Box::new(move |f| match parse_tcp(f) {
+            Some((_, dport, syn, ack, rst, _, ackn)) if (BASE..BASE + SYNS).contains(&dport) => {
+                if syn && ack {
+                    let _ = tx.send(Some((dport, ackn)));
+                } else if rst {
+                    let _ = tx.send(None);
+                }
+                false
+            }
+            _ => true,
+        })));
+    let (mut sent, mut answered, mut reset) = (0u16, 0usize, 0usize);
+    let t = Instant::now();
+    while answered < SYNS as usize && t.elapsed() < Duration::from_secs(60) {
+        while sent < SYNS && (sent as usize) - answered < IN_FLIGHT {
+            net.guest
+                .send_raw(tcp_frame(BASE + sent, dst, 1000, TcpControl::Syn, None));
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Some((p, seq)))) => {
+                net.guest
+                    .send_raw(tcp_frame(p, dst, seq, TcpControl::Rst, None));
+                answered += 1;
+                reset += 1;
+            }
+            Ok(Some(None)) => answered += 1,
+            _ => break,
+        }
+    }
+    eventually(Duration::from_secs(20), "flows freed", || {
+        net.stack.stats().tcp_flows == 0
+    })
+    .await;
+    let st = net.stack.stats();
+    println!(
+        "reset flood: {sent} SYNs, {reset} SYN-ACKs reset by the guest in {:?}; {st:?}",
+        t.elapsed()
+    );
+    assert_eq!(answered, SYNS as usize, "every SYN answered");
+    assert!(reset > SYNS as usize / 2, "{reset}");
+    net.guest.set_tap(None);
+    let port2 = echo_server().await;
+    echo_once(&net, port2).await;
+}

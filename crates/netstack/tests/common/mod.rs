@@ -27,8 +27,12 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
 pub const GUEST_BUF: usize = 256 * 1024;
 
+/// The tests are written around an Ethernet-sized MTU (fragmentation, segment counts);
+/// the large default is covered where a test sets it.
 pub fn config() -> NetConfig {
-    NetConfig::new(GUEST_MAC, GUEST_IP, GATEWAY_IP, 24)
+    let mut c = NetConfig::new(GUEST_MAC, GUEST_IP, GATEWAY_IP, 24);
+    c.mtu = 1500;
+    c
 }
 
 type Tap = Box<dyn FnMut(&[u8]) -> bool + Send>;
