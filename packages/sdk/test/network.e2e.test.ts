@@ -4,6 +4,7 @@
 // carries host connections to a guest HTTP server.
 import { createServer, type Server } from "node:http";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { networkInterfaces } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkPolicy, Sandbox } from "../src/index.js";
 import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
@@ -87,6 +88,43 @@ describe("network", () => {
       expect(ms).toBeLessThan(10_000);
     } finally {
       await cleanup(sb);
+    }
+  });
+
+  it("ping: an icmp rule lets echo through to a real address; without one it is refused", async () => {
+    // The host's own non-loopback address: a real destination the host can ping.
+    const target = Object.values(networkInterfaces())
+      .flat()
+      .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
+    if (!target) throw new Error("this test needs a non-loopback IPv4 address on the host");
+    const allowed = await Sandbox.builder("e2e-net-ping")
+      .network((n) => n.policy(NetworkPolicy.builder().egress((r) => r.icmp().allow((d) => d.ip(target))).build()))
+      .create();
+    const denied = await Sandbox.builder("e2e-net-noping")
+      .network((n) => n.policy(NetworkPolicy.builder().egress((r) => r.tcp().allow((d) => d.ip(target))).build()))
+      .create();
+    try {
+      const ok = await allowed.exec("ping", ["-c", "2", "-W", "5", target]);
+      expect(ok.stdout()).toMatch(/2 packets transmitted, 2 packets received/);
+      expect(ok.code).toBe(0);
+      // the stack's own addresses answer as well
+      const gw = await allowed.exec("ping", ["-c", "1", "-W", "5", "host.microsandbox.internal"]);
+      expect(gw.stdout()).toMatch(/1 packets received/);
+
+      // Refused by the stack with "destination unreachable" at once; busybox ping ignores
+      // it and waits out -W, so the guest kernel's ICMP counters tell.
+      const unreach = async () => {
+        const snmp = (await denied.exec("cat", ["/proc/net/snmp"])).stdout().split("\n");
+        const [names, values] = snmp.filter((l) => l.startsWith("Icmp:")).map((l) => l.split(/\s+/));
+        return Number(values![names!.indexOf("InDestUnreachs")]);
+      };
+      const before = await unreach();
+      const no = await denied.exec("ping", ["-c", "1", "-W", "3", target]);
+      expect(no.code).not.toBe(0);
+      expect(no.stdout()).toMatch(/0 packets received/);
+      expect(await unreach()).toBe(before + 1);
+    } finally {
+      await cleanup(allowed, denied);
     }
   });
 
