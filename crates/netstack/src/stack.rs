@@ -298,12 +298,31 @@ impl Stack {
 
     /// Run smoltcp and move data until nothing changes (bounded).
     fn poll(&mut self) {
+        use smoltcp::iface::{PollIngressSingleResult, PollResult};
         self.flush_overflow();
         for _ in 0..16 {
             let now = self.now();
-            let r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+            self.iface.poll_maintenance(now);
+            let mut changed = false;
+            while self
+                .iface
+                .poll_ingress_single(now, &mut self.dev, &mut self.sockets)
+                != PollIngressSingleResult::None
+            {
+                changed = true;
+            }
+            // Move data between smoltcp and the host tasks before smoltcp answers the
+            // guest: its ACKs then carry the window this opened, instead of a small one
+            // followed by a window update (a stall for the guest's sender each time).
             let moved = self.service_tcp();
-            if r == smoltcp::iface::PollResult::None && !moved && self.dev.rx.is_empty() {
+            while self
+                .iface
+                .poll_egress(now, &mut self.dev, &mut self.sockets)
+                != PollResult::None
+            {
+                changed = true;
+            }
+            if !changed && !moved && self.dev.rx.is_empty() {
                 break;
             }
             if self.dev.out.capacity() == 0 {
