@@ -122,6 +122,12 @@ async function measure(image: string, backend: Backend): Promise<void> {
   }
 }
 
+try {
+  execFileSync("passt", ["--version"], { stdio: "ignore" });
+} catch {
+  console.error("bench:net compares against passt: install it first (apt-get install passt)");
+  process.exit(1);
+}
 execFileSync("bash", [join(root, "test-vms/registry/build-debian-python.sh")], { stdio: "inherit" });
 const reg = await startRegistry("plain");
 try {
