@@ -52,7 +52,7 @@ pub(crate) enum Event {
         data: Vec<u8>,
     },
     DnsResolved {
-        guest_port: u16,
+        to: crate::stack::DnsTo,
         query: crate::dns::Query,
         result: Result<Vec<Ipv4Addr>, u8>,
     },

@@ -10,6 +10,7 @@
 pub mod config;
 mod device;
 pub mod dns;
+mod dns_tcp;
 pub mod frag;
 mod host;
 pub mod packet;

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::{Action, NetConfig, Proto, HOST_NAME};
 use crate::device::Dev;
 use crate::dns;
+use crate::dns_tcp::{self, DnsConn};
 use crate::host::{self, Cmd, Event, CHUNK, UDP_IDLE};
 use crate::packet::{self, Link, SegInfo, ETH_HDR};
 use crate::ping::{OpenError, PingSocket, MAX_ECHO_PENDING};
@@ -64,6 +65,16 @@ enum Phase {
         stream: Option<TcpStream>,
     },
     Open,
+    /// DNS over TCP to the gateway, answered by the stack itself (no host socket).
+    Dns(DnsConn),
+}
+
+/// Where a DNS answer goes: a UDP datagram to the guest's port, or a DNS-over-TCP
+/// connection (flow id, the query's sequence number on it).
+#[derive(Clone, Copy)]
+pub(crate) enum DnsTo {
+    Udp(u16),
+    Tcp(u64, u64),
 }
 
 struct TcpFlow {
@@ -225,10 +236,11 @@ pub(crate) async fn run(
     r
 }
 
-fn tcp_socket() -> tcp::Socket<'static> {
+/// A smoltcp socket with `buf` bytes of receive and of send buffer.
+fn tcp_socket(buf: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; TCP_BUF]),
-        tcp::SocketBuffer::new(vec![0u8; TCP_BUF]),
+        tcp::SocketBuffer::new(vec![0u8; buf]),
+        tcp::SocketBuffer::new(vec![0u8; buf]),
     );
     s.set_nagle_enabled(false);
     s.set_ack_delay(None);
@@ -604,7 +616,11 @@ impl Stack {
             return;
         }
         let port = seg.dst.port();
-        let verdict = if dst == self.cfg.gateway_ip && dst != self.sp.host_ip {
+        // DNS over TCP is served by the stack, like DNS over UDP: no egress policy.
+        let dns = dst == self.cfg.gateway_ip && port == 53 && self.cfg.dns;
+        let verdict = if dns {
+            Action::Allow
+        } else if dst == self.cfg.gateway_ip && dst != self.sp.host_ip {
             Action::Deny // nothing listens on the gateway
         } else {
             let names = self.dns_map.names(dst, Instant::now());
@@ -630,6 +646,9 @@ impl Stack {
                 self.emit(f);
             }
             return;
+        }
+        if dns {
+            return self.dns_tcp_open(key, buf);
         }
         let target: SocketAddr = if dst == self.sp.host_ip {
             ([127, 0, 0, 1], port).into()
@@ -744,19 +763,27 @@ impl Stack {
     }
 
     fn handle_dns(&mut self, guest_port: u16, data: &[u8]) {
+        if !self.dns_query(DnsTo::Udp(guest_port), data) {
+            self.drop_frame();
+        }
+    }
+
+    /// The gateway's DNS, whatever the transport: answer the query in `data` through `to`,
+    /// now or once the host resolved the name. `false`: not a query we can answer (too
+    /// short, a response, a question cut short); the transport decides what to do.
+    fn dns_query(&mut self, to: DnsTo, data: &[u8]) -> bool {
         self.shared.dns_queries.fetch_add(1, Ordering::Relaxed);
-        let from = SocketAddrV4::new(self.cfg.gateway_ip, 53);
         let q = match dns::parse_query(data) {
-            None => return self.drop_frame(),
+            None => return false,
             Some(Err((id, flags))) => {
-                let r = dns::error_response(id, flags, dns::RCODE_FORMERR);
-                return self.send_udp_to_guest(from, guest_port, &r);
+                self.dns_reply(to, &dns::error_response(id, flags, dns::RCODE_FORMERR));
+                return true;
             }
             Some(Ok(q)) => q,
         };
         let reply = |st: &mut Stack, rcode, addrs: &[Ipv4Addr]| {
-            let r = dns::response(&q, rcode, addrs, DNS_TTL);
-            st.send_udp_to_guest(from, guest_port, &r);
+            st.dns_reply(to, &dns::response(&q, rcode, addrs, DNS_TTL));
+            true
         };
         if q.opcode() != 0 || q.qclass != dns::CLASS_IN {
             return reply(self, dns::RCODE_NOTIMP, &[]);
@@ -789,12 +816,95 @@ impl Stack {
             let result = host::resolve(q.name.clone()).await;
             let _ = ev
                 .send(Event::DnsResolved {
-                    guest_port,
+                    to,
                     query: q,
                     result,
                 })
                 .await;
         });
+        true
+    }
+
+    /// The host resolved a query's name: keep the addresses the policy lets through
+    /// (rebinding protection), remember them for domain rules, answer.
+    fn dns_resolved(&mut self, to: DnsTo, query: dns::Query, result: Result<Vec<Ipv4Addr>, u8>) {
+        self.dns_pending = self.dns_pending.saturating_sub(1);
+        let (rcode, addrs) = match result {
+            Ok(all) => {
+                let now = Instant::now();
+                let kept: Vec<Ipv4Addr> = all
+                    .into_iter()
+                    .filter(|a| policy::answer_allowed(&self.cfg.policy, &query.name, *a, &self.sp))
+                    .take(MAX_DNS_ANSWERS)
+                    .collect();
+                for a in &kept {
+                    self.dns_map
+                        .record(&query.name, *a, Duration::from_secs(DNS_TTL as u64), now);
+                }
+                (dns::RCODE_NOERROR, kept)
+            }
+            Err(rc) => (rc, vec![]),
+        };
+        self.dns_reply(to, &dns::response(&query, rcode, &addrs, DNS_TTL));
+    }
+
+    fn dns_reply(&mut self, to: DnsTo, msg: &[u8]) {
+        match to {
+            DnsTo::Udp(port) => {
+                let from = SocketAddrV4::new(self.cfg.gateway_ip, 53);
+                self.send_udp_to_guest(from, port, msg);
+            }
+            DnsTo::Tcp(id, seq) => {
+                // The connection may be gone meanwhile: the answer is dropped.
+                let Some(f) = self.flows.get_mut(&id) else {
+                    return;
+                };
+                if let Phase::Dns(c) = &mut f.phase {
+                    f.pending.extend(c.answer(seq, msg));
+                }
+            }
+        }
+    }
+
+    /// A guest SYN to the gateway's DNS port: no host connect, the SYN goes straight into
+    /// a listening socket, as for other flows once their host socket is connected.
+    fn dns_tcp_open(&mut self, key: FlowKey, syn: Vec<u8>) {
+        let id = self.alloc_id();
+        let flow = TcpFlow::new(
+            key,
+            Phase::Dns(DnsConn::new(Instant::now())),
+            None,
+            None,
+            Arc::new(Semaphore::new(CREDIT)),
+        );
+        self.insert_flow(id, flow);
+        // Flush what smoltcp has queued so that the SYN meets only its own socket.
+        self.poll();
+        self.replay_syn(id, syn, dns_tcp::SOCKET_BUF);
+    }
+
+    /// One message read from a DNS-over-TCP connection: answered exactly as over UDP.
+    /// What UDP would drop gets FORMERR when its header is readable, else the connection
+    /// is reset.
+    fn dns_tcp_message(&mut self, id: u64, seq: u64, msg: &[u8]) {
+        let to = DnsTo::Tcp(id, seq);
+        if self.dns_query(to, msg) {
+            return;
+        }
+        if msg.len() >= 12 {
+            let qid = u16::from_be_bytes([msg[0], msg[1]]);
+            let flags = u16::from_be_bytes([msg[2], msg[3]]);
+            self.dns_reply(to, &dns::error_response(qid, flags, dns::RCODE_FORMERR));
+        } else {
+            self.abort_flow(id);
+        }
+    }
+
+    /// Reset a flow's smoltcp socket (service_tcp removes the flow once the RST is out).
+    fn abort_flow(&mut self, id: u64) {
+        if let Some(h) = self.flows.get(&id).and_then(|f| f.handle) {
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
+        }
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -897,37 +1007,7 @@ impl Stack {
                     packet::icmp_echo_reply(self.link, from, guest, ident, seq, &data, ip_ident);
                 self.emit(f);
             }
-            Event::DnsResolved {
-                guest_port,
-                query,
-                result,
-            } => {
-                self.dns_pending = self.dns_pending.saturating_sub(1);
-                let (rcode, addrs) = match result {
-                    Ok(all) => {
-                        let now = Instant::now();
-                        let kept: Vec<Ipv4Addr> = all
-                            .into_iter()
-                            .filter(|a| {
-                                policy::answer_allowed(&self.cfg.policy, &query.name, *a, &self.sp)
-                            })
-                            .take(MAX_DNS_ANSWERS)
-                            .collect();
-                        for a in &kept {
-                            self.dns_map.record(
-                                &query.name,
-                                *a,
-                                Duration::from_secs(DNS_TTL as u64),
-                                now,
-                            );
-                        }
-                        (dns::RCODE_NOERROR, kept)
-                    }
-                    Err(rc) => (rc, vec![]),
-                };
-                let r = dns::response(&query, rcode, &addrs, DNS_TTL);
-                self.send_udp_to_guest(SocketAddrV4::new(self.cfg.gateway_ip, 53), guest_port, &r);
-            }
+            Event::DnsResolved { to, query, result } => self.dns_resolved(to, query, result),
             Event::WriterFailed(e) => return Err(NetError::Io(e)),
         }
         Ok(())
@@ -946,7 +1026,16 @@ impl Stack {
         let Phase::Connecting { syn } = std::mem::replace(&mut f.phase, Phase::Open) else {
             return;
         };
-        let mut s = tcp_socket();
+        self.replay_syn(id, syn, TCP_BUF);
+    }
+
+    /// Feed the guest's SYN to a fresh socket listening on its destination (smoltcp
+    /// answers with the SYN-ACK).
+    fn replay_syn(&mut self, id: u64, syn: Vec<u8>, buf: usize) {
+        let Some(f) = self.flows.get_mut(&id) else {
+            return;
+        };
+        let mut s = tcp_socket(buf);
         if s.listen(smoltcp::wire::IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*f.key.1.ip())),
             port: f.key.1.port(),
@@ -1001,7 +1090,7 @@ impl Stack {
             let _ = stream.set_zero_linger();
             return;
         };
-        let mut s = tcp_socket();
+        let mut s = tcp_socket(TCP_BUF);
         let remote = (IpAddress::Ipv4(self.cfg.guest_ip), guest_port);
         let local = smoltcp::wire::IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(self.sp.host_ip)),
@@ -1092,8 +1181,27 @@ impl Stack {
                 self.in_udp_by_client.remove(&(m.idx, m.client));
             }
         }
+        self.dns_tcp_idle(now);
         while self.tasks.try_join_next().is_some() {}
         self.update_flow_gauges();
+    }
+
+    /// DNS-over-TCP connections without traffic: closed (FIN) once nothing is
+    /// outstanding, reset when the guest does not close either.
+    fn dns_tcp_idle(&mut self, now: Instant) {
+        let mut stale = Vec::new();
+        for (&id, f) in self.flows.iter_mut() {
+            let Phase::Dns(c) = &f.phase else { continue };
+            let quiet = now.saturating_duration_since(c.last_active);
+            if quiet > 2 * dns_tcp::IDLE {
+                stale.push(id);
+            } else if quiet > dns_tcp::IDLE && c.outstanding() == 0 {
+                f.host_eof = true;
+            }
+        }
+        for id in stale {
+            self.abort_flow(id);
+        }
     }
 
     // ----- moving data between smoltcp and host tasks -----
@@ -1104,6 +1212,7 @@ impl Stack {
         let mut done: Vec<(u64, bool)> = Vec::new();
         let mut spawn: Vec<u64> = Vec::new();
         let mut refused: Vec<SegInfo> = Vec::new();
+        let mut dns_msgs: Vec<dns_tcp::Msg> = Vec::new();
         let rx_empty = self.dev.rx.is_empty();
         for (&id, flow) in self.flows.iter_mut() {
             let Some(h) = flow.handle else { continue };
@@ -1161,6 +1270,21 @@ impl Stack {
                         p.send(Cmd::Shutdown);
                         flow.guest_fin_fwd = true;
                     }
+                }
+            }
+            // DNS over TCP: guest queries to the stack's own DNS.
+            if let Phase::Dns(c) = &mut flow.phase {
+                if flow.host_eof {
+                    // Closing: what the guest still sends is not answered.
+                    while sock.can_recv() && sock.recv(|b| (b.len(), ())).is_ok() {
+                        moved = true;
+                    }
+                } else {
+                    moved |= c.read(id, sock, flow.pending.len(), &mut dns_msgs);
+                }
+                if flow.guest_fin_seen && sock.recv_queue() == 0 && c.outstanding() == 0 {
+                    // The guest closed and everything is answered: close our side too.
+                    flow.host_eof = true;
                 }
             }
             // Host -> guest, as far as smoltcp's send buffer has room.
@@ -1244,6 +1368,10 @@ impl Stack {
         }
         for (id, graceful) in done {
             self.remove_flow(id, graceful);
+        }
+        for (id, seq, msg) in dns_msgs {
+            self.dns_tcp_message(id, seq, &msg);
+            moved = true;
         }
         for seg in refused {
             if let Some(fr) = packet::tcp_rst(self.link, &seg) {

@@ -382,6 +382,37 @@ impl Guest {
         assert_eq!(rid, id);
         (rc, a)
     }
+
+    /// Ask the gateway's DNS over TCP, one connection per query: (rcode, addresses).
+    pub async fn dns_tcp(&self, name: &str) -> (u8, Vec<Ipv4Addr>) {
+        let c = self
+            .connect(SocketAddrV4::new(GATEWAY_IP, 53))
+            .await
+            .expect("connect to the gateway's DNS");
+        let id = self.port();
+        c.write_all(&dns_frame(&msb_netstack::dns::build_query(
+            id,
+            name,
+            msb_netstack::dns::TYPE_A,
+        )))
+        .await
+        .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(10), c.read_dns())
+            .await
+            .expect("dns answer")
+            .expect("dns read");
+        c.close();
+        let (rid, rc, a) = msb_netstack::dns::parse_response(&d).expect("dns parse");
+        assert_eq!(rid, id);
+        (rc, a)
+    }
+}
+
+/// A DNS message with its TCP length prefix (RFC 1035 4.2.2).
+pub fn dns_frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = (msg.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(msg);
+    out
 }
 
 pub struct GuestListener {
@@ -462,6 +493,15 @@ impl GuestTcp {
             buf = &mut buf[n..];
         }
         Ok(())
+    }
+
+    /// One length-prefixed DNS message (DNS over TCP).
+    pub async fn read_dns(&self) -> Result<Vec<u8>, String> {
+        let mut len = [0u8; 2];
+        self.read_exact(&mut len).await?;
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        self.read_exact(&mut msg).await?;
+        Ok(msg)
     }
 
     pub async fn read_to_end(&self) -> Result<Vec<u8>, String> {
