@@ -54,18 +54,27 @@ function rssKiB(pid: number): number {
   return Number(m[1]);
 }
 
-// Sends one DNS query for argv[1] to the resolver in /etc/resolv.conf and prints the
-// answer's RCODE and answer count: the test sees NXDOMAIN itself, not a libc summary.
+// Sends one DNS query for argv[1] to the resolver in /etc/resolv.conf (over TCP when
+// argv[2] is "tcp") and prints the answer's RCODE and answer count: the test sees
+// NXDOMAIN itself, not a libc summary.
 const DNS_PROBE = `
 import random, socket, struct, sys
 ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
 qid = random.randrange(65536)
 q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
 q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(10)
-s.sendto(q, (ns, 53))
-r = s.recv(4096)
+if sys.argv[2:] == ['tcp']:
+    s = socket.create_connection((ns, 53), timeout=10)
+    s.sendall(struct.pack('>H', len(q)) + q)
+    r = b''
+    while len(r) < 2 or len(r) < 2 + struct.unpack('>H', r[:2])[0]:
+        r += s.recv(4096)
+    r = r[2:]
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    s.sendto(q, (ns, 53))
+    r = s.recv(4096)
 rid, flags, qd, an = struct.unpack('>HHHH', r[:8])
 print(rid == qid, flags & 0xf, an)
 `;
@@ -138,7 +147,7 @@ print(sent)
 `;
 
 describe("network, Debian guest tools", () => {
-  it("curl fetches through an allowed rule, byte-exact; a denied name is NXDOMAIN on the wire", async () => {
+  it("curl fetches through an allowed rule, byte-exact; a denied name is NXDOMAIN on the wire (UDP and TCP)", async () => {
     const policy = NetworkPolicy.builder()
       .egress((r) => r.denyDomain("blocked.example.com"))
       .egress((r) => r.tcp().port(httpPort).allowHost())
@@ -155,6 +164,12 @@ describe("network, Debian guest tools", () => {
       expect(denied.stdout()).toBe("True 3 0\n"); // our id echoed, RCODE 3 = NXDOMAIN, no answers
       const host = await sb.exec("python3", ["-c", DNS_PROBE, "host.microsandbox.internal"]);
       expect(host.stdout()).toBe("True 0 1\n");
+      // the same answers over TCP (resolvers fall back to it for truncated answers)
+      const deniedTcp = await sb.exec("python3", ["-c", DNS_PROBE, "blocked.example.com", "tcp"]);
+      expect(deniedTcp.stderr()).toBe("");
+      expect(deniedTcp.stdout()).toBe("True 3 0\n");
+      const hostTcp = await sb.exec("python3", ["-c", DNS_PROBE, "host.microsandbox.internal", "tcp"]);
+      expect(hostTcp.stdout()).toBe("True 0 1\n");
 
       // A port the rule does not cover is refused at once (RST), not left to time out.
       const t0 = performance.now();
