@@ -515,8 +515,16 @@ impl Sandbox {
         let serving = stack.clone();
         let task = tokio::spawn(async move {
             if let Ok((stream, _)) = listener.accept().await {
-                if let Err(e) = serving.serve(stream).await {
-                    log_error(&format!("network: {e}"));
+                // The stack runs in a task of its own so that a panic in it (a bug, found
+                // by a hostile guest) is said plainly in runtime.log, next to the panic
+                // message, instead of the guest silently going offline.
+                match tokio::spawn(async move { serving.serve(stream).await }).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log_error(&format!("network: {e}")),
+                    Err(e) if e.is_panic() => log_error(
+                        "network: the stack crashed (a bug); the sandbox has no network from now on",
+                    ),
+                    Err(_) => {}
                 }
             }
         });
