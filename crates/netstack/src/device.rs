@@ -75,11 +75,38 @@ impl Device for Dev {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
-        c.max_transmission_unit = self.frame_mtu;
+        c.max_transmission_unit = page_aligned_frame_mtu(self.frame_mtu);
         // The stack verifies IPv4 and TCP checksums of every guest frame before smoltcp
         // sees it (handle_ipv4, handle_tcp): a second pass over each byte is not needed.
         c.checksum.ipv4 = smoltcp::phy::Checksum::Tx;
         c.checksum.tcp = smoltcp::phy::Checksum::Tx;
         c
+    }
+}
+
+/// The frame size smoltcp works with: the guest's MTU, trimmed so that a full TCP
+/// segment carries a whole number of 4 KiB pages (smoltcp derives the MSS it advertises,
+/// and the segments it sends, from this). A guest then builds each segment from whole
+/// pages, as with passt, which does the same; with 65520 the MSS is 61440 instead of
+/// 65480. Small MTUs are left as they are.
+pub(crate) fn page_aligned_frame_mtu(frame_mtu: usize) -> usize {
+    const HDRS: usize = 14 + 20 + 20; // Ethernet, IPv4, TCP
+    const PAGE: usize = 4096;
+    match frame_mtu.checked_sub(HDRS) {
+        Some(mss) if mss > 2 * PAGE => mss / PAGE * PAGE + HDRS,
+        _ => frame_mtu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_aligned_frame_mtu;
+
+    #[test]
+    fn mss_is_a_whole_number_of_pages_for_large_mtus() {
+        assert_eq!(page_aligned_frame_mtu(65520 + 14) - 54, 61440);
+        assert_eq!(page_aligned_frame_mtu(9000 + 14) - 54, 8192);
+        assert_eq!(page_aligned_frame_mtu(1500 + 14), 1514);
+        assert_eq!(page_aligned_frame_mtu(576 + 14), 590);
     }
 }
