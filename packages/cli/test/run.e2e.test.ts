@@ -1,5 +1,7 @@
 // End-to-end: the built CLI (packages/cli/dist/bin.js) boots a real microVM.
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -90,5 +92,55 @@ describe("msb run", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("cpus");
     expect(sandboxesLeft()).toEqual([]);
+  });
+});
+
+describe("msb run, network flags", () => {
+  it("--net-rule lets the guest reach a host server; without it the default policy denies it", async () => {
+    const server = createServer((_req, res) => res.end("from the host\n"));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const url = `http://host.microsandbox.internal:${port}/`;
+      const allowed = await msb(["run", "--net-rule", `allow:host:tcp:${port}`, "--", "wget", "-q", "-O", "-", url]);
+      expect(allowed.stderr).toBe("");
+      expect(allowed.stdout).toBe("from the host\n");
+      expect(allowed.code).toBe(0);
+      const denied = await msb(["run", "--", "wget", "-q", "-T", "5", "-O", "-", url]);
+      expect(denied.stdout).toBe("");
+      expect(denied.code).not.toBe(0);
+      const offline = await msb(["run", "--no-net", "--", "ls", "/sys/class/net"]);
+      expect(offline.stdout.split(/\s+/).filter(Boolean)).toEqual(["lo"]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("-p HOST:GUEST publishes a guest server on 127.0.0.1", async () => {
+    const probe = createNetServer();
+    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+    const hostPort = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    let body = "";
+    let sent = false;
+    const r = await msb(["run", "-p", `${hostPort}:8080`, "--", "sh", "-c", "echo hi from the guest > /tmp/index.html; echo serving; exec httpd -f -p 8080 -h /tmp"], {
+      onStdout: (all, kill) => {
+        if (sent || !all.includes("serving\n")) return;
+        sent = true;
+        void (async () => {
+          for (let i = 0; i < 50 && body === ""; i++) {
+            try {
+              body = await (await fetch(`http://127.0.0.1:${hostPort}/`, { signal: AbortSignal.timeout(5000) })).text();
+            } catch {
+              await new Promise((res) => setTimeout(res, 200));
+            }
+          }
+          kill("SIGINT");
+        })();
+      },
+    });
+    expect(sent).toBe(true);
+    expect(body).toBe("hi from the guest\n");
+    expect(r.code).toBe(130);
   });
 });
