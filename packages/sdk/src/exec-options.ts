@@ -18,11 +18,14 @@ export const DEFAULT_TTY_SIZE = { rows: 24, cols: 80 } as const;
 export type StdinMode = "null" | "bytes" | "pipe";
 
 const rlimitResourceSchema = z.enum(RLIMIT_RESOURCES, { error: `must be one of ${RLIMIT_RESOURCES.join(", ")}` });
-const rlimitValueSchema = z
-  .number({ error: "must be a non-negative integer" })
-  .int({ error: "must be a non-negative integer" })
-  .min(0, { error: "must be a non-negative integer" })
-  .max(Number.MAX_SAFE_INTEGER, { error: "must be a non-negative integer" });
+const rlimitRule = 'must be a non-negative integer or "unlimited"';
+const rlimitValueSchema = z.union(
+  [
+    z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    z.literal("unlimited"),
+  ],
+  { error: rlimitRule },
+);
 const dimRule = "must be an integer from 1 to 65535";
 export const ttyDimSchema = z.number({ error: dimRule }).int({ error: dimRule }).min(1, { error: dimRule }).max(65535, { error: dimRule });
 const boolSchema = z.boolean({ error: "must be a boolean" });
@@ -121,8 +124,8 @@ export class ExecOptionsBuilder {
     return this;
   }
 
-  /** A resource limit (soft and hard), e.g. `rlimit("nofile", 256)`. */
-  rlimit(resource: RlimitResource, limit: number): this {
+  /** A resource limit (soft and hard), e.g. `rlimit("nofile", 256)` or `rlimit("core", "unlimited")`. */
+  rlimit(resource: RlimitResource, limit: number | "unlimited"): this {
     this.raw.rlimits.push([resource, limit]);
     return this;
   }
@@ -165,7 +168,7 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
       ? { rows: check(ttyDimSchema, "tty", r.ttySize.rows, "tty rows"), cols: check(ttyDimSchema, "tty", r.ttySize.cols, "tty cols") }
       : { ...DEFAULT_TTY_SIZE };
   }
-  const limits = new Map<string, number>();
+  const limits = new Map<string, number | "unlimited">();
   for (const [res, n] of r.rlimits) {
     const name = check(rlimitResourceSchema, "rlimit", res, "rlimit resource");
     limits.set(name, check(rlimitValueSchema, "rlimit", n, `rlimit ${name}`));
@@ -195,4 +198,17 @@ export function buildExecOptions(configure: ((b: ExecOptionsBuilder) => ExecOpti
   if (typeof configure !== "function") throw new InvalidConfigError("options", "invalid exec options: expected a function b => b.args([...])...");
   const r = configure(b);
   return r instanceof ExecOptionsBuilder ? r : b;
+}
+
+/** setrlimit's RLIM_INFINITY: all ones in 64 bits, which no JavaScript number holds. */
+const RLIM_INFINITY = "18446744073709551615";
+
+/**
+ * The JSON of an exec request for the native layer. Limits are written by hand so that
+ * "unlimited" becomes the exact 64-bit RLIM_INFINITY (the top-level `"rlimits":[]` key
+ * occurs once: quotes inside string values are always escaped).
+ */
+export function execRequestJson(req: NativeExecRequest): string {
+  const limits = req.rlimits.map(([r, n]) => `[${JSON.stringify(r)},${n === "unlimited" ? RLIM_INFINITY : String(n)}]`).join(",");
+  return JSON.stringify({ ...req, rlimits: [] }).replace('"rlimits":[]', `"rlimits":[${limits}]`);
 }

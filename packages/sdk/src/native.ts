@@ -201,7 +201,8 @@ export interface NativeExecRequest {
   /** Run on a pseudo-terminal of this size (stdout then carries the terminal's output). */
   tty: { rows: number; cols: number } | null;
   /** Resource limits, soft and hard: [name, value]. */
-  rlimits: [string, number][];
+  /** "unlimited" is RLIM_INFINITY; see execRequestJson. */
+  rlimits: [string, number | "unlimited"][];
 }
 
 /** The JSON the addon's `AgentClient.fs` takes (serde, externally tagged). Guest paths are absolute. */

@@ -93,6 +93,9 @@ describe("execWith options", () => {
   it("rlimit: ulimit -n shows the limit", async () => {
     const out = await box().execWith("sh", (b) => b.args(["-c", "ulimit -n"]).rlimit("nofile", 123));
     expect(out.stdout()).toBe("123\n");
+    const inf = await box().execWith("sh", (b) => b.args(["-c", "ulimit -c; ulimit -H -c"]).rlimit("core", "unlimited"));
+    expect(inf.stderr()).toBe("");
+    expect(inf.stdout()).toBe("unlimited\nunlimited\n");
   });
 
   it("signal() and kill() reach the command", async () => {

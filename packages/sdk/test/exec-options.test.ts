@@ -7,7 +7,7 @@ import {
   StdinUnavailableError,
   type ExecEvent,
 } from "../src/index.js";
-import { ExecOptionsBuilder, resolveExecOptions } from "../src/exec-options.js";
+import { ExecOptionsBuilder, execRequestJson, resolveExecOptions } from "../src/exec-options.js";
 import { setNativeBinding } from "../src/native.js";
 import { catSession, fakeNative, run, sleeperSession, type FakeClient, type FakeNative } from "./fake-native.js";
 
@@ -110,6 +110,7 @@ describe("exec options", () => {
     ["tty", (b) => b.tty(true, { rows: 0, cols: 80 })],
     ["rlimit", (b) => b.rlimit("files" as "nofile", 1)],
     ["rlimit", (b) => b.rlimit("nofile", -1)],
+    ["rlimit", (b) => b.rlimit("nofile", "infinite" as "unlimited")],
   ];
   for (const [field, f, cmd] of bad) {
     it(`rejects a bad ${field} naming it`, () => {
@@ -294,5 +295,17 @@ describe("execWith and stdinPipe", () => {
     await expect(sb.execWith("cat", (b) => b.stdinPipe())).rejects.toMatchObject({ code: "invalidConfig", field: "stdin" });
     expect(client().requests).toEqual([]);
     await sb.stop();
+  });
+});
+
+describe("execRequestJson", () => {
+  it('writes "unlimited" as the exact 64-bit RLIM_INFINITY and numbers as they are', () => {
+    const { request } = opts((b) => b.args(['"rlimits":[]', "x"]).rlimit("core", "unlimited").rlimit("nofile", 64), "sh");
+    const json = execRequestJson(request);
+    expect(json).toContain('"rlimits":[["core",18446744073709551615],["nofile",64]]');
+    // the user's look-alike argument is left alone, and the JSON is still valid
+    const back = JSON.parse(json) as { args: string[]; rlimits: [string, number][] };
+    expect(back.args).toEqual(['"rlimits":[]', "x"]);
+    expect(back.rlimits.map(([r]) => r)).toEqual(["core", "nofile"]);
   });
 });
