@@ -141,16 +141,7 @@ async fn syn_flood_is_capped() {
     const CAP: usize = 200;
     const SYNS: u16 = 10_000;
     const BASE: u16 = 20_000;
-    // Host server that accepts and holds everything.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h2 = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            h2.lock().unwrap().push(s);
-        }
-    });
+    let port = holding_server().await;
     let mut cfg = host_allowed();
     cfg.max_connections = CAP;
     let net = start(cfg).await;
@@ -223,6 +214,19 @@ async fn syn_flood_is_capped() {
     net.guest.set_tap(None);
     let port2 = echo_server().await;
     echo_once(&net, port2).await;
+}
+
+/// A host server on 127.0.0.1 that accepts every connection and holds it, never reading.
+async fn holding_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    port
 }
 
 async fn echo_once_warmup(net: &Net) {
@@ -506,16 +510,7 @@ async fn two_sandboxes_with_different_policies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_host_server_only_stalls_its_own_flow() {
-    // A server that accepts and never reads.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stall_port = l.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h2 = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            h2.lock().unwrap().push(s);
-        }
-    });
+    let stall_port = holding_server().await;
     let port = echo_server().await;
     let net = start(host_allowed()).await;
     let c = net
@@ -546,15 +541,7 @@ async fn syn_flood_with_the_guest_resetting_every_syn_ack() {
     const SYNS: u16 = 10_000;
     const BASE: u16 = 20_000;
     const IN_FLIGHT: usize = 64;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h2 = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            h2.lock().unwrap().push(s);
-        }
-    });
+    let port = holding_server().await;
     let net = start(host_allowed()).await;
     echo_once_warmup(&net).await;
     let dst = SocketAddrV4::new(HOST_IP, port);

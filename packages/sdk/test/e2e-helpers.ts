@@ -1,6 +1,7 @@
 // Helpers shared by the SDK's end-to-end tests (real microVMs).
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll } from "vitest";
 import { Sandbox } from "../src/index.js";
@@ -158,4 +159,13 @@ export async function readUntil(
     if (ev.kind === "stdout" && ev.data) sofar.text += dec.decode(ev.data, { stream: true });
   }
   return sofar.text;
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for published ports). */
+export async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
 }

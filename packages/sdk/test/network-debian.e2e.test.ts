@@ -8,12 +8,12 @@ import { execFileSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkPolicy, Sandbox } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
-import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+import { cleanup, freePort, useTempMsbHome } from "./e2e-helpers.js";
 
 useTempMsbHome();
 let reg: Registry;
@@ -39,14 +39,6 @@ afterAll(async () => {
 });
 
 const image = () => `${reg.host}/debian-python:latest`;
-
-async function freePort(): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
 
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));

@@ -3,25 +3,17 @@
 // and fails fast; .disableNetwork() leaves the guest without a NIC; a published port
 // carries host connections to a guest HTTP server.
 import { createServer, type Server } from "node:http";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { networkInterfaces } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkPolicy, Sandbox } from "../src/index.js";
-import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+import { cleanup, freePort, useTempMsbHome } from "./e2e-helpers.js";
 
 useTempMsbHome();
 
 const BODY = "hello from the host\n";
 let server: Server | undefined;
 let serverPort = 0;
-
-async function freePort(): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
 
 beforeAll(async () => {
   server = createServer((_req, res) => {
