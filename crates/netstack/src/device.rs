@@ -10,6 +10,7 @@ use std::sync::Arc;
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 use tokio::sync::mpsc;
+use vmm_sys_util::event::EventNotifier;
 
 use crate::Shared;
 
@@ -19,9 +20,20 @@ pub(crate) struct Dev {
     /// Largest Ethernet frame (IP MTU + 14).
     pub frame_mtu: usize,
     pub shared: Arc<Shared>,
+    /// vhost-user: tells the backend's worker thread that frames are queued (with a
+    /// stream, the writer task simply awaits the queue).
+    pub kick: Option<Arc<EventNotifier>>,
 }
 
 impl Dev {
+    pub fn kick_writer(&self) {
+        if let Some(k) = &self.kick {
+            if self.out.capacity() < self.out.max_capacity() {
+                let _ = k.notify();
+            }
+        }
+    }
+
     fn has_room(&self) -> bool {
         if self.out.capacity() == 0 {
             self.shared.tx_blocked.store(true, Ordering::Relaxed);

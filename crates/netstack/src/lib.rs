@@ -17,6 +17,8 @@ pub mod packet;
 mod ping;
 pub mod policy;
 mod stack;
+mod vhost;
+mod vhost_proxy;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +30,7 @@ use tokio::net::{TcpListener, UdpSocket, UnixStream};
 pub use config::{
     Action, Group, MacAddr, NetConfig, Policy, Proto, PublishedPort, Rule, Target, HOST_NAME,
 };
+pub use vhost::VhostListener;
 
 /// Largest Ethernet frame accepted on the stream (65535-byte IP packet + Ethernet header +
 /// one VLAN tag). A larger length prefix closes the stream.
@@ -167,7 +170,31 @@ impl NetStack {
             .unwrap()
             .take()
             .ok_or(NetError::AlreadyServed)?;
-        stack::run(self.cfg.clone(), self.shared.clone(), stream, listeners).await
+        stack::run(
+            self.cfg.clone(),
+            self.shared.clone(),
+            stack::Transport::Stream(stream),
+            listeners,
+        )
+        .await
+    }
+
+    /// Serve the guest's virtio-net over vhost-user (see vhost.rs): wait for QEMU on
+    /// `listener`, then run until QEMU disconnects. Otherwise as [`NetStack::serve`].
+    pub async fn serve_vhost_user(&self, listener: VhostListener) -> Result<(), NetError> {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or(NetError::AlreadyServed)?;
+        stack::run(
+            self.cfg.clone(),
+            self.shared.clone(),
+            stack::Transport::VhostUser(listener),
+            listeners,
+        )
+        .await
     }
 
     pub fn config(&self) -> &NetConfig {

@@ -142,21 +142,37 @@ struct Stack {
     frags: crate::frag::Reassembler,
 }
 
+/// How the guest's frames reach the stack.
+pub(crate) enum Transport {
+    /// QEMU `-netdev stream`: length-prefixed frames on a Unix stream.
+    Stream(UnixStream),
+    /// QEMU `-netdev vhost-user`: the virtqueues themselves (vhost.rs).
+    VhostUser(crate::vhost::VhostListener),
+}
+
 pub(crate) async fn run(
     cfg: Arc<NetConfig>,
     shared: Arc<Shared>,
-    stream: UnixStream,
+    transport: Transport,
     listeners: Vec<Listener>,
 ) -> Result<(), NetError> {
-    let (rd, wr) = stream.into_split();
     let ip_mtu = cfg.mtu as usize;
     let out_cap = (4 * 1024 * 1024 / (ip_mtu + ETH_HDR)).clamp(64, 1024);
     let (frame_tx, frame_rx) = mpsc::channel(256);
     let (out_tx, out_rx) = mpsc::channel(out_cap);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut io_tasks = JoinSet::new();
-    io_tasks.spawn(host::reader(rd, frame_tx));
-    io_tasks.spawn(host::writer(wr, out_rx, shared.clone(), ev_tx.clone()));
+    let kick = match transport {
+        Transport::Stream(stream) => {
+            let (rd, wr) = stream.into_split();
+            io_tasks.spawn(host::reader(rd, frame_tx));
+            io_tasks.spawn(host::writer(wr, out_rx, shared.clone(), ev_tx.clone()));
+            None
+        }
+        Transport::VhostUser(l) => {
+            Some(crate::vhost::start(l, frame_tx, out_rx, shared.clone(), ev_tx.clone())?.kick)
+        }
+    };
     let mut udp_listeners = Vec::new();
     for l in listeners {
         match l {
@@ -178,6 +194,7 @@ pub(crate) async fn run(
         out: out_tx,
         frame_mtu: ip_mtu + ETH_HDR,
         shared: shared.clone(),
+        kick,
     };
     let epoch = Instant::now();
     let gw_mac = EthernetAddress(cfg.gateway_mac.0);
@@ -264,6 +281,7 @@ impl Stack {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.poll();
+            self.dev.kick_writer();
             if self.dev.out.is_closed() {
                 return Err(NetError::Io(std::io::Error::other("frame writer stopped")));
             }

@@ -24,7 +24,7 @@ use crate::error::RtError;
 use crate::relay::{Control, MetricsSource, Relay};
 use crate::shares::{self, Share};
 use crate::{disks, log, log_error, vm};
-use msb_netstack::{NetConfig, NetStack};
+use msb_netstack::{NetConfig, NetStack, VhostListener};
 
 /// virtiofs tag of a directory image.
 const ROOT_TAG: &str = "msbroot";
@@ -231,13 +231,17 @@ impl Sandbox {
                 (Some((stack, _)), _) => {
                     let c = stack.config();
                     Some((
-                        Some(self.net_sock.as_path()),
+                        vm::NetBackend::VhostUser(self.net_sock.as_path()),
                         c.guest_mac.to_string(),
                         c.mtu,
                     ))
                 }
                 (None, Some(b)) => Some((
-                    (b == "passt").then_some(self.net_sock.as_path()),
+                    if b == "passt" {
+                        vm::NetBackend::Stream(self.net_sock.as_path())
+                    } else {
+                        vm::NetBackend::User
+                    },
                     "02:00:00:00:00:15".to_string(),
                     self.baseline_mtu,
                 )),
@@ -509,23 +513,21 @@ impl Sandbox {
         let stack = NetStack::bind(cfg)
             .await
             .map_err(|e| RtError::new("invalidConfig", format!("network: {e}")))?;
-        let _ = fs::remove_file(&self.net_sock);
-        let listener = UnixListener::bind(&self.net_sock)
-            .map_err(|e| RtError::runtime(format!("listen on {}: {e}", self.net_sock.display())))?;
+        // Bound before QEMU starts: QEMU connects to it while it sets up the NIC.
+        let listener =
+            VhostListener::bind(&self.net_sock).map_err(|e| RtError::runtime(e.to_string()))?;
         let serving = stack.clone();
         let task = tokio::spawn(async move {
-            if let Ok((stream, _)) = listener.accept().await {
-                // The stack runs in a task of its own so that a panic in it (a bug, found
-                // by a hostile guest) is said plainly in runtime.log, next to the panic
-                // message, instead of the guest silently going offline.
-                match tokio::spawn(async move { serving.serve(stream).await }).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => log_error(&format!("network: {e}")),
-                    Err(e) if e.is_panic() => log_error(
-                        "network: the stack crashed (a bug); the sandbox has no network from now on",
-                    ),
-                    Err(_) => {}
-                }
+            // The stack runs in a task of its own so that a panic in it (a bug, found by a
+            // hostile guest) is said plainly in runtime.log, next to the panic message,
+            // instead of the guest silently going offline.
+            match tokio::spawn(async move { serving.serve_vhost_user(listener).await }).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log_error(&format!("network: {e}")),
+                Err(e) if e.is_panic() => log_error(
+                    "network: the stack crashed (a bug); the sandbox has no network from now on",
+                ),
+                Err(_) => {}
             }
         });
         Ok(Some((stack, task)))

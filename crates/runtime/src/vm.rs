@@ -17,9 +17,19 @@ pub struct VmPaths<'a> {
     pub upper: &'a Path,
     /// virtiofs shares: (tag, vhost-user socket).
     pub shares: Vec<(&'a str, &'a Path)>,
-    /// The NIC: (frames socket, guest MAC, MTU); a socket of None is QEMU's own user
-    /// networking (bench/net's baseline only).
-    pub net: Option<(Option<&'a Path>, String, u16)>,
+    /// The NIC: (backend, guest MAC, MTU).
+    pub net: Option<(NetBackend<'a>, String, u16)>,
+}
+
+/// What the guest's virtio-net is connected to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NetBackend<'a> {
+    /// Our stack, over vhost-user on this socket (needs shared guest memory).
+    VhostUser(&'a Path),
+    /// Length-prefixed frames on this socket (`-netdev stream`: passt, bench/net only).
+    Stream(&'a Path),
+    /// QEMU's own user networking (bench/net's baseline only).
+    User,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,10 +202,12 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    if p.shares.is_empty() {
+    let vhost_net = matches!(p.net, Some((NetBackend::VhostUser(_), _, _)));
+    if p.shares.is_empty() && !vhost_net {
         c.args(["-M", "microvm"]);
     } else {
-        // vhost-user-fs needs guest memory virtiofsd can map, and modern virtio-mmio.
+        // vhost-user (virtiofsd, our network backend) needs guest memory the backend can
+        // map, and modern virtio-mmio.
         c.args(["-M", "microvm,memory-backend=mem"]);
         c.arg("-object").arg(format!(
             "memory-backend-memfd,id=mem,size={}M,share=on",
@@ -241,14 +253,20 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         qemu_path(p.upper)
     ));
     c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
-    if let Some((sock, mac, mtu)) = &p.net {
-        match sock {
-            // Frames go to msb-runtime's userspace stack (or passt), 4-byte length before each.
-            Some(sock) => c.arg("-netdev").arg(format!(
+    if let Some((backend, mac, mtu)) = &p.net {
+        match backend {
+            // The virtqueues are served by msb-runtime's userspace stack.
+            NetBackend::VhostUser(sock) => {
+                c.arg("-chardev")
+                    .arg(format!("socket,id=net0,path={}", sock.display()));
+                c.args(["-netdev", "vhost-user,id=n0,chardev=net0"])
+            }
+            // Frames go to passt, 4-byte length before each.
+            NetBackend::Stream(sock) => c.arg("-netdev").arg(format!(
                 "stream,id=n0,server=off,addr.type=unix,addr.path={}",
                 sock.display()
             )),
-            None => c.args(["-netdev", "user,id=n0,net=10.0.2.0/24"]),
+            NetBackend::User => c.args(["-netdev", "user,id=n0,net=10.0.2.0/24"]),
         };
         let host_mtu = if *mtu > 1500 {
             format!(",host_mtu={mtu}")
