@@ -1,9 +1,10 @@
 //! msb-netstack: the userspace network of one sandbox.
 //!
-//! The guest's virtio-net is connected by QEMU `-netdev stream` to a Unix socket that
-//! msb-runtime serves; every Ethernet frame on it is prefixed by its length (4 bytes, big
-//! endian). [`NetStack::serve`] takes that stream, terminates every guest flow in a
-//! userspace TCP/IP stack (smoltcp) and re-opens it from an ordinary host socket when the
+//! msb-runtime serves the guest's virtio-net as a vhost-user backend
+//! ([`NetStack::serve_vhost_user`], vhost.rs), or takes a QEMU `-netdev stream` socket
+//! where every Ethernet frame is prefixed by its length (4 bytes, big endian;
+//! [`NetStack::serve`]). Either way every guest flow is terminated in a userspace TCP/IP
+//! stack (smoltcp) and re-opened from an ordinary host socket when the
 //! [`Policy`] allows it. Published ports carry connections from 127.0.0.1 into the guest.
 //! See README.md for the architecture, the policy semantics and the caps.
 

@@ -546,8 +546,15 @@ mod tests {
         assert!(complete_checksum(&h, &mut f));
         let t = TcpPacket::new_checked(&f[34..]).unwrap();
         let (s, d) = (IpAddress::v4(10, 0, 2, 15), IpAddress::v4(10, 0, 2, 2));
-        assert!(t.verify_checksum(&s, &d), "smoltcp accepts the completed checksum");
-        assert_eq!(&f[..34], &[0u8; 34][..], "nothing before csum_start is touched");
+        assert!(
+            t.verify_checksum(&s, &d),
+            "smoltcp accepts the completed checksum"
+        );
+        assert_eq!(
+            &f[..34],
+            &[0u8; 34][..],
+            "nothing before csum_start is touched"
+        );
     }
 
     #[test]
@@ -591,6 +598,146 @@ mod tests {
             "no offload asked: untouched"
         );
         assert_eq!(f, vec![0u8; 64]);
+    }
+
+    /// Guest memory with a 16-entry split queue (the driver's side) at address 0, and a
+    /// device-side vring over it, as the vhost-user handler would set it up.
+    fn queue_pair() -> (GuestMemoryAtomic<GuestMemoryMmap>, VringRwLock) {
+        use vm_memory::GuestAddress;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem);
+        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        (atomic, vring)
+    }
+
+    fn attach(vring: &VringRwLock, q: &virtio_queue::mock::MockSplitQueue<GuestMemoryMmap>) {
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+    }
+
+    fn writable(addr: u64, len: u32) -> virtio_queue::desc::RawDescriptor {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        virtio_queue::desc::split::Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0).into()
+    }
+
+    #[test]
+    fn a_frame_spans_mergeable_buffers_with_num_buffers_in_the_header() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        // Three one-descriptor chains of 4 KiB each.
+        let bufs = [0x10000u64, 0x11000, 0x12000];
+        let descs: Vec<_> = bufs.iter().map(|&a| writable(a, 4096)).collect();
+        q.add_desc_chains(&descs, 0).unwrap();
+        attach(&vring, &q);
+
+        let frame: Vec<u8> = (0..10000u32).map(|i| (i % 251) as u8).collect();
+        let mut st = vring.get_mut();
+        let RxOutcome::Written(used) = write_rx_frame(&mut st, &mem, &frame, 2, true).unwrap()
+        else {
+            panic!("the frame should fit three buffers");
+        };
+        assert_eq!(
+            used,
+            vec![(0, 4096), (1, 4096), (2, (12 + 10000 - 8192) as u32)]
+        );
+        let mut hdr = [0u8; HDR_LEN];
+        mem.read_slice(&mut hdr, GuestAddress(bufs[0])).unwrap();
+        assert_eq!(hdr[0], 2, "flags (DATA_VALID)");
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
+        let mut back = vec![0u8; 3 * 4096];
+        mem.read_slice(&mut back, GuestAddress(bufs[0])).unwrap();
+        assert_eq!(&back[HDR_LEN..HDR_LEN + frame.len()], &frame[..]);
+
+        // No buffers left: nothing is consumed, and the frame can be retried later.
+        let before = st.get_queue().next_avail();
+        assert!(matches!(
+            write_rx_frame(&mut st, &mem, &frame, 0, true).unwrap(),
+            RxOutcome::NoRoom
+        ));
+        assert_eq!(st.get_queue().next_avail(), before);
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_must_fit_one_chain() {
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        q.add_desc_chains(&[writable(0x10000, 1000), writable(0x11000, 1000)], 0)
+            .unwrap();
+        attach(&vring, &q);
+        let mut st = vring.get_mut();
+        let out = write_rx_frame(&mut st, &mem, &[7u8; 1500], 0, false).unwrap();
+        let RxOutcome::BadBuffers(used) = out else {
+            panic!("expected the frame to be refused");
+        };
+        assert_eq!(used.len(), 1, "one chain taken, to be returned empty");
+    }
+
+    #[test]
+    fn buffers_outside_guest_memory_are_refused_not_written() {
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        q.add_desc_chains(&[writable(0x3ff00, 4096)], 0).unwrap();
+        attach(&vring, &q);
+        let mut st = vring.get_mut();
+        let out = write_rx_frame(&mut st, &mem, &[7u8; 100], 0, true).unwrap();
+        assert!(matches!(out, RxOutcome::BadBuffers(ref u) if u == &vec![(0, 0)]));
+    }
+
+    #[test]
+    fn tx_chains_become_frames_and_short_or_writable_ones_do_not() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        // `next`: the index of the following descriptor, when there is one.
+        let desc = |addr: u64, len: u32, next: Option<u16>| -> virtio_queue::desc::RawDescriptor {
+            use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+            let flags = if next.is_some() {
+                VRING_DESC_F_NEXT as u16
+            } else {
+                0
+            };
+            virtio_queue::desc::split::Descriptor::new(addr, len, flags, next.unwrap_or(0)).into()
+        };
+        // Chain 0: header and the first 30 frame bytes, then 34 more in a second descriptor.
+        // Chain 1: a header alone (no frame). Chain 2: device-writable only.
+        let descs = [
+            desc(0x11000, (HDR_LEN + 30) as u32, Some(1)),
+            desc(0x12000, 64 - 30, None),
+            desc(0x13000, HDR_LEN as u32, None),
+            writable(0x14000, 100),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let frame: Vec<u8> = (0..64u8).collect();
+        mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x11000))
+            .unwrap();
+        mem.write_slice(&frame[..30], GuestAddress(0x11000 + HDR_LEN as u64))
+            .unwrap();
+        mem.write_slice(&frame[30..], GuestAddress(0x12000))
+            .unwrap();
+        attach(&vring, &q);
+
+        let mut st = vring.get_mut();
+        let mut next = || {
+            st.get_queue_mut()
+                .pop_descriptor_chain(mem.clone())
+                .unwrap()
+        };
+        assert_eq!(read_tx_frame(&mem, next()), Some(frame));
+        assert_eq!(
+            read_tx_frame(&mem, next()),
+            None,
+            "no frame after the header"
+        );
+        assert_eq!(read_tx_frame(&mem, next()), None, "nothing readable");
     }
 
     #[test]
