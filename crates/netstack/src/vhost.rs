@@ -479,8 +479,15 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("msb-net-vhost".into())
         .spawn(move || {
-            if let Err(e) = daemon.start(&mut inner).and_then(|_| daemon.wait()) {
-                eprintln!("network: vhost-user: {e}");
+            use vhost::vhost_user::Error as VuError;
+            use vhost_user_backend::Error as DaemonError;
+            match daemon.start(&mut inner).and_then(|_| daemon.wait()) {
+                // QEMU went away: the normal end of every sandbox.
+                Ok(())
+                | Err(DaemonError::HandleRequest(
+                    VuError::Disconnected | VuError::PartialMessage,
+                )) => {}
+                Err(e) => eprintln!("network: vhost-user: {e}"),
             }
             for h in daemon.get_epoll_handlers() {
                 h.send_exit_event();
