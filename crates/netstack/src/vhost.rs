@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
@@ -53,6 +54,12 @@ const NUM_QUEUES: usize = 2;
 /// Epoll token of the stack's "frames are waiting" eventfd (0..=NUM_QUEUES are taken).
 const STACK_KICK: u16 = NUM_QUEUES as u16 + 1;
 const QUEUE_SIZE: usize = 1024;
+
+/// Guest memory with a dirty-page log: while QEMU migrates or snapshots the VM, every
+/// byte we write into guest memory is marked in the log QEMU hands us (LOG_SHMFD). Without
+/// VHOST_F_LOG_ALL, QEMU refuses to migrate or snapshot the VM at all.
+type GuestMem = GuestMemoryMmap<BitmapMmapRegion>;
+type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<GuestMem>>;
 /// struct virtio_net_hdr_v1 (VERSION_1 always has `num_buffers`).
 pub(crate) const HDR_LEN: usize = 12;
 
@@ -92,7 +99,7 @@ impl Drop for VhostListener {
 }
 
 struct Backend {
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestMem>>,
     event_idx: bool,
     acked: u64,
     /// Guest frames to the stack; taken (closing the channel) when QEMU goes away.
@@ -118,6 +125,13 @@ fn offered_features() -> u64 {
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         // QEMU's vhost-user-net will not start without it (see vhost_proxy.rs).
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        // Dirty logging (see GuestMem): keeps QEMU snapshots of the VM possible.
+        | VhostUserVirtioFeatures::LOG_ALL.bits()
+}
+
+/// LOG_SHMFD: QEMU hands over the dirty log as shared memory (see GuestMem).
+fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD
 }
 
 impl Backend {
@@ -308,8 +322,8 @@ enum RxOutcome {
 }
 
 fn write_rx_frame(
-    st: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>,
-    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    st: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMem>>,
+    mem: &vm_memory::GuestMemoryLoadGuard<GuestMem>,
     frame: &[u8],
     flags: u8,
     mrg: bool,
@@ -373,7 +387,7 @@ fn write_rx_frame(
 }
 
 impl VhostUserBackendMut for Backend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -393,14 +407,14 @@ impl VhostUserBackendMut for Backend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::REPLY_ACK
+        offered_protocol_features()
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }
 
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
         self.mem = Some(mem);
         Ok(())
     }
@@ -463,7 +477,7 @@ pub(crate) fn start(
     let mut daemon = VhostUserDaemon::new(
         "msb-net".into(),
         backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        GuestMemoryAtomic::new(GuestMem::new()),
     )
     .map_err(|e| NetError::Io(io::Error::other(format!("vhost-user: {e}"))))?;
     let handlers = daemon.get_epoll_handlers();
@@ -609,16 +623,16 @@ mod tests {
 
     /// Guest memory with a 16-entry split queue (the driver's side) at address 0, and a
     /// device-side vring over it, as the vhost-user handler would set it up.
-    fn queue_pair() -> (GuestMemoryAtomic<GuestMemoryMmap>, VringRwLock) {
+    fn queue_pair() -> (GuestMemoryAtomic<GuestMem>, VringRwLock) {
         use vm_memory::GuestAddress;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
         let atomic = GuestMemoryAtomic::new(mem);
         let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
         vring.set_queue_size(16);
         (atomic, vring)
     }
 
-    fn attach(vring: &VringRwLock, q: &virtio_queue::mock::MockSplitQueue<GuestMemoryMmap>) {
+    fn attach(vring: &VringRwLock, q: &virtio_queue::mock::MockSplitQueue<GuestMem>) {
         vring
             .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
             .unwrap();
@@ -748,11 +762,15 @@ mod tests {
     }
 
     #[test]
-    fn offers_checksum_offload_but_no_segmentation() {
+    fn offers_checksum_offload_and_dirty_logging_but_no_segmentation() {
         let f = offered_features();
         assert_ne!(f & (1 << VIRTIO_NET_F_CSUM), 0);
         assert_ne!(f & (1 << VIRTIO_NET_F_GUEST_CSUM), 0);
         assert_ne!(f & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        // Dirty logging: without both, QEMU blocks every migration and snapshot of the VM.
+        assert_ne!(f & VhostUserVirtioFeatures::LOG_ALL.bits(), 0);
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert!(offered_protocol_features().contains(VhostUserProtocolFeatures::LOG_SHMFD));
         for tso in [
             virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_TSO4,
             virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4,
