@@ -14,8 +14,15 @@ use vmm_sys_util::event::EventNotifier;
 
 use crate::Shared;
 
+/// Guest frames waiting for smoltcp while the queue to the guest is full. A guest that
+/// floods frames while posting no receive buffers would otherwise grow this without end.
+const MAX_RX_FRAMES: usize = 4096;
+const MAX_RX_BYTES: usize = 8 << 20;
+
 pub(crate) struct Dev {
+    /// Use [`Dev::queue_rx`] to add: it enforces the caps.
     pub rx: VecDeque<Vec<u8>>,
+    rx_bytes: usize,
     pub out: mpsc::Sender<Vec<u8>>,
     /// Largest Ethernet frame (IP MTU + 14).
     pub frame_mtu: usize,
@@ -26,6 +33,33 @@ pub(crate) struct Dev {
 }
 
 impl Dev {
+    pub fn new(
+        out: mpsc::Sender<Vec<u8>>,
+        frame_mtu: usize,
+        shared: Arc<Shared>,
+        kick: Option<Arc<EventNotifier>>,
+    ) -> Dev {
+        Dev {
+            rx: VecDeque::new(),
+            rx_bytes: 0,
+            out,
+            frame_mtu,
+            shared,
+            kick,
+        }
+    }
+
+    /// Queue a guest frame for smoltcp; beyond the caps it is dropped (and counted).
+    pub fn queue_rx(&mut self, f: Vec<u8>) -> bool {
+        if self.rx.len() >= MAX_RX_FRAMES || self.rx_bytes + f.len() > MAX_RX_BYTES {
+            self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.rx_bytes += f.len();
+        self.rx.push_back(f);
+        true
+    }
+
     pub fn kick_writer(&self) {
         if let Some(k) = &self.kick {
             if self.out.capacity() < self.out.max_capacity() {
@@ -74,6 +108,7 @@ impl Device for Dev {
             return None;
         }
         let f = self.rx.pop_front()?;
+        self.rx_bytes -= f.len();
         Some((RxTok(f), TxTok(&self.out)))
     }
 
@@ -112,7 +147,28 @@ pub(crate) fn page_aligned_frame_mtu(frame_mtu: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::page_aligned_frame_mtu;
+    use super::*;
+
+    #[test]
+    fn frames_waiting_for_smoltcp_are_capped() {
+        let (out, _rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared::default());
+        let mut dev = Dev::new(out, 1514, shared.clone(), None);
+        let mut queued = 0;
+        for _ in 0..MAX_RX_FRAMES + 10 {
+            queued += dev.queue_rx(vec![0u8; 60]) as usize;
+        }
+        assert_eq!(queued, MAX_RX_FRAMES);
+        assert_eq!(shared.dropped_frames.load(Ordering::Relaxed), 10);
+        // by bytes too
+        let mut dev = Dev::new(dev.out.clone(), 1514, shared.clone(), None);
+        let big = MAX_RX_BYTES / 4 + 1;
+        let taken: Vec<bool> = (0..4).map(|_| dev.queue_rx(vec![0u8; big])).collect();
+        assert_eq!(taken, [true, true, true, false]);
+        // a frame handed to smoltcp frees its room
+        let _ = dev.receive(Instant::from_millis(0)).unwrap();
+        assert!(dev.queue_rx(vec![0u8; big]));
+    }
 
     #[test]
     fn mss_is_a_whole_number_of_pages_for_large_mtus() {

@@ -189,13 +189,7 @@ pub(crate) async fn run(
             }
         }
     }
-    let mut dev = Dev {
-        rx: VecDeque::new(),
-        out: out_tx,
-        frame_mtu: ip_mtu + ETH_HDR,
-        shared: shared.clone(),
-        kick,
-    };
+    let mut dev = Dev::new(out_tx, ip_mtu + ETH_HDR, shared.clone(), kick);
     let epoch = Instant::now();
     let gw_mac = EthernetAddress(cfg.gateway_mac.0);
     let mut icfg = Config::new(HardwareAddress::Ethernet(gw_mac));
@@ -378,7 +372,7 @@ impl Stack {
         eth.set_dst_addr(self.link.src);
         eth.set_ethertype(EthernetProtocol::Arp);
         repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
-        self.dev.rx.push_back(buf);
+        self.dev.queue_rx(buf);
         self.last_prime = Instant::now();
     }
 
@@ -465,7 +459,7 @@ impl Stack {
                     });
                 if ok && src_mac.is_unicast() {
                     self.learn_guest_mac(src_mac);
-                    self.dev.rx.push_back(buf);
+                    self.dev.queue_rx(buf);
                 } else {
                     self.drop_frame();
                 }
@@ -518,7 +512,7 @@ impl Stack {
     fn handle_icmp(&mut self, buf: Vec<u8>, ip_len: usize, dst: Ipv4Addr) {
         if dst == self.cfg.gateway_ip || dst == self.sp.host_ip {
             // smoltcp answers echo requests to its own addresses.
-            self.dev.rx.push_back(buf);
+            self.dev.queue_rx(buf);
             return;
         }
         let ipb = &buf[ETH_HDR..ETH_HDR + ip_len];
@@ -618,7 +612,7 @@ impl Stack {
                     // swallow other flows' segments: close the flow here instead.
                     return self.remove_flow(id, false);
                 }
-                self.dev.rx.push_back(buf);
+                self.dev.queue_rx(buf);
             } else if seg.rst {
                 // The guest gave up while we were connecting.
                 self.remove_flow(id, false);
@@ -1068,7 +1062,7 @@ impl Stack {
         let h = self.sockets.add(s);
         f.handle = Some(h);
         f.syn_waiting = Some(seg);
-        self.dev.rx.push_back(syn);
+        self.dev.queue_rx(syn);
         // service_tcp (in the poll) sees the socket leave LISTEN, or resets the guest if
         // smoltcp refused the SYN.
         self.poll();

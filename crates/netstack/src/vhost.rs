@@ -21,10 +21,11 @@
 //! posts receive buffers.
 
 use std::io::{self, Read, Write};
+use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -38,8 +39,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -53,6 +54,14 @@ const TX_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 /// Epoll token of the stack's "frames are waiting" eventfd (0..=NUM_QUEUES are taken).
 const STACK_KICK: u16 = NUM_QUEUES as u16 + 1;
+/// Epoll token of the worker's own "more on the tx ring" eventfd.
+const TX_MORE: u16 = NUM_QUEUES as u16 + 2;
+/// Frames (or chains) handled per event before the worker lets other events, and QEMU's
+/// control messages (which need the backend lock), have a turn.
+const BATCH: usize = 64;
+/// Longest descriptor chain accepted: Linux uses about 20 for a frame, while an indirect
+/// table may claim 65535 entries.
+const MAX_CHAIN_DESCS: usize = 128;
 const QUEUE_SIZE: usize = 1024;
 
 /// Guest memory with a dirty-page log: while QEMU migrates or snapshots the VM, every
@@ -111,6 +120,14 @@ struct Backend {
     shared: Arc<Shared>,
     ev: mpsc::Sender<Event>,
     kick: EventConsumer,
+    /// The write end of `kick`: the worker kicks itself when it stops at BATCH frames.
+    kick_self: Arc<EventNotifier>,
+    /// Self-kick for the tx ring (when a pass stops at BATCH chains).
+    tx_more: (EventConsumer, EventNotifier),
+    /// The rx ring's used index when we last decided about an interrupt.
+    rx_signalled: Wrapping<u16>,
+    /// One bit per queue: its malformed ring has been reported.
+    broken_logged: u8,
     /// Read end and write end of the worker thread's exit event.
     exit: Mutex<Option<(EventConsumer, EventNotifier)>>,
 }
@@ -139,39 +156,87 @@ impl Backend {
         self.acked & (1 << feature) != 0
     }
 
-    /// Guest -> stack: every frame the guest queued on the tx ring.
-    fn drain_tx(&mut self, vring: &VringRwLock) -> io::Result<()> {
+    /// Say once per queue that the guest broke its ring (bad indices, bad addresses);
+    /// that queue's frames are left alone until the guest fixes or resets it.
+    fn ring_broken(&mut self, queue: u16) {
+        let bit = 1u8 << queue;
+        if self.broken_logged & bit == 0 {
+            self.broken_logged |= bit;
+            let name = if queue == RX_QUEUE {
+                "receive"
+            } else {
+                "transmit"
+            };
+            eprintln!("network: the guest's {name} virtqueue is malformed; its frames are skipped");
+        }
+    }
+
+    /// Guest -> stack: up to BATCH chains from the tx ring per call (a self-kick brings
+    /// the worker back for the rest, so QEMU's control messages and the rx ring get a turn).
+    fn drain_tx(&mut self, vring: &VringRwLock) {
         let Some(atomic) = &self.mem else {
-            return Ok(());
+            return;
         };
         let mem = atomic.memory();
-        let mut frames = Vec::new();
+        let mut frames = Vec::with_capacity(BATCH);
+        let mut more = false;
+        let mut broken = false;
         {
             let mut st = vring.get_mut();
-            loop {
+            if !st.is_enabled() || !st.get_queue().ready() {
+                return;
+            }
+            let mut taken = 0;
+            'ring: loop {
                 if self.event_idx {
-                    st.disable_notification().map_err(io::Error::other)?;
+                    let _ = st.disable_notification();
                 }
-                while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                loop {
+                    if taken == BATCH {
+                        more = true;
+                        break 'ring;
+                    }
+                    let q = st.get_queue_mut();
+                    let size = q.size();
+                    let Some(chain) = q.pop_descriptor_chain(mem.clone()) else {
+                        break;
+                    };
+                    taken += 1;
                     let head = chain.head_index();
+                    if head >= size {
+                        // Not a descriptor of this ring: it cannot even be returned.
+                        broken = true;
+                        break 'ring;
+                    }
                     match read_tx_frame(&mem, chain) {
                         Some(f) => frames.push(f),
                         None => {
                             self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    st.add_used(head, 0).map_err(io::Error::other)?;
+                    if st.add_used(head, 0).is_err() {
+                        broken = true;
+                        break 'ring;
+                    }
                 }
-                if !self.event_idx || !st.enable_notification().map_err(io::Error::other)? {
+                // pop_descriptor_chain also ends on a malformed ring: never loop on that.
+                if !ring_drained(st.get_queue(), &mem) {
+                    broken = true;
+                    break;
+                }
+                if !self.event_idx || !st.enable_notification().unwrap_or(false) {
                     break;
                 }
             }
-            if st.needs_notification().map_err(io::Error::other)? {
-                st.signal_used_queue()?;
+            if st.needs_notification().unwrap_or(true) {
+                let _ = st.signal_used_queue();
             }
         }
-        // Outside the ring lock: this waits while the stack's queue is full (the stack
-        // always drains it, so this cannot deadlock with frames going the other way).
+        if broken {
+            self.ring_broken(TX_QUEUE);
+        }
+        // Waits while the stack's queue is full: the stack always drains it, so this
+        // cannot deadlock with frames going the other way.
         if let Some(tx) = &self.frames {
             for f in frames {
                 if tx.blocking_send(Ok(f)).is_err() {
@@ -179,18 +244,21 @@ impl Backend {
                 }
             }
         }
-        Ok(())
+        if more {
+            let _ = self.tx_more.1.notify();
+        }
     }
 
-    /// Stack -> guest: as many waiting frames as the guest has receive buffers for.
-    fn fill_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
+    /// Stack -> guest: up to BATCH waiting frames, as far as the guest's receive buffers
+    /// go; the rest on a self-kick, or when the guest posts buffers.
+    fn fill_rx(&mut self, vring: &VringRwLock) {
         let Some(atomic) = &self.mem else {
-            return Ok(());
+            return;
         };
         let mem = atomic.memory();
         let mut st = vring.get_mut();
-        if !st.is_enabled() {
-            return Ok(());
+        if !st.is_enabled() || !st.get_queue().ready() {
+            return;
         }
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let flags = if self.has(VIRTIO_NET_F_GUEST_CSUM) {
@@ -198,9 +266,10 @@ impl Backend {
         } else {
             0
         };
-        let mut delivered = false;
+        let mut published = false;
         let mut took = false;
-        loop {
+        let mut broken = false;
+        for _ in 0..BATCH {
             let frame = match self.stash.take() {
                 Some(f) => f,
                 None => match self.out.try_recv() {
@@ -211,44 +280,130 @@ impl Backend {
                     Err(_) => break,
                 },
             };
-            match write_rx_frame(&mut st, &mem, &frame, flags, mrg)? {
+            let q = st.get_queue_mut();
+            match write_rx_frame(q, &mem, &frame, flags, mrg) {
                 RxOutcome::Written(used) => {
-                    for (head, len) in used {
-                        st.add_used(head, len).map_err(io::Error::other)?;
+                    if publish_used(q, &mem, &used).is_err() {
+                        broken = true;
+                        break;
                     }
-                    delivered = true;
+                    published = true;
                     self.shared
                         .rx_bytes
                         .fetch_add(frame.len() as u64, Ordering::Relaxed);
                 }
+                RxOutcome::BadBuffers(used) => {
+                    let empty: Vec<(u16, u32)> = used.iter().map(|&(h, _)| (h, 0)).collect();
+                    if publish_used(q, &mem, &empty).is_err() {
+                        broken = true;
+                        break;
+                    }
+                    published = true;
+                    self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                }
                 RxOutcome::NoRoom => {
                     self.stash = Some(frame);
-                    // Ask for a kick when the guest posts buffers; if some arrived
-                    // meanwhile, go on.
-                    if self.event_idx && st.enable_notification().map_err(io::Error::other)? {
-                        continue;
+                    if self.event_idx && rearm(q, &mem) {
+                        continue; // buffers arrived meanwhile
                     }
                     break;
                 }
-                RxOutcome::BadBuffers(used) => {
-                    for (head, _) in used {
-                        st.add_used(head, 0).map_err(io::Error::other)?;
-                    }
-                    self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                RxOutcome::Broken => {
+                    self.stash = Some(frame);
+                    broken = true;
+                    break;
                 }
             }
         }
-        if delivered && st.needs_notification().map_err(io::Error::other)? {
-            st.signal_used_queue()?;
+        if !broken && self.stash.is_none() && !self.out.is_empty() {
+            // BATCH reached with frames still waiting.
+            let _ = self.kick_self.notify();
+        }
+        if published && self.rx_interrupt_due(st.get_queue(), &mem) {
+            let _ = st.signal_used_queue();
         }
         drop(st);
+        if broken {
+            self.ring_broken(RX_QUEUE);
+        }
         if took && self.shared.tx_blocked.swap(false, Ordering::Relaxed) {
             let _ = self.ev.try_send(Event::TxReady);
         }
-        Ok(())
+    }
+
+    /// Whether the guest wants an interrupt for the used entries published since the last
+    /// time we asked (EVENT_IDX: it said up to where it is not interested yet).
+    fn rx_interrupt_due(&mut self, q: &Queue, mem: &GuestMem) -> bool {
+        let new = Wrapping(q.next_used());
+        let old = std::mem::replace(&mut self.rx_signalled, new);
+        if !self.event_idx {
+            return true;
+        }
+        // The used entries must be visible before we read the guest's used_event.
+        fence(Ordering::SeqCst);
+        let at = q.avail_ring() + 4 + 2 * u64::from(q.size());
+        match mem.load::<u16>(GuestAddress(at), Ordering::Acquire) {
+            Ok(ev) => new - Wrapping(u16::from_le(ev)) - Wrapping(1) < new - old,
+            Err(_) => true,
+        }
     }
 }
 
+/// True when every entry the guest made available has been taken.
+fn ring_drained(q: &Queue, mem: &GuestMem) -> bool {
+    q.avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|a| a.0 == q.next_avail())
+}
+
+/// After running out of receive buffers (EVENT_IDX): ask the guest to notify us when it
+/// posts buffers beyond the ones available now. True if some arrived meanwhile.
+fn rearm(q: &mut Queue, mem: &GuestMem) -> bool {
+    let start = q.next_avail();
+    let Ok(now) = q.avail_idx(mem, Ordering::Acquire) else {
+        return false;
+    };
+    // enable_notification writes avail_event = next_avail and reports whether avail_idx
+    // has moved past it.
+    q.set_next_avail(now.0);
+    let moved = q.enable_notification(mem).unwrap_or(false);
+    q.set_next_avail(start);
+    moved
+}
+
+/// Put a frame's used entries in the used ring, then make them visible to the guest with
+/// one store of the index: with mergeable buffers the guest must never see part of a frame
+/// (Linux drops it: "rx error: N buffers out of M missing").
+fn publish_used(q: &mut Queue, mem: &GuestMem, used: &[(u16, u32)]) -> Result<(), ()> {
+    let size = q.size();
+    let base = q.used_ring();
+    let start = q.next_used();
+    for (i, &(head, len)) in used.iter().enumerate() {
+        if head >= size {
+            return Err(());
+        }
+        let slot = u64::from(start.wrapping_add(i as u16) % size);
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        let at = base.checked_add(4 + slot * 8).ok_or(())?;
+        mem.write_slice(&elem, GuestAddress(at)).map_err(|_| ())?;
+    }
+    let new = start.wrapping_add(used.len() as u16);
+    mem.store(new.to_le(), GuestAddress(base + 2), Ordering::Release)
+        .map_err(|_| ())?;
+    q.set_next_used(new);
+    Ok(())
+}
+
+/// Whether a chain has at most MAX_CHAIN_DESCS descriptors (an indirect table may claim
+/// 65535, and every walk over the chain would pay for all of them).
+fn chain_is_short<M>(chain: &virtio_queue::DescriptorChain<M>) -> bool
+where
+    M: std::ops::Deref + Clone,
+    M::Target: vm_memory::GuestMemory + Sized,
+{
+    chain.clone().take(MAX_CHAIN_DESCS + 1).count() <= MAX_CHAIN_DESCS
+}
 /// Read one tx descriptor chain: header, then the frame. `None` for a chain that is not a
 /// well-formed frame we accept.
 fn read_tx_frame<M>(mem: &M, chain: virtio_queue::DescriptorChain<M>) -> Option<Vec<u8>>
@@ -256,6 +411,9 @@ where
     M: std::ops::Deref + Clone,
     M::Target: vm_memory::GuestMemory + Sized,
 {
+    if !chain_is_short(&chain) {
+        return None;
+    }
     let mut r = chain.reader(mem).ok()?;
     let len = r.available_bytes();
     if !(HDR_LEN + 14..=HDR_LEN + MAX_FRAME_LEN).contains(&len) {
@@ -311,7 +469,6 @@ pub(crate) fn ones_complement_sum(data: &[u8]) -> u16 {
     }
     acc as u16
 }
-
 enum RxOutcome {
     /// The frame is in the guest's buffers: the chains to return, with the bytes written.
     Written(Vec<(u16, u32)>),
@@ -319,29 +476,46 @@ enum RxOutcome {
     NoRoom,
     /// The guest's buffers were unusable: the chains to return empty; frame dropped.
     BadBuffers(Vec<(u16, u32)>),
+    /// The ring itself is malformed (nothing consumed).
+    Broken,
 }
 
+/// Write one frame (virtio-net header first) into the guest's receive buffers. Used
+/// entries are not published here (see publish_used).
 fn write_rx_frame(
-    st: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMem>>,
+    q: &mut Queue,
     mem: &vm_memory::GuestMemoryLoadGuard<GuestMem>,
     frame: &[u8],
     flags: u8,
     mrg: bool,
-) -> io::Result<RxOutcome> {
-    let q = st.get_queue_mut();
+) -> RxOutcome {
     let start = q.next_avail();
+    let size = q.size();
     let mut used: Vec<(u16, u32)> = Vec::new();
     let mut hdr_writer = None;
     let mut rest = frame;
     loop {
         let Some(chain) = q.pop_descriptor_chain(mem.clone()) else {
+            let drained = ring_drained(q, mem);
             q.set_next_avail(start);
-            return Ok(RxOutcome::NoRoom);
+            return if drained {
+                RxOutcome::NoRoom
+            } else {
+                RxOutcome::Broken
+            };
         };
         let head = chain.head_index();
+        if head >= size {
+            q.set_next_avail(start);
+            return RxOutcome::Broken;
+        }
+        if !chain_is_short(&chain) {
+            used.push((head, 0));
+            return RxOutcome::BadBuffers(used);
+        }
         let Ok(mut w) = chain.writer(&**mem) else {
             used.push((head, 0));
-            return Ok(RxOutcome::BadBuffers(used));
+            return RxOutcome::BadBuffers(used);
         };
         let mut written = 0usize;
         if hdr_writer.is_none() {
@@ -349,11 +523,11 @@ fn write_rx_frame(
             // only at the end.
             if w.available_bytes() < HDR_LEN {
                 used.push((head, 0));
-                return Ok(RxOutcome::BadBuffers(used));
+                return RxOutcome::BadBuffers(used);
             }
             let Ok(body) = w.split_at(HDR_LEN) else {
                 used.push((head, 0));
-                return Ok(RxOutcome::BadBuffers(used));
+                return RxOutcome::BadBuffers(used);
             };
             hdr_writer = Some(w);
             w = body;
@@ -362,16 +536,16 @@ fn write_rx_frame(
         let n = rest.len().min(w.available_bytes());
         if w.write_all(&rest[..n]).is_err() {
             used.push((head, 0));
-            return Ok(RxOutcome::BadBuffers(used));
+            return RxOutcome::BadBuffers(used);
         }
         rest = &rest[n..];
         used.push((head, (written + n) as u32));
         if rest.is_empty() {
             break;
         }
-        if !mrg || used.len() >= u16::MAX as usize {
+        if !mrg || used.len() >= usize::from(size) {
             // Without mergeable buffers a frame must fit one chain.
-            return Ok(RxOutcome::BadBuffers(used));
+            return RxOutcome::BadBuffers(used);
         }
     }
     let mut hdr = [0u8; HDR_LEN];
@@ -380,10 +554,10 @@ fn write_rx_frame(
     hdr[10..12].copy_from_slice(&(used.len() as u16).to_le_bytes());
     if let Some(mut w) = hdr_writer {
         if w.write_all(&hdr).is_err() {
-            return Ok(RxOutcome::BadBuffers(used));
+            return RxOutcome::BadBuffers(used);
         }
     }
-    Ok(RxOutcome::Written(used))
+    RxOutcome::Written(used)
 }
 
 impl VhostUserBackendMut for Backend {
@@ -433,19 +607,27 @@ impl VhostUserBackendMut for Backend {
         let [rx, tx] = vrings else {
             return Err(io::Error::other("expected two virtqueues"));
         };
+        // Guest-caused trouble is handled (and said once) where it happens: an error from
+        // here would end the worker thread, and with it the sandbox's network.
         match device_event {
             TX_QUEUE => {
-                self.drain_tx(tx)?;
+                self.drain_tx(tx);
                 // The stack may have answered already (ACKs): deliver without waiting.
-                self.fill_rx(rx)
+                self.fill_rx(rx);
+            }
+            TX_MORE => {
+                let _ = self.tx_more.0.consume();
+                self.drain_tx(tx);
+                self.fill_rx(rx);
             }
             RX_QUEUE => self.fill_rx(rx),
             STACK_KICK => {
                 let _ = self.kick.consume();
-                self.fill_rx(rx)
+                self.fill_rx(rx);
             }
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 }
 
@@ -461,7 +643,10 @@ pub(crate) fn start(
     let flags = EventFlag::NONBLOCK | EventFlag::CLOEXEC;
     let (kick_rx, kick_tx) = new_event_consumer_and_notifier(flags)?;
     let exit = new_event_consumer_and_notifier(flags)?;
+    let tx_more = new_event_consumer_and_notifier(flags)?;
     let kick_fd = kick_rx.as_raw_fd();
+    let tx_more_fd = tx_more.0.as_raw_fd();
+    let kick_tx = Arc::new(kick_tx);
     let backend = Arc::new(Mutex::new(Backend {
         mem: None,
         event_idx: false,
@@ -472,6 +657,10 @@ pub(crate) fn start(
         shared,
         ev,
         kick: kick_rx,
+        kick_self: kick_tx.clone(),
+        tx_more,
+        rx_signalled: Wrapping(0),
+        broken_logged: 0,
         exit: Mutex::new(Some(exit)),
     }));
     let mut daemon = VhostUserDaemon::new(
@@ -485,6 +674,7 @@ pub(crate) fn start(
         .first()
         .ok_or_else(|| NetError::Io(io::Error::other("vhost-user: no worker thread")))?
         .register_listener(kick_fd, EventSet::IN, STACK_KICK as u64)?;
+    handlers[0].register_listener(tx_more_fd, EventSet::IN, TX_MORE as u64)?;
     // QEMU connects to `listener`; the daemon listens on a private socket next to it, and
     // the relay between the two drops the one message the daemon would refuse.
     let inner_path = listener.path.with_extension("backend");
@@ -520,14 +710,13 @@ pub(crate) fn start(
                 eprintln!("network: vhost-user connection: {e}");
             }
         })?;
-    Ok(Wire {
-        kick: Arc::new(kick_tx),
-    })
+    Ok(Wire { kick: kick_tx })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Address;
 
     fn hdr(flags: u8, gso: u8, start: u16, offset: u16) -> [u8; HDR_LEN] {
         let mut h = [0u8; HDR_LEN];
@@ -625,16 +814,25 @@ mod tests {
     /// device-side vring over it, as the vhost-user handler would set it up.
     fn queue_pair() -> (GuestMemoryAtomic<GuestMem>, VringRwLock) {
         use vm_memory::GuestAddress;
-        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        // The mock puts indirect tables at 0x3000_0000.
+        let mem = GuestMem::from_ranges(&[
+            (GuestAddress(0), 0x40000),
+            (GuestAddress(0x3000_0000), 0x10000),
+        ])
+        .unwrap();
         let atomic = GuestMemoryAtomic::new(mem);
         let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
         vring.set_queue_size(16);
         (atomic, vring)
     }
 
+    /// Where the device-side used ring goes: virtio-queue's mock places its own used ring
+    /// over the end of its avail ring for 16 entries, so the tests keep it apart.
+    const USED: u64 = 0x8000;
+
     fn attach(vring: &VringRwLock, q: &virtio_queue::mock::MockSplitQueue<GuestMem>) {
         vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, USED)
             .unwrap();
         vring.set_queue_ready(true);
         vring.set_enabled(true);
@@ -659,8 +857,8 @@ mod tests {
 
         let frame: Vec<u8> = (0..10000u32).map(|i| (i % 251) as u8).collect();
         let mut st = vring.get_mut();
-        let RxOutcome::Written(used) = write_rx_frame(&mut st, &mem, &frame, 2, true).unwrap()
-        else {
+        let q = st.get_queue_mut();
+        let RxOutcome::Written(used) = write_rx_frame(q, &mem, &frame, 2, true) else {
             panic!("the frame should fit three buffers");
         };
         assert_eq!(
@@ -675,13 +873,27 @@ mod tests {
         mem.read_slice(&mut back, GuestAddress(bufs[0])).unwrap();
         assert_eq!(&back[HDR_LEN..HDR_LEN + frame.len()], &frame[..]);
 
+        // Nothing is visible to the guest until the whole frame is published, at once.
+        let used_idx = |q: &Queue| {
+            mem.read_obj::<u16>(GuestAddress(q.used_ring() + 2))
+                .unwrap()
+        };
+        assert_eq!(used_idx(q), 0);
+        publish_used(q, &mem, &used).unwrap();
+        assert_eq!(used_idx(q), 3);
+        for (i, (head, len)) in used.iter().enumerate() {
+            let at = GuestAddress(q.used_ring() + 4 + 8 * i as u64);
+            assert_eq!(mem.read_obj::<u32>(at).unwrap(), u32::from(*head));
+            assert_eq!(mem.read_obj::<u32>(at.unchecked_add(4)).unwrap(), *len);
+        }
+
         // No buffers left: nothing is consumed, and the frame can be retried later.
-        let before = st.get_queue().next_avail();
+        let before = q.next_avail();
         assert!(matches!(
-            write_rx_frame(&mut st, &mem, &frame, 0, true).unwrap(),
+            write_rx_frame(q, &mem, &frame, 0, true),
             RxOutcome::NoRoom
         ));
-        assert_eq!(st.get_queue().next_avail(), before);
+        assert_eq!(q.next_avail(), before);
     }
 
     #[test]
@@ -693,7 +905,7 @@ mod tests {
             .unwrap();
         attach(&vring, &q);
         let mut st = vring.get_mut();
-        let out = write_rx_frame(&mut st, &mem, &[7u8; 1500], 0, false).unwrap();
+        let out = write_rx_frame(st.get_queue_mut(), &mem, &[7u8; 1500], 0, false);
         let RxOutcome::BadBuffers(used) = out else {
             panic!("expected the frame to be refused");
         };
@@ -708,8 +920,164 @@ mod tests {
         q.add_desc_chains(&[writable(0x3ff00, 4096)], 0).unwrap();
         attach(&vring, &q);
         let mut st = vring.get_mut();
-        let out = write_rx_frame(&mut st, &mem, &[7u8; 100], 0, true).unwrap();
+        let out = write_rx_frame(st.get_queue_mut(), &mem, &[7u8; 100], 0, true);
         assert!(matches!(out, RxOutcome::BadBuffers(ref u) if u == &vec![(0, 0)]));
+    }
+
+    /// A backend over `atomic` with EVENT_IDX and mergeable buffers negotiated; returns
+    /// it with the stack's ends of its channels.
+    /// The stack's ends of a test backend's channels: frames for the guest, guest frames.
+    type StackEnds = (
+        mpsc::Sender<Vec<u8>>,
+        mpsc::Receiver<Result<Vec<u8>, NetError>>,
+    );
+
+    fn backend(atomic: &GuestMemoryAtomic<GuestMem>) -> (Backend, StackEnds) {
+        let flags = EventFlag::NONBLOCK;
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        let (frames_tx, frames_rx) = mpsc::channel(1024);
+        let (ev_tx, _ev_rx) = mpsc::channel(16);
+        let (kick_rx, kick_tx) = new_event_consumer_and_notifier(flags).unwrap();
+        let b = Backend {
+            mem: Some(atomic.clone()),
+            event_idx: true,
+            acked: (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_EVENT_IDX),
+            frames: Some(frames_tx),
+            out: out_rx,
+            stash: None,
+            shared: Arc::new(Shared::default()),
+            ev: ev_tx,
+            kick: kick_rx,
+            kick_self: Arc::new(kick_tx),
+            tx_more: new_event_consumer_and_notifier(flags).unwrap(),
+            rx_signalled: Wrapping(0),
+            broken_logged: 0,
+            exit: Mutex::new(None),
+        };
+        (b, (out_tx, frames_rx))
+    }
+
+    fn avail_idx_addr(q: &virtio_queue::mock::MockSplitQueue<GuestMem>) -> GuestAddress {
+        q.avail_addr().unchecked_add(2)
+    }
+
+    #[test]
+    fn too_few_receive_buffers_park_the_frame_and_ask_for_a_kick_without_spinning() {
+        use vm_memory::Bytes;
+        let (atomic, vring) = queue_pair();
+        vring.set_queue_event_idx(true);
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        // One buffer only big enough for the header: a frame never fits.
+        q.add_desc_chains(&[writable(0x10000, HDR_LEN as u32)], 0)
+            .unwrap();
+        attach(&vring, &q);
+        let (mut b, (out, _frames)) = backend(&atomic);
+        out.try_send(vec![1u8; 100]).unwrap();
+        b.fill_rx(&vring); // returns: no loop on a buffer that can never do
+        assert_eq!(b.stash.as_deref(), Some(&[1u8; 100][..]), "kept for later");
+        let st = vring.get_ref();
+        assert_eq!(st.get_queue().next_avail(), 0, "nothing consumed");
+        // avail_event (after the used ring) asks for a kick once the guest posts past
+        // the one buffer there is.
+        let avail_event = GuestAddress(USED + 4 + 8 * 16);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_malformed_avail_index_is_reported_once_and_nothing_spins() {
+        use vm_memory::Bytes;
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        q.add_desc_chains(&[writable(0x10000, 4096)], 0).unwrap();
+        attach(&vring, &q);
+        // 1000 entries "available" on a 16-entry ring: virtio-queue refuses to pop.
+        mem.write_obj::<u16>(1000, avail_idx_addr(&q)).unwrap();
+        let (mut b, (out, _frames)) = backend(&atomic);
+        out.try_send(vec![1u8; 100]).unwrap();
+        b.fill_rx(&vring);
+        assert!(b.stash.is_some());
+        assert_eq!(b.broken_logged, 1 << RX_QUEUE);
+        // the same on the tx ring: no frame, no loop, reported
+        let (atomic2, vring2) = queue_pair();
+        let mem2 = atomic2.memory();
+        let q2 = virtio_queue::mock::MockSplitQueue::new(&*mem2, 16);
+        attach(&vring2, &q2);
+        mem2.write_obj::<u16>(1000, avail_idx_addr(&q2)).unwrap();
+        let (mut b2, (_out2, mut frames2)) = backend(&atomic2);
+        b2.drain_tx(&vring2);
+        assert!(frames2.try_recv().is_err());
+        assert_eq!(b2.broken_logged, 1 << TX_QUEUE);
+    }
+
+    #[test]
+    fn work_is_done_in_batches_with_a_self_kick_for_the_rest() {
+        use vm_memory::Bytes;
+        // rx: 100 frames waiting, 16 buffers: 16 delivered, the rest waits for buffers.
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        let descs: Vec<_> = (0..16)
+            .map(|i| writable(0x10000 + i * 0x1000, 4096))
+            .collect();
+        q.add_desc_chains(&descs, 0).unwrap();
+        attach(&vring, &q);
+        let (mut b, (out, _frames)) = backend(&atomic);
+        for i in 0..100u8 {
+            out.try_send(vec![i; 60]).unwrap();
+        }
+        b.fill_rx(&vring);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 16);
+        assert_eq!(b.stash.as_deref(), Some(&[16u8; 60][..]));
+        assert_eq!(b.shared.rx_bytes.load(Ordering::Relaxed), 16 * 60);
+
+        // tx: 100 one-descriptor frames on a 128-entry ring: 64 per pass, then a self-kick.
+        let mem2 = GuestMem::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let atomic2 = GuestMemoryAtomic::new(mem2);
+        let vring2 = VringRwLock::new(atomic2.clone(), 128).unwrap();
+        vring2.set_queue_size(128);
+        let m2 = atomic2.memory();
+        let q2 = virtio_queue::mock::MockSplitQueue::new(&*m2, 128);
+        let frame_len = (HDR_LEN + 60) as u32;
+        let descs: Vec<_> = (0..100u64)
+            .map(|i| {
+                virtio_queue::desc::split::Descriptor::new(0x40000 + i * 0x100, frame_len, 0, 0)
+                    .into()
+            })
+            .collect();
+        q2.add_desc_chains(&descs, 0).unwrap();
+        attach(&vring2, &q2);
+        let (mut b2, (_out2, mut frames2)) = backend(&atomic2);
+        b2.drain_tx(&vring2);
+        let mut n = 0;
+        while let Ok(Ok(f)) = frames2.try_recv() {
+            assert_eq!(f.len(), 60);
+            n += 1;
+        }
+        assert_eq!(n, BATCH);
+        assert!(b2.tx_more.0.consume().is_ok(), "the worker kicked itself");
+        b2.drain_tx(&vring2);
+        while let Ok(Ok(_)) = frames2.try_recv() {
+            n += 1;
+        }
+        assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn an_oversized_indirect_table_is_refused_without_walking_it() {
+        let (atomic, vring) = queue_pair();
+        let mem = atomic.memory();
+        let mut q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        q.add_indirect_chain(1000).unwrap();
+        attach(&vring, &q);
+        let mut st = vring.get_mut();
+        let chain = st
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone())
+            .unwrap();
+        assert!(!chain_is_short(&chain));
+        assert_eq!(read_tx_frame(&mem, chain), None);
     }
 
     #[test]

@@ -149,10 +149,17 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<Ow
     let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut raw) }
         .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
     // SAFETY: recvmsg gave us these descriptors; nothing else owns them.
-    let fds = raw[..nfds]
+    let fds: Vec<OwnedFd> = raw[..nfds]
         .iter()
         .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect();
+    // vmm-sys-util's recvmsg has no MSG_CMSG_CLOEXEC: close-on-exec right away, so that a
+    // process msb-runtime starts (mke2fs runs while QEMU sets up) does not inherit guest
+    // memory. The window is a few instructions wide; the relay holds them only briefly.
+    for fd in &fds {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     Ok((n, fds))
 }
 
