@@ -198,8 +198,13 @@ impl Backend {
                     }
                     let q = st.get_queue_mut();
                     let size = q.size();
-                    let Some(chain) = q.pop_descriptor_chain(mem.clone()) else {
-                        break;
+                    let chain = match next_chain(q, &mem) {
+                        Ok(Some(chain)) => chain,
+                        Ok(None) => break,
+                        Err(()) => {
+                            broken = true;
+                            break 'ring;
+                        }
                     };
                     taken += 1;
                     let head = chain.head_index();
@@ -218,11 +223,6 @@ impl Backend {
                         broken = true;
                         break 'ring;
                     }
-                }
-                // pop_descriptor_chain also ends on a malformed ring: never loop on that.
-                if !ring_drained(st.get_queue(), &mem) {
-                    broken = true;
-                    break;
                 }
                 if !self.event_idx || !st.enable_notification().unwrap_or(false) {
                     break;
@@ -301,9 +301,9 @@ impl Backend {
                     published = true;
                     self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
                 }
-                RxOutcome::NoRoom => {
+                RxOutcome::NoRoom(seen) => {
                     self.stash = Some(frame);
-                    if self.event_idx && rearm(q, &mem) {
+                    if self.event_idx && rearm(q, &mem, seen) {
                         continue; // buffers arrived meanwhile
                     }
                     break;
@@ -349,22 +349,43 @@ impl Backend {
     }
 }
 
-/// True when every entry the guest made available has been taken.
-fn ring_drained(q: &Queue, mem: &GuestMem) -> bool {
-    q.avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|a| a.0 == q.next_avail())
+type Chain = virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMem>>;
+
+/// The next chain the guest made available: `Ok(None)` when there is none, `Err` when the
+/// ring is malformed (an avail index more than a ring ahead, rings it cannot read).
+/// virtio-queue's pop says `None` for both, and also when the guest has just added an
+/// entry after pop read the index: that race is told apart and retried once, because
+/// taking it for a broken ring would stop the queue for good (the guest, told by
+/// EVENT_IDX, would not kick again).
+fn next_chain(
+    q: &mut Queue,
+    mem: &vm_memory::GuestMemoryLoadGuard<GuestMem>,
+) -> Result<Option<Chain>, ()> {
+    if q.avail_ring() == 0 {
+        return Err(()); // virtio-queue refuses a ring at 0 as "not ready"
+    }
+    for _ in 0..2 {
+        if let Some(chain) = q.pop_descriptor_chain(mem.clone()) {
+            return Ok(Some(chain));
+        }
+        match q.avail_idx(&**mem, Ordering::Acquire) {
+            Ok(a) if a.0 == q.next_avail() => return Ok(None),
+            Ok(a) if a.0.wrapping_sub(q.next_avail()) <= q.size() => continue,
+            _ => return Err(()),
+        }
+    }
+    Err(())
 }
 
-/// After running out of receive buffers (EVENT_IDX): ask the guest to notify us when it
-/// posts buffers beyond the ones available now. True if some arrived meanwhile.
-fn rearm(q: &mut Queue, mem: &GuestMem) -> bool {
+/// After running out of receive buffers at avail index `seen` (EVENT_IDX): ask the guest
+/// to notify us when it posts past `seen`. True if it already has: those buffers arrived
+/// while we were trying, and the guest may not have kicked for them, so retry at once
+/// (waiting would be a lost wakeup: frames parked, buffers posted, nobody kicking).
+fn rearm(q: &mut Queue, mem: &GuestMem, seen: u16) -> bool {
     let start = q.next_avail();
-    let Ok(now) = q.avail_idx(mem, Ordering::Acquire) else {
-        return false;
-    };
-    // enable_notification writes avail_event = next_avail and reports whether avail_idx
-    // has moved past it.
-    q.set_next_avail(now.0);
+    // enable_notification writes avail_event = next_avail, then (after a full fence)
+    // reports whether avail_idx has moved past it.
+    q.set_next_avail(seen);
     let moved = q.enable_notification(mem).unwrap_or(false);
     q.set_next_avail(start);
     moved
@@ -472,8 +493,9 @@ pub(crate) fn ones_complement_sum(data: &[u8]) -> u16 {
 enum RxOutcome {
     /// The frame is in the guest's buffers: the chains to return, with the bytes written.
     Written(Vec<(u16, u32)>),
-    /// Not enough receive buffers now (nothing consumed).
-    NoRoom,
+    /// Not enough receive buffers now (nothing consumed); the guest's avail index when
+    /// we ran out.
+    NoRoom(u16),
     /// The guest's buffers were unusable: the chains to return empty; frame dropped.
     BadBuffers(Vec<(u16, u32)>),
     /// The ring itself is malformed (nothing consumed).
@@ -495,14 +517,17 @@ fn write_rx_frame(
     let mut hdr_writer = None;
     let mut rest = frame;
     loop {
-        let Some(chain) = q.pop_descriptor_chain(mem.clone()) else {
-            let drained = ring_drained(q, mem);
-            q.set_next_avail(start);
-            return if drained {
-                RxOutcome::NoRoom
-            } else {
-                RxOutcome::Broken
-            };
+        let chain = match next_chain(q, mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => {
+                let seen = q.next_avail();
+                q.set_next_avail(start);
+                return RxOutcome::NoRoom(seen);
+            }
+            Err(()) => {
+                q.set_next_avail(start);
+                return RxOutcome::Broken;
+            }
         };
         let head = chain.head_index();
         if head >= size {
@@ -891,7 +916,7 @@ mod tests {
         let before = q.next_avail();
         assert!(matches!(
             write_rx_frame(q, &mem, &frame, 0, true),
-            RxOutcome::NoRoom
+            RxOutcome::NoRoom(3)
         ));
         assert_eq!(q.next_avail(), before);
     }
@@ -982,6 +1007,35 @@ mod tests {
         // the one buffer there is.
         let avail_event = GuestAddress(USED + 4 + 8 * 16);
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 1);
+    }
+
+    #[test]
+    fn buffers_posted_while_we_ran_out_are_not_missed() {
+        let (atomic, vring) = queue_pair();
+        vring.set_queue_event_idx(true);
+        let mem = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        q.add_desc_chains(&[writable(0x10000, HDR_LEN as u32)], 0)
+            .unwrap();
+        attach(&vring, &q);
+        let mut st = vring.get_mut();
+        let queue = st.get_queue_mut();
+        let RxOutcome::NoRoom(seen) = write_rx_frame(queue, &mem, &[5u8; 100], 0, true) else {
+            panic!("one header-sized buffer cannot take a frame");
+        };
+        assert_eq!(seen, 1);
+        // Meanwhile the guest posts a real buffer (and, told nothing new, need not kick).
+        q.add_desc_chains(&[writable(0x11000, 4096)], 1).unwrap();
+        assert!(
+            rearm(queue, &mem, seen),
+            "the new buffer is seen: retry now"
+        );
+        assert!(matches!(
+            write_rx_frame(queue, &mem, &[5u8; 100], 0, true),
+            RxOutcome::Written(_)
+        ));
+        // Nothing new since: wait for a kick.
+        assert!(!rearm(queue, &mem, queue.next_avail()));
     }
 
     #[test]
