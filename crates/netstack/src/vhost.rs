@@ -124,8 +124,11 @@ struct Backend {
     kick_self: Arc<EventNotifier>,
     /// Self-kick for the tx ring (when a pass stops at BATCH chains).
     tx_more: (EventConsumer, EventNotifier),
-    /// The rx ring's used index when we last decided about an interrupt.
-    rx_signalled: Wrapping<u16>,
+    /// Per queue, the used index we last published, while the ring runs (cleared when
+    /// QEMU stops it). vhost-user-backend re-reads the used index from guest memory on a
+    /// SET_VRING_ADDR, which QEMU also sends to a running ring (dirty logging on or off);
+    /// a publish of ours racing that would be rolled back, so ours is put back.
+    used: [Option<u16>; NUM_QUEUES],
     /// One bit per queue: its malformed ring has been reported.
     broken_logged: u8,
     /// Read end and write end of the worker thread's exit event.
@@ -154,6 +157,15 @@ fn offered_protocol_features() -> VhostUserProtocolFeatures {
 impl Backend {
     fn has(&self, feature: u32) -> bool {
         self.acked & (1 << feature) != 0
+    }
+
+    /// Undo a roll-back of the used index by vhost-user-backend (see `used`).
+    fn restore_used(&self, queue: u16, q: &mut Queue) {
+        if let Some(u) = self.used[usize::from(queue)] {
+            if u != q.next_used() {
+                q.set_next_used(u);
+            }
+        }
     }
 
     /// Say once per queue that the guest broke its ring (bad indices, bad addresses);
@@ -186,6 +198,7 @@ impl Backend {
             if !st.is_enabled() || !st.get_queue().ready() {
                 return;
             }
+            self.restore_used(TX_QUEUE, st.get_queue_mut());
             let mut taken = 0;
             'ring: loop {
                 if self.event_idx {
@@ -228,6 +241,7 @@ impl Backend {
                     break;
                 }
             }
+            self.used[usize::from(TX_QUEUE)] = Some(st.get_queue().next_used());
             if st.needs_notification().unwrap_or(true) {
                 let _ = st.signal_used_queue();
             }
@@ -260,6 +274,10 @@ impl Backend {
         if !st.is_enabled() || !st.get_queue().ready() {
             return;
         }
+        self.restore_used(RX_QUEUE, st.get_queue_mut());
+        // Interrupt bookkeeping starts from here, every call: a ring restarted by QEMU
+        // starts its used index again from its own value.
+        let old_used = st.get_queue().next_used();
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let flags = if self.has(VIRTIO_NET_F_GUEST_CSUM) {
             VIRTIO_NET_HDR_F_DATA_VALID as u8
@@ -269,57 +287,64 @@ impl Backend {
         let mut published = false;
         let mut took = false;
         let mut broken = false;
-        for _ in 0..BATCH {
-            let frame = match self.stash.take() {
-                Some(f) => f,
-                None => match self.out.try_recv() {
-                    Ok(f) => {
-                        took = true;
-                        f
+        // true when the loop stopped on its own account (nothing waiting, no room, a broken
+        // ring); false when it used up its BATCH passes.
+        let stopped = 'fill: {
+            for _ in 0..BATCH {
+                let frame = match self.stash.take() {
+                    Some(f) => f,
+                    None => match self.out.try_recv() {
+                        Ok(f) => {
+                            took = true;
+                            f
+                        }
+                        Err(_) => break 'fill true,
+                    },
+                };
+                let q = st.get_queue_mut();
+                match write_rx_frame(q, &mem, &frame, flags, mrg) {
+                    RxOutcome::Written(used) => {
+                        if publish_used(q, &mem, &used).is_err() {
+                            broken = true;
+                            break 'fill true;
+                        }
+                        published = true;
+                        self.shared
+                            .rx_bytes
+                            .fetch_add(frame.len() as u64, Ordering::Relaxed);
                     }
-                    Err(_) => break,
-                },
-            };
-            let q = st.get_queue_mut();
-            match write_rx_frame(q, &mem, &frame, flags, mrg) {
-                RxOutcome::Written(used) => {
-                    if publish_used(q, &mem, &used).is_err() {
+                    RxOutcome::BadBuffers(used) => {
+                        let empty: Vec<(u16, u32)> = used.iter().map(|&(h, _)| (h, 0)).collect();
+                        if publish_used(q, &mem, &empty).is_err() {
+                            broken = true;
+                            break 'fill true;
+                        }
+                        published = true;
+                        self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    RxOutcome::NoRoom(seen) => {
+                        self.stash = Some(frame);
+                        if self.event_idx && rearm(q, &mem, seen) {
+                            continue; // buffers arrived meanwhile
+                        }
+                        break 'fill true;
+                    }
+                    RxOutcome::Broken => {
+                        self.stash = Some(frame);
                         broken = true;
-                        break;
+                        break 'fill true;
                     }
-                    published = true;
-                    self.shared
-                        .rx_bytes
-                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                }
-                RxOutcome::BadBuffers(used) => {
-                    let empty: Vec<(u16, u32)> = used.iter().map(|&(h, _)| (h, 0)).collect();
-                    if publish_used(q, &mem, &empty).is_err() {
-                        broken = true;
-                        break;
-                    }
-                    published = true;
-                    self.shared.dropped_frames.fetch_add(1, Ordering::Relaxed);
-                }
-                RxOutcome::NoRoom(seen) => {
-                    self.stash = Some(frame);
-                    if self.event_idx && rearm(q, &mem, seen) {
-                        continue; // buffers arrived meanwhile
-                    }
-                    break;
-                }
-                RxOutcome::Broken => {
-                    self.stash = Some(frame);
-                    broken = true;
-                    break;
                 }
             }
-        }
-        if !broken && self.stash.is_none() && !self.out.is_empty() {
-            // BATCH reached with frames still waiting.
+            false
+        };
+        if !stopped && (self.stash.is_some() || !self.out.is_empty()) {
+            // BATCH used up with frames still waiting (maybe parked after buffers arrived
+            // on the last pass, which no guest kick will announce): come back for them.
             let _ = self.kick_self.notify();
         }
-        if published && self.rx_interrupt_due(st.get_queue(), &mem) {
+        self.used[usize::from(RX_QUEUE)] = Some(st.get_queue().next_used());
+        if published && self.rx_interrupt_due(st.get_queue(), &mem, old_used) {
             let _ = st.signal_used_queue();
         }
         drop(st);
@@ -333,9 +358,9 @@ impl Backend {
 
     /// Whether the guest wants an interrupt for the used entries published since the last
     /// time we asked (EVENT_IDX: it said up to where it is not interested yet).
-    fn rx_interrupt_due(&mut self, q: &Queue, mem: &GuestMem) -> bool {
+    fn rx_interrupt_due(&self, q: &Queue, mem: &GuestMem, old: u16) -> bool {
         let new = Wrapping(q.next_used());
-        let old = std::mem::replace(&mut self.rx_signalled, new);
+        let old = Wrapping(old);
         if !self.event_idx {
             return true;
         }
@@ -618,6 +643,14 @@ impl VhostUserBackendMut for Backend {
         Ok(())
     }
 
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        // QEMU stopped the ring (GET_VRING_BASE): its next start sets the indices anew.
+        if let Some(u) = self.used.get_mut(queue_index as usize) {
+            *u = None;
+        }
+        Ok(())
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         self.exit.lock().unwrap().take()
     }
@@ -684,7 +717,7 @@ pub(crate) fn start(
         kick: kick_rx,
         kick_self: kick_tx.clone(),
         tx_more,
-        rx_signalled: Wrapping(0),
+        used: [None; NUM_QUEUES],
         broken_logged: 0,
         exit: Mutex::new(Some(exit)),
     }));
@@ -975,7 +1008,7 @@ mod tests {
             kick: kick_rx,
             kick_self: Arc::new(kick_tx),
             tx_more: new_event_consumer_and_notifier(flags).unwrap(),
-            rx_signalled: Wrapping(0),
+            used: [None; NUM_QUEUES],
             broken_logged: 0,
             exit: Mutex::new(None),
         };
@@ -1063,6 +1096,106 @@ mod tests {
         b2.drain_tx(&vring2);
         assert!(frames2.try_recv().is_err());
         assert_eq!(b2.broken_logged, 1 << TX_QUEUE);
+    }
+
+    /// A 128-entry rx ring with 100 one-buffer chains, and an eventfd as its interrupt.
+    fn big_rx_ring() -> (
+        GuestMemoryAtomic<GuestMem>,
+        VringRwLock,
+        vmm_sys_util::eventfd::EventFd,
+    ) {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem);
+        let vring = VringRwLock::new(atomic.clone(), 128).unwrap();
+        vring.set_queue_size(128);
+        vring.set_queue_event_idx(true);
+        let m = atomic.memory();
+        let q = virtio_queue::mock::MockSplitQueue::new(&*m, 128);
+        let descs: Vec<_> = (0..100u64)
+            .map(|i| writable(0x20000 + i * 0x1000, 4096))
+            .collect();
+        q.add_desc_chains(&descs, 0).unwrap();
+        attach(&vring, &q);
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // SAFETY: a fresh duplicate of the eventfd, owned by the File from here on.
+        let call = unsafe {
+            use std::os::fd::FromRawFd;
+            std::fs::File::from_raw_fd(libc::dup(irq.as_raw_fd()))
+        };
+        vring.set_call(Some(call));
+        (atomic, vring, irq)
+    }
+
+    #[test]
+    fn a_used_up_batch_with_frames_waiting_comes_back_by_itself() {
+        let (atomic, vring, _irq) = big_rx_ring();
+        let (mut b, (out, _frames)) = backend(&atomic);
+        for i in 0..100u8 {
+            out.try_send(vec![i; 60]).unwrap();
+        }
+        b.fill_rx(&vring);
+        assert_eq!(b.shared.rx_bytes.load(Ordering::Relaxed), BATCH as u64 * 60);
+        assert!(b.kick.consume().is_ok(), "the worker kicked itself");
+        b.fill_rx(&vring);
+        assert_eq!(b.shared.rx_bytes.load(Ordering::Relaxed), 100 * 60);
+    }
+
+    #[test]
+    fn the_first_frame_after_a_ring_restart_raises_an_interrupt() {
+        use vm_memory::Bytes;
+        let (atomic, vring, irq) = big_rx_ring();
+        let mem = atomic.memory();
+        let (mut b, (out, _frames)) = backend(&atomic);
+        // used_event 0: the guest wants an interrupt for the first entry only.
+        for i in 0..3u8 {
+            out.try_send(vec![i; 60]).unwrap();
+        }
+        b.fill_rx(&vring);
+        assert_eq!(irq.read().unwrap(), 1);
+        // QEMU stops the ring and starts it again (guest driver reset): fresh indices, and
+        // the guest again asks for an interrupt at the first entry.
+        b.stop_vring(u32::from(RX_QUEUE)).unwrap();
+        vring.set_queue_next_used(0);
+        vring.set_queue_next_avail(0);
+        let used_ring = vring.get_ref().get_queue().used_ring();
+        mem.write_obj::<u16>(0, GuestAddress(used_ring + 2))
+            .unwrap();
+        // As many frames as before the restart: bookkeeping carried over from the old
+        // ring would take this for "already signalled".
+        for i in 0..3u8 {
+            out.try_send(vec![i; 60]).unwrap();
+        }
+        b.fill_rx(&vring);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap(), 3);
+        assert_eq!(
+            irq.read().unwrap(),
+            1,
+            "interrupt for the first entries after the restart"
+        );
+    }
+
+    #[test]
+    fn a_used_index_rolled_back_under_a_running_ring_is_put_back() {
+        use vm_memory::Bytes;
+        let (atomic, vring, _irq) = big_rx_ring();
+        let mem = atomic.memory();
+        let (mut b, (out, _frames)) = backend(&atomic);
+        out.try_send(vec![1u8; 60]).unwrap();
+        out.try_send(vec![2u8; 60]).unwrap();
+        b.fill_rx(&vring);
+        // A SET_VRING_ADDR that read the used index before our publish sets it back.
+        vring.set_queue_next_used(0);
+        out.try_send(vec![3u8; 60]).unwrap();
+        b.fill_rx(&vring);
+        let used_ring = vring.get_ref().get_queue().used_ring();
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap(), 3);
+        let third = mem
+            .read_obj::<u32>(GuestAddress(used_ring + 4 + 2 * 8))
+            .unwrap();
+        assert_eq!(
+            third, 2,
+            "the third frame went to the third buffer, not over the first"
+        );
     }
 
     #[test]
