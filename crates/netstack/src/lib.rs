@@ -165,37 +165,23 @@ impl NetStack {
     /// or fails (`Err`). Every host socket of the sandbox is closed when this returns or
     /// when the future is dropped. Call once per NetStack.
     pub async fn serve(&self, stream: UnixStream) -> Result<(), NetError> {
-        let listeners = self
-            .listeners
-            .lock()
-            .unwrap()
-            .take()
-            .ok_or(NetError::AlreadyServed)?;
-        stack::run(
-            self.cfg.clone(),
-            self.shared.clone(),
-            stack::Transport::Stream(stream),
-            listeners,
-        )
-        .await
+        self.serve_on(stack::Transport::Stream(stream)).await
     }
 
     /// Serve the guest's virtio-net over vhost-user (see vhost.rs): wait for QEMU on
     /// `listener`, then run until QEMU disconnects. Otherwise as [`NetStack::serve`].
     pub async fn serve_vhost_user(&self, listener: VhostListener) -> Result<(), NetError> {
+        self.serve_on(stack::Transport::VhostUser(listener)).await
+    }
+
+    async fn serve_on(&self, transport: stack::Transport) -> Result<(), NetError> {
         let listeners = self
             .listeners
             .lock()
             .unwrap()
             .take()
             .ok_or(NetError::AlreadyServed)?;
-        stack::run(
-            self.cfg.clone(),
-            self.shared.clone(),
-            stack::Transport::VhostUser(listener),
-            listeners,
-        )
-        .await
+        stack::run(self.cfg.clone(), self.shared.clone(), transport, listeners).await
     }
 
     pub fn config(&self) -> &NetConfig {

@@ -169,9 +169,13 @@ pub(crate) async fn run(
             io_tasks.spawn(host::writer(wr, out_rx, shared.clone(), ev_tx.clone()));
             None
         }
-        Transport::VhostUser(l) => {
-            Some(crate::vhost::start(l, frame_tx, out_rx, shared.clone(), ev_tx.clone())?.kick)
-        }
+        Transport::VhostUser(l) => Some(crate::vhost::start(
+            l,
+            frame_tx,
+            out_rx,
+            shared.clone(),
+            ev_tx.clone(),
+        )?),
     };
     let mut udp_listeners = Vec::new();
     for l in listeners {

@@ -72,12 +72,6 @@ type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<GuestMem>>;
 /// struct virtio_net_hdr_v1 (VERSION_1 always has `num_buffers`).
 pub(crate) const HDR_LEN: usize = 12;
 
-/// What the stack needs to talk to the backend.
-pub(crate) struct Wire {
-    /// Written by the stack after it queued frames for the guest.
-    pub kick: Arc<EventNotifier>,
-}
-
 /// A bound vhost-user socket, waiting for QEMU (`-chardev socket,path=...` +
 /// `-netdev vhost-user`). Bind it before QEMU starts.
 pub struct VhostListener {
@@ -691,13 +685,14 @@ impl VhostUserBackendMut for Backend {
 
 /// Start the backend on `listener`: QEMU connects to it, and the backend serves until
 /// QEMU disconnects, then closes `frames` (the stack then ends as with a closed stream).
+/// Returns the eventfd the stack writes after it queued frames for the guest.
 pub(crate) fn start(
     listener: VhostListener,
     frames: mpsc::Sender<Result<Vec<u8>, NetError>>,
     out: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     ev: mpsc::Sender<Event>,
-) -> Result<Wire, NetError> {
+) -> Result<Arc<EventNotifier>, NetError> {
     let flags = EventFlag::NONBLOCK | EventFlag::CLOEXEC;
     let (kick_rx, kick_tx) = new_event_consumer_and_notifier(flags)?;
     let exit = new_event_consumer_and_notifier(flags)?;
@@ -768,7 +763,7 @@ pub(crate) fn start(
                 eprintln!("network: vhost-user connection: {e}");
             }
         })?;
-    Ok(Wire { kick: kick_tx })
+    Ok(kick_tx)
 }
 
 #[cfg(test)]
