@@ -4,6 +4,8 @@
  * `err.code` (or `instanceof`) instead of parsing messages.
  */
 
+import { describeBytes } from "./limits.js";
+
 export class MicrosandboxError extends Error {
   readonly code: string;
 
@@ -150,6 +152,28 @@ export class ExecTimeoutError extends MicrosandboxError {
   constructor(timeoutMs: number, message?: string, options?: { cause?: unknown }) {
     super("execTimeout", message ?? `command did not finish within ${timeoutMs} ms`, options);
     this.timeoutMs = timeoutMs;
+  }
+}
+
+/**
+ * A buffered call (`exec`, `shell`, `execWith`, `collect()`, `fs().read`, ...) received
+ * more than its size limit. The guest side was stopped (the command killed, the read
+ * ended) as soon as the limit was crossed. `limit` is the limit in bytes and `field` the
+ * option that sets it (`maxOutputBytes`); use a stream to read unbounded output.
+ */
+export class OutputLimitError extends MicrosandboxError {
+  readonly limit: number;
+  readonly field: string;
+
+  constructor(limit: number, message?: string, options?: { cause?: unknown; field?: string }) {
+    const field = options?.field ?? "maxOutputBytes";
+    super(
+      "outputLimit",
+      message ?? `output exceeded the limit of ${describeBytes(limit)} set by ${field}; raise ${field} or read the output as a stream`,
+      options,
+    );
+    this.limit = limit;
+    this.field = field;
   }
 }
 

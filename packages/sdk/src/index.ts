@@ -6,6 +6,7 @@ export { SandboxHandle } from "./handle.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
 export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } from "./exec.js";
+export { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
 export { ExecOptionsBuilder, RLIMIT_RESOURCES, type RlimitResource } from "./exec-options.js";
 export { PatchBuilder, MountBuilder, ImageBuilder, type PatchModeOptions } from "./builders.js";
 export {
@@ -62,6 +63,7 @@ export {
   ProtocolError,
   ExecFailedError,
   ExecTimeoutError,
+  OutputLimitError,
   StdinUnavailableError,
   SandboxFsOpsError,
   fromNative,

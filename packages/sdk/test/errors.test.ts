@@ -16,6 +16,8 @@ import {
   SandboxStillRunningError,
   SandboxDrainingError,
   CorruptConfigError,
+  OutputLimitError,
+  DEFAULT_MAX_OUTPUT_BYTES,
   fromNative,
 } from "../src/index.js";
 
@@ -93,5 +95,35 @@ describe("error classes", () => {
     const c = new CorruptConfigError("w1", "bad");
     expect(c.code).toBe("corruptConfig");
     expect(c.sandbox).toBe("w1");
+  });
+});
+
+describe("OutputLimitError", () => {
+  it("has code outputLimit, the limit in bytes and the option's name", () => {
+    const e = new OutputLimitError(1 << 20);
+    expect(e).toBeInstanceOf(MicrosandboxError);
+    expect(e).toBeInstanceOf(Error);
+    expect(e.name).toBe("OutputLimitError");
+    expect(e.code).toBe("outputLimit");
+    expect(e.limit).toBe(1048576);
+    expect(e.field).toBe("maxOutputBytes");
+    expect(e.message).toBe(
+      "output exceeded the limit of 1048576 bytes (1 MiB) set by maxOutputBytes; raise maxOutputBytes or read the output as a stream",
+    );
+  });
+
+  it("names another option when given one, and keeps a custom message", () => {
+    const e = new OutputLimitError(1000, undefined, { field: "maxBytes" });
+    expect(e.field).toBe("maxBytes");
+    expect(e.message).toContain("1000 bytes set by maxBytes");
+    const cause = new Error("x");
+    const f = new OutputLimitError(5, "read too much", { cause });
+    expect(f.message).toBe("read too much");
+    expect(f.cause).toBe(cause);
+    expect(f.field).toBe("maxOutputBytes");
+  });
+
+  it("the default limit is 64 MiB", () => {
+    expect(DEFAULT_MAX_OUTPUT_BYTES).toBe(64 * 1024 * 1024);
   });
 });
