@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { argsSchema, check, cmdSchema, envKeySchema, envValueSchema, timeoutMsSchema, userSchema, workdirSchema } from "./config.js";
 import { InvalidConfigError } from "./errors.js";
+import { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
 import type { NativeExecRequest } from "./native.js";
 
 /** Resource limits `rlimit()` takes (setrlimit's RLIMIT_*, lowercase). */
@@ -29,6 +30,12 @@ const rlimitValueSchema = z.union(
 const dimRule = "must be an integer from 1 to 65535";
 export const ttyDimSchema = z.number({ error: dimRule }).int({ error: dimRule }).min(1, { error: dimRule }).max(65535, { error: dimRule });
 const boolSchema = z.boolean({ error: "must be a boolean" });
+const maxOutputRule = "must be a non-negative integer number of bytes";
+const maxOutputBytesSchema = z
+  .number({ error: maxOutputRule })
+  .int({ error: maxOutputRule })
+  .min(0, { error: maxOutputRule })
+  .max(Number.MAX_SAFE_INTEGER, { error: maxOutputRule });
 
 /** Options for one command. Setters record; the call that runs the command validates. */
 export class ExecOptionsBuilder {
@@ -44,6 +51,7 @@ export class ExecOptionsBuilder {
     tty?: unknown;
     ttySize?: { rows: unknown; cols: unknown };
     rlimits: [unknown, unknown][];
+    maxOutputBytes?: unknown;
   } = { args: [], env: [], stdin: "null", rlimits: [] };
 
   /** Append one argument. */
@@ -124,6 +132,17 @@ export class ExecOptionsBuilder {
     return this;
   }
 
+  /**
+   * Largest output a buffered call (`execWith`, `shellWith`, the handle's `collect()`)
+   * gathers: stdout and stderr together, in bytes. Default 64 MiB
+   * ({@link DEFAULT_MAX_OUTPUT_BYTES}). Past it the command is killed (SIGKILL) and the
+   * call rejects with `OutputLimitError`. Iterating a handle is never limited.
+   */
+  maxOutputBytes(bytes: number): this {
+    this.raw.maxOutputBytes = bytes;
+    return this;
+  }
+
   /** A resource limit (soft and hard), e.g. `rlimit("nofile", 256)` or `rlimit("core", "unlimited")`. */
   rlimit(resource: RlimitResource, limit: number | "unlimited"): this {
     this.raw.rlimits.push([resource, limit]);
@@ -137,6 +156,8 @@ export interface ExecOptions {
   stdin: StdinMode;
   stdinBytes: Uint8Array | null;
   timeoutMs: number | null;
+  /** Limit of what `collect()` gathers (stdout + stderr bytes). */
+  maxOutputBytes: number;
 }
 
 const enc = new TextEncoder();
@@ -161,6 +182,8 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
     else if (d instanceof Uint8Array) stdinBytes = d;
     else throw new InvalidConfigError("stdin", "invalid stdin: stdinBytes() takes a Uint8Array or a string");
   }
+  const maxOutputBytes =
+    r.maxOutputBytes === undefined ? DEFAULT_MAX_OUTPUT_BYTES : check(maxOutputBytesSchema, "maxOutputBytes", r.maxOutputBytes);
   const ttyOn = r.tty === undefined ? false : check(boolSchema, "tty", r.tty);
   let tty: NativeExecRequest["tty"] = null;
   if (ttyOn) {
@@ -188,6 +211,7 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
     stdin: r.stdin,
     stdinBytes,
     timeoutMs,
+    maxOutputBytes,
   };
 }
 

@@ -6,6 +6,7 @@ import {
   ExecTimeoutError,
   InvalidConfigError,
   MicrosandboxError,
+  OutputLimitError,
   ProtocolError,
   RuntimeError,
   SandboxNotRunningError,
@@ -13,6 +14,7 @@ import {
   fromNative,
 } from "./errors.js";
 import { ttyDimSchema, type StdinMode } from "./exec-options.js";
+import { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
 import type { NativeExecEvent } from "./native.js";
 
 const utf8 = new TextDecoder("utf-8");
@@ -119,6 +121,11 @@ export interface ExecHandleOptions {
   timeoutMs?: number | null;
   /** After that kill, how long to wait for the end before giving up (default KILL_GRACE_MS). */
   killGraceMs?: number;
+  /**
+   * `collect()` rejects with OutputLimitError (and kills the command) once stdout and
+   * stderr together exceed this many bytes (default DEFAULT_MAX_OUTPUT_BYTES).
+   */
+  maxOutputBytes?: number;
 }
 
 /** After a timeout's SIGKILL, how long to wait for the command's end before giving up on it. */
@@ -206,6 +213,10 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   readonly #stdinMode: StdinMode;
   readonly #tty: boolean;
   readonly #timeoutMs: number | null;
+  readonly #maxOutputBytes: number;
+  readonly #killGraceMs: number;
+  /** The raw event being pulled, if any (an abandoned session's drain takes it over). */
+  #inflight: Promise<NativeExecEvent | null> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timedOut = false;
   /** Settles KILL_GRACE_MS after a timeout's kill (the command may be stuck: e.g. a setsid'd child keeps its output open). */
@@ -225,6 +236,8 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     this.#stdinMode = options.stdin ?? "null";
     this.#tty = options.tty ?? false;
     this.#timeoutMs = options.timeoutMs ?? null;
+    this.#maxOutputBytes = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+    this.#killGraceMs = options.killGraceMs ?? KILL_GRACE_MS;
     const controls = this.#controls;
     if (this.#timeoutMs !== null && controls) {
       let expire: (v: "grace") => void = () => undefined;
@@ -234,7 +247,7 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
         if (this.#done) return;
         this.#timedOut = true;
         controls.signal(9).catch(() => undefined);
-        this.#graceTimer = setTimeout(() => expire("grace"), options.killGraceMs ?? KILL_GRACE_MS);
+        this.#graceTimer = setTimeout(() => expire("grace"), this.#killGraceMs);
       }, this.#timeoutMs);
     }
     const bytes = options.stdinBytes;
@@ -316,7 +329,8 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     if (this.#done) return null;
     let raw: NativeExecEvent | null | "grace";
     try {
-      raw = this.#grace ? await Promise.race([this.#next(), this.#grace]) : await this.#next();
+      const pulled = this.#pull();
+      raw = this.#grace ? await Promise.race([pulled, this.#grace]) : await pulled;
     } catch (e) {
       throw this.#fail(fromNative(e));
     }
@@ -354,6 +368,42 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     }
   }
 
+  /** The next raw event, remembered while it is on its way. */
+  #pull(): Promise<NativeExecEvent | null> {
+    const p = this.#next();
+    this.#inflight = p;
+    const done = () => {
+      if (this.#inflight === p) this.#inflight = undefined;
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  /**
+   * Give up on the session (the handle has already failed): pull and drop what the
+   * guest still sends, so the session ends and its flow-control credit returns, for
+   * up to the kill grace period, in the background.
+   */
+  #drainInBackground(): void {
+    const until = Date.now() + this.#killGraceMs;
+    const first = this.#inflight ?? this.#next();
+    void (async () => {
+      for (let p = first; ; p = this.#next()) {
+        const ev = await p;
+        if (ev === null || ev === undefined || ev.kind === "exited" || ev.kind === "failed") return;
+        if (Date.now() >= until) return;
+      }
+    })().catch(() => undefined);
+  }
+
+  /** `collect()` went past its limit: kill the command, reject, drop the rest of its output. */
+  #overLimit(): MicrosandboxError {
+    const err = this.#fail(new OutputLimitError(this.#maxOutputBytes));
+    this.#controls?.signal(9).catch(() => undefined);
+    this.#drainInBackground();
+    return err;
+  }
+
   #clearTimer(): void {
     if (this.#timer !== undefined) {
       clearTimeout(this.#timer);
@@ -378,13 +428,21 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     return this.#exitStatus();
   }
 
-  /** Wait for the command to exit and gather its (remaining) output. */
+  /**
+   * Wait for the command to exit and gather its (remaining) output. Once stdout and
+   * stderr together exceed the handle's `maxOutputBytes` (default 64 MiB,
+   * {@link DEFAULT_MAX_OUTPUT_BYTES}), the command is killed (SIGKILL) and this rejects
+   * with {@link OutputLimitError}; iterate the handle instead to read unbounded output.
+   */
   async collect(): Promise<ExecOutput> {
     const out: Uint8Array[] = [];
     const err: Uint8Array[] = [];
+    let total = 0;
     for (let ev = await this.recv(); ev !== null; ev = await this.recv()) {
-      if (ev.kind === "stdout") out.push(ev.data);
-      else if (ev.kind === "stderr") err.push(ev.data);
+      if (ev.kind !== "stdout" && ev.kind !== "stderr") continue;
+      total += ev.data.byteLength;
+      if (total > this.#maxOutputBytes) throw this.#overLimit();
+      (ev.kind === "stdout" ? out : err).push(ev.data);
     }
     return new ExecOutput(this.#exitStatus().code, concat(out), concat(err));
   }

@@ -650,6 +650,18 @@ export class Sandbox implements AsyncDisposable {
   }
 
   /**
+   * {@link shell} with options (see {@link execWith}):
+   * `sb.shellWith("make", b => b.cwd("/src").timeout(60_000).maxOutputBytes(1 << 20))`.
+   * Arguments given with `b.args()` follow the script (`$0`, `$1`, ...).
+   */
+  async shellWith(script: string, configure: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecOutput> {
+    const s = check(cmdSchema, "script", script);
+    const b = buildExecOptions(configure);
+    b.raw.args.unshift("-c", s);
+    return this.execWith(this.#config.shell ?? DEFAULT_SHELL, () => b);
+  }
+
+  /**
    * Start `cmd` with `args` and return a handle that streams its events as they come.
    * Rejects with `SandboxDrainingError` while the sandbox drains and
    * `SandboxNotRunningError` once it stopped.
@@ -684,6 +696,7 @@ export class Sandbox implements AsyncDisposable {
       stdinBytes: o.stdinBytes,
       tty: o.request.tty !== null,
       timeoutMs: o.timeoutMs,
+      maxOutputBytes: o.maxOutputBytes,
     });
   }
 
@@ -691,6 +704,14 @@ export class Sandbox implements AsyncDisposable {
   async shellStream(script: string): Promise<ExecHandle> {
     const s = check(cmdSchema, "script", script);
     return this.execStream(this.#config.shell ?? DEFAULT_SHELL, ["-c", s]);
+  }
+
+  /** {@link shellStream} with options (see {@link execStreamWith}); arguments given with `b.args()` follow the script. */
+  async shellStreamWith(script: string, configure?: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecHandle> {
+    const s = check(cmdSchema, "script", script);
+    const b = buildExecOptions(configure);
+    b.raw.args.unshift("-c", s);
+    return this.execStreamWith(this.#config.shell ?? DEFAULT_SHELL, () => b);
   }
 
   /**

@@ -1,0 +1,76 @@
+// End-to-end: limits of one command on a real VM (default busybox image): the output
+// limit of buffered calls, and the host-side timeout under a guest that does not yield.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_MAX_OUTPUT_BYTES, OutputLimitError, Sandbox } from "../src/index.js";
+import { cleanup, useTempMsbHome, waitForAsync } from "./e2e-helpers.js";
+
+useTempMsbHome();
+
+let sb: Sandbox | undefined;
+const box = (): Sandbox => {
+  if (!sb) throw new Error("sandbox was not created");
+  return sb;
+};
+
+beforeAll(async () => {
+  sb = await Sandbox.builder("e2e-limits").create();
+});
+afterAll(async () => {
+  await cleanup(sb);
+});
+
+/** Guest pids of processes whose comm is `name` (read with shell builtins only). */
+async function guestPids(name: string): Promise<string[]> {
+  const out = await box().shell(`for d in /proc/[0-9]*; do read c < $d/comm 2>/dev/null && [ "$c" = ${name} ] && echo \${d#/proc/}; done; true`);
+  return out.stdout().split("\n").filter((l) => l !== "");
+}
+
+describe("maxOutputBytes", () => {
+  it("cat /dev/zero with a 1 MiB limit rejects with OutputLimitError, the cat is killed, the sandbox still works", async () => {
+    const t0 = Date.now();
+    const e = await box()
+      .execWith("cat", (b) => b.arg("/dev/zero").maxOutputBytes(1 << 20))
+      .catch((x: unknown) => x);
+    const took = Date.now() - t0;
+    expect(e).toBeInstanceOf(OutputLimitError);
+    expect(e).toMatchObject({ code: "outputLimit", limit: 1 << 20, field: "maxOutputBytes" });
+    expect((e as Error).message).toContain("1048576 bytes");
+    // 1 MiB at tens of MB/s: well under the time the whole 64 MiB default would take
+    expect(took).toBeLessThan(20_000);
+    // the guest process was killed (SIGKILL), not left blocked on a full pipe
+    expect(await waitForAsync(async () => (await guestPids("cat")).length === 0, 20_000)).toBe(true);
+    // and the next command runs normally
+    const next = await box().exec("echo", ["still here"]);
+    expect(next.code).toBe(0);
+    expect(next.stdout()).toBe("still here\n");
+  });
+
+  it("the 64 MiB default applies to sb.exec, and output below a limit is returned whole", async () => {
+    const e = await box()
+      .exec("cat", ["/dev/zero"])
+      .catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(OutputLimitError);
+    expect((e as OutputLimitError).limit).toBe(DEFAULT_MAX_OUTPUT_BYTES);
+    expect(await waitForAsync(async () => (await guestPids("cat")).length === 0, 20_000)).toBe(true);
+    // exactly at the limit passes (stdout + stderr counted together)
+    const ok = await box().shellWith("head -c 1000 /dev/zero; head -c 24 /dev/zero >&2", (b) => b.maxOutputBytes(1024));
+    expect(ok.code).toBe(0);
+    expect(ok.stdoutBytes().byteLength).toBe(1000);
+    expect(ok.stderrBytes().byteLength).toBe(24);
+    await expect(
+      box().shellWith("head -c 1000 /dev/zero; head -c 25 /dev/zero >&2", (b) => b.maxOutputBytes(1024)),
+    ).rejects.toBeInstanceOf(OutputLimitError);
+  });
+
+  it("streams stay unbounded: 3 MiB through a handle whose limit is 1 MiB", async () => {
+    const h = await box().execStreamWith("head", (b) => b.args(["-c", String(3 << 20), "/dev/zero"]).maxOutputBytes(1 << 20));
+    let bytes = 0;
+    let code: number | undefined;
+    for await (const ev of h) {
+      if (ev.kind === "stdout") bytes += ev.data.byteLength;
+      if (ev.kind === "exited") code = ev.code;
+    }
+    expect(bytes).toBe(3 << 20);
+    expect(code).toBe(0);
+  });
+});
