@@ -117,9 +117,9 @@ export interface ExecHandleOptions {
   /** stdin "bytes": fed in the background, then EOF. */
   stdinBytes?: Uint8Array | null;
   tty?: boolean;
-  /** Kill the command with SIGKILL after this long; the handle then rejects with ExecTimeoutError. */
+  /** Kill the command with SIGKILL after this long; the handle then rejects with ExecTimeoutError at once. */
   timeoutMs?: number | null;
-  /** After that kill, how long to wait for the end before giving up (default KILL_GRACE_MS). */
+  /** After a timeout or an output limit, how long to keep draining the abandoned session in the background (default KILL_GRACE_MS). */
   killGraceMs?: number;
   /**
    * `collect()` rejects with OutputLimitError (and kills the command) once stdout and
@@ -128,8 +128,14 @@ export interface ExecHandleOptions {
   maxOutputBytes?: number;
 }
 
-/** After a timeout's SIGKILL, how long to wait for the command's end before giving up on it. */
+/** After a timeout's (or an output limit's) SIGKILL, how long to keep draining the command's session in the background. */
 export const KILL_GRACE_MS = 5_000;
+
+/**
+ * At a timeout, the call rejects once the SIGKILL was handed to the runtime (so a command
+ * started next is sent after it), but never later than this after the deadline.
+ */
+const SIGNAL_SEND_CAP_MS = 250;
 
 const signalSchema = z
   .number({ error: "must be an integer from 1 to 64" })
@@ -205,7 +211,8 @@ export class ExecStdin {
  * If the command cannot be started (the guest reports `failed`, e.g. the
  * program does not exist), `recv`, iteration, `wait` and `collect` reject with
  * {@link ExecFailedError}. With a timeout, they reject with {@link ExecTimeoutError}
- * once the killed command is gone.
+ * at the deadline, whatever the guest does: the command is sent SIGKILL and what it
+ * still sends is drained in the background.
  */
 export class ExecHandle implements AsyncIterable<ExecEvent> {
   readonly #next: () => Promise<NativeExecEvent | null>;
@@ -219,9 +226,8 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   #inflight: Promise<NativeExecEvent | null> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timedOut = false;
-  /** Settles KILL_GRACE_MS after a timeout's kill (the command may be stuck: e.g. a setsid'd child keeps its output open). */
-  #grace: Promise<"grace"> | undefined;
-  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Settles at the timeout, once the kill is on its way (the guest's answer is not awaited). */
+  #deadline: Promise<"deadline"> | undefined;
   #stdinTaken = false;
   #tail: Promise<unknown> = Promise.resolve();
   #done = false;
@@ -240,14 +246,21 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     this.#killGraceMs = options.killGraceMs ?? KILL_GRACE_MS;
     const controls = this.#controls;
     if (this.#timeoutMs !== null && controls) {
-      let expire: (v: "grace") => void = () => undefined;
-      this.#grace = new Promise<"grace">((resolve) => (expire = resolve));
+      let expire: (v: "deadline") => void = () => undefined;
+      this.#deadline = new Promise<"deadline">((resolve) => (expire = resolve));
       this.#timer = setTimeout(() => {
         this.#timer = undefined;
         if (this.#done) return;
         this.#timedOut = true;
-        controls.signal(9).catch(() => undefined);
-        this.#graceTimer = setTimeout(() => expire("grace"), this.#killGraceMs);
+        // Only the host's side of the kill is waited for (the frame written to the
+        // runtime), and not long: a guest busy with a fork bomb answers late or never.
+        const sent = controls.signal(9).catch(() => undefined);
+        let capTimer: ReturnType<typeof setTimeout> | undefined;
+        const cap = new Promise<void>((resolve) => (capTimer = setTimeout(resolve, SIGNAL_SEND_CAP_MS)));
+        void Promise.race([sent, cap]).then(() => {
+          clearTimeout(capTimer);
+          expire("deadline");
+        });
       }, this.#timeoutMs);
     }
     const bytes = options.stdinBytes;
@@ -327,14 +340,17 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   async #recvOne(): Promise<ExecEvent | null> {
     if (this.#failure) throw this.#failure;
     if (this.#done) return null;
-    let raw: NativeExecEvent | null | "grace";
+    if (this.#timedOut) throw await this.#timeout();
+    let raw: NativeExecEvent | null | "deadline";
     try {
       const pulled = this.#pull();
-      raw = this.#grace ? await Promise.race([pulled, this.#grace]) : await pulled;
+      raw = this.#deadline ? await Promise.race([pulled, this.#deadline]) : await pulled;
     } catch (e) {
+      if (this.#timedOut) throw await this.#timeout();
       throw this.#fail(fromNative(e));
     }
-    if (raw === "grace") throw this.#fail(new ExecTimeoutError(this.#timeoutMs as number));
+    // Past the deadline only an exit status still counts (a SIGKILL's is the timeout's).
+    if (raw === "deadline" || (this.#timedOut && raw?.kind !== "exited")) throw await this.#timeout();
     if (raw === null || raw === undefined) {
       throw this.#fail(new RuntimeError("the command's session ended without an exit status (was the sandbox stopped?)"));
     }
@@ -396,6 +412,15 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     })().catch(() => undefined);
   }
 
+  /** The timeout fired: reject (once the kill is on its way) and drop the rest of the session. */
+  async #timeout(): Promise<MicrosandboxError> {
+    await this.#deadline;
+    if (this.#failure) return this.#failure;
+    const err = this.#fail(new ExecTimeoutError(this.#timeoutMs as number));
+    this.#drainInBackground();
+    return err;
+  }
+
   /** `collect()` went past its limit: kill the command, reject, drop the rest of its output. */
   #overLimit(): MicrosandboxError {
     const err = this.#fail(new OutputLimitError(this.#maxOutputBytes));
@@ -408,10 +433,6 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     if (this.#timer !== undefined) {
       clearTimeout(this.#timer);
       this.#timer = undefined;
-    }
-    if (this.#graceTimer !== undefined) {
-      clearTimeout(this.#graceTimer);
-      this.#graceTimer = undefined;
     }
   }
 

@@ -1,7 +1,7 @@
 // End-to-end: limits of one command on a real VM (default busybox image): the output
 // limit of buffered calls, and the host-side timeout under a guest that does not yield.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_MAX_OUTPUT_BYTES, OutputLimitError, Sandbox } from "../src/index.js";
+import { DEFAULT_MAX_OUTPUT_BYTES, ExecTimeoutError, OutputLimitError, Sandbox } from "../src/index.js";
 import { cleanup, useTempMsbHome, waitForAsync } from "./e2e-helpers.js";
 
 useTempMsbHome();
@@ -72,5 +72,44 @@ describe("maxOutputBytes", () => {
     }
     expect(bytes).toBe(3 << 20);
     expect(code).toBe(0);
+  });
+});
+
+describe("timeout", () => {
+  /** Guest processes of uid 65534 (nobody), counted with shell builtins; `kill` SIGKILLs them. */
+  const nobodys = async (kill = false) =>
+    (
+      await box().shell(
+        `n=0; for d in /proc/[0-9]*; do while read k v _; do [ "$k" = Uid: ] && [ "$v" = 65534 ] && { n=$((n+1)); ${kill ? "kill -9 ${d#/proc/};" : ""} }; done < $d/status; done 2>/dev/null; echo $n`,
+      )
+    ).stdout().trim();
+
+  it("fires on time under a guest that ignores SIGTERM, forks, spins and keeps the output open", async () => {
+    // As nobody, so RLIMIT_NPROC bounds the bomb (root is exempt). Busy loops keep the
+    // single vCPU saturated, the bomb keeps forking, and a child in a session of its own
+    // survives the process-group SIGKILL with stdout open, so the session never ends by
+    // itself. The host's deadline must not care (it used to wait up to 5 s more).
+    const script = [
+      "trap '' TERM",
+      "setsid sh -c 'trap \"\" TERM; while :; do sleep 1; done' &",
+      "for i in 1 2 3 4; do (while :; do :; done) & done",
+      "f() { f | f & }; f 2>/dev/null",
+      "while :; do :; done",
+    ].join("\n");
+    const t0 = Date.now();
+    const e = await box()
+      .shellWith(script, (b) => b.user("nobody").rlimit("nproc", 48).timeout(3000))
+      .catch((x: unknown) => x);
+    const took = Date.now() - t0;
+    expect(e).toBeInstanceOf(ExecTimeoutError);
+    expect((e as ExecTimeoutError).timeoutMs).toBe(3000);
+    expect(took).toBeGreaterThanOrEqual(2900);
+    // within a second of the deadline is the requirement; the bound leaves room for a loaded host
+    expect(took).toBeLessThan(3000 + 2500);
+    // the process group was SIGKILLed: only the setsid'd child is left; end it, the guest is fine
+    expect(await waitForAsync(async () => (await nobodys()) === "1", 60_000)).toBe(true);
+    await nobodys(true);
+    expect(await waitForAsync(async () => (await nobodys()) === "0", 30_000)).toBe(true);
+    expect((await box().exec("echo", ["ok"])).stdout()).toBe("ok\n");
   });
 });

@@ -244,7 +244,8 @@ describe("execWith / execStreamWith", () => {
     await sb.stop();
   });
 
-  it("a command that survives the kill still times out after the grace period", async () => {
+  it("a command that survives the kill (a guest too busy to answer) times out at the deadline", async () => {
+    // Before: the call waited for the killed command's exit, up to a 5 s grace period.
     const c = catSession();
     const signals: number[] = [];
     const h = new ExecHandle(() => c.next(), {
@@ -255,13 +256,48 @@ describe("execWith / execStreamWith", () => {
         resize: async () => undefined,
         closed: false,
       },
-      timeoutMs: 20,
-      killGraceMs: 30,
+      timeoutMs: 50,
+      killGraceMs: 10_000,
     });
     const t0 = Date.now();
-    await expect(h.wait()).rejects.toBeInstanceOf(ExecTimeoutError);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
+    const e = await h.wait().catch((x: unknown) => x);
+    const took = Date.now() - t0;
+    expect(e).toBeInstanceOf(ExecTimeoutError);
+    expect(took).toBeGreaterThanOrEqual(45);
+    expect(took).toBeLessThan(1000);
     expect(signals).toEqual([9]);
+    await expect(h.recv()).rejects.toBeInstanceOf(ExecTimeoutError);
+  });
+
+  it("the timeout does not wait for a kill the runtime never acknowledges", async () => {
+    const c = sleeperSession({ ignore: [9] });
+    const h = new ExecHandle(() => c.next(), {
+      controls: {
+        writeStdin: async () => undefined,
+        closeStdin: async () => undefined,
+        signal: () => new Promise<void>(() => undefined),
+        resize: async () => undefined,
+        closed: false,
+      },
+      timeoutMs: 30,
+    });
+    const t0 = Date.now();
+    await expect(h.collect()).rejects.toBeInstanceOf(ExecTimeoutError);
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it("a timeout with no read pending rejects the next read at once; the session is drained after it", async () => {
+    const sb = await Sandbox.builder("w1").create();
+    const h = await sb.execStreamWith("sleep", (b) => b.timeout(20));
+    await new Promise((r) => setTimeout(r, 60));
+    expect(client().signals.map(([, n]) => n)).toEqual([9]);
+    const t0 = Date.now();
+    await expect(h.recv()).rejects.toBeInstanceOf(ExecTimeoutError);
+    expect(Date.now() - t0).toBeLessThan(500);
+    // the killed command's remaining events (started, exited 137) were pulled: the session is gone
+    for (let i = 0; i < 100 && client().sessions.size > 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(client().sessions.size).toBe(0);
+    await sb.stop();
   });
 
   it("shell and shellStream use the configured shell", async () => {
