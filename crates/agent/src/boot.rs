@@ -103,16 +103,12 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         fs::create_dir_all(w).map_err(|e| format!("workdir {w}: {e}"))?;
     }
 
-    let mut env: Vec<(String, String)> = vec![
+    let base: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), "/root".into()),
         ("HOSTNAME".into(), b.hostname.clone()),
     ];
-    for (k, v) in &b.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    Ok(env)
+    Ok(crate::env::merge(&base, &b.env))
 }
 
 /// The /dev node of the virtio disk whose serial is `spec.serial`.

@@ -155,6 +155,9 @@ impl Sessions {
                     let _ = tx.send(Input::Close);
                 }
             }
+            // An fs read has no process: any signal cancels it (its thread sees the
+            // window closed and ends the session with ECANCELED).
+            Message::Signal { .. } if c.pgid == 0 => c.window.close(),
             Message::Signal { signal } if (1..=64).contains(&signal) && c.pgid > 1 => {
                 // SAFETY: plain kill of the session's process group.
                 unsafe { libc::kill(-c.pgid, signal) };
@@ -170,11 +173,7 @@ impl Sessions {
     }
 
     fn try_spawn(self: &Arc<Self>, id: u32, req: &ExecRequest) -> Result<(), String> {
-        let mut env = self.env.clone();
-        for (k, v) in &req.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
+        let mut env = crate::env::merge(&self.env, &req.env);
         add_scripts_to_path(&mut env);
         let cwd = req
             .cwd

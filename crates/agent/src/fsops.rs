@@ -127,8 +127,12 @@ pub fn start(s: &Arc<Sessions>, id: u32, op: FsOp) {
                         Ok(0) => break Message::FsEnd,
                         Ok(n) => {
                             if !send_windowed(s.port(), &window, id, &buf[..n], Message::FsData) {
-                                s.unregister(id);
-                                return;
+                                // Cancelled by the host (or the port is gone: then this
+                                // send fails too).
+                                break Message::FsError {
+                                    errno: "ECANCELED".into(),
+                                    message: "read cancelled by the host".into(),
+                                };
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -6,6 +6,7 @@
 //! touched, the root switched and commands served.
 
 mod boot;
+mod env;
 mod exec;
 mod fsops;
 mod net;

@@ -148,11 +148,9 @@ impl Sandbox {
         for f in stale {
             let _ = fs::remove_file(dir.join(f));
         }
-        let run_dir = cfg
-            .msb_home
-            .join("run")
-            .join(format!("{:08x}", random_u32()));
-        fs::create_dir_all(&run_dir)?;
+        // Recorded in the sandbox's directory first, so that if this process is killed the
+        // next reader of the row (or the next start, or remove) can take it away.
+        let run_dir = msb_store::new_run_dir(store.layout(), &cfg.name, random_u32())?;
         let agent_sock = run_dir.join("agent.sock");
         let net_sock = run_dir.join("net.sock");
         let vm_sock = run_dir.join("vm.sock");
@@ -615,6 +613,7 @@ impl Sandbox {
 
     pub fn cleanup(&self) {
         let _ = fs::remove_dir_all(&self.run_dir);
+        let _ = fs::remove_file(self.store.layout().run_dir_record(&self.cfg.name));
         // The passt socket (bench/net) lives outside the run directory.
         let _ = fs::remove_file(&self.net_sock);
     }

@@ -71,6 +71,40 @@ impl Layout {
     pub fn run_dir(&self) -> PathBuf {
         self.home.join("run")
     }
+    /// Names the sandbox's current run directory (`run/<8-hex>`), written before that
+    /// directory is made, so that whoever finds the runtime dead can remove it.
+    pub fn run_dir_record(&self, name: &str) -> PathBuf {
+        self.sandbox_dir(name).join("run-dir")
+    }
+}
+
+/// A fresh run directory id for `name`: recorded in `sandboxes/<name>/run-dir` (after
+/// removing the one an earlier, dead runtime left), returned as `run/<id>`. The caller
+/// holds the sandbox's lock.
+pub fn new_run_dir(layout: &Layout, name: &str, id: u32) -> std::io::Result<PathBuf> {
+    clean_run_dir(layout, name);
+    let hex = format!("{id:08x}");
+    let record = layout.run_dir_record(name);
+    let tmp = record.with_extension("tmp");
+    fs::write(&tmp, &hex)?;
+    fs::rename(&tmp, &record)?;
+    let dir = layout.run_dir().join(hex);
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Remove the run directory (sockets) recorded for `name`, and the record. Only a
+/// well-formed id is ever used to build the path. The caller holds the sandbox's lock
+/// (or is its runtime, exiting).
+pub fn clean_run_dir(layout: &Layout, name: &str) {
+    let record = layout.run_dir_record(name);
+    if let Ok(id) = fs::read_to_string(&record) {
+        let id = id.trim();
+        if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = fs::remove_dir_all(layout.run_dir().join(id));
+        }
+    }
+    let _ = fs::remove_file(&record);
 }
 
 pub fn now_ms() -> i64 {
@@ -181,15 +215,23 @@ impl Store {
     }
 
     fn reconcile(&self, r: Record) -> Result<Record> {
-        if r.is_live() && !runtime_alive(&self.layout, &r.name) {
-            // Nobody holds the lock: the runtime died without recording an exit.
-            self.conn.execute(
-                "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('running', 'draining')",
-                params![r.name, CRASHED, now_ms()],
-            )?;
-            return Ok(self.get_raw(&r.name)?.unwrap_or(r));
+        if !r.is_live() {
+            return Ok(r);
         }
-        Ok(r)
+        // Nobody holds the lock (or there is no lock file): the runtime died without
+        // recording an exit. The row is updated and its sockets removed while we hold the
+        // lock, so a runtime starting meanwhile cannot lose its new run directory.
+        let _lock = match try_lock_existing(&self.layout, &r.name) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => return Ok(r),
+            Err(_) => None,
+        };
+        clean_run_dir(&self.layout, &r.name);
+        self.conn.execute(
+            "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('running', 'draining')",
+            params![r.name, CRASHED, now_ms()],
+        )?;
+        Ok(self.get_raw(&r.name)?.unwrap_or(r))
     }
 
     /// A stopped or crashed sandbox starts again: clear the previous exit.
@@ -279,8 +321,21 @@ pub fn try_lock(layout: &Layout, name: &str) -> std::io::Result<Option<fs::File>
     Ok(Some(f))
 }
 
-/// Remove a sandbox's directory and row. The caller holds its lock.
+/// Like [`try_lock`], but never creates anything: no lock file, no lock.
+fn try_lock_existing(layout: &Layout, name: &str) -> std::io::Result<Option<fs::File>> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(layout.sandbox_lock(name))?;
+    // SAFETY: flock on an open fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    Ok(Some(f))
+}
+
+/// Remove a sandbox's directory, run directory and row. The caller holds its lock.
 pub fn remove_sandbox_state(store: &Store, name: &str) -> Result<()> {
+    clean_run_dir(store.layout(), name);
     let dir = store.layout().sandbox_dir(name);
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
@@ -320,6 +375,46 @@ mod tests {
         assert_eq!(r.status, CRASHED);
         assert_eq!(r.exit_reason.as_deref(), Some("runtime died"));
         assert_eq!(r.runtime_pid, None);
+    }
+
+    #[test]
+    fn a_dead_runtime_s_run_directory_goes_when_its_row_is_found_crashed() {
+        let home = tempfile::tempdir().unwrap();
+        let s = Store::open(home.path()).unwrap();
+        s.insert_new("w", "{}").unwrap();
+        let held = try_lock(s.layout(), "w").unwrap().expect("free lock");
+        let run = new_run_dir(s.layout(), "w", 0xabcd0123).unwrap();
+        assert_eq!(run, s.layout().run_dir().join("abcd0123"));
+        fs::write(run.join("agent.sock"), b"").unwrap();
+        s.set_running("w", 1234, &run.join("agent.sock").to_string_lossy())
+            .unwrap();
+        assert_eq!(s.list().unwrap()[0].status, RUNNING);
+        assert!(run.exists(), "a live runtime keeps its sockets");
+        drop(held); // the runtime dies (SIGKILL)
+        assert_eq!(s.list().unwrap()[0].status, CRASHED);
+        assert!(!run.exists(), "the crashed runtime's run directory is gone");
+        assert!(!s.layout().run_dir_record("w").exists());
+        // A record never names anything outside run/.
+        fs::write(s.layout().run_dir_record("w"), "../../x").unwrap();
+        let outside = home.path().join("x");
+        fs::create_dir(&outside).unwrap();
+        clean_run_dir(s.layout(), "w");
+        assert!(outside.exists());
+    }
+
+    #[test]
+    fn a_new_run_directory_replaces_the_one_left_by_a_dead_runtime() {
+        let home = tempfile::tempdir().unwrap();
+        let l = Layout::new(home.path());
+        fs::create_dir_all(l.sandbox_dir("w")).unwrap();
+        let old = new_run_dir(&l, "w", 1).unwrap();
+        let new = new_run_dir(&l, "w", 2).unwrap();
+        assert!(!old.exists() && new.exists());
+        fs::create_dir_all(l.sandbox_dir("w").join("x")).unwrap();
+        let s = Store::open(home.path()).unwrap();
+        s.insert_new("w", "{}").unwrap();
+        remove_sandbox_state(&s, "w").unwrap();
+        assert!(!new.exists(), "remove takes the run directory too");
     }
 
     #[test]

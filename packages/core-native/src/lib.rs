@@ -4,11 +4,16 @@
 //! code to a typed error class.
 
 mod client;
+mod host_fs;
 mod lock;
 mod spawn;
 mod state;
 
 pub use client::AgentClient;
+pub use host_fs::{
+    host_create_file_at, host_list_dir, host_mkdir_at, host_open_at, host_open_parent,
+    host_symlink_at, HostEntry, HostParent,
+};
 pub use lock::{lock_file, FileLock};
 pub use spawn::{release_attachment, start_sandbox};
 pub use state::{get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, SandboxRecord};

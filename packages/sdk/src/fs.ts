@@ -8,13 +8,13 @@
  * in flight at most), so reading or writing a large file keeps memory bounded.
  */
 import "./polyfill.js";
-import { constants as fsConstants, createReadStream } from "node:fs";
-import { chmod, lstat, mkdir as hostMkdir, open, readdir, readlink as hostReadlink, symlink as hostSymlink, unlink } from "node:fs/promises";
 import { join, posix, resolve } from "node:path";
 import { z } from "zod";
 import { check, guestPathSchema, modeSchema, normalizeGuestPath } from "./config.js";
-import { InvalidConfigError, MicrosandboxError, ProtocolError, SandboxFsOpsError, fromNative } from "./errors.js";
+import { InvalidConfigError, MicrosandboxError, OutputLimitError, ProtocolError, SandboxFsOpsError, fromNative } from "./errors.js";
 import type { ExecOutput } from "./exec.js";
+import { DEFAULT_MAX_OUTPUT_BYTES, describeBytes } from "./limits.js";
+import { createFileAt, hostError, listDir, mkdirAt, openAt, openParent, symlinkAt, type HostFd } from "./host-fs.js";
 import type { NativeAgentClient, NativeExecEvent, NativeFsEntry, NativeFsOp } from "./native.js";
 
 /** What a directory entry is. Symbolic links are reported as such, never followed. */
@@ -38,6 +38,11 @@ export interface FsWriteOptions {
   mode?: number;
   /** Append to the file instead of replacing its contents. */
   append?: boolean;
+}
+
+export interface FsReadOptions {
+  /** Most bytes to buffer (default {@link DEFAULT_MAX_OUTPUT_BYTES}, 64 MiB); a larger file rejects with `OutputLimitError`. */
+  maxBytes?: number;
 }
 
 export interface FsMkdirOptions {
@@ -70,6 +75,11 @@ const utf8 = new TextDecoder("utf-8");
 const enc = new TextEncoder();
 
 const boolOption = z.boolean({ error: "must be a boolean" });
+const maxBytesSchema = z
+  .number({ error: "must be a number" })
+  .int({ error: "must be an integer" })
+  .positive({ error: "must be positive" })
+  .max(Number.MAX_SAFE_INTEGER, { error: "is too large" });
 const symlinkTargetSchema = z
   .string({ error: "must be a string" })
   .min(1, { error: "must not be empty" })
@@ -95,14 +105,6 @@ function fsError(op: string, path: string, ev: NativeExecEvent): SandboxFsOpsErr
   const errno = typeof ev.errno === "string" && /^E[A-Z0-9]{1,15}$/.test(ev.errno) ? ev.errno : "EIO";
   const reason = sanitize(ev.reason);
   return new SandboxFsOpsError(errno, path, `${op} ${path}: ${errno}${reason ? ` (${reason})` : ""}`);
-}
-
-/** A host-side failure of copyFromHost / copyToHost, reported like a guest one (errno and the host path). */
-function hostError(op: string, path: string, e: unknown): MicrosandboxError {
-  if (e instanceof MicrosandboxError) return e;
-  const err = e as NodeJS.ErrnoException;
-  const errno = typeof err?.code === "string" && /^E[A-Z0-9]+$/.test(err.code) ? err.code : "EIO";
-  return new SandboxFsOpsError(errno, path, `${op}: host ${path}: ${errno} (${err?.message ?? String(e)})`, { cause: e });
 }
 
 function toEntry(e: NativeFsEntry | undefined): FsEntry {
@@ -155,6 +157,7 @@ function plain(d: Uint8Array): Uint8Array {
 export class FsReadStream implements AsyncIterable<Uint8Array> {
   readonly path: string;
   readonly #next: () => Promise<NativeExecEvent | null>;
+  readonly #abort: () => Promise<void>;
   #first: NativeExecEvent | undefined;
   #tail: Promise<unknown> = Promise.resolve();
   #done = false;
@@ -162,10 +165,11 @@ export class FsReadStream implements AsyncIterable<Uint8Array> {
   #draining: Promise<void> | undefined;
 
   /** @internal */
-  constructor(path: string, next: () => Promise<NativeExecEvent | null>, first: NativeExecEvent) {
+  constructor(path: string, next: () => Promise<NativeExecEvent | null>, first: NativeExecEvent, abort: () => Promise<void>) {
     this.path = path;
     this.#next = next;
     this.#first = first;
+    this.#abort = abort;
   }
 
   /** The next chunk, or `null` at the end of the file. A guest error mid-way rejects with `SandboxFsOpsError`. */
@@ -209,13 +213,18 @@ export class FsReadStream implements AsyncIterable<Uint8Array> {
     return e;
   }
 
-  /** Stop reading: the rest of the file is drained in the background and discarded. Resolves once it is. */
+  /**
+   * Stop reading: the guest is told to stop (it ends the transfer after what is already
+   * in flight, at most the channel's window), which is drained and discarded. Resolves
+   * once the transfer is over. Works for endless files such as `/dev/zero` too.
+   */
   cancel(): Promise<void> {
     this.#draining ??= (async () => {
+      if (!this.#done) await this.#abort().catch(() => undefined);
       try {
         while ((await this.recv()) !== null);
       } catch {
-        // the transfer is over either way
+        // the transfer is over either way (ECANCELED from the guest, most likely)
       }
     })();
     return this.#draining;
@@ -352,14 +361,24 @@ export class SandboxFs {
     return ev;
   }
 
-  /** The whole file. For large files prefer {@link readStream}. A directory -> `EISDIR`. */
-  async read(path: string): Promise<Uint8Array> {
+  /**
+   * The whole file. A directory -> `EISDIR`. At most `maxBytes` (default
+   * {@link DEFAULT_MAX_OUTPUT_BYTES}, 64 MiB): past it the guest is told to stop and the
+   * call rejects with {@link OutputLimitError} (`field: "maxBytes"`); for large or
+   * endless files use {@link readStream}, which has no limit.
+   */
+  async read(path: string, options: FsReadOptions = {}): Promise<Uint8Array> {
+    const max = options.maxBytes === undefined ? DEFAULT_MAX_OUTPUT_BYTES : check(maxBytesSchema, "maxBytes", options.maxBytes);
     const stream = await this.readStream(path);
     const chunks: Uint8Array[] = [];
     let n = 0;
     for (let c = await stream.recv(); c !== null; c = await stream.recv()) {
-      chunks.push(c);
       n += c.byteLength;
+      if (n > max) {
+        await stream.cancel();
+        throw new OutputLimitError(max, `read ${stream.path}: the file is larger than maxBytes (${describeBytes(max)}); raise maxBytes or use readStream`, { field: "maxBytes" });
+      }
+      chunks.push(c);
     }
     if (chunks.length === 1) return chunks[0] as Uint8Array;
     const out = new Uint8Array(n);
@@ -371,9 +390,9 @@ export class SandboxFs {
     return out;
   }
 
-  /** The whole file decoded as UTF-8. */
-  async readToString(path: string): Promise<string> {
-    return utf8.decode(await this.read(path));
+  /** The whole file decoded as UTF-8 (the same `maxBytes` limit as {@link read}). */
+  async readToString(path: string, options: FsReadOptions = {}): Promise<string> {
+    return utf8.decode(await this.read(path, options));
   }
 
   /** Create or replace a file with these contents (a string as UTF-8). Missing parent directory -> `ENOENT`. */
@@ -479,7 +498,8 @@ export class SandboxFs {
     const first = await this.#ctx.call(next);
     if (first === null) throw new ProtocolError(`the read of ${p} ended without an answer`);
     if (first.kind === "fsError") throw fsError("read", p, first);
-    return new FsReadStream(p, next, first);
+    // Any signal on a read session tells the agent to stop reading.
+    return new FsReadStream(p, next, first, () => client.signal(id, 9));
   }
 
   /**
@@ -510,131 +530,119 @@ export class SandboxFs {
   /**
    * Copy a host file or directory tree to `guestPath` (which it becomes: a directory's
    * contents go under `guestPath`). Modes are kept, symbolic links are copied as links,
-   * sockets, FIFOs and devices are skipped. Existing guest files are replaced.
+   * sockets, FIFOs and devices are skipped. Existing guest files are replaced. Below the
+   * parent of `hostPath`, host files are opened one component at a time without
+   * following links, so a link swapped in (by a guest writing the same volume) is copied
+   * as a link, never read through.
    */
   async copyFromHost(hostPath: string, guestPathArg: string): Promise<void> {
     const src = resolve(check(hostPathSchema, "hostPath", hostPath));
     const dst = guestPath("guestPath", guestPathArg);
-    await this.#fromHost(src, dst);
+    const { dir, name } = openParent("copyFromHost", src);
+    try {
+      await this.#fromHost(dir, name, src, dst, 0);
+    } finally {
+      await dir.close();
+    }
   }
 
-  async #fromHost(src: string, dst: string): Promise<void> {
-    let st;
+  async #fromHost(parent: HostFd, name: string, src: string, dst: string, depth: number): Promise<void> {
+    if (depth > MAX_COPY_DEPTH) throw hostError("copyFromHost", src, new Error(`ELOOP: deeper than ${MAX_COPY_DEPTH} levels`));
+    const e = openAt("copyFromHost", parent, name, src);
     try {
-      st = await lstat(src);
-    } catch (e) {
-      throw hostError("copyFromHost", src, e);
+      if (e.kind === "symlink") {
+        const target = e.target as string;
+        try {
+          await this.symlink(target, dst);
+        } catch (err) {
+          if (!(err instanceof SandboxFsOpsError && err.errno === "EEXIST")) throw err;
+          await this.remove(dst);
+          await this.symlink(target, dst);
+        }
+      } else if (e.kind === "file" && e.fd) {
+        const ws = await this.writeStream(dst, { mode: e.mode });
+        try {
+          for await (const chunk of e.fd.chunks("copyFromHost", HOST_CHUNK)) await ws.write(chunk);
+        } catch (err) {
+          await ws.close().catch(() => undefined);
+          throw err;
+        }
+        await ws.close();
+      } else if (e.kind === "dir" && e.fd) {
+        await this.mkdir(dst, { mode: e.mode, recursive: true });
+        for (const n of listDir("copyFromHost", e.fd)) await this.#fromHost(e.fd, n, join(src, n), posix.join(dst, n), depth + 1);
+      }
+      // sockets, FIFOs, devices: skipped
+    } finally {
+      await e.fd?.close();
     }
-    if (st.isSymbolicLink()) {
-      let target: string;
-      try {
-        target = await hostReadlink(src);
-      } catch (e) {
-        throw hostError("copyFromHost", src, e);
-      }
-      try {
-        await this.symlink(target, dst);
-      } catch (e) {
-        if (!(e instanceof SandboxFsOpsError && e.errno === "EEXIST")) throw e;
-        await this.remove(dst);
-        await this.symlink(target, dst);
-      }
-    } else if (st.isFile()) {
-      const ws = await this.writeStream(dst, { mode: st.mode & 0o7777 });
-      try {
-        for await (const chunk of createReadStream(src, { highWaterMark: HOST_CHUNK })) await ws.write(chunk as Buffer);
-      } catch (e) {
-        await ws.close().catch(() => undefined);
-        throw hostError("copyFromHost", src, e);
-      }
-      await ws.close();
-    } else if (st.isDirectory()) {
-      await this.mkdir(dst, { mode: st.mode & 0o7777, recursive: true });
-      let names: string[];
-      try {
-        names = (await readdir(src)).sort();
-      } catch (e) {
-        throw hostError("copyFromHost", src, e);
-      }
-      for (const name of names) await this.#fromHost(join(src, name), posix.join(dst, name));
-    }
-    // sockets, FIFOs, devices: skipped
   }
 
   /**
    * Copy a guest file or directory tree to `hostPath` (which it becomes). Modes are
-   * kept (without setuid/setgid on the host), symbolic links are recreated as links and
-   * never followed, special files are skipped. Every name the guest lists is checked
-   * (one path component, not `.` or `..`), so nothing is ever written outside
-   * `hostPath`; existing host links in the way are replaced, not followed.
+   * kept (without setuid/setgid on the host), symbolic links are recreated as links,
+   * special files are skipped. Nothing is ever written outside `hostPath`: every name the
+   * guest lists is checked (one path component, not `.` or `..`), and below the parent of
+   * `hostPath` each host step is taken relative to an open directory without following
+   * a link. A link in the way (`hostPath` itself included) is replaced, never written
+   * through; an existing directory at `hostPath` is merged into.
    */
   async copyToHost(guestPathArg: string, hostPath: string): Promise<void> {
     const src = guestPath("guestPath", guestPathArg);
     const dst = resolve(check(hostPathSchema, "hostPath", hostPath));
     const root = await this.stat(src);
-    await this.#toHost(src, dst, root, 0, true);
+    const { dir, name } = openParent("copyToHost", dst);
+    try {
+      await this.#toHost(src, dir, name, dst, root, 0);
+    } finally {
+      await dir.close();
+    }
   }
 
-  async #toHost(src: string, dst: string, entry: FsEntry, depth: number, isRoot: boolean): Promise<void> {
+  async #toHost(src: string, parent: HostFd, name: string, dst: string, entry: FsEntry, depth: number): Promise<void> {
     if (depth > MAX_COPY_DEPTH) throw new ProtocolError(`the guest tree under ${src} is deeper than ${MAX_COPY_DEPTH} levels`);
-    const existing = await lstat(dst).catch(() => undefined);
     switch (entry.kind) {
       case "symlink": {
         const target = await this.#readlink(src);
-        try {
-          if (existing && !existing.isDirectory()) await unlink(dst);
-          await hostSymlink(target, dst);
-        } catch (e) {
-          throw hostError("copyToHost", dst, e);
-        }
+        symlinkAt("copyToHost", parent, target, name, dst);
         return;
       }
       case "file": {
         const stream = await this.readStream(src);
-        // A link in the way (below the root) is removed, never written through.
-        if (existing?.isSymbolicLink() && !isRoot) await unlink(dst).catch((e: unknown) => Promise.reject(hostError("copyToHost", dst, e)));
-        let fh;
+        let file: HostFd;
         try {
-          const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | (isRoot ? 0 : fsConstants.O_NOFOLLOW);
-          fh = await open(dst, flags, 0o600);
+          file = createFileAt("copyToHost", parent, name, dst);
         } catch (e) {
           void stream.cancel();
-          throw hostError("copyToHost", dst, e);
+          throw e;
         }
         try {
-          for (let c = await stream.recv(); c !== null; c = await stream.recv()) {
-            let off = 0;
-            while (off < c.byteLength) off += (await fh.write(c, off, c.byteLength - off)).bytesWritten;
-          }
-          await fh.chmod(entry.mode & 0o777);
+          for (let c = await stream.recv(); c !== null; c = await stream.recv()) await file.writeAll("copyToHost", c);
+          await file.chmod("copyToHost", entry.mode & 0o777);
         } catch (e) {
           void stream.cancel();
-          throw hostError("copyToHost", dst, e);
+          throw e;
         } finally {
-          await fh.close().catch(() => undefined);
+          await file.close();
         }
         return;
       }
       case "dir": {
+        const dir = mkdirAt("copyToHost", parent, name, dst);
         try {
-          if (existing?.isSymbolicLink() && !isRoot) await unlink(dst);
-          else if (existing && !existing.isDirectory() && !(isRoot && existing.isSymbolicLink())) {
-            throw Object.assign(new Error(`${dst} exists and is not a directory`), { code: "ENOTDIR" });
+          const entries = await this.list(src);
+          const seen = new Set<string>();
+          for (const c of entries) {
+            const n = checkEntryName(c.name);
+            if (seen.has(n)) throw new ProtocolError(`the guest listed ${JSON.stringify(n)} twice in ${src}`);
+            seen.add(n);
+            await this.#toHost(posix.join(src, n), dir, n, join(dst, n), c, depth + 1);
           }
-          if (!existing || (existing.isSymbolicLink() && !isRoot)) await hostMkdir(dst, { mode: 0o700 });
-        } catch (e) {
-          throw hostError("copyToHost", dst, e);
+          // Last, so a read-only directory could still be filled.
+          await dir.chmod("copyToHost", entry.mode & 0o1777);
+        } finally {
+          await dir.close();
         }
-        const entries = await this.list(src);
-        const seen = new Set<string>();
-        for (const child of entries) {
-          const name = checkEntryName(child.name);
-          if (seen.has(name)) throw new ProtocolError(`the guest listed ${JSON.stringify(name)} twice in ${src}`);
-          seen.add(name);
-          await this.#toHost(posix.join(src, name), join(dst, name), child, depth + 1, false);
-        }
-        // Last, so a read-only directory could still be filled.
-        await chmod(dst, entry.mode & 0o1777).catch((e: unknown) => Promise.reject(hostError("copyToHost", dst, e)));
         return;
       }
       default:

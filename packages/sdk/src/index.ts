@@ -29,6 +29,7 @@ export {
   FsWriteStream,
   type FsEntry,
   type FsEntryKind,
+  type FsReadOptions,
   type FsWriteOptions,
   type FsMkdirOptions,
   type FsRemoveDirOptions,

@@ -219,6 +219,28 @@ export type NativeFsOp =
   | { rename: { src: string; dst: string } }
   | { symlink: { target: string; link: string } };
 
+/** What the addon's `hostOpenAt` found (fd -1 when nothing was opened). */
+export interface NativeHostEntry {
+  kind: "file" | "dir" | "symlink" | "other";
+  fd: number;
+  mode: number;
+  target?: string | null;
+}
+
+/**
+ * The addon's host-side file calls for copyToHost / copyFromHost: one component at a
+ * time relative to a directory fd, never following a link (packages/core-native/src/host_fs.rs).
+ * Errors are `"<ERRNO>: <text>"`.
+ */
+export interface NativeHostFs {
+  hostOpenParent(path: string): { fd: number; name: string };
+  hostMkdirAt(dirfd: number, name: string): number;
+  hostCreateFileAt(dirfd: number, name: string): number;
+  hostSymlinkAt(dirfd: number, target: string, name: string): void;
+  hostOpenAt(dirfd: number, name: string): NativeHostEntry;
+  hostListDir(dirfd: number, max: number): string[];
+}
+
 const ADDON = "@microsandbox/core-native";
 
 let binding: NativeBinding | undefined;
@@ -237,6 +259,27 @@ export function native(): NativeBinding {
     }
   }
   return binding;
+}
+
+let hostFs: NativeHostFs | undefined;
+
+/**
+ * The addon's host file calls. Always the real addon, also while a test double stands in
+ * for the sandbox calls: these touch only the host's own files.
+ */
+export function hostFsNative(): NativeHostFs {
+  if (hostFs === undefined) {
+    try {
+      hostFs = createRequire(import.meta.url)(ADDON) as NativeHostFs;
+    } catch (e) {
+      const detail = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+      throw new RuntimeError(
+        `cannot load the native addon ${ADDON} (${detail}); build it with "npm run setup" at the repository root`,
+        { cause: e },
+      );
+    }
+  }
+  return hostFs;
 }
 
 /**

@@ -1,8 +1,8 @@
-import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, chmodSync, existsSync } from "node:fs";
+import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, chmodSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { InvalidConfigError, ProtocolError, Sandbox, SandboxFsOpsError, SandboxNotRunningError } from "../src/index.js";
+import { DEFAULT_MAX_OUTPUT_BYTES, InvalidConfigError, OutputLimitError, ProtocolError, Sandbox, SandboxFsOpsError, SandboxNotRunningError } from "../src/index.js";
 import { checkEntryName } from "../src/fs.js";
 import { setNativeBinding, type NativeFsEntry } from "../src/native.js";
 import { EventQueue, fakeNative, type FakeNative } from "./fake-native.js";
@@ -178,6 +178,39 @@ describe("streams", () => {
     expect(fake.clients[0]!.sessions.size).toBe(0);
   });
 
+  it("read stops at maxBytes: the guest is told to stop and the call rejects with OutputLimitError", async () => {
+    const fs = (await box()).fs();
+    let sent = 0;
+    let cancelled = false;
+    // An endless file (/dev/zero): chunks until the SDK signals the session.
+    fake.fsHook = (op) => {
+      if (!("read" in op) || op.read.path !== "/dev/zero") return undefined;
+      return {
+        next: async () => {
+          if (cancelled) return { kind: "fsError", errno: "ECANCELED", reason: "read cancelled by the host" };
+          sent += 65536;
+          return { kind: "fsData", data: new Uint8Array(65536) };
+        },
+        signal: () => {
+          cancelled = true;
+        },
+      };
+    };
+    const e = await fs.read("/dev/zero", { maxBytes: 1 << 20 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(OutputLimitError);
+    expect(e).toMatchObject({ code: "outputLimit", limit: 1 << 20, field: "maxBytes" });
+    expect(cancelled).toBe(true);
+    expect(sent).toBe((1 << 20) + 65536);
+    // readToString takes the same option, and a bad one is InvalidConfigError naming it.
+    cancelled = false;
+    await expect(fs.readToString("/dev/zero", { maxBytes: 65536 })).rejects.toBeInstanceOf(OutputLimitError);
+    await expect(fs.read("/dev/zero", { maxBytes: -1 })).rejects.toMatchObject({ code: "invalidConfig", field: "maxBytes" });
+    // A file within the limit is read whole; the default is 64 MiB.
+    fake.fsOf("f1").put("/small", "x".repeat(1000));
+    expect((await fs.read("/small", { maxBytes: 1000 })).byteLength).toBe(1000);
+    expect(DEFAULT_MAX_OUTPUT_BYTES).toBe(64 * 1024 * 1024);
+  });
+
   it("writeStream writes chunks in order; an open error rejects the first write and the close", async () => {
     const fs = (await box()).fs();
     const ws = await fs.writeStream("/tmp/w", { mode: 0o640 });
@@ -280,6 +313,89 @@ describe("copyFromHost / copyToHost", () => {
     expect(readFileSync(join(dst, "a.txt"), "utf8")).toBe("guest data");
     expect(lstatSync(join(dst, "sub")).isDirectory()).toBe(true);
     expect(readdirSync(join(host, "elsewhere"))).toEqual([]);
+  });
+
+  describe("links a guest made in a shared host directory (bind volume)", () => {
+    it("a link at hostPath to a host directory is replaced, the directory untouched", async () => {
+      const fs = (await box()).fs();
+      const outside = join(host, "outside");
+      mkdirSync(outside, { mode: 0o700 });
+      chmodSync(outside, 0o700);
+      const vol = join(host, "vol");
+      mkdirSync(vol);
+      symlinkSync(outside, join(vol, "outdir"));
+      fake.fsOf("f1").mkdirp("/tmp/g", 0o777);
+      fake.fsOf("f1").put("/tmp/g/x", "guest");
+      await fs.copyToHost("/tmp/g", join(vol, "outdir"));
+      expect(readdirSync(outside)).toEqual([]);
+      expect(statSync(outside).mode & 0o7777).toBe(0o700);
+      expect(lstatSync(join(vol, "outdir")).isDirectory()).toBe(true);
+      expect(readFileSync(join(vol, "outdir", "x"), "utf8")).toBe("guest");
+    });
+
+    it("a link at hostPath to a host file is replaced, the file untouched", async () => {
+      const fs = (await box()).fs();
+      const victim = join(host, "victim");
+      writeFileSync(victim, "precious");
+      chmodSync(victim, 0o600);
+      symlinkSync(victim, join(host, "outfile"));
+      fake.fsOf("f1").put("/tmp/f", "guest", 0o777);
+      await fs.copyToHost("/tmp/f", join(host, "outfile"));
+      expect(readFileSync(victim, "utf8")).toBe("precious");
+      expect(statSync(victim).mode & 0o7777).toBe(0o600);
+      expect(lstatSync(join(host, "outfile")).isFile()).toBe(true);
+      expect(readFileSync(join(host, "outfile"), "utf8")).toBe("guest");
+    });
+
+    it("a directory swapped for a link mid-copy is still the one written (the race)", async () => {
+      const fs = (await box()).fs();
+      const outside = join(host, "outside");
+      mkdirSync(outside);
+      const dst = join(host, "out");
+      const g = fake.fsOf("f1");
+      g.put("/src/sub/a", "A");
+      g.put("/src/sub/b", "B");
+      // When the SDK lists /src/sub, it has just made out/sub: the guest swaps it for a link.
+      fake.fsHook = (op) => {
+        if ("list" in op && op.list.path === "/src/sub") {
+          renameSync(join(dst, "sub"), join(dst, "moved"));
+          symlinkSync(outside, join(dst, "sub"));
+        }
+        return undefined;
+      };
+      await fs.copyToHost("/src", dst);
+      expect(readdirSync(outside)).toEqual([]);
+      expect(readdirSync(join(dst, "moved")).sort()).toEqual(["a", "b"]);
+    });
+
+    it("copyFromHost: a directory swapped for a link after it was opened is not followed", async () => {
+      const fs = (await box()).fs();
+      const secret = join(host, "secret");
+      mkdirSync(secret);
+      writeFileSync(join(secret, "key"), "s3cret");
+      const src = join(host, "src");
+      mkdirSync(join(src, "sub"), { recursive: true });
+      writeFileSync(join(src, "sub", "ok"), "ok");
+      fake.fsHook = (op) => {
+        if ("mkdir" in op && op.mkdir.path === "/dst/sub") {
+          renameSync(join(src, "sub"), join(src, "moved"));
+          symlinkSync(secret, join(src, "sub"));
+        }
+        return undefined;
+      };
+      await fs.copyFromHost(src, "/dst");
+      const g = fake.fsOf("f1");
+      expect(g.text("/dst/sub/ok")).toBe("ok");
+      expect(g.nodes.has("/dst/sub/key")).toBe(false);
+    });
+
+    it("copyFromHost copies a link at hostPath as a link", async () => {
+      const fs = (await box()).fs();
+      writeFileSync(join(host, "secret"), "s3cret");
+      symlinkSync(join(host, "secret"), join(host, "l"));
+      await fs.copyFromHost(join(host, "l"), "/l");
+      expect(fake.fsOf("f1").readlink("/l")).toBe(join(host, "secret"));
+    });
   });
 
   describe("a hostile guest listing", () => {
