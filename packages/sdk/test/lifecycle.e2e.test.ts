@@ -2,6 +2,8 @@
 // that outlive their creator, stop/start with the disk kept, drain, a crashed runtime,
 // two processes racing for one name, and the typed errors of bad input.
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import {
@@ -16,7 +18,7 @@ import {
 } from "../src/index.js";
 import { cleanup, isGone, qemuProcessesMentioning, useTempMsbHome, waitFor, waitForAsync, within } from "./e2e-helpers.js";
 
-useTempMsbHome();
+const home = useTempMsbHome();
 
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
@@ -215,12 +217,17 @@ describe("crashes", () => {
       const pid = sb.runtimePid;
       const dir = sb.sandboxDir;
       expect(qemuProcessesMentioning(dir).length).toBeGreaterThan(0);
+      const runDir = join(home(), "run", readFileSync(join(dir, "run-dir"), "utf8"));
+      expect(readdirSync(runDir).sort()).toEqual(expect.arrayContaining(["agent.sock", "vm.sock"]));
       process.kill(pid, "SIGKILL");
       expect(await waitFor(() => isGone(pid), 10_000)).toBe(true);
       expect(await waitFor(() => qemuProcessesMentioning(dir).length === 0, 10_000), "QEMU outlived its runtime").toBe(true);
 
+      expect(existsSync(runDir), "the killed runtime's sockets are still there").toBe(true);
       const h = await Sandbox.get("e2e-crash");
       expect(h.status).toBe("crashed");
+      // Whoever found it crashed removed its run directory (sockets).
+      expect(existsSync(runDir)).toBe(false);
       expect(h.exitCode).toBe(1);
       expect(h.exitReason).toBe("runtime died");
       expect(h.runtimePid).toBeNull();
@@ -232,7 +239,10 @@ describe("crashes", () => {
       // a crashed sandbox can be started again, or removed
       const again = await h.start();
       expect((await again.exec("echo", ["back"])).stdout()).toBe("back\n");
+      const runDir2 = join(home(), "run", readFileSync(join(dir, "run-dir"), "utf8"));
+      expect(existsSync(join(runDir2, "agent.sock"))).toBe(true);
       await again.stop();
+      expect(existsSync(runDir2)).toBe(false);
       await Sandbox.remove("e2e-crash");
       await expect(Sandbox.get("e2e-crash")).rejects.toBeInstanceOf(SandboxNotFoundError);
     } finally {
