@@ -9,6 +9,8 @@ import { isAbsolute, join, posix, resolve } from "node:path";
 import { z } from "zod";
 import { defaultNetConfig, type NetConfig } from "@microsandbox/netstack";
 import { CorruptConfigError, InvalidConfigError } from "./errors.js";
+import { checkBootstrapSizes, checkBytes, checkPath } from "./input-limits.js";
+import { MAX_ARG_BYTES } from "./limits.js";
 
 export const DEFAULT_CPUS = 1;
 export const DEFAULT_MEMORY_MIB = 512;
@@ -426,6 +428,9 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
   const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
   if (raw.networkError) throw new InvalidConfigError(raw.networkError.field, raw.networkError.message, { cause: raw.networkError.cause });
   const network = raw.networkDisabled ? null : structuredClone(raw.network ?? defaultNetConfig());
+  entrypoint?.forEach((a, i) => checkBytes(`entrypoint[${i}]`, "the argument", a, MAX_ARG_BYTES, "an argument may have (Linux's MAX_ARG_STRLEN)"));
+  // What the guest gets in its bootstrap frame: checked now, before anything boots.
+  checkBootstrapSizes({ name, env: [...env], workdir, user, hostname, volumes });
   const config: SandboxConfig = {
     name,
     image,
@@ -482,6 +487,7 @@ export function validatePatches(raw: readonly RawPatch[], cwd: string = process.
   return raw.map((r, i) => {
     const label = `patch ${r.kind} path`;
     const path = normalizeGuestPath(check(guestPathSchema, "patch", r.path, label));
+    checkPath("patch", path);
     const mode = r.mode === undefined || r.mode === null ? null : check(modeSchema, "patch", r.mode, `patch ${r.kind} mode`);
     const op: PatchOp = { kind: r.kind, path, content: null, source: null, target: null, mode };
     switch (r.kind) {
@@ -509,6 +515,7 @@ export function validatePatches(raw: readonly RawPatch[], cwd: string = process.
           r.target,
           "patch symlink target",
         );
+        checkPath("patch", op.target);
         break;
       case "mkdir":
       case "remove":

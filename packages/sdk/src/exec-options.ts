@@ -6,6 +6,7 @@ import { z } from "zod";
 import { argsSchema, check, cmdSchema, envKeySchema, envValueSchema, timeoutMsSchema, userSchema, workdirSchema } from "./config.js";
 import { InvalidConfigError } from "./errors.js";
 import { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
+import { checkExecSizes } from "./input-limits.js";
 import type { NativeExecRequest } from "./native.js";
 
 /** Resource limits `rlimit()` takes (setrlimit's RLIMIT_*, lowercase). */
@@ -196,6 +197,8 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
     const name = check(rlimitResourceSchema, "rlimit", res, "rlimit resource");
     limits.set(name, check(rlimitValueSchema, "rlimit", n, `rlimit ${name}`));
   }
+  // What the guest gets in one frame: sizes checked here, before anything is sent.
+  checkExecSizes({ cmd: command, args, env: [...env], cwd, user, rlimits: limits.size });
   return {
     request: {
       cmd: command,

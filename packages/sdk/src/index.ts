@@ -6,7 +6,15 @@ export { SandboxHandle } from "./handle.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
 export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } from "./exec.js";
-export { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
+export {
+  DEFAULT_MAX_OUTPUT_BYTES,
+  MAX_ARG_BYTES,
+  MAX_ENV_ENTRY_BYTES,
+  MAX_PATH_BYTES,
+  MAX_USER_BYTES,
+  MAX_REQUEST_BYTES,
+  MAX_FRAME_PAYLOAD_BYTES,
+} from "./limits.js";
 export { ExecOptionsBuilder, RLIMIT_RESOURCES, type RlimitResource } from "./exec-options.js";
 export { PatchBuilder, MountBuilder, ImageBuilder, type PatchModeOptions } from "./builders.js";
 export {

@@ -34,6 +34,7 @@ import {
 import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
 import { buildExecOptions, execRequestJson, resolveExecOptions, type ExecOptionsBuilder } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
+import { checkBootstrapSizes, checkScript } from "./input-limits.js";
 import { applyPatches, installScripts } from "./setup.js";
 import { SandboxHandle } from "./handle.js";
 import {
@@ -357,6 +358,8 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
   const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
+  // The image's environment is merged in now: the bootstrap must still fit its frame.
+  checkBootstrapSizes(config);
   if (o.replace) await replaceExisting(binding, home, config.name);
   const nativeConfig: NativeSandboxConfig = {
     name: config.name,
@@ -656,6 +659,7 @@ export class Sandbox implements AsyncDisposable {
    */
   async shellWith(script: string, configure: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecOutput> {
     const s = check(cmdSchema, "script", script);
+    checkScript(s);
     const b = buildExecOptions(configure);
     b.raw.args.unshift("-c", s);
     return this.execWith(this.#config.shell ?? DEFAULT_SHELL, () => b);
@@ -703,12 +707,14 @@ export class Sandbox implements AsyncDisposable {
   /** Start `script` with the sandbox's shell and return its {@link ExecHandle}. */
   async shellStream(script: string): Promise<ExecHandle> {
     const s = check(cmdSchema, "script", script);
+    checkScript(s);
     return this.execStream(this.#config.shell ?? DEFAULT_SHELL, ["-c", s]);
   }
 
   /** {@link shellStream} with options (see {@link execStreamWith}); arguments given with `b.args()` follow the script. */
   async shellStreamWith(script: string, configure?: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecHandle> {
     const s = check(cmdSchema, "script", script);
+    checkScript(s);
     const b = buildExecOptions(configure);
     b.raw.args.unshift("-c", s);
     return this.execStreamWith(this.#config.shell ?? DEFAULT_SHELL, () => b);

@@ -1,7 +1,8 @@
 // End-to-end: limits of one command on a real VM (default busybox image): the output
-// limit of buffered calls, and the host-side timeout under a guest that does not yield.
+// limit of buffered calls, the host-side timeout under a guest that does not yield, and
+// input sizes refused before anything is sent or booted.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_MAX_OUTPUT_BYTES, ExecTimeoutError, OutputLimitError, Sandbox } from "../src/index.js";
+import { DEFAULT_MAX_OUTPUT_BYTES, ExecTimeoutError, InvalidConfigError, OutputLimitError, Sandbox } from "../src/index.js";
 import { cleanup, useTempMsbHome, waitForAsync } from "./e2e-helpers.js";
 
 useTempMsbHome();
@@ -111,5 +112,33 @@ describe("timeout", () => {
     await nobodys(true);
     expect(await waitForAsync(async () => (await nobodys()) === "0", 30_000)).toBe(true);
     expect((await box().exec("echo", ["ok"])).stdout()).toBe("ok\n");
+  });
+});
+
+describe("input sizes", () => {
+  it("a 1 MiB argument or env value is InvalidConfigError naming it (not ProtocolError); the sandbox is unaffected", async () => {
+    const big = "x".repeat(1 << 20);
+    const a = await box().exec("echo", ["ok", big]).catch((x: unknown) => x);
+    expect(a).toBeInstanceOf(InvalidConfigError);
+    expect((a as InvalidConfigError).field).toBe("args[1]");
+    const e = await box().execWith("env", (b) => b.env("MODE", big)).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidConfigError);
+    expect((e as InvalidConfigError).field).toBe("env.MODE");
+    // the largest argument that is accepted reaches the command whole
+    const fits = "y".repeat(128 * 1024 - 1);
+    const out = await box().exec("sh", ["-c", 'printf %s "$0" | wc -c', fits]);
+    expect(out.stdout().trim()).toBe(String(fits.length));
+  });
+
+  it("a 1 MiB env value at create is refused before any boot: the name stays free", async () => {
+    const t0 = Date.now();
+    const e = await Sandbox.builder("e2e-limits-big-env")
+      .env("MODE", "x".repeat(1 << 20))
+      .create()
+      .catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidConfigError);
+    expect((e as InvalidConfigError).field).toBe("env.MODE");
+    expect(Date.now() - t0).toBeLessThan(1000);
+    await expect(Sandbox.get("e2e-limits-big-env")).rejects.toMatchObject({ code: "sandboxNotFound" });
   });
 });
