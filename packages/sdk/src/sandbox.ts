@@ -24,6 +24,7 @@ import {
   type SandboxConfig,
 } from "./config.js";
 import {
+  ExecFailedError,
   fromNative,
   fromOci,
   InvalidConfigError,
@@ -403,9 +404,12 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     throw e;
   }
   const sb = new Sandbox(config, info, client, o.attached, home);
-  // Before anything of the caller's runs: scripts (every boot), patches (the first one).
-  if (config.scripts.length > 0 || (o.patches?.length ?? 0) > 0) {
+  // Before anything of the caller's runs: the default user exists (a new sandbox), then
+  // scripts (every boot) and patches (the first one).
+  const checkUser = o.mode === "create" && config.user !== null;
+  if (checkUser || config.scripts.length > 0 || (o.patches?.length ?? 0) > 0) {
     try {
+      if (checkUser) await checkDefaultUser(sb, config.user as string);
       const fs = sb.fs();
       await installScripts(fs, config.scripts);
       if (o.mode === "create" && o.patches) await applyPatches(fs, o.patches);
@@ -416,6 +420,31 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     }
   }
   return sb;
+}
+
+/** How the agent reports a user or group it cannot find (crates/agent/src/exec.rs, resolve_user). */
+const UNKNOWN_USER = /^unknown (user|group): /;
+
+/**
+ * The sandbox's default user (from the builder or the image) must exist in the guest:
+ * run `true` as it (an exec that names no user gets the default) and turn the agent's
+ * "unknown user" / "unknown group" into InvalidConfigError("user"). An image without a
+ * `true` program cannot be checked this way; its first command reports a bad user.
+ */
+async function checkDefaultUser(sb: Sandbox, user: string): Promise<void> {
+  try {
+    await sb.execWith("true", (b) => b.maxOutputBytes(64 * 1024));
+  } catch (e) {
+    if (e instanceof ExecFailedError) {
+      if (UNKNOWN_USER.test(e.reason)) {
+        throw new InvalidConfigError("user", `invalid user ${JSON.stringify(user)}: ${e.reason} (the image's /etc/passwd or /etc/group has no such entry)`, {
+          cause: e,
+        });
+      }
+      if (e.reason.startsWith("command not found")) return;
+    }
+    throw e;
+  }
 }
 
 /**
