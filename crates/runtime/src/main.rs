@@ -94,7 +94,27 @@ fn announce_error(e: &RtError) {
     announce(serde_json::json!({ "error": { "code": e.code, "message": e.message } }));
 }
 
+/// Resolves on the first SIGTERM or SIGINT (registered at once, so that from then on
+/// neither kills the process by default: a stop during boot is handled, not fatal).
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+}
+
 async fn async_main() -> i32 {
+    let stopped = stop_signal();
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         announce_error(&RtError::runtime(format!("reading configuration: {e}")));
@@ -118,7 +138,24 @@ async fn async_main() -> i32 {
             return 1;
         }
     };
-    match sb.boot().await {
+    let booted = tokio::select! {
+        r = sb.boot() => Some(r),
+        _ = stopped => None,
+    };
+    let Some(booted) = booted else {
+        // Stopped while booting (SIGTERM, e.g. `stop()` on a starting sandbox): end the VM,
+        // record a plain stop, tell the creator.
+        log("stopped while booting");
+        sb.kill_vm().await;
+        sb.boot_cancelled();
+        sb.cleanup();
+        announce_error(&RtError::new(
+            "sandboxNotRunning",
+            "the sandbox was stopped while it was booting",
+        ));
+        return 0;
+    };
+    match booted {
         Ok(running) => {
             announce(
                 serde_json::json!({ "ready": { "socket": sb.agent_sock, "pid": std::process::id() } }),

@@ -94,7 +94,7 @@ impl Sandbox {
         match cfg.mode {
             Mode::Create => {
                 if !store
-                    .insert_new(&cfg.name, &config_json)
+                    .insert_new(&cfg.name, &config_json, std::process::id())
                     .map_err(|e| RtError::runtime(e.to_string()))?
                 {
                     return Err(RtError::new(
@@ -130,7 +130,7 @@ impl Sandbox {
                     .map(|r| r.config_json)
                     .unwrap_or_default();
                 store
-                    .set_starting(&cfg.name, keep.unwrap_or(&current))
+                    .set_starting(&cfg.name, keep.unwrap_or(&current), std::process::id())
                     .map_err(|e| RtError::runtime(e.to_string()))?;
             }
         }
@@ -616,6 +616,21 @@ impl Sandbox {
         let _ = fs::remove_file(self.store.layout().run_dir_record(&self.cfg.name));
         // The passt socket (bench/net) lives outside the run directory.
         let _ = fs::remove_file(&self.net_sock);
+    }
+
+    /// After a boot stopped half-way: the sandbox is recorded as stopped (it can be
+    /// started or removed). A fresh upper disk may be half formatted: it goes, and the
+    /// next start makes a new one (nothing was written to it: the guest never got ready).
+    pub fn boot_cancelled(&self) {
+        if self.created {
+            let _ = fs::remove_file(self.dir.join("upper.ext4"));
+        }
+        let _ = self.store.set_exited(
+            &self.cfg.name,
+            msb_store::STOPPED,
+            0,
+            "stopped while booting",
+        );
     }
 
     /// After a failed boot: a sandbox this process created is forgotten entirely (the name

@@ -24,6 +24,8 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Booting: the runtime holds the lock, the guest is not ready yet (no socket).
+pub const STARTING: &str = "starting";
 pub const RUNNING: &str = "running";
 pub const DRAINING: &str = "draining";
 pub const STOPPED: &str = "stopped";
@@ -44,8 +46,9 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its runtime is (or should be) alive: starting, running or draining.
     pub fn is_live(&self) -> bool {
-        self.status == RUNNING || self.status == DRAINING
+        self.status == STARTING || self.status == RUNNING || self.status == DRAINING
     }
 }
 
@@ -172,12 +175,12 @@ impl Store {
         &self.layout
     }
 
-    /// Insert a new sandbox (status running, pid not yet known). False when the name is taken.
-    pub fn insert_new(&self, name: &str, config_json: &str) -> Result<bool> {
+    /// Insert a new sandbox, `starting`, booted by the runtime `pid`. False when the name is taken.
+    pub fn insert_new(&self, name: &str, config_json: &str, pid: u32) -> Result<bool> {
         let now = now_ms();
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO sandboxes (name, status, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![name, RUNNING, config_json, now],
+            "INSERT OR IGNORE INTO sandboxes (name, status, config, created_at, updated_at, runtime_pid) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+            params![name, STARTING, config_json, now, pid as i64],
         )?;
         Ok(n == 1)
     }
@@ -228,17 +231,18 @@ impl Store {
         };
         clean_run_dir(&self.layout, &r.name);
         self.conn.execute(
-            "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('running', 'draining')",
+            "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('starting', 'running', 'draining')",
             params![r.name, CRASHED, now_ms()],
         )?;
         Ok(self.get_raw(&r.name)?.unwrap_or(r))
     }
 
-    /// A stopped or crashed sandbox starts again: clear the previous exit.
-    pub fn set_starting(&self, name: &str, config_json: &str) -> Result<()> {
+    /// A stopped or crashed sandbox starts again (`starting`, booted by the runtime `pid`):
+    /// clear the previous exit.
+    pub fn set_starting(&self, name: &str, config_json: &str, pid: u32) -> Result<()> {
         self.conn.execute(
-            "UPDATE sandboxes SET status = ?2, config = ?3, runtime_pid = NULL, socket_path = NULL, exit_code = NULL, exit_reason = NULL, updated_at = ?4 WHERE name = ?1",
-            params![name, RUNNING, config_json, now_ms()],
+            "UPDATE sandboxes SET status = ?2, config = ?3, runtime_pid = ?5, socket_path = NULL, exit_code = NULL, exit_reason = NULL, updated_at = ?4 WHERE name = ?1",
+            params![name, STARTING, config_json, now_ms(), pid as i64],
         )?;
         Ok(())
     }
@@ -352,9 +356,9 @@ mod tests {
     fn insert_is_unique_and_lists_in_order() {
         let home = tempfile::tempdir().unwrap();
         let s = Store::open(home.path()).unwrap();
-        assert!(s.insert_new("b", "{}").unwrap());
-        assert!(s.insert_new("a", "{\"x\":1}").unwrap());
-        assert!(!s.insert_new("a", "{}").unwrap(), "a name is unique");
+        assert!(s.insert_new("b", "{}", 1).unwrap());
+        assert!(s.insert_new("a", "{\"x\":1}", 1).unwrap());
+        assert!(!s.insert_new("a", "{}", 1).unwrap(), "a name is unique");
         let names: Vec<_> = s.list().unwrap().into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["a", "b"]);
     }
@@ -363,7 +367,7 @@ mod tests {
     fn a_running_row_without_a_lock_holder_is_crashed() {
         let home = tempfile::tempdir().unwrap();
         let s = Store::open(home.path()).unwrap();
-        s.insert_new("w", "{}").unwrap();
+        s.insert_new("w", "{}", 1).unwrap();
         s.set_running("w", 1234, "/x.sock").unwrap();
         // Someone holds the lock: still running.
         let held = try_lock(s.layout(), "w").unwrap().expect("free lock");
@@ -381,7 +385,7 @@ mod tests {
     fn a_dead_runtime_s_run_directory_goes_when_its_row_is_found_crashed() {
         let home = tempfile::tempdir().unwrap();
         let s = Store::open(home.path()).unwrap();
-        s.insert_new("w", "{}").unwrap();
+        s.insert_new("w", "{}", 1).unwrap();
         let held = try_lock(s.layout(), "w").unwrap().expect("free lock");
         let run = new_run_dir(s.layout(), "w", 0xabcd0123).unwrap();
         assert_eq!(run, s.layout().run_dir().join("abcd0123"));
@@ -412,7 +416,7 @@ mod tests {
         assert!(!old.exists() && new.exists());
         fs::create_dir_all(l.sandbox_dir("w").join("x")).unwrap();
         let s = Store::open(home.path()).unwrap();
-        s.insert_new("w", "{}").unwrap();
+        s.insert_new("w", "{}", 1).unwrap();
         remove_sandbox_state(&s, "w").unwrap();
         assert!(!new.exists(), "remove takes the run directory too");
     }
@@ -428,7 +432,7 @@ mod tests {
                     let s = Store::open(&p).unwrap();
                     for i in 0..50 {
                         let name = format!("t{t}-{i}");
-                        assert!(s.insert_new(&name, "{}").unwrap());
+                        assert!(s.insert_new(&name, "{}", 1).unwrap());
                         s.set_exited(&name, STOPPED, 0, "stopped").unwrap();
                     }
                 })
@@ -445,18 +449,23 @@ mod tests {
     fn exit_and_restart_and_delete() {
         let home = tempfile::tempdir().unwrap();
         let s = Store::open(home.path()).unwrap();
-        s.insert_new("w", "{}").unwrap();
+        s.insert_new("w", "{}", 1).unwrap();
         s.set_exited("w", STOPPED, 137, "killed").unwrap();
         let r = s.get("w").unwrap().unwrap();
         assert_eq!(
             (r.status.as_str(), r.exit_code, r.exit_reason.as_deref()),
             (STOPPED, Some(137), Some("killed"))
         );
-        s.set_starting("w", "{\"v\":2}").unwrap();
+        s.set_starting("w", "{\"v\":2}", 7).unwrap();
         let r = s.get_raw("w").unwrap().unwrap();
         assert_eq!(
-            (r.status.as_str(), r.exit_code, r.config_json.as_str()),
-            (RUNNING, None, "{\"v\":2}")
+            (
+                r.status.as_str(),
+                r.exit_code,
+                r.config_json.as_str(),
+                r.runtime_pid
+            ),
+            (STARTING, None, "{\"v\":2}", Some(7))
         );
         assert!(s.delete("w").unwrap());
         assert!(s.get("w").unwrap().is_none());

@@ -16,7 +16,9 @@ pub use host_fs::{
 };
 pub use lock::{lock_file, FileLock};
 pub use spawn::{release_attachment, start_sandbox};
-pub use state::{get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, SandboxRecord};
+pub use state::{
+    get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, terminate_sandbox, SandboxRecord,
+};
 
 pub(crate) fn err(code: &str, msg: impl std::fmt::Display) -> napi::Error {
     napi::Error::from_reason(format!("{code}: {msg}"))

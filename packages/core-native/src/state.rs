@@ -167,6 +167,38 @@ pub async fn kill_sandbox(msb_home: String, name: String) -> Result<()> {
     .await
 }
 
+/// Stop a sandbox by signalling its runtime (SIGTERM): for a sandbox that is still
+/// starting (no socket yet), whose runtime then cancels the boot and records it stopped;
+/// a running one stops gracefully. Resolves once the runtime is gone. The pid is only
+/// trusted while the sandbox's lock is held, so a recycled pid is never hit.
+#[napi]
+pub async fn terminate_sandbox(msb_home: String, name: String) -> Result<()> {
+    check_name(&name)?;
+    let home = msb_home.clone();
+    let n = name.clone();
+    let signalled = blocking(move || {
+        let store = open(&home)?;
+        let rec = store
+            .get(&n)
+            .map_err(|e| err("runtime", e))?
+            .ok_or_else(|| not_found(&n))?;
+        if !rec.is_live() {
+            return Ok(false);
+        }
+        if let (Some(pid), true) = (rec.runtime_pid, runtime_alive(store.layout(), &n)) {
+            // SAFETY: plain kill.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .await?;
+    if signalled {
+        wait_gone(&msb_home, &name).await?;
+    }
+    Ok(())
+}
+
 async fn kill_via_socket(sock: &str) -> std::io::Result<()> {
     let mut s = tokio::net::UnixStream::connect(sock).await?;
     let mut out = Frame::new(

@@ -31,7 +31,7 @@ export class SandboxHandle {
     return this.#rec.name;
   }
 
-  /** `"running"`, `"draining"` (finishing its commands, taking no new ones), `"stopped"` or `"crashed"`, as of the snapshot. */
+  /** `"starting"` (booting), `"running"`, `"draining"` (finishing its commands, taking no new ones), `"stopped"` or `"crashed"`, as of the snapshot. */
   get status(): SandboxStatus {
     return this.#rec.status;
   }
@@ -51,7 +51,7 @@ export class SandboxHandle {
     return new Date(this.#rec.updatedAt.getTime());
   }
 
-  /** Process id of its msb-runtime while it runs or drains, else `null`. */
+  /** Process id of its msb-runtime while it starts, runs or drains, else `null`. */
   get runtimePid(): number | null {
     return this.#rec.runtimePid;
   }

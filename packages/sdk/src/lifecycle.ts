@@ -8,10 +8,13 @@ import { ProtocolError, SandboxNotFoundError, SandboxStillRunningError } from ".
 import type { ExitStatus } from "./exec.js";
 import { callNative, type NativeBinding, type NativeSandboxRecord } from "./native.js";
 
-/** Where a sandbox is in its life. */
-export type SandboxStatus = "running" | "stopped" | "crashed" | "draining";
+/**
+ * Where a sandbox is in its life. `"starting"`: its VM is booting (no commands yet;
+ * `stop()` cancels the boot).
+ */
+export type SandboxStatus = "starting" | "running" | "stopped" | "crashed" | "draining";
 
-const STATUSES: readonly string[] = ["running", "stopped", "crashed", "draining"];
+const STATUSES: readonly string[] = ["starting", "running", "stopped", "crashed", "draining"];
 
 /** How long to wait for a runtime to release a sandbox after its VM is gone, before giving up. */
 export const RELEASE_TIMEOUT_MS = 10_000;
@@ -29,9 +32,9 @@ export interface SandboxRecord {
   exitReason: string | null;
 }
 
-/** `true` while the sandbox's VM exists (running or draining). */
+/** `true` while the sandbox's runtime and VM exist (starting, running or draining). */
 export function isLive(status: SandboxStatus): boolean {
-  return status === "running" || status === "draining";
+  return status === "starting" || status === "running" || status === "draining";
 }
 
 function intOrNull(v: unknown, what: string, name: string): number | null {
@@ -98,8 +101,12 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 export async function stopByName(binding: NativeBinding, home: string, name: string, timeoutMs: number): Promise<void> {
   const rec = await readRecord(binding, home, name);
   if (!isLive(rec.status)) return;
+  if (rec.status === "starting" || rec.socketPath === null) {
+    // Still booting, no socket yet: its runtime cancels the boot on SIGTERM.
+    await callNative(() => binding.terminateSandbox(home, name));
+    return;
+  }
   try {
-    if (rec.socketPath === null) throw new ProtocolError(`sandbox record ${name}: ${rec.status} without a socket`);
     const socketPath = rec.socketPath;
     const client = await callNative(() => binding.AgentClient.connect(socketPath));
     try {

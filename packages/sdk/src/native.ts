@@ -138,6 +138,8 @@ export interface NativeBinding {
   getSandbox(msbHome: string, name: string): Promise<NativeSandboxRecord>;
   /** Ends the VM at once even if its runtime does not answer; a no-op when it is stopped. */
   killSandbox(msbHome: string, name: string): Promise<void>;
+  /** SIGTERM to the sandbox's runtime (a starting one cancels its boot); resolves once it is gone. */
+  terminateSandbox(msbHome: string, name: string): Promise<void>;
   /** Let an attached runtime outlive this process. */
   releaseAttachment(runtimePid: number): boolean;
   AgentClient: { connect(socketPath: string): Promise<NativeAgentClient> };

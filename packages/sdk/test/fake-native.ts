@@ -543,6 +543,8 @@ export interface FakeNative extends NativeBinding {
   configs: NativeSandboxConfig[];
   removed: [string, string][];
   killed: string[];
+  /** Sandboxes whose runtime got SIGTERM (terminateSandbox). */
+  terminated: string[];
   released: number[];
   clients: FakeClient[];
   records: Map<string, NativeSandboxRecord>;
@@ -589,7 +591,8 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
 
   const key = (name: string, gen: number) => `${name}#${gen}`;
   const notFound = (name: string) => new Error(`sandboxNotFound: no sandbox named ${name}`);
-  const live = (r: NativeSandboxRecord | undefined) => r !== undefined && (r.status === "running" || r.status === "draining");
+  const live = (r: NativeSandboxRecord | undefined) =>
+    r !== undefined && (r.status === "starting" || r.status === "running" || r.status === "draining");
 
   const filesystems = new Map<string, FakeFs>();
   const fake: FakeNative = {
@@ -606,6 +609,7 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
     configs: [],
     removed: [],
     killed: [],
+    terminated: [],
     released: [],
     clients: [],
     records: new Map(),
@@ -629,7 +633,7 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
       };
       if (live(rec)) {
         rec.runtimePid ??= FAKE_PID;
-        rec.socketPath ??= `/tmp/fake/${rec.name}.sock`;
+        if (rec.status !== "starting") rec.socketPath ??= `/tmp/fake/${rec.name}.sock`;
         generation.set(rec.name, (generation.get(rec.name) ?? 0) + 1);
       }
       fake.records.set(rec.name, rec);
@@ -722,6 +726,15 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
       if (!rec) throw notFound(name);
       fake.killed.push(name);
       fake.endVm(name, { code: 137, reason: "killed" });
+    },
+
+    async terminateSandbox(_msbHome: string, name: string): Promise<void> {
+      const rec = fake.records.get(name);
+      if (!rec) throw notFound(name);
+      fake.terminated.push(name);
+      if (rec.status === "starting") {
+        fake.records.set(name, { ...rec, status: "stopped", runtimePid: null, socketPath: null, exitCode: 0, exitReason: "stopped while booting" });
+      } else if (live(rec)) fake.endVm(name, { code: 0, reason: "stopped" });
     },
 
     releaseAttachment(pid: number): boolean {

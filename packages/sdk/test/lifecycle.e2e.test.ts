@@ -210,6 +210,46 @@ describe("drain", () => {
   });
 });
 
+describe("a booting sandbox", () => {
+  it("is listed starting (not running) with its runtime's pid; stop() cancels the boot; remove then works", async () => {
+    try {
+      const creating = Sandbox.builder("e2e-boot").createDetached();
+      const outcome = creating.then(
+        () => "created",
+        (e: unknown) => e,
+      );
+      let h: Awaited<ReturnType<typeof Sandbox.get>> | undefined;
+      expect(
+        await waitForAsync(async () => {
+          h = await Sandbox.get("e2e-boot").catch(() => undefined);
+          return h !== undefined;
+        }, 10_000),
+      ).toBe(true);
+      expect(h!.status).toBe("starting");
+      expect(h!.runtimePid).toBeGreaterThan(1);
+      const pid = h!.runtimePid as number;
+      await expect(h!.connect()).rejects.toBeInstanceOf(SandboxNotRunningError);
+      await expect(Sandbox.remove("e2e-boot")).rejects.toBeInstanceOf(SandboxStillRunningError);
+      await within(h!.stop(), 15_000, "stop() of a starting sandbox");
+      const e = await outcome;
+      expect(e).toBeInstanceOf(SandboxNotRunningError);
+      expect((e as Error).message).toMatch(/stopped while it was booting/);
+      expect(isGone(pid)).toBe(true);
+      expect(qemuProcessesMentioning("sandboxes/e2e-boot").length).toBe(0);
+      const after = await Sandbox.get("e2e-boot");
+      expect([after.status, after.exitReason]).toEqual(["stopped", "stopped while booting"]);
+      // It can be started afterwards (a fresh upper disk), and removed.
+      const again = await Sandbox.start("e2e-boot");
+      expect((await again.exec("echo", ["up"])).stdout()).toBe("up\n");
+      await again.stop();
+      await Sandbox.remove("e2e-boot");
+      await expect(Sandbox.get("e2e-boot")).rejects.toBeInstanceOf(SandboxNotFoundError);
+    } finally {
+      await dispose("e2e-boot");
+    }
+  });
+});
+
 describe("crashes", () => {
   it("kill -9 of msb-runtime: status crashed (not running forever), QEMU gone, list/get/remove work", async () => {
     try {

@@ -508,6 +508,21 @@ describe("SandboxHandle", () => {
     }
   });
 
+  it("a starting sandbox (booting, no socket yet): stop() cancels the boot through its runtime, then remove works", async () => {
+    fake.addRecord({ name: "boot", status: "starting", runtimePid: 4242, socketPath: null });
+    const h = await Sandbox.get("boot");
+    expect(h.status).toBe("starting");
+    expect(h.runtimePid).toBe(4242);
+    await expect(h.connect()).rejects.toBeInstanceOf(SandboxNotRunningError);
+    await expect(Sandbox.remove("boot")).rejects.toBeInstanceOf(SandboxStillRunningError);
+    await h.stop();
+    expect(fake.terminated).toEqual(["boot"]);
+    expect(h.status).toBe("stopped");
+    expect(h.exitReason).toBe("stopped while booting");
+    await Sandbox.remove("boot");
+    await expect(Sandbox.get("boot")).rejects.toBeInstanceOf(SandboxNotFoundError);
+  });
+
   it("connect() uses the current state, not the snapshot", async () => {
     const sb = await Sandbox.builder("moving").create();
     const h = await Sandbox.get("moving");
