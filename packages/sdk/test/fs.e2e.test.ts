@@ -108,7 +108,8 @@ describe("fs operations", () => {
     }
     // as another user, permissions apply: nobody cannot write to /root (0700)
     const perm = await box().execWith("sh", (b) => b.args(["-c", "echo x > /root/f"]).user("nobody"));
-    expect(perm.code).not.toBe(0);
+    expect(perm.code).toBe(1);
+    expect(perm.stderr()).toBe("sh: can't create /root/f: Permission denied\n");
     // paths are checked before anything is sent
     await expect(fs().read("relative/path")).rejects.toBeInstanceOf(InvalidConfigError);
     await expect(fs().read("/a/../etc/passwd")).rejects.toBeInstanceOf(InvalidConfigError);
