@@ -424,6 +424,23 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The guest went away during boot: give QEMU a moment to exit, then say why as
+    /// best the kernel log tells (out of memory, a panic), with its last lines.
+    async fn guest_lost(&mut self, what: &str) -> RtError {
+        if let Some(q) = self.qemu.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), q.wait()).await;
+        }
+        let console = self.dir.join("console.log");
+        let log = fs::read_to_string(&console).unwrap_or_default();
+        let cause = boot_failure_cause(&log, self.cfg.memory_mib);
+        RtError::runtime(format!(
+            "{what}{}; last lines of the kernel log ({}):\n{}",
+            cause.map(|c| format!(": {c}")).unwrap_or_default(),
+            console.display(),
+            tail(&console, 20)
+        ))
+    }
+
     fn boot_timeout(&self) -> RtError {
         RtError::new(
             "agentTimeout",
@@ -469,11 +486,12 @@ impl Sandbox {
                 .await
             {
                 Ok(Ok(0)) => {
-                    self.check_qemu_alive()?;
-                    return Err(RtError::runtime("the guest channel closed during boot"));
+                    return Err(self
+                        .guest_lost("the guest channel closed during boot")
+                        .await)
                 }
                 Ok(Ok(n)) => dec.push(&buf[..n]),
-                Ok(Err(e)) => return Err(RtError::runtime(format!("guest channel: {e}"))),
+                Ok(Err(e)) => return Err(self.guest_lost(&format!("guest channel: {e}")).await),
                 Err(_) => {
                     self.check_qemu_alive()?;
                     if Instant::now() >= deadline {
@@ -635,9 +653,17 @@ impl Sandbox {
 
     /// After a failed boot: a sandbox this process created is forgotten entirely (the name
     /// is free again); a restarted one is recorded as crashed with the reason.
+    ///
+    /// The logs (console.log, qemu.log, runtime.log) stay in the sandbox's directory for a
+    /// look at what went wrong; the next create of that name starts without them, and
+    /// `remove` takes them.
     pub fn boot_failed(&self, e: &RtError) {
         if self.created {
-            let _ = msb_store::remove_sandbox_state(&self.store, &self.cfg.name);
+            msb_store::clean_run_dir(self.store.layout(), &self.cfg.name);
+            for f in ["upper.ext4", "lower.ext4", "lock"] {
+                let _ = fs::remove_file(self.dir.join(f));
+            }
+            let _ = self.store.delete(&self.cfg.name);
         } else {
             let _ = self.store.set_exited(
                 &self.cfg.name,
@@ -669,6 +695,28 @@ async fn write_frame(
 }
 
 /// The last `lines` lines of a log file.
+/// What a guest's kernel log says about a boot that failed, in words for the error.
+fn boot_failure_cause(log: &str, memory_mib: u32) -> Option<String> {
+    let panic = log
+        .lines()
+        .find(|l| l.contains("Kernel panic"))
+        .map(|l| l.split("] ").nth(1).unwrap_or(l).trim().to_string());
+    let oom = [
+        "deadlocked on memory",
+        "Out of memory",
+        "out_of_memory",
+        "oom-kill",
+        "Initramfs unpacking failed",
+    ];
+    if oom.iter().any(|p| log.contains(p)) {
+        return Some(format!(
+            "the guest ran out of memory while booting ({memory_mib} MiB; {}): give it more memory",
+            panic.as_deref().unwrap_or("out of memory")
+        ));
+    }
+    panic.map(|p| format!("the guest kernel panicked while booting ({p})"))
+}
+
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -681,4 +729,27 @@ fn random_u32() -> u32 {
         let _ = f.read_exact(&mut b);
     }
     u32::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boot_failure_cause;
+
+    #[test]
+    fn a_boot_that_ran_out_of_memory_says_so() {
+        let log = "[    0.67] Kernel panic - not syncing: System is deadlocked on memory\n[    0.67]  out_of_memory.cold+0x2f/0x7e\n";
+        let c = boot_failure_cause(log, 64).unwrap();
+        assert!(c.contains("ran out of memory while booting (64 MiB"), "{c}");
+        assert!(c.contains("System is deadlocked on memory"), "{c}");
+        let c = boot_failure_cause(
+            "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root\n",
+            512,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            "the guest kernel panicked while booting (Kernel panic - not syncing: VFS: Unable to mount root)"
+        );
+        assert_eq!(boot_failure_cause("all fine\n", 512), None);
+    }
 }

@@ -133,6 +133,12 @@ describe("failures a user can act on", () => {
     expect((e as AgentTimeoutError).code).toBe("agentTimeout");
     expect((e as Error).message).toMatch(/did not answer within 300 ms; last lines of the kernel log/);
     await expectNoVmFor("e2e-timeout");
+    // The failed boot's logs are kept for a look (the sandbox itself is gone).
+    const consoleLog = join(home(), "sandboxes", "e2e-timeout", "console.log");
+    expect((e as Error).message).toContain(consoleLog);
+    expect(existsSync(consoleLog)).toBe(true);
+    expect(existsSync(join(home(), "sandboxes", "e2e-timeout", "runtime.log"))).toBe(true);
+    await expect(Sandbox.get("e2e-timeout")).rejects.toMatchObject({ code: "sandboxNotFound" });
     // The name is free again once the failed runtime is gone.
     delete process.env.MSB_BOOT_TIMEOUT_MS;
     const sb = await Sandbox.builder("e2e-timeout").create();
