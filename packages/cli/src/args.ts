@@ -4,6 +4,7 @@
  * sandbox and is never looked at by the option parser.
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
 
 /** A volume from `-v` / `--tmpfs`. */
 export type VolumeSpec =
@@ -392,7 +393,14 @@ interface Handlers {
   rmi(images: string[]): void;
 }
 
-function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
+/** `--json` on a command whose output is not JSON: errors are reported as JSON objects. */
+const JSON_ERRORS = ["--json", 'report errors as one JSON object on stderr: {"error":{"code","message"}}'] as const;
+
+function jsonErrors(cmd: Command): Command {
+  return cmd.option(...JSON_ERRORS);
+}
+
+function buildProgram(version: string, out: CliOutput, on: Handlers, json: boolean): Command {
   const program = new Command("msb");
   program
     .description("Run commands in hardware-isolated microVM sandboxes")
@@ -400,7 +408,12 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .helpOption("-h, --help", "show help")
     .helpCommand(false)
     .exitOverride()
-    .configureOutput({ writeOut: (s) => out.out(s), writeErr: (s) => out.err(s) });
+    .configureOutput({
+      writeOut: (s) => out.out(s),
+      writeErr: (s) => out.err(s),
+      // commander's "error: ..." in msb's one format
+      outputError: (s) => out.err(formatError(usageError(s), json)),
+    });
 
   const run = program
     .command("run")
@@ -415,6 +428,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy);
   guestOptions(run);
   attachOptions(run);
+  jsonErrors(run);
   registryOptions(run)
     .addHelpText(
       "after",
@@ -437,6 +451,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("--max-duration <secs>", "stop the sandbox at this age in seconds, whatever runs in it", positiveInteger("max-duration"))
     .option("--replace", "stop and remove a sandbox of the same name first");
   guestOptions(create);
+  jsonErrors(create);
   registryOptions(create)
     .addHelpText("after", "\nExamples:\n  msb create --name worker alpine\n  msb exec worker -- cat /etc/os-release\n  msb stop worker && msb rm worker\n")
     .action((image: string | undefined, opts: RawCreateOpts) => on.create(image, opts));
@@ -445,23 +460,27 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .command("start")
     .description("boot stopped sandboxes again (their files are kept), in the background")
     .argument("<NAME...>", "sandbox names")
+    .option(...JSON_ERRORS)
     .action((names: string[]) => on.lifecycle("start", names));
   program
     .command("stop")
     .description("stop sandboxes gracefully (SIGTERM to their processes, then power off)")
     .argument("<NAME...>", "sandbox names")
     .option("-t, --timeout <ms>", "kill the VM if it has not stopped after this many milliseconds (default 10000)", positiveInteger("timeout"))
+    .option(...JSON_ERRORS)
     .action((names: string[], opts: { timeout?: number }) => on.stop(names, opts));
   program
     .command("kill")
     .description("end sandboxes' VMs at once")
     .argument("<NAME...>", "sandbox names")
+    .option(...JSON_ERRORS)
     .action((names: string[]) => on.lifecycle("kill", names));
   program
     .command("rm")
     .description("remove stopped sandboxes and all their state")
     .argument("<NAME...>", "sandbox names")
     .option("-f, --force", "kill running sandboxes first")
+    .option(...JSON_ERRORS)
     .action((names: string[], opts: { force?: boolean }) => on.rm(names, opts));
   program
     .command("ls")
@@ -473,6 +492,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .command("inspect")
     .description("print a sandbox's state and configuration as JSON")
     .argument("<NAME>", "sandbox name")
+    .option(...JSON_ERRORS)
     .action((name: string) => on.inspect(name));
   const exec = program
     .command("exec")
@@ -483,7 +503,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("-w, --workdir <dir>", "working directory (absolute)")
     .option("-u, --user <user>", "run as this user: a name, uid or uid:gid")
     .option("--timeout <ms>", "kill the command after this many milliseconds (exit 124)", positiveInteger("timeout"));
-  attachOptions(exec)
+  attachOptions(exec);
+  jsonErrors(exec)
     .addHelpText(
       "after",
       "\nEverything after -- is the command and its arguments, passed as is. stdin is forwarded\nwhen it is not a terminal (or with -i); Ctrl-C sends SIGINT to the command (a second\none ends msb). With -t on a terminal, keys go to the command as typed.\n\nExamples:\n  msb exec worker -- sh -c 'echo $HOSTNAME'\n  echo hi | msb exec worker -- cat\n  msb exec -t worker -- sh\n",
@@ -495,6 +516,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .usage(CP_USAGE)
     .argument("<SRC>", "host path or NAME:/guest/path")
     .argument("<DST>", "host path or NAME:/guest/path")
+    .option(...JSON_ERRORS)
     .addHelpText(
       "after",
       "\nA destination that is an existing directory receives SRC inside it; otherwise SRC is\ncopied to DST. Modes are kept and symbolic links are copied as links.\n\nExamples:\n  msb cp ./src worker:/app\n  msb cp worker:/var/log/app.log ./app.log\n",
@@ -509,7 +531,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .option("--json", "print JSON (one object per line)")
     .action((name: string, opts: { watch?: boolean; json?: boolean; interval?: number }) => on.metrics(name, opts));
 
-  registryOptions(program.command("pull").description("pull an OCI image into the local cache").argument("<IMAGE>", "image reference")).action(
+  registryOptions(jsonErrors(program.command("pull").description("pull an OCI image into the local cache").argument("<IMAGE>", "image reference"))).action(
     (image: string, opts: RawRegistryOpts) => on.pull(image, opts),
   );
   program
@@ -521,6 +543,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers): Command {
     .command("rmi")
     .description("remove cached images")
     .argument("<IMAGE...>", "image references")
+    .option(...JSON_ERRORS)
     .action((images: string[]) => on.rmi(images));
 
   return program;
@@ -535,17 +558,20 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
   const before = sep === -1 ? [...argv] : argv.slice(0, sep);
   const command = sep === -1 ? [] : argv.slice(sep + 1);
 
+  const json = wantsJson(argv);
+  const usage = (message: string): ParsedCli => {
+    out.err(formatError({ code: USAGE, message }, json));
+    return { kind: "exit", code: EXIT_USAGE };
+  };
   let result: ParsedCli | undefined;
   const program = buildProgram(version, out, {
     run(image, opts) {
       if ((command[0] === undefined || command[0] === "") && image === undefined) {
-        out.err(`error: missing command: msb run ${RUN_USAGE}\n`);
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage(`missing command: msb run ${RUN_USAGE}`);
         return;
       }
       if (command.length > 0 && command[0] === "") {
-        out.err(`error: the command must not be empty\n`);
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage("the command must not be empty");
         return;
       }
       const options: RunOptions = { env: opts.env ?? [], command, registry: registryFlags(opts, env) };
@@ -561,8 +587,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     create(image, opts) {
       if (sep !== -1) {
-        out.err("error: msb create takes no command (run one with: msb exec NAME -- CMD)\n");
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage("msb create takes no command (run one with: msb exec NAME -- CMD)");
         return;
       }
       const options: CreateOptions = { env: opts.env ?? [], registry: registryFlags(opts, env) };
@@ -595,8 +620,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     exec(name, opts) {
       if (command[0] === undefined || command[0] === "") {
-        out.err(`error: missing command: msb exec ${EXEC_USAGE}\n`);
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage(`missing command: msb exec ${EXEC_USAGE}`);
         return;
       }
       const options: ExecCliOptions = { env: opts.env ?? [] };
@@ -608,15 +632,13 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     cp(src, dst) {
       if (sep !== -1) {
-        out.err("error: msb cp takes no command after --\n");
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage("msb cp takes no command after --");
         return;
       }
       const s = parseCpEndpoint(src);
       const d = parseCpEndpoint(dst);
       if ((s.kind === "sandbox") === (d.kind === "sandbox")) {
-        out.err(`error: exactly one of SRC and DST must be a sandbox path NAME:/path (msb cp ${CP_USAGE})\n`);
-        result = { kind: "exit", code: EXIT_USAGE };
+        result = usage(`exactly one of SRC and DST must be a sandbox path NAME:/path (msb cp ${CP_USAGE})`);
         return;
       }
       result = { kind: "cp", src: s, dst: d };
@@ -636,7 +658,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     rmi(images) {
       result = { kind: "rmi", images };
     },
-  });
+  }, json);
 
   if (before.length === 0) {
     program.outputHelp({ error: true });

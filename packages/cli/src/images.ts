@@ -8,6 +8,8 @@ export interface ImagesIO {
   out(text: string): void;
   err(text: string): void;
   progress: ProgressSink;
+  /** Report errors as JSON objects (`--json`). */
+  json?: boolean;
 }
 
 export async function pullCommand(image: string, r: RegistryFlags, io: ImagesIO): Promise<number> {
@@ -22,7 +24,7 @@ export async function pullCommand(image: string, r: RegistryFlags, io: ImagesIO)
     });
     return 0;
   } catch (e) {
-    const d = describeError(e);
+    const d = describeError(e, io.json);
     io.err(`${d.message}\n`);
     return d.code;
   }
@@ -59,7 +61,7 @@ export async function imagesCommand(json: boolean, io: ImagesIO): Promise<number
     io.out(formatImages(await Images.list(), json));
     return 0;
   } catch (e) {
-    const d = describeError(e);
+    const d = describeError(e, io.json);
     io.err(`${d.message}\n`);
     return d.code;
   }
@@ -72,7 +74,7 @@ export async function rmiCommand(images: string[], io: ImagesIO): Promise<number
       await Images.remove(image);
       io.out(`removed ${image}\n`);
     } catch (e) {
-      const d = describeError(e);
+      const d = describeError(e, io.json);
       io.err(`${d.message}\n`);
       code = d.code;
     }

@@ -1,5 +1,6 @@
 import { createRequire } from "node:module";
 import { parseCli, type CliOutput } from "./args.js";
+import { wantsJson } from "./errors.js";
 import { processTerminal, type TerminalIO } from "./attach.js";
 import { imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
@@ -56,10 +57,12 @@ export function processIO(signal?: AbortSignal): MainIO {
 /** Run `msb` with `argv` (arguments after the script path); resolves to the exit code. */
 export async function main(argv: readonly string[], io: MainIO = processIO()): Promise<number> {
   const parsed = parseCli(argv, VERSION, io);
+  const json = wantsJson(argv);
   const imagesIO: ImagesIO = {
     out: io.out,
     err: io.err,
     progress: { write: io.err, isTTY: process.stderr.isTTY === true, columns: process.stderr.columns ?? 80 },
+    json,
   };
   const view = new PullProgressView(imagesIO.progress);
   const cmdIO: CommandIO = {
@@ -69,6 +72,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     writeErr: io.writeErr,
     isTTY: io.isTTY ?? process.stdout.isTTY === true,
     onPullProgress: (p) => view.update(p),
+    json,
   };
   const columns = io.columns ?? process.stdout.columns;
   if (columns !== undefined) cmdIO.columns = columns;
@@ -112,6 +116,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
         ...(io.signal ? { signal: io.signal } : {}),
         ...(io.terminal ? { terminal: io.terminal } : {}),
       });
+      deps.json = json;
       return runCommand(parsed.options, deps);
     }
   }

@@ -12,7 +12,6 @@ import {
   ExecFailedError,
   ExecTimeoutError,
   InvalidConfigError,
-  MicrosandboxError,
   NetworkPolicy,
   Sandbox,
   SandboxAlreadyExistsError,
@@ -25,6 +24,7 @@ import {
 } from "@microsandbox/sdk";
 import { EXIT_USAGE, type GuestFlags, type NetRuleSpec, type RegistryFlags, type RunOptions } from "./args.js";
 import { attach, attachPlan, type AttachableCommand, type TerminalIO } from "./attach.js";
+import { cliError, formatError } from "./errors.js";
 
 /** Exit code when the command could not be started (as a shell does for "command not found"). */
 export const EXIT_EXEC_FAILED = 127;
@@ -62,6 +62,8 @@ export interface RunDeps {
   removeTimeoutMs?: number;
   /** msb's terminal, for -t / -i and piped stdin; without it nothing is forwarded. */
   terminal?: TerminalIO;
+  /** Report errors as JSON objects (`--json`). */
+  json?: boolean;
 }
 
 /** The real dependencies: the SDK. */
@@ -178,14 +180,20 @@ export function defaultName(prefix = "run"): string {
   return `${prefix}-${randomBytes(4).toString("hex")}`;
 }
 
-/** Exit code for an error, and the line to print for it. */
-export function describeError(e: unknown): { code: number; message: string } {
-  if (e instanceof InvalidConfigError) return { code: EXIT_USAGE, message: `msb: ${e.message}` };
-  if (e instanceof ExecFailedError) return { code: EXIT_EXEC_FAILED, message: `msb: ${e.reason}` };
-  if (e instanceof ExecTimeoutError) return { code: EXIT_TIMEOUT, message: `msb: ${e.message}` };
-  if (e instanceof MicrosandboxError) return { code: EXIT_FAILURE, message: `msb: ${e.message}` };
-  const text = e instanceof Error ? e.message : String(e);
-  return { code: EXIT_FAILURE, message: `msb: ${text}` };
+/** Exit code for an error. */
+export function exitCodeOf(e: unknown): number {
+  if (e instanceof InvalidConfigError) return EXIT_USAGE;
+  if (e instanceof ExecFailedError) return EXIT_EXEC_FAILED;
+  if (e instanceof ExecTimeoutError) return EXIT_TIMEOUT;
+  return EXIT_FAILURE;
+}
+
+/**
+ * Exit code for an error, and the line to print for it (without its newline):
+ * `msb: <message>`, or with `json` the object `{"error":{"code":...,"message":...}}`.
+ */
+export function describeError(e: unknown, json = false): { code: number; message: string } {
+  return { code: exitCodeOf(e), message: formatError(cliError(e), json).replace(/\n$/, "") };
 }
 
 /** 128 + signal number, as shells report a death by signal. */
@@ -250,7 +258,7 @@ export async function runCommand(options: RunOptions, deps: RunDeps): Promise<nu
     if (signal?.aborted) {
       code = signalExitCode(signal.reason);
     } else {
-      const d = describeError(e);
+      const d = describeError(e, deps.json);
       await deps.writeErr(`${d.message}\n`).catch(() => undefined);
       code = d.code;
     }
@@ -269,7 +277,8 @@ export async function runCommand(options: RunOptions, deps: RunDeps): Promise<nu
     if (ownsName) await removeWithRetry(deps, name);
   } catch (e) {
     if (sandbox !== undefined) {
-      await deps.writeErr(`msb: could not remove sandbox ${name}: ${describeError(e).message.replace(/^msb: /, "")}\n`).catch(() => undefined);
+      const err = cliError(e);
+      await deps.writeErr(formatError({ ...err, message: `could not remove sandbox ${name}: ${err.message}` }, deps.json === true)).catch(() => undefined);
       if (code === 0) code = EXIT_FAILURE;
     }
   }

@@ -37,10 +37,12 @@ export interface CommandIO {
   onPullProgress?: (p: PullProgress) => void;
   /** msb's terminal (stdin, raw mode, size); without it nothing is forwarded. */
   terminal?: TerminalIO;
+  /** Report errors as JSON objects (`--json`). */
+  json?: boolean;
 }
 
 function fail(io: CommandIO, e: unknown): number {
-  const d = describeError(e);
+  const d = describeError(e, io.json);
   io.err(`${d.message}\n`);
   return d.code;
 }

@@ -99,7 +99,7 @@ describe("msb create / start / stop / kill / rm", () => {
     await msb("create", "--name", "busy");
     const r = await msb("rm", "busy");
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/still running|stop it first/);
+    expect(r.err).toBe("msb: sandbox busy is running; stop it first\n");
     expect(await msb("rm", "-f", "busy")).toEqual({ code: 0, out: "busy\n", err: "" });
   });
 
