@@ -26,6 +26,10 @@ pub struct Config {
     pub hostname: Option<String>,
     #[serde(default)]
     pub attached: bool,
+    /// Attached only: when the creator exits without stopping the sandbox (a crash,
+    /// SIGKILL), remove it (row, disks, logs) instead of leaving it stopped.
+    #[serde(default)]
+    pub ephemeral: bool,
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_ms: u64,
     #[serde(default)]

@@ -18,6 +18,8 @@ use crate::sandbox::{tail, Running, Sandbox};
 use crate::{log, log_error};
 
 /// fd on which an attached runtime receives the read end of its creator's pipe.
+/// Why an attached sandbox stopped when its creator went away.
+const CREATOR_EXITED: &str = "creator exited";
 const ATTACH_FD: i32 = 3;
 const ATTACH_STOP_GRACE: Duration = Duration::from_secs(5);
 const SIGNAL_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -110,7 +112,7 @@ impl Sandbox {
                         if !detached && !shutdown_sent {
                             log("creator went away: stopping");
                             kill_at = Some(Instant::now() + ATTACH_STOP_GRACE);
-                            request = Some(Ending::Stop("creator exited"));
+                            request = Some(Ending::Stop(CREATOR_EXITED));
                         }
                     }
                 },
@@ -185,6 +187,13 @@ impl Sandbox {
         }
         if let Err(e) = self.store.set_exited(&self.cfg.name, state, code, &reason) {
             log_error(&format!("recording the exit: {e}"));
+        }
+        if self.cfg.ephemeral && matches!(ending, Some(Ending::Stop(CREATOR_EXITED))) {
+            // Nobody is left to remove it: a throwaway sandbox goes with its creator.
+            log("ephemeral sandbox whose creator exited: removing it");
+            if let Err(e) = msb_store::remove_sandbox_state(&self.store, &self.cfg.name) {
+                log_error(&format!("removing the ephemeral sandbox: {e}"));
+            }
         }
     }
 }

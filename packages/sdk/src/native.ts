@@ -164,6 +164,8 @@ export interface NativeSandboxConfig {
   mode: "create" | "start";
   /** false: detached (msb-runtime calls setsid and outlives this process). */
   attached: boolean;
+  /** Attached only: msb-runtime removes the sandbox when its creator exits without stopping it. */
+  ephemeral: boolean;
   bootTimeoutMs: number;
   idleTimeoutSecs: number | null;
   maxDurationSecs: number | null;

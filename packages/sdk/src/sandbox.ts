@@ -73,6 +73,7 @@ export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
   #onPullProgress: ((p: PullProgress) => void) | undefined;
   #replace = false;
+  #ephemeral = false;
   readonly #net = new NetworkBuilder();
 
   /** @internal Use {@link Sandbox.builder}. */
@@ -248,7 +249,7 @@ export class SandboxBuilder {
     return this;
   }
 
-  /** Guest memory in MiB, at least 64. Default 512. */
+  /** Guest memory in MiB, at least 128 (the smallest that boots every time). Default 512. */
   memory(mib: number): this {
     this.#raw.memory = mib;
     return this;
@@ -302,6 +303,17 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * A throwaway sandbox: when the process that created it exits without stopping it
+   * (a crash, SIGKILL), its runtime removes it (state, disks, logs) instead of leaving
+   * it stopped. A sandbox stopped by its creator is kept until removed, as usual. Only
+   * for {@link create} (attached); `msb run` uses it.
+   */
+  ephemeral(ephemeral = true): this {
+    this.#ephemeral = ephemeral;
+    return this;
+  }
+
   /** Validate the configuration without starting anything. Throws {@link InvalidConfigError}. */
   validate(): SandboxConfig {
     return validateConfig(this.#raw);
@@ -325,9 +337,13 @@ export class SandboxBuilder {
 
   async #create(attached: boolean): Promise<Sandbox> {
     const { config, patches } = validateAll(this.#raw);
+    if (this.#ephemeral && !attached) {
+      throw new InvalidConfigError("ephemeral", "invalid ephemeral: a detached sandbox has no creator to follow; use create()");
+    }
     return launch(config, {
       mode: "create",
       attached,
+      ephemeral: this.#ephemeral,
       replace: this.#replace,
       patches,
       ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
@@ -338,6 +354,8 @@ export class SandboxBuilder {
 interface LaunchOptions {
   mode: "create" | "start";
   attached: boolean;
+  /** Removed by its runtime when its creator exits without stopping it. */
+  ephemeral?: boolean;
   replace?: boolean;
   /** mode "start": the stored configuration, as stored. */
   storedConfig?: unknown;
@@ -377,6 +395,7 @@ async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> 
     user: config.user,
     mode: o.mode,
     attached: o.attached,
+    ephemeral: o.ephemeral === true,
     bootTimeoutMs: bootTimeoutMs(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,

@@ -3,14 +3,17 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { expect, it } from "vitest";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { Sandbox, SandboxNotFoundError } from "../src/index.js";
 import { isGone, qemuProcessesMentioning, useTempMsbHome, waitFor } from "./e2e-helpers.js";
 
-useTempMsbHome();
+const home = useTempMsbHome();
 
 const fixture = fileURLToPath(new URL("./fixtures/attached-child.mjs", import.meta.url));
 
-it("SIGKILL of the creating process leaves no msb-runtime or QEMU behind", async () => {
-  const child = spawn(process.execPath, [fixture, "e2e-attached"], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+async function killCreator(name: string, ephemeral: boolean): Promise<void> {
+  const child = spawn(process.execPath, [fixture, name, ...(ephemeral ? ["ephemeral"] : [])], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -38,4 +41,17 @@ it("SIGKILL of the creating process leaves no msb-runtime or QEMU behind", async
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   }
+}
+
+it("SIGKILL of the creating process leaves no msb-runtime or QEMU behind; the sandbox stays, stopped", async () => {
+  await killCreator("e2e-attached", false);
+  const h = await Sandbox.get("e2e-attached");
+  expect([h.status, h.exitReason]).toEqual(["stopped", "creator exited"]);
+});
+
+it("an ephemeral sandbox is removed by its runtime when its creator is SIGKILLed", async () => {
+  await killCreator("e2e-ephemeral", true);
+  await expect(Sandbox.get("e2e-ephemeral")).rejects.toBeInstanceOf(SandboxNotFoundError);
+  expect(existsSync(join(home(), "sandboxes", "e2e-ephemeral"))).toBe(false);
+  expect(readdirSync(join(home(), "run"))).toEqual([]);
 });

@@ -39,6 +39,17 @@ describe("Symbol.asyncDispose", () => {
   });
 });
 
+describe("ephemeral()", () => {
+  it("asks the runtime to remove the sandbox if its creator dies; detached ones are refused", async () => {
+    await Sandbox.builder("tmp1").ephemeral().create();
+    expect(fake.configs[0]).toMatchObject({ name: "tmp1", attached: true, ephemeral: true });
+    const e = await Sandbox.builder("tmp2").ephemeral().createDetached().catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidConfigError);
+    expect(e).toMatchObject({ field: "ephemeral" });
+    expect(fake.configs).toHaveLength(1);
+  });
+});
+
 describe("Sandbox.create", () => {
   it("passes the full configuration to startSandbox, with the default image", async () => {
     const sb = await Sandbox.builder("w1").cpus(2).memory(1024).env("MODE", "test").workdir("/app").hostname("w1").create();
@@ -58,6 +69,7 @@ describe("Sandbox.create", () => {
         user: null,
         mode: "create",
         attached: true,
+        ephemeral: false,
         bootTimeoutMs: 60000,
         idleTimeoutSecs: null,
         maxDurationSecs: null,
