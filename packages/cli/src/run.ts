@@ -1,6 +1,7 @@
 /**
  * `msb run`: boot a sandbox, run one command with its output streamed through,
- * then stop and remove the sandbox whatever happened (error, SIGINT, SIGTERM).
+ * then stop and remove the sandbox whatever happened (error, SIGINT, SIGTERM; on
+ * SIGKILL its runtime removes it, the sandbox being ephemeral).
  *
  * The sandbox operations come in through {@link RunDeps} so that the exit-code
  * and clean-up logic is unit-testable without a VM.
@@ -73,7 +74,9 @@ export function sdkDeps(
   return {
     ...io,
     async create(o) {
-      const b = Sandbox.builder(o.name);
+      // Ephemeral: if msb itself is killed (SIGKILL, no chance to clean up), the
+      // sandbox's runtime removes it.
+      const b = Sandbox.builder(o.name).ephemeral();
       if (o.image !== undefined) b.image(o.image);
       if (o.cpus !== undefined) b.cpus(o.cpus);
       if (o.memory !== undefined) b.memory(o.memory);

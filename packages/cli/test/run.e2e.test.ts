@@ -87,6 +87,25 @@ describe("msb run", () => {
     expect(existsSync(join(home, "sandboxes", "cli-sigint"))).toBe(false);
   });
 
+  it("SIGKILL of msb run: the sandbox's runtime removes it (nothing left, no VM)", async () => {
+    let sent = false;
+    const r = await msb(["run", "--name", "cli-sigkill", "--", "sh", "-c", "echo started; sleep 100"], {
+      onStdout: (all, kill) => {
+        if (!sent && all.includes("started\n")) {
+          sent = true;
+          kill("SIGKILL");
+        }
+      },
+    });
+    expect(sent).toBe(true);
+    expect(r.signal).toBe("SIGKILL");
+    const gone = async () => !existsSync(join(home, "sandboxes", "cli-sigkill"));
+    for (let i = 0; i < 100 && !(await gone()); i++) await new Promise((res) => setTimeout(res, 100));
+    expect(await gone(), "the sandbox of a SIGKILLed msb run is still there").toBe(true);
+    const ls = await msb(["ls", "--json"]);
+    expect(JSON.parse(ls.stdout)).toEqual([]);
+  });
+
   it("invalid options exit 2 with a message naming the field", async () => {
     const r = await msb(["run", "--cpus", "0", "--", "true"]);
     expect(r.code).toBe(2);
