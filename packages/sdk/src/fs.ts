@@ -13,6 +13,7 @@ import { z } from "zod";
 import { check, guestPathSchema, modeSchema, normalizeGuestPath } from "./config.js";
 import { InvalidConfigError, MicrosandboxError, OutputLimitError, ProtocolError, SandboxFsOpsError, fromNative } from "./errors.js";
 import type { ExecOutput } from "./exec.js";
+import { checkPath } from "./input-limits.js";
 import { DEFAULT_MAX_OUTPUT_BYTES, describeBytes } from "./limits.js";
 import { createFileAt, hostError, listDir, mkdirAt, openAt, openParent, symlinkAt, type HostFd } from "./host-fs.js";
 import type { NativeAgentClient, NativeExecEvent, NativeFsEntry, NativeFsOp } from "./native.js";
@@ -90,7 +91,9 @@ const hostPathSchema = z
   .refine((s) => !s.includes("\0"), { error: "must not contain NUL" });
 
 function guestPath(field: string, p: unknown): string {
-  return normalizeGuestPath(check(guestPathSchema, field, p));
+  const path = normalizeGuestPath(check(guestPathSchema, field, p));
+  checkPath(field, path);
+  return path;
 }
 
 /** A guest-supplied text, made safe to put in a message. */
@@ -468,6 +471,7 @@ export class SandboxFs {
   /** Create a symbolic link `link` pointing to `target` (stored as given; it need not exist). */
   async symlink(target: string, link: string): Promise<void> {
     const t = check(symlinkTargetSchema, "target", target);
+    checkPath("target", t);
     const l = guestPath("link", link);
     await this.#single({ symlink: { target: t, link: l } }, "symlink", l, "fsDone");
   }

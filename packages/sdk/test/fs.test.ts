@@ -127,6 +127,16 @@ describe("sb.fs() operations", () => {
     expect(fake.clients[0]!.fsOps).toEqual([]);
   });
 
+  it("a path longer than PATH_MAX is InvalidConfigError naming the field, before the guest is asked", async () => {
+    const fs = (await box()).fs();
+    const long = "/" + "a".repeat(5000);
+    const before = fake.clients[0]!.fsOps.length;
+    await expect(fs.read(long)).rejects.toMatchObject({ code: "invalidConfig", field: "path" });
+    await expect(fs.rename("/x", long)).rejects.toMatchObject({ code: "invalidConfig", field: "dst" });
+    await expect(fs.symlink(long, "/l")).rejects.toMatchObject({ code: "invalidConfig", field: "target" });
+    expect(fake.clients[0]!.fsOps.length).toBe(before);
+  });
+
   it("mkdir sets modes the guest's umask removed, but leaves an existing directory alone", async () => {
     const fs = (await box()).fs();
     await fs.mkdir("/shared", { mode: 0o777 });
