@@ -19,7 +19,7 @@ export async function removeAllSandboxes(): Promise<void> {
   }
   await Promise.all(
     all.map(async (h) => {
-      if (h.status === "running" || h.status === "draining") await h.kill().catch(() => undefined);
+      if (h.status === "starting" || h.status === "running" || h.status === "draining") await h.kill().catch(() => undefined);
       await waitForAsync(async () => {
         try {
           await Sandbox.remove(h.name);
