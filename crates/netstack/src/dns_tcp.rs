@@ -17,9 +17,11 @@ pub(crate) const MAX_QUERIES: usize = 4;
 /// Without traffic either way for this long, we close the connection (FIN); a guest that
 /// does not close its side is reset after twice as long.
 pub(crate) const IDLE: Duration = Duration::from_secs(10);
-/// smoltcp's receive and send buffers of a DNS connection: answers are small, and a
-/// large query is copied out as it arrives.
-pub(crate) const SOCKET_BUF: usize = 16 * 1024;
+/// smoltcp's receive and send buffers of a DNS connection (each). Answers are small (at
+/// most about 530 bytes: one question, 16 addresses), so `MAX_QUERIES` of them fit at
+/// once; a large query is copied out as it arrives, the window only paces it. Kept small
+/// because a guest may hold `maxConnections` of these open: 1,024 x 8 KiB.
+pub(crate) const SOCKET_BUF: usize = 4 * 1024;
 
 /// A complete message read from a connection: (flow id, sequence number, message).
 pub(crate) type Msg = (u64, u64, Vec<u8>);

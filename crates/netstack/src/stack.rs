@@ -51,6 +51,9 @@ const MAX_DNS_ANSWERS: usize = 16;
 const OVERFLOW_BYTES: usize = 1 << 20;
 /// Frames handled per wakeup before smoltcp is polled.
 const BATCH: usize = 64;
+/// Housekeeping gives memory back (`release_memory`) once this many TCP flows ended
+/// since it last did, or when the last flow of the table ended.
+const TRIM_AFTER_FLOWS: usize = 64;
 
 type FlowKey = (u16, SocketAddrV4);
 
@@ -140,6 +143,8 @@ struct Stack {
     overflow_bytes: usize,
     /// IPv4 fragments from the guest waiting for the rest of their datagram.
     frags: crate::frag::Reassembler,
+    /// TCP flows removed since memory was last given back (`release_memory`).
+    ended_since_trim: usize,
 }
 
 /// How the guest's frames reach the stack.
@@ -243,12 +248,31 @@ pub(crate) async fn run(
         overflow: VecDeque::new(),
         overflow_bytes: 0,
         frags: Default::default(),
+        ended_since_trim: 0,
     };
     st.prime_neighbor();
     let r = st.run(frame_rx, ev_rx).await;
     st.tasks.abort_all();
     io_tasks.abort_all();
     r
+}
+
+/// Shrink a table that holds less than half of what a burst made room for.
+fn shrink_map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 2 * m.len() + 16 {
+        m.shrink_to_fit();
+    }
+}
+
+/// Give the free pages of every malloc arena back to the kernel (glibc's `malloc_trim`;
+/// it also releases free pages in the middle of the heap, which `free` never does).
+/// Process-wide, and takes each arena's lock in turn while it walks the free lists.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A smoltcp socket with `buf` bytes of receive and of send buffer.
@@ -938,6 +962,7 @@ impl Stack {
         let Some(mut flow) = self.flows.remove(&id) else {
             return;
         };
+        self.ended_since_trim += 1;
         self.by_key.remove(&flow.key);
         if let Some(h) = flow.handle.take() {
             self.sockets.remove(h);
@@ -1200,6 +1225,39 @@ impl Stack {
         self.dns_tcp_idle(now);
         while self.tasks.try_join_next().is_some() {}
         self.update_flow_gauges();
+        if self.ended_since_trim >= TRIM_AFTER_FLOWS
+            || (self.ended_since_trim > 0 && self.flows.is_empty())
+        {
+            self.release_memory();
+        }
+    }
+
+    /// After a burst of flows: shrink the tables the burst grew and give the heap's free
+    /// pages back to the kernel. Each flow's small allocations (smoltcp's socket buffers
+    /// of a DNS connection, its table entries, frames) are below the mmap threshold, so
+    /// they live on the heap; once freed, that memory stays resident (and a later burst
+    /// touches all of it again) because glibc returns only the top of the heap by itself,
+    /// and a few live allocations made during the burst pin the top.
+    fn release_memory(&mut self) {
+        self.ended_since_trim = 0;
+        shrink_map(&mut self.flows);
+        shrink_map(&mut self.by_key);
+        shrink_map(&mut self.udp);
+        shrink_map(&mut self.udp_by_key);
+        shrink_map(&mut self.in_udp);
+        shrink_map(&mut self.in_udp_by_client);
+        // Socket handles are indices into the set's storage, which only grows: start a
+        // new set once no socket is left in it (every socket belongs to a flow).
+        if self.flows.is_empty() && self.sockets.iter().next().is_none() {
+            self.sockets = SocketSet::new(vec![]);
+        }
+        if self.dev.rx.is_empty() {
+            self.dev.rx.shrink_to_fit();
+        }
+        if self.overflow.is_empty() {
+            self.overflow.shrink_to_fit();
+        }
+        trim_heap();
     }
 
     /// DNS-over-TCP connections without traffic: closed (FIN) once nothing is
