@@ -152,6 +152,43 @@ async fn malformed_messages_get_formerr_or_a_reset() {
     .await;
 }
 
+/// The largest message the framing allows crosses the connection's small (4 KiB) window,
+/// with an Ethernet MTU and with the default one (whose MSS is larger than the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_message_passes_the_small_window() {
+    for mtu in [1500, 65520] {
+        let mut cfg = config();
+        cfg.mtu = mtu;
+        let net = start(cfg).await;
+        let c = net.guest.connect(DNS).await.expect("connect");
+        let mut big = vec![0x44, 0x44, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
+        big.extend(pattern(65535 - 12, 2));
+        c.write_all(&dns_frame(&big)).await.unwrap();
+        assert_eq!(
+            answer(&c).await,
+            (0x4444, RCODE_FORMERR, vec![]),
+            "mtu {mtu}"
+        );
+        c.write_all(&dns_frame(&build_query(
+            6,
+            "host.microsandbox.internal",
+            TYPE_A,
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            answer(&c).await,
+            (6, RCODE_NOERROR, vec![HOST_IP]),
+            "mtu {mtu}"
+        );
+        c.close();
+        eventually(Duration::from_secs(5), "dns flow removed", || {
+            net.stack.stats().tcp_flows == 0
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_without_dns_and_over_the_connection_cap() {
     // `dns: false`: nothing listens on the gateway, the connect is reset as before.
