@@ -248,41 +248,33 @@ export interface NativeHostFs {
 const ADDON = "@microsandbox/core-native";
 
 let binding: NativeBinding | undefined;
+let hostFs: NativeHostFs | undefined;
+
+/** Load the real addon. Throws a {@link RuntimeError} saying how to build it when it cannot be loaded. */
+function loadAddon(): unknown {
+  try {
+    return createRequire(import.meta.url)(ADDON);
+  } catch (e) {
+    const detail = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+    throw new RuntimeError(
+      `cannot load the native addon ${ADDON} (${detail}); build it with "npm run setup" at the repository root`,
+      { cause: e },
+    );
+  }
+}
 
 /** The addon, loaded on first call. Throws a {@link RuntimeError} saying how to build it when it cannot be loaded. */
 export function native(): NativeBinding {
-  if (binding === undefined) {
-    try {
-      binding = createRequire(import.meta.url)(ADDON) as NativeBinding;
-    } catch (e) {
-      const detail = (e instanceof Error ? e.message : String(e)).split("\n")[0];
-      throw new RuntimeError(
-        `cannot load the native addon ${ADDON} (${detail}); build it with "npm run setup" at the repository root`,
-        { cause: e },
-      );
-    }
-  }
+  binding ??= loadAddon() as NativeBinding;
   return binding;
 }
-
-let hostFs: NativeHostFs | undefined;
 
 /**
  * The addon's host file calls. Always the real addon, also while a test double stands in
  * for the sandbox calls: these touch only the host's own files.
  */
 export function hostFsNative(): NativeHostFs {
-  if (hostFs === undefined) {
-    try {
-      hostFs = createRequire(import.meta.url)(ADDON) as NativeHostFs;
-    } catch (e) {
-      const detail = (e instanceof Error ? e.message : String(e)).split("\n")[0];
-      throw new RuntimeError(
-        `cannot load the native addon ${ADDON} (${detail}); build it with "npm run setup" at the repository root`,
-        { cause: e },
-      );
-    }
-  }
+  hostFs ??= loadAddon() as NativeHostFs;
   return hostFs;
 }
 

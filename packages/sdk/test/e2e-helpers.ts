@@ -169,3 +169,30 @@ export async function freePort(): Promise<number> {
   await new Promise<void>((res) => s.close(() => res()));
   return port;
 }
+
+/**
+ * A python3 script for the guest: one DNS query for argv[1] to the resolver in
+ * /etc/resolv.conf (over TCP when argv[2] is "tcp"); prints whether the id matched, the
+ * answer's RCODE and its answer count, so a test sees NXDOMAIN itself, not a libc summary.
+ */
+export const DNS_PROBE = `
+import random, socket, struct, sys
+ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+qid = random.randrange(65536)
+q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+if sys.argv[2:] == ['tcp']:
+    s = socket.create_connection((ns, 53), timeout=10)
+    s.sendall(struct.pack('>H', len(q)) + q)
+    r = b''
+    while len(r) < 2 or len(r) < 2 + struct.unpack('>H', r[:2])[0]:
+        r += s.recv(4096)
+    r = r[2:]
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    s.sendto(q, (ns, 53))
+    r = s.recv(4096)
+rid, flags, qd, an = struct.unpack('>HHHH', r[:8])
+print(rid == qid, flags & 0xf, an)
+`;

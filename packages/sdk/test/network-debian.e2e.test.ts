@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkPolicy, Sandbox } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
-import { cleanup, freePort, useTempMsbHome } from "./e2e-helpers.js";
+import { cleanup, DNS_PROBE, freePort, useTempMsbHome } from "./e2e-helpers.js";
 
 useTempMsbHome();
 let reg: Registry;
@@ -46,30 +46,6 @@ function rssKiB(pid: number): number {
   return Number(m[1]);
 }
 
-// Sends one DNS query for argv[1] to the resolver in /etc/resolv.conf (over TCP when
-// argv[2] is "tcp") and prints the answer's RCODE and answer count: the test sees
-// NXDOMAIN itself, not a libc summary.
-const DNS_PROBE = `
-import random, socket, struct, sys
-ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
-qid = random.randrange(65536)
-q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
-q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
-if sys.argv[2:] == ['tcp']:
-    s = socket.create_connection((ns, 53), timeout=10)
-    s.sendall(struct.pack('>H', len(q)) + q)
-    r = b''
-    while len(r) < 2 or len(r) < 2 + struct.unpack('>H', r[:2])[0]:
-        r += s.recv(4096)
-    r = r[2:]
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(10)
-    s.sendto(q, (ns, 53))
-    r = s.recv(4096)
-rid, flags, qd, an = struct.unpack('>HHHH', r[:8])
-print(rid == qid, flags & 0xf, an)
-`;
 
 // Writes hostile frames onto eth0 with AF_PACKET (root in the guest): garbage of every
 // length, broken IPv4 headers (lengths, checksums, options), bad TCP/UDP checksums,

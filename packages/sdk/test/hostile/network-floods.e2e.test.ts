@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Sandbox } from "../../src/index.js";
 import { pushFixtures, startRegistry, type Registry } from "../../../../test-vms/registry/index.js";
-import { cleanup, useTempMsbHome } from "../e2e-helpers.js";
+import { cleanup, DNS_PROBE, useTempMsbHome } from "../e2e-helpers.js";
 import { expectNeighbourFine, rssKiB } from "./hostile-helpers.js";
 
 useTempMsbHome();
@@ -28,27 +28,6 @@ afterAll(async () => {
   await reg?.stop();
 });
 
-// One DNS query (UDP, or TCP with "tcp") for argv[1] to the gateway; prints RCODE and answers.
-const DNS_PROBE = `
-import random, socket, struct, sys
-qid = random.randrange(65536)
-q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
-q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
-if sys.argv[2:] == ['tcp']:
-    s = socket.create_connection(('10.0.2.2', 53), timeout=10)
-    s.sendall(struct.pack('>H', len(q)) + q)
-    r = b''
-    while len(r) < 2 or len(r) < 2 + struct.unpack('>H', r[:2])[0]:
-        r += s.recv(4096)
-    r = r[2:]
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(10)
-    s.sendto(q, ('10.0.2.2', 53))
-    r = s.recv(4096)
-rid, flags, qd, an = struct.unpack('>HHHH', r[:8])
-print(rid == qid, flags & 0xf, an)
-`;
 
 // 5,000 connects to the gateway's port 53, all held open until every one is answered
 // (connected or reset), then closed. Prints how many connected and how many were refused.
