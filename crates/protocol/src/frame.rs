@@ -1,4 +1,4 @@
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use crate::message::Message;
 
@@ -121,6 +121,12 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Frame>, FrameError> {
         _ => FrameError::Io(e),
     })?;
     decode_body(&body).map(Some)
+}
+
+/// Encode and write one frame to a blocking writer.
+pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> Result<(), FrameError> {
+    w.write_all(&frame.encode()?)?;
+    Ok(())
 }
 
 /// Incremental decoder for non-blocking transports: push bytes in, pull frames out.

@@ -7,11 +7,16 @@
 //! Every decoding path returns an error on truncated, oversized or garbage input; none
 //! panics, and none allocates more than [`MAX_FRAME`] bytes for a frame.
 
+#[cfg(feature = "tokio")]
+mod codec;
 mod frame;
 mod message;
 
+#[cfg(feature = "tokio")]
+pub use codec::{write_frame_async, FrameReader};
+
 pub use frame::{
-    decode_raw, encode_frame, read_frame, set_raw_id, Frame, FrameDecoder, FrameError,
+    decode_raw, encode_frame, read_frame, set_raw_id, write_frame, Frame, FrameDecoder, FrameError,
     FLAG_CONTROL, HEADER_AFTER_LEN, KNOWN_FLAGS, MAX_FRAME, MAX_PAYLOAD,
 };
 pub use message::{
