@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    decode_raw, set_raw_id, Frame, FrameDecoder, GuestStats, Message, MetricsReport, CHANNEL_ID,
-    FLAG_CONTROL, PROTOCOL_VERSION,
+    decode_raw, set_raw_id, Frame, FrameError, FrameReader, GuestStats, Message, MetricsReport,
+    CHANNEL_ID, FLAG_CONTROL, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +38,14 @@ pub enum Control {
 
 const CLIENT_QUEUE: usize = 256;
 
+/// Bytes asked of the guest channel per read.
+pub const GUEST_READ_SIZE: usize = 128 * 1024;
+/// Bytes asked of a client connection per read.
+const CLIENT_READ_SIZE: usize = 64 * 1024;
+
+/// The routing table: which guest id belongs to which client's session, and where the
+/// answers of the runtime's own requests go. Pure bookkeeping (no I/O), so that it can be
+/// tested on its own; [`Relay`] holds it under a lock.
 #[derive(Default)]
 struct Routes {
     next_guest_id: u32,
@@ -49,7 +57,27 @@ struct Routes {
     pending: HashMap<u32, oneshot::Sender<GuestStats>>,
 }
 
+/// What to do with one frame from the guest.
+enum GuestRoute {
+    /// Nothing to forward: a channel message, credit that crossed the end of its session,
+    /// or output of a client that went away.
+    Nothing,
+    /// An error the guest reported on the channel: for the log.
+    Log(String),
+    /// The answer to a runtime-owned metrics request.
+    Stats(oneshot::Sender<GuestStats>, GuestStats),
+    /// To a client, the frame already carrying the client's own request id.
+    Client(mpsc::Sender<Vec<u8>>, Vec<u8>),
+}
+
 impl Routes {
+    fn new() -> Routes {
+        Routes {
+            next_guest_id: 1,
+            ..Default::default()
+        }
+    }
+
     fn fresh_id(&mut self) -> u32 {
         let mut id = self.next_guest_id;
         while id == CHANNEL_ID || self.sessions.contains_key(&id) || self.pending.contains_key(&id)
@@ -58,6 +86,104 @@ impl Routes {
         }
         self.next_guest_id = id.wrapping_add(1);
         id
+    }
+
+    /// Exec and fs sessions in flight.
+    fn active(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn add_client(&mut self, tx: mpsc::Sender<Vec<u8>>) -> u64 {
+        self.next_client += 1;
+        let id = self.next_client;
+        self.clients.insert(id, tx);
+        id
+    }
+
+    /// Forget a client; output of its sessions still running is dropped from now on.
+    fn remove_client(&mut self, client: u64) {
+        self.clients.remove(&client);
+    }
+
+    /// A new session of `client` under its id `local`: the fresh guest id it gets, or
+    /// None when the client already uses that id (or it is the channel's).
+    fn open_session(&mut self, client: u64, local: u32) -> Option<u32> {
+        if local == CHANNEL_ID || self.guest_id(client, local).is_some() {
+            return None;
+        }
+        let id = self.fresh_id();
+        self.sessions.insert(id, (client, local));
+        Some(id)
+    }
+
+    /// The guest id of `client`'s session `local`, if it is still open.
+    fn guest_id(&self, client: u64, local: u32) -> Option<u32> {
+        self.sessions
+            .iter()
+            .find(|(_, &(c, l))| c == client && l == local)
+            .map(|(&g, _)| g)
+    }
+
+    /// A runtime-owned request: the guest id its answer will come on.
+    fn add_pending(&mut self, tx: oneshot::Sender<GuestStats>) -> u32 {
+        let id = self.fresh_id();
+        self.pending.insert(id, tx);
+        id
+    }
+
+    fn cancel_pending(&mut self, id: u32) {
+        self.pending.remove(&id);
+    }
+
+    /// Check one frame from the guest (untrusted) and say where it goes; an `Err` is a
+    /// protocol violation that ends the sandbox.
+    fn route_guest_frame(&mut self, mut raw: Vec<u8>) -> Result<GuestRoute, String> {
+        let frame = decode_raw(&raw).map_err(|e| format!("bad frame from guest: {e}"))?;
+        if frame.flags != 0 || !frame.message.allowed_from_guest() {
+            return Err(format!(
+                "guest sent a message it may not send: {:?}",
+                kind(&frame.message)
+            ));
+        }
+        if frame.id == CHANNEL_ID {
+            return match frame.message {
+                Message::Error { code, message } => {
+                    Ok(GuestRoute::Log(format!("guest error {code}: {message}")))
+                }
+                Message::Hello { .. } => Ok(GuestRoute::Nothing),
+                other => Err(format!(
+                    "unexpected channel message from guest: {:?}",
+                    kind(&other)
+                )),
+            };
+        }
+        if let Message::GuestStats(stats) = frame.message {
+            return match self.pending.remove(&frame.id) {
+                Some(tx) => Ok(GuestRoute::Stats(tx, stats)),
+                None => Err(format!(
+                    "guest sent metrics for unknown request id {}",
+                    frame.id
+                )),
+            };
+        }
+        let Some(&(client, local)) = self.sessions.get(&frame.id) else {
+            // Credit for stdin may cross the end of its session; anything else on an
+            // unknown id is a protocol violation.
+            if matches!(frame.message, Message::Credit { .. }) {
+                return Ok(GuestRoute::Nothing);
+            }
+            return Err(format!("guest used unknown request id {}", frame.id));
+        };
+        if frame.message.ends_session() {
+            self.sessions.remove(&frame.id);
+        }
+        Ok(match self.clients.get(&client) {
+            Some(tx) => {
+                set_raw_id(&mut raw, local);
+                GuestRoute::Client(tx.clone(), raw)
+            }
+            None => GuestRoute::Nothing,
+        })
     }
 }
 
@@ -87,11 +213,11 @@ fn log(msg: &str) {
 }
 
 impl Relay {
-    /// Start the guest writer; `rd` must be past the handshake.
+    /// Start the guest writer and reader; `guest_rd` must be past the handshake (it keeps
+    /// whatever the guest sent after it).
     pub fn start(
-        guest_rd: OwnedReadHalf,
+        guest_rd: FrameReader<OwnedReadHalf>,
         mut guest_wr: OwnedWriteHalf,
-        decoder: FrameDecoder,
         control: mpsc::Sender<Control>,
     ) -> Relay {
         let (to_guest, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
@@ -103,10 +229,7 @@ impl Relay {
             }
         });
         let relay = Relay {
-            routes: Arc::new(Mutex::new(Routes {
-                next_guest_id: 1,
-                ..Default::default()
-            })),
+            routes: Arc::new(Mutex::new(Routes::new())),
             to_guest,
             control,
             draining: Arc::new(AtomicBool::new(false)),
@@ -114,7 +237,7 @@ impl Relay {
             metrics: Arc::new(Mutex::new(None)),
         };
         let r = relay.clone();
-        tokio::spawn(async move { r.guest_reader(guest_rd, decoder).await });
+        tokio::spawn(async move { r.guest_reader(guest_rd).await });
         relay
     }
 
@@ -131,8 +254,15 @@ impl Relay {
         self.active.subscribe()
     }
 
-    fn count_changed(&self, r: &Routes) {
-        self.active.send_replace(r.sessions.len());
+    /// Work on the routing table; watchers of the session count hear of it when it changed.
+    fn routes<T>(&self, f: impl FnOnce(&mut Routes) -> T) -> T {
+        let mut r = self.routes.lock().unwrap();
+        let before = r.active();
+        let out = f(&mut r);
+        if r.active() != before {
+            self.active.send_replace(r.active());
+        }
+        out
     }
 
     /// Ask the guest for its figures and add the host's.
@@ -144,17 +274,12 @@ impl Relay {
             .clone()
             .ok_or("metrics are not available yet")?;
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut r = self.routes.lock().unwrap();
-            let id = r.fresh_id();
-            r.pending.insert(id, tx);
-            id
-        };
+        let id = self.routes(|r| r.add_pending(tx));
         self.send_to_guest(&Frame::new(id, Message::Metrics)).await;
         let guest = match tokio::time::timeout(Duration::from_secs(5), rx).await {
             Ok(Ok(g)) => g,
             _ => {
-                self.routes.lock().unwrap().pending.remove(&id);
+                self.routes(|r| r.cancel_pending(id));
                 return Err("the guest did not answer the metrics request".into());
             }
         };
@@ -193,26 +318,20 @@ impl Relay {
         }
     }
 
-    async fn guest_reader(self, mut rd: OwnedReadHalf, mut dec: FrameDecoder) {
-        let mut buf = vec![0u8; 128 * 1024];
+    async fn guest_reader(self, mut rd: FrameReader<OwnedReadHalf>) {
         loop {
-            loop {
-                let raw = match dec.next_raw() {
-                    Ok(Some(raw)) => raw,
-                    Ok(None) => break,
-                    Err(e) => {
-                        return self
-                            .protocol_error(format!("bad frame from guest: {e}"))
-                            .await
-                    }
-                };
-                if let Err(e) = self.route_guest_frame(raw).await {
-                    return self.protocol_error(e).await;
+            let raw = match rd.next_raw().await {
+                Ok(Some(raw)) => raw,
+                // The VM is going away; the main loop sees QEMU exit.
+                Ok(None) | Err(FrameError::Io(_) | FrameError::Truncated) => return,
+                Err(e) => {
+                    return self
+                        .protocol_error(format!("bad frame from guest: {e}"))
+                        .await
                 }
-            }
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return, // the VM is going away; the main loop sees QEMU exit
-                Ok(n) => dec.push(&buf[..n]),
+            };
+            if let Err(e) = self.route_guest_frame(raw).await {
+                return self.protocol_error(e).await;
             }
         }
     }
@@ -222,60 +341,17 @@ impl Relay {
         let _ = self.control.send(Control::Protocol(msg)).await;
     }
 
-    async fn route_guest_frame(&self, mut raw: Vec<u8>) -> Result<(), String> {
-        let frame = decode_raw(&raw).map_err(|e| format!("bad frame from guest: {e}"))?;
-        if frame.flags != 0 || !frame.message.allowed_from_guest() {
-            return Err(format!(
-                "guest sent a message it may not send: {:?}",
-                kind(&frame.message)
-            ));
-        }
-        if frame.id == CHANNEL_ID {
-            match frame.message {
-                Message::Error { code, message } => log(&format!("guest error {code}: {message}")),
-                Message::Hello { .. } => {}
-                other => {
-                    return Err(format!(
-                        "unexpected channel message from guest: {:?}",
-                        kind(&other)
-                    ))
-                }
+    async fn route_guest_frame(&self, raw: Vec<u8>) -> Result<(), String> {
+        match self.routes(|r| r.route_guest_frame(raw))? {
+            GuestRoute::Nothing => {}
+            GuestRoute::Log(msg) => log(&msg),
+            GuestRoute::Stats(tx, stats) => {
+                let _ = tx.send(stats);
             }
-            return Ok(());
-        }
-        if let Message::GuestStats(stats) = frame.message {
-            let waiter = self.routes.lock().unwrap().pending.remove(&frame.id);
-            return match waiter {
-                Some(tx) => {
-                    let _ = tx.send(stats);
-                    Ok(())
-                }
-                None => Err(format!(
-                    "guest sent metrics for unknown request id {}",
-                    frame.id
-                )),
-            };
-        }
-        let target = {
-            let mut r = self.routes.lock().unwrap();
-            let Some(&(client, local)) = r.sessions.get(&frame.id) else {
-                // Credit for stdin may cross the end of its session; anything else on an
-                // unknown id is a protocol violation.
-                if matches!(frame.message, Message::Credit { .. }) {
-                    return Ok(());
-                }
-                return Err(format!("guest used unknown request id {}", frame.id));
-            };
-            if frame.message.ends_session() {
-                r.sessions.remove(&frame.id);
-                self.count_changed(&r);
-            }
-            r.clients.get(&client).cloned().map(|tx| (tx, local))
-        };
-        if let Some((tx, local)) = target {
-            set_raw_id(&mut raw, local);
             // A full client queue waits here: backpressure reaches the guest.
-            let _ = tx.send(raw).await;
+            GuestRoute::Client(tx, raw) => {
+                let _ = tx.send(raw).await;
+            }
         }
         Ok(())
     }
@@ -291,15 +367,9 @@ impl Relay {
     }
 
     async fn client(self, stream: UnixStream) {
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
-        let client_id = {
-            let mut r = self.routes.lock().unwrap();
-            r.next_client += 1;
-            let id = r.next_client;
-            r.clients.insert(id, tx.clone());
-            id
-        };
+        let client_id = self.routes(|r| r.add_client(tx.clone()));
         tokio::spawn(async move {
             while let Some(buf) = rx.recv().await {
                 if wr.write_all(&buf).await.is_err() {
@@ -307,176 +377,149 @@ impl Relay {
                 }
             }
         });
-        let mut dec = FrameDecoder::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut rd = FrameReader::with_capacity(rd, CLIENT_READ_SIZE);
         let mut greeted = false;
-        'conn: loop {
-            loop {
-                let frame = match dec.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = reply(
-                            &tx,
-                            CHANNEL_ID,
-                            Message::Error {
-                                code: "protocol".into(),
-                                message: e.to_string(),
-                            },
-                        )
+        loop {
+            let frame = match rd.next_frame().await {
+                Ok(Some(f)) => f,
+                // Gone, or gone in the middle of a frame: nobody to answer.
+                Ok(None) | Err(FrameError::Io(_) | FrameError::Truncated) => break,
+                Err(e) => {
+                    let _ = reply(
+                        &tx,
+                        CHANNEL_ID,
+                        Message::Error {
+                            code: "protocol".into(),
+                            message: e.to_string(),
+                        },
+                    )
+                    .await;
+                    break;
+                }
+            };
+            if !frame.message.allowed_from_client() {
+                let _ = reply(
+                    &tx,
+                    frame.id,
+                    Message::Error {
+                        code: "protocol".into(),
+                        message: "message not allowed from a client".into(),
+                    },
+                )
+                .await;
+                break;
+            }
+            match frame.message {
+                Message::Hello { version } => {
+                    greeted = version == PROTOCOL_VERSION;
+                    let msg = if greeted {
+                        Message::Hello {
+                            version: PROTOCOL_VERSION,
+                        }
+                    } else {
+                        Message::Error {
+                            code: "protocol".into(),
+                            message: format!(
+                                "client speaks protocol {version}, runtime {PROTOCOL_VERSION}"
+                            ),
+                        }
+                    };
+                    let _ = reply(&tx, CHANNEL_ID, msg).await;
+                }
+                _ if !greeted => {
+                    let _ = reply(
+                        &tx,
+                        CHANNEL_ID,
+                        Message::Error {
+                            code: "protocol".into(),
+                            message: "hello first".into(),
+                        },
+                    )
+                    .await;
+                    break;
+                }
+                Message::Stop { timeout_ms } if frame.flags & FLAG_CONTROL != 0 => {
+                    let _ = self
+                        .control
+                        .send(Control::Stop(Duration::from_millis(timeout_ms)))
                         .await;
-                        break 'conn;
+                }
+                Message::Kill if frame.flags & FLAG_CONTROL != 0 => {
+                    let _ = self.control.send(Control::Kill).await;
+                }
+                Message::Drain if frame.flags & FLAG_CONTROL != 0 => {
+                    self.set_draining();
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let _ = self.control.send(Control::Drain(done_tx)).await;
+                    let _ = done_rx.await;
+                    let _ = reply(&tx, frame.id, Message::Done).await;
+                }
+                Message::Detach if frame.flags & FLAG_CONTROL != 0 => {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let _ = self.control.send(Control::Detach(done_tx)).await;
+                    let _ = done_rx.await;
+                    let _ = reply(&tx, frame.id, Message::Done).await;
+                }
+                Message::Metrics if frame.flags & FLAG_CONTROL != 0 => {
+                    let (relay, tx, id) = (self.clone(), tx.clone(), frame.id);
+                    tokio::spawn(async move {
+                        let msg = match relay.metrics_report().await {
+                            Ok(m) => Message::MetricsReport(m),
+                            Err(e) => Message::Error {
+                                code: "runtime".into(),
+                                message: e,
+                            },
+                        };
+                        let _ = reply(&tx, id, msg).await;
+                    });
+                }
+                Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
+                    let msg = Message::Error {
+                        code: "sandboxDraining".into(),
+                        message: "the sandbox is draining: it accepts no new commands".into(),
+                    };
+                    let _ = reply(&tx, frame.id, msg).await;
+                }
+                msg @ (Message::Exec(_) | Message::Fs(_)) => {
+                    let guest_id = self.routes(|r| r.open_session(client_id, frame.id));
+                    match guest_id {
+                        Some(gid) => self.send_to_guest(&Frame::new(gid, msg)).await,
+                        None => {
+                            let _ = reply(
+                                &tx,
+                                frame.id,
+                                Message::Error {
+                                    code: "protocol".into(),
+                                    message: "request id in use".into(),
+                                },
+                            )
+                            .await;
+                        }
                     }
-                };
-                if !frame.message.allowed_from_client() {
+                }
+                msg if msg.is_session_input() => {
+                    // Stdin, signals, resizes and credit for one of this client's sessions.
+                    let gid = self.routes(|r| r.guest_id(client_id, frame.id));
+                    // A session that just ended is not an error: input may cross its end.
+                    if let Some(gid) = gid {
+                        self.send_to_guest(&Frame::new(gid, msg)).await;
+                    }
+                }
+                _ => {
                     let _ = reply(
                         &tx,
                         frame.id,
                         Message::Error {
                             code: "protocol".into(),
-                            message: "message not allowed from a client".into(),
+                            message: "control messages need the control flag".into(),
                         },
                     )
                     .await;
-                    break 'conn;
                 }
-                match frame.message {
-                    Message::Hello { version } => {
-                        greeted = version == PROTOCOL_VERSION;
-                        let msg = if greeted {
-                            Message::Hello {
-                                version: PROTOCOL_VERSION,
-                            }
-                        } else {
-                            Message::Error {
-                                code: "protocol".into(),
-                                message: format!(
-                                    "client speaks protocol {version}, runtime {PROTOCOL_VERSION}"
-                                ),
-                            }
-                        };
-                        let _ = reply(&tx, CHANNEL_ID, msg).await;
-                    }
-                    _ if !greeted => {
-                        let _ = reply(
-                            &tx,
-                            CHANNEL_ID,
-                            Message::Error {
-                                code: "protocol".into(),
-                                message: "hello first".into(),
-                            },
-                        )
-                        .await;
-                        break 'conn;
-                    }
-                    Message::Stop { timeout_ms } if frame.flags & FLAG_CONTROL != 0 => {
-                        let _ = self
-                            .control
-                            .send(Control::Stop(Duration::from_millis(timeout_ms)))
-                            .await;
-                    }
-                    Message::Kill if frame.flags & FLAG_CONTROL != 0 => {
-                        let _ = self.control.send(Control::Kill).await;
-                    }
-                    Message::Drain if frame.flags & FLAG_CONTROL != 0 => {
-                        self.set_draining();
-                        let (done_tx, done_rx) = oneshot::channel();
-                        let _ = self.control.send(Control::Drain(done_tx)).await;
-                        let _ = done_rx.await;
-                        let _ = reply(&tx, frame.id, Message::Done).await;
-                    }
-                    Message::Detach if frame.flags & FLAG_CONTROL != 0 => {
-                        let (done_tx, done_rx) = oneshot::channel();
-                        let _ = self.control.send(Control::Detach(done_tx)).await;
-                        let _ = done_rx.await;
-                        let _ = reply(&tx, frame.id, Message::Done).await;
-                    }
-                    Message::Metrics if frame.flags & FLAG_CONTROL != 0 => {
-                        let (relay, tx, id) = (self.clone(), tx.clone(), frame.id);
-                        tokio::spawn(async move {
-                            let msg = match relay.metrics_report().await {
-                                Ok(m) => Message::MetricsReport(m),
-                                Err(e) => Message::Error {
-                                    code: "runtime".into(),
-                                    message: e,
-                                },
-                            };
-                            let _ = reply(&tx, id, msg).await;
-                        });
-                    }
-                    Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
-                        let msg = Message::Error {
-                            code: "sandboxDraining".into(),
-                            message: "the sandbox is draining: it accepts no new commands".into(),
-                        };
-                        let _ = reply(&tx, frame.id, msg).await;
-                    }
-                    msg @ (Message::Exec(_) | Message::Fs(_)) => {
-                        let guest_id = {
-                            let mut r = self.routes.lock().unwrap();
-                            let in_use = r
-                                .sessions
-                                .values()
-                                .any(|&(c, l)| c == client_id && l == frame.id);
-                            if in_use || frame.id == CHANNEL_ID {
-                                None
-                            } else {
-                                let id = r.fresh_id();
-                                r.sessions.insert(id, (client_id, frame.id));
-                                self.count_changed(&r);
-                                Some(id)
-                            }
-                        };
-                        match guest_id {
-                            Some(gid) => self.send_to_guest(&Frame::new(gid, msg)).await,
-                            None => {
-                                let _ = reply(
-                                    &tx,
-                                    frame.id,
-                                    Message::Error {
-                                        code: "protocol".into(),
-                                        message: "request id in use".into(),
-                                    },
-                                )
-                                .await;
-                            }
-                        }
-                    }
-                    msg if msg.is_session_input() => {
-                        // Stdin, signals, resizes and credit for one of this client's sessions.
-                        let gid = {
-                            let r = self.routes.lock().unwrap();
-                            r.sessions
-                                .iter()
-                                .find(|(_, &(c, l))| c == client_id && l == frame.id)
-                                .map(|(&g, _)| g)
-                        };
-                        // A session that just ended is not an error: input may cross its end.
-                        if let Some(gid) = gid {
-                            self.send_to_guest(&Frame::new(gid, msg)).await;
-                        }
-                    }
-                    _ => {
-                        let _ = reply(
-                            &tx,
-                            frame.id,
-                            Message::Error {
-                                code: "protocol".into(),
-                                message: "control messages need the control flag".into(),
-                            },
-                        )
-                        .await;
-                    }
-                }
-            }
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => dec.push(&buf[..n]),
             }
         }
         // Forget the client; output of its sessions still running is dropped.
-        let mut r = self.routes.lock().unwrap();
-        r.clients.remove(&client_id);
+        self.routes(|r| r.remove_client(client_id));
     }
 }
 

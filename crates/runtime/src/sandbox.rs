@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    Bootstrap, DiskSpec, Frame, FrameDecoder, GuestMount, GuestNetwork, LowerSpec, Message,
-    RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
+    write_frame_async, Bootstrap, DiskSpec, Frame, FrameError, FrameReader, GuestMount,
+    GuestNetwork, LowerSpec, Message, RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
 };
 use msb_store::Store;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -21,7 +20,7 @@ use crate::config::{Config, Mode};
 use crate::cpu::CpuSampler;
 use crate::disks::Lower;
 use crate::error::RtError;
-use crate::relay::{Control, MetricsSource, Relay};
+use crate::relay::{Control, MetricsSource, Relay, GUEST_READ_SIZE};
 use crate::shares::{self, Share};
 use crate::{disks, log, log_error, vm};
 use msb_netstack::{NetConfig, NetStack, VhostListener};
@@ -268,8 +267,10 @@ impl Sandbox {
 
         let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
         let stream = self.connect_chardev(deadline).await?;
-        let (mut rd, mut wr) = stream.into_split();
-        let mut dec = FrameDecoder::new();
+        let (rd, mut wr) = stream.into_split();
+        // One reader for the whole life of the channel: what the guest sends right after
+        // Ready stays in it for the relay.
+        let mut rd = FrameReader::with_capacity(rd, GUEST_READ_SIZE);
         write_frame(
             &mut wr,
             &Frame::new(
@@ -280,7 +281,7 @@ impl Sandbox {
             ),
         )
         .await?;
-        match self.next_guest_frame(&mut rd, &mut dec, deadline).await? {
+        match self.next_guest_frame(&mut rd, deadline).await? {
             Message::Hello { version } if version == PROTOCOL_VERSION => {}
             Message::Hello { version } => {
                 return Err(RtError::new("protocol", format!("guest agent speaks protocol {version}, host {PROTOCOL_VERSION}: rebuild the initramfs")))
@@ -351,7 +352,7 @@ impl Sandbox {
         };
         write_frame(&mut wr, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
         loop {
-            match self.next_guest_frame(&mut rd, &mut dec, deadline).await? {
+            match self.next_guest_frame(&mut rd, deadline).await? {
                 Message::Ready => break,
                 Message::Hello { .. } => continue, // an earlier hello, sent before we connected
                 Message::Error { message, .. } => {
@@ -373,7 +374,7 @@ impl Sandbox {
             RtError::runtime(format!("listen on {}: {e}", self.agent_sock.display()))
         })?;
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let relay = Relay::start(rd, wr, dec, ctl_tx.clone());
+        let relay = Relay::start(rd, wr, ctl_tx.clone());
         if let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) {
             relay.set_metrics_source(MetricsSource {
                 net: net.as_ref().map(|(stack, _)| stack.clone()),
@@ -456,42 +457,37 @@ impl Sandbox {
     /// Next frame from the guest during boot, bounded by the boot deadline.
     async fn next_guest_frame(
         &mut self,
-        rd: &mut tokio::net::unix::OwnedReadHalf,
-        dec: &mut FrameDecoder,
+        rd: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
         deadline: Instant,
     ) -> Result<Message, RtError> {
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match dec.next_frame() {
-                Ok(Some(f)) if f.message.allowed_from_guest() && f.flags == 0 => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Wake up now and then to notice QEMU dying (next_frame is cancel safe).
+            match tokio::time::timeout(left.min(Duration::from_millis(200)), rd.next_frame()).await
+            {
+                Ok(Ok(Some(f))) if f.message.allowed_from_guest() && f.flags == 0 => {
                     return Ok(f.message)
                 }
-                Ok(Some(f)) => {
+                Ok(Ok(Some(f))) => {
                     return Err(RtError::new(
                         "protocol",
                         format!("guest sent a message it may not send: {:?}", f.message),
                     ))
                 }
-                Ok(None) => {}
-                Err(e) => {
+                Ok(Ok(None) | Err(FrameError::Truncated)) => {
+                    return Err(self
+                        .guest_lost("the guest channel closed during boot")
+                        .await)
+                }
+                Ok(Err(FrameError::Io(e))) => {
+                    return Err(self.guest_lost(&format!("guest channel: {e}")).await)
+                }
+                Ok(Err(e)) => {
                     return Err(RtError::new(
                         "protocol",
                         format!("bad frame from guest: {e}"),
                     ))
                 }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Wake up now and then to notice QEMU dying.
-            match tokio::time::timeout(left.min(Duration::from_millis(200)), rd.read(&mut buf))
-                .await
-            {
-                Ok(Ok(0)) => {
-                    return Err(self
-                        .guest_lost("the guest channel closed during boot")
-                        .await)
-                }
-                Ok(Ok(n)) => dec.push(&buf[..n]),
-                Ok(Err(e)) => return Err(self.guest_lost(&format!("guest channel: {e}")).await),
                 Err(_) => {
                     self.check_qemu_alive()?;
                     if Instant::now() >= deadline {
@@ -686,12 +682,10 @@ async fn write_frame(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     frame: &Frame,
 ) -> Result<(), RtError> {
-    let buf = frame
-        .encode()
-        .map_err(|e| RtError::new("protocol", e.to_string()))?;
-    wr.write_all(&buf)
-        .await
-        .map_err(|e| RtError::runtime(format!("guest channel: {e}")))
+    write_frame_async(wr, frame).await.map_err(|e| match e {
+        FrameError::Io(e) => RtError::runtime(format!("guest channel: {e}")),
+        e => RtError::new("protocol", e.to_string()),
+    })
 }
 
 /// The last `lines` lines of a log file.
