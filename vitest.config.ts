@@ -12,13 +12,14 @@ import { defineConfig } from "vitest/config";
 
 const sdkSource = fileURLToPath(new URL("./packages/sdk/src/index.ts", import.meta.url));
 const netstackSource = fileURLToPath(new URL("./packages/netstack/src/index.ts", import.meta.url));
+const contractSource = fileURLToPath(new URL("./packages/contract/src/index.ts", import.meta.url));
 const ociSource = fileURLToPath(new URL("./packages/oci/src/index.ts", import.meta.url));
 
 export default defineConfig({
   test: {
     projects: [
       {
-        resolve: { alias: { "@microsandbox/sdk": sdkSource, "@microsandbox/oci": ociSource, "@microsandbox/netstack": netstackSource } },
+        resolve: { alias: { "@microsandbox/sdk": sdkSource, "@microsandbox/oci": ociSource, "@microsandbox/netstack": netstackSource, "@microsandbox/contract": contractSource } },
         test: {
           name: "unit",
           include: ["packages/*/test/**/*.test.ts"],

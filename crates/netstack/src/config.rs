@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
+use ts_rs::TS;
 
 /// Default cap on concurrent TCP flows per sandbox (guest-initiated and published together).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -71,14 +72,14 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -87,7 +88,7 @@ pub enum Proto {
 }
 
 /// Address groups. See [`crate::policy::classify`] for the exact ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
 pub enum Group {
     #[serde(rename = "public")]
     Public,
@@ -105,6 +106,19 @@ pub enum Group {
     Any,
 }
 
+impl Group {
+    /// Every group (the TypeScript `GROUPS` list is generated from it).
+    pub const ALL: [Group; 7] = [
+        Group::Public,
+        Group::Private,
+        Group::Loopback,
+        Group::LinkLocal,
+        Group::Metadata,
+        Group::Host,
+        Group::Any,
+    ];
+}
+
 /// What a rule matches. JSON: `{"ip":"1.2.3.4"}`, `{"cidr":"10.0.0.0/8"}`,
 /// `{"domain":"example.com"}`, `{"domainSuffix":"example.com"}`, `{"group":"public"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,9 +134,11 @@ pub enum Target {
     Group(Group),
 }
 
-#[derive(Serialize, Deserialize)]
+/// `Target` as JSON (and, generated from this, as TypeScript).
+#[derive(Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-enum TargetJson {
+#[ts(rename = "Target")]
+pub(crate) enum TargetJson {
     Ip(Ipv4Addr),
     Cidr(String),
     Domain(String),
@@ -216,15 +232,18 @@ impl<'de> Deserialize<'de> for Target {
 /// One policy rule. JSON: `{"action":"allow","protocol":"tcp","ports":[80,443],
 /// "target":{"group":"public"}}`; `protocol` and `ports` are optional (any). A rule with
 /// `ports` only matches TCP and UDP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     pub action: Action,
     #[serde(default)]
+    #[ts(optional)]
     pub protocol: Option<Proto>,
     /// Inclusive port range.
     #[serde(default)]
+    #[ts(optional)]
     pub ports: Option<(u16, u16)>,
+    #[ts(as = "TargetJson")]
     pub target: Target,
 }
 
@@ -256,7 +275,7 @@ impl Rule {
 /// Egress and ingress rules. Ordered, first match wins; `default_action` applies to egress
 /// when no rule matches. Ingress rules filter published ports (no match: allowed, since
 /// publishing a port is itself the opt-in).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     pub default_action: Action,
@@ -298,7 +317,7 @@ impl Policy {
 }
 
 /// A port published on the host's loopback and carried into the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishedPort {
     #[serde(default = "default_tcp")]
@@ -329,14 +348,16 @@ fn default_gateway_mac() -> MacAddr {
 }
 
 /// One sandbox's network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetConfig {
     /// The guest NIC's MAC (QEMU `-device virtio-net-device,mac=`). Used as the
     /// destination of frames until the guest has sent one.
+    #[ts(type = "string")]
     pub guest_mac: MacAddr,
     /// The stack's own MAC (what the guest sees for every address it reaches).
     #[serde(default = "default_gateway_mac")]
+    #[ts(as = "Option<String>", optional)]
     pub gateway_mac: MacAddr,
     pub guest_ip: Ipv4Addr,
     /// The guest's default gateway and DNS server.
@@ -344,6 +365,7 @@ pub struct NetConfig {
     /// The address that stands for the host's loopback (`host.microsandbox.internal`).
     /// Default: the last usable address of the subnet (`.254` in a /24).
     #[serde(default)]
+    #[ts(optional)]
     pub host_ip: Option<Ipv4Addr>,
     pub prefix_len: u8,
     #[serde(default = "default_mtu")]
@@ -362,6 +384,7 @@ pub struct NetConfig {
     pub max_connections: usize,
     /// Cap on concurrent UDP flows; datagrams for new flows beyond it are dropped.
     #[serde(default = "default_max_udp_flows")]
+    #[ts(as = "Option<usize>", optional)]
     pub max_udp_flows: usize,
 }
 

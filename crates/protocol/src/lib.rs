@@ -11,6 +11,7 @@
 mod codec;
 mod frame;
 mod message;
+pub mod num;
 
 #[cfg(feature = "tokio")]
 pub use codec::{write_frame_async, FrameReader};
@@ -24,8 +25,24 @@ pub use message::{
     LowerSpec, Message, MetricsReport, RootSpec, TtySize,
 };
 
-/// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal (see
+/// [`check_version`]). Version 3: `FsEntry` and `MetricsReport` keys in camelCase, their
+/// counters as floats (the golden file `tests/golden/messages.txt` shows every message).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// What a peer's `Hello` version means. Host and guest are built together (the agent is
+/// in the initramfs shipped with msb-runtime), so any difference is a broken install,
+/// not a peer to negotiate with: both sides refuse it with an error naming both versions.
+pub fn check_version(peer: u32) -> Result<(), String> {
+    if peer == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the peer {peer} \
+             (msb-runtime, the addon and the guest's initramfs come from different builds)"
+        ))
+    }
+}
 
 /// Request id used for frames that do not belong to a session (handshake, bootstrap).
 pub const CHANNEL_ID: u32 = 0;

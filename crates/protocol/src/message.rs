@@ -1,4 +1,7 @@
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
+
+use crate::num;
 
 /// Every message of the protocol. Which side may send which is checked by
 /// [`Message::allowed_from_guest`] and [`Message::allowed_from_client`].
@@ -92,7 +95,7 @@ pub enum Message {
 }
 
 /// Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum FsOp {
     Read {
@@ -139,17 +142,25 @@ pub enum FsOp {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One directory entry or `stat` result. Untrusted (the guest makes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
 pub struct FsEntry {
     pub name: String,
     /// "file" | "dir" | "symlink" | "other"
+    #[ts(type = "\"file\" | \"dir\" | \"symlink\" | \"other\"")]
     pub kind: String,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub size: u64,
+    /// Permission bits (`mode & 0o7777`).
     pub mode: u32,
+    /// Milliseconds since the epoch.
+    #[ts(type = "number")]
     pub modified_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, TS)]
 pub struct TtySize {
     pub rows: u16,
     pub cols: u16,
@@ -166,19 +177,38 @@ pub struct GuestStats {
     pub net_tx_bytes: u64,
 }
 
-/// One metrics sample as msb-runtime reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+/// One metrics sample as msb-runtime reports it (runtime -> client only). The counters
+/// cross as floating point numbers: exact to 2^53, and a plain `number` in JavaScript.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, TS)]
+#[serde(rename_all = "camelCase")]
 pub struct MetricsReport {
     /// Percent of the sandbox's vCPUs (0..=100) used over the last second, from the host's
     /// accounting of the VMM process.
     pub cpu_percent: f64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub memory_bytes: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub memory_limit_bytes: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub disk_read_bytes: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub disk_write_bytes: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub net_rx_bytes: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub net_tx_bytes: u64,
+    /// Milliseconds since the epoch.
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub timestamp_ms: u64,
+    #[serde(with = "num")]
+    #[ts(type = "number")]
     pub uptime_ms: u64,
 }
 
@@ -256,7 +286,8 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// A command to run. The SDK builds it; `AgentClient.exec` takes it as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, TS)]
 pub struct ExecRequest {
     pub cmd: String,
     #[serde(default)]
@@ -275,7 +306,8 @@ pub struct ExecRequest {
     /// Run on a pseudo-terminal of this size (stdout carries the terminal's output).
     #[serde(default)]
     pub tty: Option<TtySize>,
-    /// Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`).
+    /// Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`),
+    /// soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
     #[serde(default)]
     pub rlimits: Vec<(String, u64)>,
 }

@@ -24,12 +24,46 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Booting: the runtime holds the lock, the guest is not ready yet (no socket).
-pub const STARTING: &str = "starting";
-pub const RUNNING: &str = "running";
-pub const DRAINING: &str = "draining";
-pub const STOPPED: &str = "stopped";
-pub const CRASHED: &str = "crashed";
+/// The status values of a sandbox, as stored and as the SDK reports them. The one list:
+/// the TypeScript union `SandboxStatus` is generated from it (crates/contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxStatus {
+    /// Booting: the runtime holds the lock, the guest is not ready yet (no socket).
+    Starting,
+    Running,
+    /// Running commands finish, new ones are refused, then it stops.
+    Draining,
+    Stopped,
+    /// Its runtime died without recording an exit.
+    Crashed,
+}
+
+impl SandboxStatus {
+    pub const ALL: [SandboxStatus; 5] = [
+        SandboxStatus::Starting,
+        SandboxStatus::Running,
+        SandboxStatus::Draining,
+        SandboxStatus::Stopped,
+        SandboxStatus::Crashed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SandboxStatus::Starting => "starting",
+            SandboxStatus::Running => "running",
+            SandboxStatus::Draining => "draining",
+            SandboxStatus::Stopped => "stopped",
+            SandboxStatus::Crashed => "crashed",
+        }
+    }
+}
+
+pub const STARTING: &str = SandboxStatus::Starting.as_str();
+pub const RUNNING: &str = SandboxStatus::Running.as_str();
+pub const DRAINING: &str = SandboxStatus::Draining.as_str();
+pub const STOPPED: &str = SandboxStatus::Stopped.as_str();
+pub const CRASHED: &str = SandboxStatus::Crashed.as_str();
 
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq)]

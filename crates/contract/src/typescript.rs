@@ -1,0 +1,101 @@
+//! Rendering the contract as one TypeScript module.
+
+use std::collections::BTreeMap;
+
+use msb_netstack::config::Group;
+use msb_protocol::{ExecRequest, FsEntry, FsOp, MetricsReport, TtySize, PROTOCOL_VERSION};
+use msb_store::SandboxStatus;
+use ts_rs::{Config, TypeVisitor, TS};
+
+use crate::{ErrorCode, RuntimeConfig, SessionEvent, DEFAULT_BOOT_TIMEOUT_MS, MIN_MEMORY_MIB};
+
+/// Collects the declaration of every visited type and, recursively, of its dependencies.
+struct Collector<'a> {
+    cfg: &'a Config,
+    decls: BTreeMap<String, String>,
+}
+
+impl TypeVisitor for Collector<'_> {
+    fn visit<T: TS + 'static + ?Sized>(&mut self) {
+        // Only named, declarable types (not primitives, arrays, tuples, options).
+        if T::output_path().is_none() {
+            return;
+        }
+        let name = T::ident(self.cfg);
+        if self.decls.contains_key(&name) {
+            return;
+        }
+        let mut out = T::docs().unwrap_or_default();
+        out.push_str("export ");
+        out.push_str(&T::decl(self.cfg));
+        self.decls.insert(name, out);
+        T::visit_dependencies(self);
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain values serialize")
+}
+
+fn const_list<T: serde::Serialize>(doc: &str, name: &str, ty: &str, items: &[T]) -> String {
+    let items: Vec<String> = items.iter().map(json).collect();
+    format!(
+        "/** {doc} */\nexport const {name} = [{}] as const satisfies readonly {ty}[];\n",
+        items.join(", ")
+    )
+}
+
+/// The whole generated module, deterministic (types in name order).
+pub fn typescript() -> String {
+    let cfg = Config::new();
+    let mut c = Collector {
+        cfg: &cfg,
+        decls: BTreeMap::new(),
+    };
+    c.visit::<ExecRequest>();
+    c.visit::<TtySize>();
+    c.visit::<FsOp>();
+    c.visit::<FsEntry>();
+    c.visit::<MetricsReport>();
+    c.visit::<SessionEvent>();
+    c.visit::<RuntimeConfig>();
+    c.visit::<ErrorCode>();
+    c.visit::<SandboxStatus>();
+
+    let mut out = String::from(
+        "// Generated from the Rust types by crates/contract: do not edit.\n\
+         // Regenerate with `MSB_BLESS=1 cargo test -p msb-contract`; the test fails while\n\
+         // this file differs from what the types give.\n\n",
+    );
+    for decl in c.decls.values() {
+        out.push_str(decl);
+        out.push_str("\n\n");
+    }
+    out.push_str(&const_list(
+        "Every error code of the native side.",
+        "ERROR_CODES",
+        "ErrorCode",
+        &ErrorCode::ALL,
+    ));
+    out.push_str(&const_list(
+        "Every status a sandbox can have.",
+        "SANDBOX_STATUSES",
+        "SandboxStatus",
+        &SandboxStatus::ALL,
+    ));
+    out.push_str(&const_list(
+        "The address groups a network rule can name.",
+        "GROUPS",
+        "Group",
+        &Group::ALL,
+    ));
+    out.push_str(&format!(
+        "/** Boot timeout msb-runtime applies when the config gives none. */\n\
+         export const DEFAULT_BOOT_TIMEOUT_MS = {DEFAULT_BOOT_TIMEOUT_MS};\n\
+         /** Smallest guest memory msb-runtime accepts, in MiB. */\n\
+         export const MIN_MEMORY_MIB = {MIN_MEMORY_MIB};\n\
+         /** Version of the host <-> guest protocol of this build. */\n\
+         export const PROTOCOL_VERSION = {PROTOCOL_VERSION};\n",
+    ));
+    out
+}

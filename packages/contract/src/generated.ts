@@ -1,0 +1,230 @@
+// Generated from the Rust types by crates/contract: do not edit.
+// Regenerate with `MSB_BLESS=1 cargo test -p msb-contract`; the test fails while
+// this file differs from what the types give.
+
+export type Action = "allow" | "deny";
+
+export type ErrorCode = "invalidConfig" | "sandboxNotFound" | "sandboxAlreadyExists" | "sandboxStillRunning" | "sandboxNotRunning" | "sandboxDraining" | "imageNotFound" | "image" | "registryAuth" | "kernelNotFound" | "qemuNotFound" | "agentTimeout" | "runtime" | "protocol";
+
+/**
+ * A command to run. The SDK builds it; `AgentClient.exec` takes it as is.
+ */
+export type ExecRequest = { cmd: string, args: Array<string>, 
+/**
+ * Merged over the sandbox's environment.
+ */
+env: Array<[string, string]>, cwd: string | null, 
+/**
+ * A user name from the guest's /etc/passwd, or `uid[:gid]`.
+ */
+user: string | null, 
+/**
+ * Stdin is a pipe fed by `Stdin` messages (else /dev/null).
+ */
+stdin: boolean, 
+/**
+ * Run on a pseudo-terminal of this size (stdout carries the terminal's output).
+ */
+tty: TtySize | null, 
+/**
+ * Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`),
+ * soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
+ */
+rlimits: Array<[string, bigint]>, };
+
+/**
+ * One directory entry or `stat` result. Untrusted (the guest makes it).
+ */
+export type FsEntry = { name: string, 
+/**
+ * "file" | "dir" | "symlink" | "other"
+ */
+kind: "file" | "dir" | "symlink" | "other", size: number, 
+/**
+ * Permission bits (`mode & 0o7777`).
+ */
+mode: number, 
+/**
+ * Milliseconds since the epoch.
+ */
+modifiedMs: number, };
+
+/**
+ * Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
+ */
+export type FsOp = { "read": { path: string, } } | { "write": { path: string, mode: number | null, append: boolean, } } | { "list": { path: string, } } | { "stat": { path: string, } } | { "exists": { path: string, } } | { "mkdir": { path: string, mode: number | null, recursive: boolean, } } | { "remove": { path: string, } } | { "remove_dir": { path: string, recursive: boolean, } } | { "copy": { src: string, dst: string, } } | { "rename": { src: string, dst: string, } } | { "symlink": { target: string, link: string, } };
+
+/**
+ * Address groups. See [`crate::policy::classify`] for the exact ranges.
+ */
+export type Group = "public" | "private" | "loopback" | "link-local" | "metadata" | "host" | "any";
+
+/**
+ * One metrics sample as msb-runtime reports it (runtime -> client only). The counters
+ * cross as floating point numbers: exact to 2^53, and a plain `number` in JavaScript.
+ */
+export type MetricsReport = { 
+/**
+ * Percent of the sandbox's vCPUs (0..=100) used over the last second, from the host's
+ * accounting of the VMM process.
+ */
+cpuPercent: number, memoryBytes: number, memoryLimitBytes: number, diskReadBytes: number, diskWriteBytes: number, netRxBytes: number, netTxBytes: number, 
+/**
+ * Milliseconds since the epoch.
+ */
+timestampMs: number, uptimeMs: number, };
+
+export type Mode = "create" | "start";
+
+/**
+ * A volume as msb-runtime takes it.
+ */
+export type MountConfig = { 
+/**
+ * Absolute path inside the guest.
+ */
+guestPath: string, kind: MountKind, 
+/**
+ * bind: absolute host directory; named: volume name; tmpfs: none.
+ */
+source: string | null, readonly: boolean, 
+/**
+ * tmpfs only: size cap in MiB (None: the guest's default).
+ */
+sizeMiB: number | null, };
+
+export type MountKind = "bind" | "named" | "tmpfs";
+
+/**
+ * One sandbox's network.
+ */
+export type NetConfig = { 
+/**
+ * The guest NIC's MAC (QEMU `-device virtio-net-device,mac=`). Used as the
+ * destination of frames until the guest has sent one.
+ */
+guestMac: string, 
+/**
+ * The stack's own MAC (what the guest sees for every address it reaches).
+ */
+gatewayMac?: string, guestIp: string, 
+/**
+ * The guest's default gateway and DNS server.
+ */
+gatewayIp: string, 
+/**
+ * The address that stands for the host's loopback (`host.microsandbox.internal`).
+ * Default: the last usable address of the subnet (`.254` in a /24).
+ */
+hostIp?: string, prefixLen: number, mtu: number, 
+/**
+ * Answer DNS at `gateway_ip:53` (UDP).
+ */
+dns: boolean, policy: Policy, ports: Array<PublishedPort>, 
+/**
+ * Cap on concurrent TCP flows (guest-initiated, pending connects and published
+ * connections together). A SYN beyond it gets a RST; a published connection beyond
+ * it is closed.
+ */
+maxConnections: number, 
+/**
+ * Cap on concurrent UDP flows; datagrams for new flows beyond it are dropped.
+ */
+maxUdpFlows?: number, };
+
+/**
+ * Egress and ingress rules. Ordered, first match wins; `default_action` applies to egress
+ * when no rule matches. Ingress rules filter published ports (no match: allowed, since
+ * publishing a port is itself the opt-in).
+ */
+export type Policy = { defaultAction: Action, egress: Array<Rule>, ingress: Array<Rule>, };
+
+export type Proto = "tcp" | "udp" | "icmp";
+
+/**
+ * A port published on the host's loopback and carried into the guest.
+ */
+export type PublishedPort = { protocol: Proto, 
+/**
+ * Port on 127.0.0.1; 0 picks a free one (see [`crate::NetStack::published`]).
+ */
+hostPort: number, guestPort: number, };
+
+/**
+ * One policy rule. JSON: `{"action":"allow","protocol":"tcp","ports":[80,443],
+ * "target":{"group":"public"}}`; `protocol` and `ports` are optional (any). A rule with
+ * `ports` only matches TCP and UDP.
+ */
+export type Rule = { action: Action, protocol?: Proto, 
+/**
+ * Inclusive port range.
+ */
+ports?: [number, number], target: Target, };
+
+export type RuntimeConfig = { name: string, msbHome: string, 
+/**
+ * msb-runtime's own path: used by the addon to start it (the runtime ignores it).
+ */
+runtimePath: string, kernel: string, initramfs: string, image: string, cpus: number, memoryMib: number, env: Array<[string, string]>, workdir: string | null, 
+/**
+ * Default user of commands (`name`, `uid` or `uid:gid`); root when absent.
+ */
+user: string | null, hostname: string | null, 
+/**
+ * false: detached (msb-runtime calls setsid and outlives the creating process).
+ */
+attached: boolean, 
+/**
+ * Attached only: when the creator exits without stopping the sandbox (a crash,
+ * SIGKILL), remove it (row, disks, logs) instead of leaving it stopped.
+ */
+ephemeral: boolean, bootTimeoutMs: number, mode: Mode, idleTimeoutSecs: number | null, maxDurationSecs: number | null, 
+/**
+ * The SDK's view of the configuration, stored verbatim as the sandbox's config
+ * (opaque here; never a registry password).
+ */
+sdkConfig: unknown, 
+/**
+ * Volumes (virtiofs for bind and named ones, tmpfs in the guest).
+ */
+mounts: Array<MountConfig>, 
+/**
+ * Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
+ */
+imageFstype: string | null, 
+/**
+ * Verbosity of msb-runtime's log (one of [`LOG_LEVELS`]); None: info.
+ */
+logLevel: "trace" | "debug" | "info" | "warn" | "error" | null, 
+/**
+ * The network (`msb_netstack::NetConfig`, checked by the stack); None: no NIC at all.
+ */
+network: NetConfig | null, };
+
+/**
+ * The status values of a sandbox, as stored and as the SDK reports them. The one list:
+ * the TypeScript union `SandboxStatus` is generated from it (crates/contract).
+ */
+export type SandboxStatus = "starting" | "running" | "draining" | "stopped" | "crashed";
+
+export type SessionEvent = { "kind": "started", pid: number, } | { "kind": "stdout", data: Buffer, } | { "kind": "stderr", data: Buffer, } | { "kind": "exited", code: number, signal: number | null, } | { "kind": "failed", reason: string, } | { "kind": "fsData", data: Buffer, } | { "kind": "fsEnd" } | { "kind": "fsDone" } | { "kind": "fsExists", exists: boolean, } | { "kind": "fsStat", entry: FsEntry, } | { "kind": "fsEntries", entries: Array<FsEntry>, } | { "kind": "fsError", errno: string, message: string, };
+
+/**
+ * `Target` as JSON (and, generated from this, as TypeScript).
+ */
+export type Target = { "ip": string } | { "cidr": string } | { "domain": string } | { "domainSuffix": string } | { "group": Group };
+
+export type TtySize = { rows: number, cols: number, };
+
+/** Every error code of the native side. */
+export const ERROR_CODES = ["invalidConfig", "sandboxNotFound", "sandboxAlreadyExists", "sandboxStillRunning", "sandboxNotRunning", "sandboxDraining", "imageNotFound", "image", "registryAuth", "kernelNotFound", "qemuNotFound", "agentTimeout", "runtime", "protocol"] as const satisfies readonly ErrorCode[];
+/** Every status a sandbox can have. */
+export const SANDBOX_STATUSES = ["starting", "running", "draining", "stopped", "crashed"] as const satisfies readonly SandboxStatus[];
+/** The address groups a network rule can name. */
+export const GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const satisfies readonly Group[];
+/** Boot timeout msb-runtime applies when the config gives none. */
+export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
+/** Smallest guest memory msb-runtime accepts, in MiB. */
+export const MIN_MEMORY_MIB = 128;
+/** Version of the host <-> guest protocol of this build. */
+export const PROTOCOL_VERSION = 3;
