@@ -155,13 +155,14 @@ impl Sessions {
                     let _ = tx.send(Input::Close);
                 }
             }
-            // An fs read has no process: any signal cancels it (its thread sees the
-            // window closed and ends the session with ECANCELED).
-            Message::Signal { .. } if c.pgid == 0 => c.window.close(),
-            Message::Signal { signal } if (1..=64).contains(&signal) && c.pgid > 1 => {
-                // SAFETY: plain kill of the session's process group.
-                unsafe { libc::kill(-c.pgid, signal) };
-            }
+            Message::Signal { signal } => match signal_target(c.pgid, signal) {
+                SignalTarget::Cancel => c.window.close(),
+                SignalTarget::Group(pgid) => {
+                    // SAFETY: plain kill of the session's process group.
+                    unsafe { libc::kill(-pgid, signal) };
+                }
+                SignalTarget::Nothing => {}
+            },
             Message::Resize { rows, cols } => {
                 if let Some(pty) = &c.pty {
                     set_winsize(pty.as_raw_fd(), TtySize { rows, cols });
@@ -175,14 +176,7 @@ impl Sessions {
     fn try_spawn(self: &Arc<Self>, id: u32, req: &ExecRequest) -> Result<(), String> {
         let mut env = crate::env::merge(&self.env, &req.env);
         add_scripts_to_path(&mut env);
-        let cwd = req
-            .cwd
-            .clone()
-            .or_else(|| self.workdir.clone())
-            .unwrap_or_else(|| "/".into());
-        if !fs::metadata(&cwd).map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(format!("working directory {cwd} does not exist"));
-        }
+        let cwd = working_dir(req.cwd.as_deref(), self.workdir.as_deref())?;
         // Resolving the program here (not in std) keeps std on its posix_spawn path, which
         // it leaves for fork when PATH was changed and the program has no '/'.
         let program = resolve_program(&req.cmd, &env)?;
@@ -191,10 +185,8 @@ impl Sessions {
         if let Some(user) = req.user.as_ref().or(self.user.as_ref()) {
             let (uid, gid, home) = resolve_user(user)?;
             cmd.uid(uid).gid(gid);
-            if let Some(h) = home {
-                if !req.env.iter().any(|(k, _)| k == "HOME") {
-                    cmd.env("HOME", h);
-                }
+            if let Some(h) = home_from_passwd(&req.env, home) {
+                cmd.env("HOME", h);
             }
         }
         let rlimits = parse_rlimits(&req.rlimits)?;
@@ -255,11 +247,7 @@ impl Sessions {
             // keeps std on its posix_spawn (vfork) path: a static binary cannot look up
             // posix_spawn_file_actions_addchdir_np, and fork is slow under emulation.
             std::env::set_current_dir(&cwd).map_err(|e| format!("working directory {cwd}: {e}"))?;
-            let child = cmd.spawn().map_err(|e| match e.kind() {
-                ErrorKind::NotFound => format!("command not found: {}", req.cmd),
-                ErrorKind::PermissionDenied => format!("permission denied: {}", req.cmd),
-                _ => format!("cannot start {}: {e}", req.cmd),
-            })?;
+            let child = cmd.spawn().map_err(|e| spawn_error(&req.cmd, &e))?;
             w.insert(child.id() as i32, tx);
             self.spawned.notify_all();
             child
@@ -315,11 +303,7 @@ impl Sessions {
         // One thread per session: relays the output, then reports the exit status.
         std::thread::spawn(move || {
             relay_outputs(outputs, &me.port, &window, id);
-            let status = rx.recv().ok();
-            let msg = Message::Exited {
-                code: status.and_then(|s| s.code()),
-                signal: status.and_then(|s| s.signal()),
-            };
+            let msg = exited(rx.recv().ok());
             me.controls
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -431,12 +415,7 @@ fn relay_outputs(mut pipes: Vec<(File, Wrap)>, port: &Port, window: &Window, id:
 fn open_pty(size: TtySize) -> Result<(OwnedFd, File), String> {
     let mut master: RawFd = -1;
     let mut slave: RawFd = -1;
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let ws = winsize(size);
     // SAFETY: out-pointers are valid; name and termios may be null.
     let rc = unsafe {
         libc::openpty(
@@ -460,15 +439,75 @@ fn open_pty(size: TtySize) -> Result<(OwnedFd, File), String> {
     Ok((m, s))
 }
 
-fn set_winsize(fd: RawFd, size: TtySize) {
-    let ws = libc::winsize {
+/// The kernel's terminal size for a requested one (rows and columns; no pixel size).
+fn winsize(size: TtySize) -> libc::winsize {
+    libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
-    };
+    }
+}
+
+fn set_winsize(fd: RawFd, size: TtySize) {
+    let ws = winsize(size);
     // SAFETY: ioctl with a valid winsize on our pty master.
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// What a `Signal` for a session does.
+#[derive(Debug, PartialEq)]
+enum SignalTarget {
+    /// An fs read has no process: any signal cancels it (its thread sees the window
+    /// closed and ends the session with ECANCELED).
+    Cancel,
+    /// Signal this process group.
+    Group(i32),
+    /// Out of range, or no group that may be signalled: `kill(-1, ..)` would reach every
+    /// process, and group 1 is the agent's own.
+    Nothing,
+}
+
+fn signal_target(pgid: i32, signal: i32) -> SignalTarget {
+    if pgid == 0 {
+        SignalTarget::Cancel
+    } else if (1..=64).contains(&signal) && pgid > 1 {
+        SignalTarget::Group(pgid)
+    } else {
+        SignalTarget::Nothing
+    }
+}
+
+/// The command's working directory: its own, else the sandbox's workdir, else `/`. It
+/// must be an existing directory.
+fn working_dir(cwd: Option<&str>, workdir: Option<&str>) -> Result<String, String> {
+    let cwd = cwd.or(workdir).unwrap_or("/").to_string();
+    if !fs::metadata(&cwd).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(format!("working directory {cwd} does not exist"));
+    }
+    Ok(cwd)
+}
+
+/// HOME from the user's passwd entry, unless the request sets HOME itself.
+fn home_from_passwd(req_env: &[(String, String)], home: Option<String>) -> Option<String> {
+    home.filter(|_| !req_env.iter().any(|(k, _)| k == "HOME"))
+}
+
+/// The `Failed` reason for a command that could not be started.
+fn spawn_error(cmd: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::NotFound => format!("command not found: {cmd}"),
+        ErrorKind::PermissionDenied => format!("permission denied: {cmd}"),
+        _ => format!("cannot start {cmd}: {e}"),
+    }
+}
+
+/// The session's last message. `None`: the reaper never reported the child.
+fn exited(status: Option<ExitStatus>) -> Message {
+    Message::Exited {
+        code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+    }
 }
 
 fn parse_rlimits(list: &[(String, u64)]) -> Result<Vec<(libc::__rlimit_resource_t, u64)>, String> {
@@ -530,6 +569,19 @@ fn resolve_program(cmd: &str, env: &[(String, String)]) -> Result<String, String
 /// `name`, `uid` or `uid:gid`; names are looked up in the guest's /etc/passwd.
 fn resolve_user(user: &str) -> Result<(u32, u32, Option<String>), String> {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    // /etc/group is read only for a group given by name.
+    parse_user(user, &passwd, || {
+        fs::read_to_string("/etc/group").unwrap_or_default()
+    })
+}
+
+/// [`resolve_user`] over the text of /etc/passwd, and of /etc/group when `user` names a
+/// group: `(uid, gid, home)`. A uid without a passwd entry gets `gid = uid` and no home.
+fn parse_user(
+    user: &str,
+    passwd: &str,
+    group: impl FnOnce() -> String,
+) -> Result<(u32, u32, Option<String>), String> {
     let entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32, String)> {
         passwd
             .lines()
@@ -554,7 +606,7 @@ fn resolve_user(user: &str) -> Result<(u32, u32, Option<String>), String> {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => {
-                let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+                let groups = group();
                 groups
                     .lines()
                     .map(|l| l.split(':').collect::<Vec<_>>())
@@ -566,4 +618,369 @@ fn resolve_user(user: &str) -> Result<(u32, u32, Option<String>), String> {
         None => default_gid,
     };
     Ok((uid, gid, home))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    fn kv(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A fresh empty directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "msb-agent-test-{}-{tag}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+        fn file(&self, name: &str, mode: u32) -> String {
+            let p = self.0.join(name);
+            fs::write(&p, b"#!/bin/sh\n").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            p.to_str().unwrap().to_string()
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    // ---- rlimits ----
+
+    #[test]
+    fn rlimit_names_map_to_their_resources() {
+        let names = [
+            ("nofile", libc::RLIMIT_NOFILE),
+            ("nproc", libc::RLIMIT_NPROC),
+            ("as", libc::RLIMIT_AS),
+            ("cpu", libc::RLIMIT_CPU),
+            ("fsize", libc::RLIMIT_FSIZE),
+            ("core", libc::RLIMIT_CORE),
+            ("stack", libc::RLIMIT_STACK),
+            ("memlock", libc::RLIMIT_MEMLOCK),
+            ("data", libc::RLIMIT_DATA),
+        ];
+        let req: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.to_string(), 100 + i as u64))
+            .collect();
+        let want: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| (*r, 100 + i as u64))
+            .collect();
+        // Same order as asked (setrlimit runs in this order), values untouched.
+        assert_eq!(parse_rlimits(&req).unwrap(), want);
+        assert_eq!(parse_rlimits(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn rlimit_u64_max_is_rlim_infinity_and_zero_stays_zero() {
+        assert_eq!(libc::RLIM_INFINITY, u64::MAX);
+        let got = parse_rlimits(&kv_u64(&[("nofile", u64::MAX), ("core", 0)])).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (libc::RLIMIT_NOFILE, libc::RLIM_INFINITY),
+                (libc::RLIMIT_CORE, 0)
+            ]
+        );
+    }
+
+    fn kv_u64(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn unknown_rlimit_names_fail_the_whole_request() {
+        for bad in ["NOFILE", "rss", "", "nofile "] {
+            assert_eq!(
+                parse_rlimits(&kv_u64(&[("nofile", 10), (bad, 1)])),
+                Err(format!("unknown resource limit: {bad}"))
+            );
+        }
+    }
+
+    // ---- users ----
+
+    const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+alice:x:1000:100:Alice:/home/alice:/bin/sh
+short:x:1001:1001
+broken:x:abc:100::/home/broken:/bin/sh
+";
+    const GROUP: &str = "\
+root:x:0:
+users:x:100:alice
+wheel:x:10:alice
+";
+
+    fn user(u: &str) -> Result<(u32, u32, Option<String>), String> {
+        parse_user(u, PASSWD, || GROUP.to_string())
+    }
+
+    #[test]
+    fn user_by_name_takes_uid_gid_and_home_from_passwd() {
+        assert_eq!(user("alice"), Ok((1000, 100, Some("/home/alice".into()))));
+        assert_eq!(user("root"), Ok((0, 0, Some("/root".into()))));
+        assert_eq!(user("nobody"), Err("unknown user: nobody".into()));
+        // Lines with fewer than 6 fields, or a uid that is not a number, do not count.
+        assert_eq!(user("short"), Err("unknown user: short".into()));
+        assert_eq!(user("broken"), Err("unknown user: broken".into()));
+    }
+
+    #[test]
+    fn user_by_uid_uses_the_passwd_entry_if_any_else_gid_equals_uid() {
+        assert_eq!(user("1000"), Ok((1000, 100, Some("/home/alice".into()))));
+        assert_eq!(user("1"), Ok((1, 1, Some("/usr/sbin".into()))));
+        assert_eq!(user("4242"), Ok((4242, 4242, None)));
+        // No passwd file at all (a minimal image): numbers still work, names do not.
+        let none = |u: &str| parse_user(u, "", String::new);
+        assert_eq!(none("0"), Ok((0, 0, None)));
+        assert_eq!(none("65534:65534"), Ok((65534, 65534, None)));
+        assert_eq!(none("root"), Err("unknown user: root".into()));
+    }
+
+    #[test]
+    fn user_with_group_overrides_the_passwd_gid() {
+        assert_eq!(user("alice:0"), Ok((1000, 0, Some("/home/alice".into()))));
+        assert_eq!(user("1000:10"), Ok((1000, 10, Some("/home/alice".into()))));
+        assert_eq!(user("4242:7"), Ok((4242, 7, None)));
+        assert_eq!(
+            user("alice:wheel"),
+            Ok((1000, 10, Some("/home/alice".into())))
+        );
+        assert_eq!(user("4242:users"), Ok((4242, 100, None)));
+        assert_eq!(user("alice:staff"), Err("unknown group: staff".into()));
+        assert_eq!(user("alice:"), Err("unknown group: ".into()));
+        // The user is checked first.
+        assert_eq!(user("nobody:0"), Err("unknown user: nobody".into()));
+    }
+
+    #[test]
+    fn group_file_is_read_only_for_a_group_name() {
+        let read = std::cell::Cell::new(0);
+        let count = || {
+            read.set(read.get() + 1);
+            GROUP.to_string()
+        };
+        parse_user("alice", PASSWD, count).unwrap();
+        parse_user("alice:10", PASSWD, count).unwrap();
+        assert_eq!(read.get(), 0);
+        parse_user("alice:wheel", PASSWD, count).unwrap();
+        assert_eq!(read.get(), 1);
+    }
+
+    #[test]
+    fn home_from_passwd_yields_to_a_home_in_the_request() {
+        let home = || Some("/home/alice".to_string());
+        assert_eq!(home_from_passwd(&[], home()), home());
+        assert_eq!(home_from_passwd(&kv(&[("PATH", "/bin")]), home()), home());
+        assert_eq!(home_from_passwd(&kv(&[("HOME", "/tmp")]), home()), None);
+        // An empty HOME is still the request's own choice.
+        assert_eq!(home_from_passwd(&kv(&[("HOME", "")]), home()), None);
+        assert_eq!(home_from_passwd(&[], None), None);
+    }
+
+    // ---- cwd, PATH, program ----
+
+    #[test]
+    fn working_dir_prefers_the_request_then_the_workdir_then_root() {
+        let d = TempDir::new("cwd");
+        let w = TempDir::new("workdir");
+        assert_eq!(
+            working_dir(Some(d.path()), Some(w.path())),
+            Ok(d.path().into())
+        );
+        assert_eq!(working_dir(None, Some(w.path())), Ok(w.path().into()));
+        assert_eq!(working_dir(None, None), Ok("/".into()));
+    }
+
+    #[test]
+    fn working_dir_must_be_an_existing_directory() {
+        let d = TempDir::new("cwd-missing");
+        let file = d.file("f", 0o644);
+        let missing = format!("{}/nope", d.path());
+        for bad in [missing.as_str(), file.as_str(), ""] {
+            assert_eq!(
+                working_dir(Some(bad), Some(d.path())),
+                Err(format!("working directory {bad} does not exist"))
+            );
+        }
+        // A missing workdir fails too; it is not skipped for `/`.
+        assert_eq!(
+            working_dir(None, Some(&missing)),
+            Err(format!("working directory {missing} does not exist"))
+        );
+    }
+
+    #[test]
+    fn scripts_dir_goes_at_the_end_of_the_last_path_once() {
+        let mut env = kv(&[("PATH", "/a"), ("X", "1"), ("PATH", "/usr/bin:/bin")]);
+        add_scripts_to_path(&mut env);
+        let want = kv(&[
+            ("PATH", "/a"),
+            ("X", "1"),
+            ("PATH", &format!("/usr/bin:/bin:{SCRIPTS_DIR}")),
+        ]);
+        assert_eq!(env, want);
+        add_scripts_to_path(&mut env);
+        assert_eq!(env, want, "added twice");
+
+        let mut already = kv(&[("PATH", &format!("{SCRIPTS_DIR}:/bin"))]);
+        add_scripts_to_path(&mut already);
+        assert_eq!(already, kv(&[("PATH", &format!("{SCRIPTS_DIR}:/bin"))]));
+
+        // No PATH: none is made up.
+        let mut none = kv(&[("HOME", "/root")]);
+        add_scripts_to_path(&mut none);
+        assert_eq!(none, kv(&[("HOME", "/root")]));
+    }
+
+    #[test]
+    fn program_is_found_on_the_last_path_and_must_be_an_executable_file() {
+        let a = TempDir::new("path-a");
+        let b = TempDir::new("path-b");
+        a.file("tool", 0o644); // not executable: skipped
+        fs::create_dir(format!("{}/sub", a.path())).unwrap(); // a directory: skipped
+        let tool_b = b.file("tool", 0o755);
+        b.file("sub", 0o700);
+        let path = format!(":{}::{}", a.path(), b.path());
+        let env = kv(&[("PATH", "/nonexistent"), ("PATH", &path)]);
+        assert_eq!(resolve_program("tool", &env), Ok(tool_b));
+        assert_eq!(
+            resolve_program("sub", &env),
+            Ok(format!("{}/sub", b.path()))
+        );
+        assert_eq!(
+            resolve_program("missing", &env),
+            Err("command not found: missing".into())
+        );
+        // Only the last PATH counts.
+        let first_only = kv(&[("PATH", b.path()), ("PATH", "/nonexistent")]);
+        assert_eq!(
+            resolve_program("tool", &first_only),
+            Err("command not found: tool".into())
+        );
+    }
+
+    #[test]
+    fn program_with_a_slash_is_taken_as_is_and_empty_is_refused() {
+        assert_eq!(resolve_program("./x", &[]), Ok("./x".into()));
+        assert_eq!(resolve_program("/no/such", &[]), Ok("/no/such".into()));
+        assert_eq!(resolve_program("", &[]), Err("empty command".into()));
+    }
+
+    #[test]
+    fn program_without_path_is_looked_up_in_usr_bin_and_bin() {
+        let sh = resolve_program("sh", &kv(&[("HOME", "/")])).unwrap();
+        assert!(sh == "/usr/bin/sh" || sh == "/bin/sh", "{sh}");
+    }
+
+    // ---- starting, signals, exit ----
+
+    #[test]
+    fn spawn_errors_name_the_command() {
+        let e = |kind| std::io::Error::from(kind);
+        assert_eq!(
+            spawn_error("foo", &e(ErrorKind::NotFound)),
+            "command not found: foo"
+        );
+        assert_eq!(
+            spawn_error("foo", &e(ErrorKind::PermissionDenied)),
+            "permission denied: foo"
+        );
+        let other = std::io::Error::from_raw_os_error(libc::E2BIG);
+        assert_eq!(
+            spawn_error("foo", &other),
+            format!("cannot start foo: {other}")
+        );
+    }
+
+    #[test]
+    fn signals_go_to_the_group_never_to_pid_1_or_everyone() {
+        assert_eq!(signal_target(0, 9), SignalTarget::Cancel);
+        assert_eq!(signal_target(0, 0), SignalTarget::Cancel);
+        assert_eq!(signal_target(42, 15), SignalTarget::Group(42));
+        assert_eq!(signal_target(42, 1), SignalTarget::Group(42));
+        assert_eq!(signal_target(42, 64), SignalTarget::Group(42));
+        for (pgid, sig) in [(42, 0), (42, 65), (42, -9), (1, 9), (-1, 9), (-42, 9)] {
+            assert_eq!(
+                signal_target(pgid, sig),
+                SignalTarget::Nothing,
+                "{pgid} {sig}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_status_becomes_code_or_signal() {
+        let st = ExitStatus::from_raw;
+        let ex = |code, signal| Message::Exited { code, signal };
+        assert_eq!(exited(Some(st(0))), ex(Some(0), None));
+        assert_eq!(exited(Some(st(3 << 8))), ex(Some(3), None));
+        assert_eq!(exited(Some(st(255 << 8))), ex(Some(255), None));
+        assert_eq!(exited(Some(st(libc::SIGKILL))), ex(None, Some(9)));
+        assert_eq!(exited(Some(st(libc::SIGSEGV | 0x80))), ex(None, Some(11)));
+        assert_eq!(exited(None), ex(None, None));
+    }
+
+    // ---- terminal size ----
+
+    #[test]
+    fn winsize_carries_rows_and_columns_not_swapped() {
+        let ws = winsize(TtySize { rows: 24, cols: 80 });
+        assert_eq!(
+            (ws.ws_row, ws.ws_col, ws.ws_xpixel, ws.ws_ypixel),
+            (24, 80, 0, 0)
+        );
+        let ws = winsize(TtySize {
+            rows: u16::MAX,
+            cols: 1,
+        });
+        assert_eq!((ws.ws_row, ws.ws_col), (u16::MAX, 1));
+    }
+
+    fn get_winsize(fd: RawFd) -> (u16, u16) {
+        let mut ws = winsize(TtySize { rows: 0, cols: 0 });
+        // SAFETY: ioctl with a valid out-pointer on our own terminal fd.
+        assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) }, 0);
+        (ws.ws_row, ws.ws_col)
+    }
+
+    #[test]
+    fn pty_opens_at_the_requested_size_and_resizes() {
+        let (master, slave) = open_pty(TtySize {
+            rows: 33,
+            cols: 120,
+        })
+        .unwrap();
+        assert_eq!(get_winsize(slave.as_raw_fd()), (33, 120));
+        set_winsize(master.as_raw_fd(), TtySize { rows: 50, cols: 7 });
+        assert_eq!(get_winsize(slave.as_raw_fd()), (50, 7));
+        // The master is close-on-exec (the child only gets the slave).
+        // SAFETY: fcntl on our own fd.
+        let fl = unsafe { libc::fcntl(master.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(fl & libc::FD_CLOEXEC, 0);
+    }
 }

@@ -318,3 +318,175 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         fs::copy(src, dst).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn os(n: i32) -> io::Error {
+        io::Error::from_raw_os_error(n)
+    }
+
+    #[test]
+    fn errno_names_are_symbolic() {
+        let known = [
+            (libc::ENOENT, "ENOENT"),
+            (libc::EACCES, "EACCES"),
+            (libc::EPERM, "EPERM"),
+            (libc::EISDIR, "EISDIR"),
+            (libc::ENOTDIR, "ENOTDIR"),
+            (libc::EEXIST, "EEXIST"),
+            (libc::ENOTEMPTY, "ENOTEMPTY"),
+            (libc::EROFS, "EROFS"),
+            (libc::ENOSPC, "ENOSPC"),
+            (libc::EINVAL, "EINVAL"),
+            (libc::ELOOP, "ELOOP"),
+            (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+            (libc::EXDEV, "EXDEV"),
+            (libc::EBUSY, "EBUSY"),
+            (libc::EFBIG, "EFBIG"),
+            (libc::EDQUOT, "EDQUOT"),
+            (libc::EIO, "EIO"),
+        ];
+        for (n, name) in known {
+            assert_eq!(errno_name(&os(n)), name);
+        }
+    }
+
+    #[test]
+    fn other_errnos_are_numbered_and_errors_without_one_are_eio() {
+        assert_eq!(errno_name(&os(libc::EMFILE)), format!("E{}", libc::EMFILE));
+        assert_eq!(
+            errno_name(&os(libc::ETIMEDOUT)),
+            format!("E{}", libc::ETIMEDOUT)
+        );
+        assert_eq!(errno_name(&io::Error::other("no errno")), "EIO");
+        assert_eq!(errno_name(&io::Error::from(io::ErrorKind::NotFound)), "EIO");
+    }
+
+    #[test]
+    fn fs_errors_carry_the_errno_name_and_the_path() {
+        let e = os(libc::ENOENT);
+        assert_eq!(
+            fs_error("/x/y", &e),
+            Message::FsError {
+                errno: "ENOENT".into(),
+                message: format!("/x/y: {e}"),
+            }
+        );
+        assert_eq!(done("/x", Ok(())), Message::FsDone);
+        assert_eq!(
+            done("/x", Err(os(libc::EEXIST))),
+            fs_error("/x", &os(libc::EEXIST))
+        );
+    }
+
+    #[test]
+    fn only_absolute_paths_without_nul_are_accepted() {
+        for good in ["/", "/etc/passwd", "/a/../b", "//x"] {
+            assert!(require_absolute(good).is_ok(), "{good}");
+        }
+        for bad in ["", "etc", "./x", "../x", "/a\0b", "\0"] {
+            let e = require_absolute(bad).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad:?}");
+        }
+    }
+
+    /// A fresh empty directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("msb-agent-fstest-{}-{tag}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        fn join(&self, name: &str) -> String {
+            self.0.join(name).to_str().unwrap().to_string()
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn entries_say_kind_size_and_permission_bits() {
+        let d = TempDir::new("entry");
+        let f = d.join("f");
+        fs::write(&f, b"hello").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o4751)).unwrap();
+        std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+        fs::create_dir(d.join("d")).unwrap();
+
+        let e = entry("f".into(), &fs::symlink_metadata(&f).unwrap());
+        assert_eq!(
+            (e.name.as_str(), e.kind.as_str(), e.size, e.mode),
+            ("f", "file", 5, 0o4751)
+        );
+        assert!(e.modified_ms > 1_600_000_000_000, "{}", e.modified_ms);
+        let l = entry("l".into(), &fs::symlink_metadata(d.join("l")).unwrap());
+        assert_eq!(l.kind, "symlink");
+        let dir = entry("d".into(), &fs::symlink_metadata(d.join("d")).unwrap());
+        assert_eq!(dir.kind, "dir");
+        let null = entry("null".into(), &fs::symlink_metadata("/dev/null").unwrap());
+        assert_eq!(null.kind, "other");
+
+        // list: sorted by name, symlinks not followed.
+        let names: Vec<_> = list(d.0.to_str().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
+        let want = [("d", "dir"), ("f", "file"), ("l", "symlink")];
+        assert_eq!(
+            names,
+            want.map(|(n, k)| (n.to_string(), k.to_string())).to_vec()
+        );
+    }
+
+    #[test]
+    fn mkdir_sets_the_asked_mode_despite_the_umask_and_remove_refuses_dirs() {
+        let d = TempDir::new("mkdir");
+        let p = d.join("a/b");
+        assert_eq!(
+            mkdir(&p, Some(0o777), false).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        mkdir(&p, Some(0o777), true).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o777);
+        assert_eq!(
+            remove_file(&p).unwrap_err().raw_os_error(),
+            Some(libc::EISDIR)
+        );
+        assert!(fs::metadata(&p).is_ok());
+    }
+
+    #[test]
+    fn copy_tree_keeps_modes_and_links_and_refuses_a_copy_into_itself() {
+        let d = TempDir::new("copy");
+        let src = d.join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(format!("{src}/x"), b"data").unwrap();
+        fs::set_permissions(format!("{src}/x"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("x", format!("{src}/lnk")).unwrap();
+        let dst = d.join("dst");
+        copy_tree(Path::new(&src), Path::new(&dst)).unwrap();
+        assert_eq!(fs::read(format!("{dst}/x")).unwrap(), b"data");
+        assert_eq!(
+            fs::metadata(format!("{dst}/x")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(fs::read_link(format!("{dst}/lnk")).unwrap(), Path::new("x"));
+
+        let inside = format!("{src}/sub");
+        let e = copy_tree(Path::new(&src), Path::new(&inside)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert!(fs::metadata(&inside).is_err(), "nothing was created");
+        // A sibling whose name merely starts with the source's is fine.
+        copy_tree(Path::new(&src), Path::new(&format!("{src}2"))).unwrap();
+    }
+}

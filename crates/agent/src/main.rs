@@ -21,6 +21,9 @@ use msb_protocol::{Frame, FrameError, Message, CHANNEL_ID, PROTOCOL_VERSION};
 use crate::exec::Sessions;
 use crate::port::Port;
 
+/// Pause between reads of a port that keeps failing (see the main loop).
+const IO_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+
 fn main() {
     if let Err(e) = run() {
         log(&format!("fatal: {e}"));
@@ -45,10 +48,24 @@ fn run() -> Result<(), String> {
     ))?;
 
     let mut sessions: Option<Arc<Sessions>> = None;
+    let mut io_errors: u32 = 0;
     loop {
         let frame = match port.recv() {
-            Ok(f) => f,
-            Err(FrameError::Truncated) | Err(FrameError::Io(_)) => continue,
+            Ok(f) => {
+                io_errors = 0;
+                f
+            }
+            Err(FrameError::Truncated) => continue,
+            Err(FrameError::Io(_)) => {
+                // A port whose driver was unbound (rebinding virtio_console) fails every
+                // read at once: back off instead of burning a host core on the retries.
+                // The first error is retried at once, as before.
+                io_errors = io_errors.saturating_add(1);
+                if io_errors > 1 {
+                    std::thread::sleep(IO_ERROR_BACKOFF);
+                }
+                continue;
+            }
             Err(e) => {
                 // A host that sends garbage gets an error frame; the agent keeps serving.
                 log(&format!("bad frame from host: {e}"));

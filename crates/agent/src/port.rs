@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msb_protocol::{read_frame, Frame, FrameError};
+use msb_protocol::{read_frame, write_frame, Frame, FrameError};
 
 pub struct Port {
     reader: Mutex<File>,
@@ -34,10 +34,8 @@ impl Port {
     }
 
     pub fn send(&self, frame: &Frame) -> Result<(), String> {
-        let bytes = frame.encode().map_err(|e| e.to_string())?;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(&bytes)
-            .map_err(|e| format!("write to host: {e}"))
+        send_to(&mut *w, frame)
     }
 
     /// Next frame. While no host is connected a read returns EOF: wait and retry.
@@ -52,6 +50,15 @@ impl Port {
     }
 }
 
+/// Write one whole frame with the protocol's codec. A frame that cannot be encoded
+/// (payload too large) fails before anything is written; a failed write says so.
+fn send_to<W: Write>(w: &mut W, frame: &Frame) -> Result<(), String> {
+    write_frame(w, frame).map_err(|e| match e {
+        FrameError::Io(e) => format!("write to host: {e}"),
+        e => e.to_string(),
+    })
+}
+
 fn find_port(name: &str) -> Option<String> {
     for entry in fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
         let n = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
@@ -60,4 +67,59 @@ fn find_port(name: &str) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msb_protocol::{read_frame, Message, MAX_PAYLOAD};
+
+    #[test]
+    fn send_to_writes_one_frame_that_read_frame_gives_back() {
+        let mut out = Vec::new();
+        let a = Frame::new(7, Message::Stdout(b"hello".to_vec()));
+        let b = Frame::new(
+            8,
+            Message::Exited {
+                code: Some(3),
+                signal: None,
+            },
+        );
+        send_to(&mut out, &a).unwrap();
+        send_to(&mut out, &b).unwrap();
+        // Exactly the bytes of the protocol's own encoding, back to back.
+        let mut want = a.encode().unwrap();
+        want.extend(b.encode().unwrap());
+        assert_eq!(out, want);
+        let mut r = &out[..];
+        assert_eq!(read_frame(&mut r).unwrap(), Some(a));
+        assert_eq!(read_frame(&mut r).unwrap(), Some(b));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn send_to_refuses_an_oversized_payload_without_writing() {
+        let mut out = Vec::new();
+        let big = Frame::new(1, Message::Stdout(vec![0; MAX_PAYLOAD + 1]));
+        let e = send_to(&mut out, &big).unwrap_err();
+        assert!(e.contains("exceeds the maximum"), "{e}");
+        assert!(out.is_empty());
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENODEV))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn send_to_reports_a_failed_write_as_a_write_to_the_host() {
+        let e = send_to(&mut Broken, &Frame::new(1, Message::Ready)).unwrap_err();
+        assert!(e.starts_with("write to host: "), "{e}");
+        assert!(e.contains("No such device"), "{e}");
+    }
 }
