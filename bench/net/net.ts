@@ -6,6 +6,17 @@
 // the guest then reaches the host at 10.0.2.2). passt gets the same MTU as our stack;
 // QEMU's user networking has no MTU setting and stays at 1500.
 //
+// The baselines are not in the product build: they sit behind msb-runtime's cargo
+// feature `bench-backends` (crates/runtime/src/bench_backends.rs), and a runtime built
+// without it refuses MSB_NET_BACKEND=user|passt at start. Before this bench, build it with
+// the feature and put it where the addon finds it (as scripts/setup.sh does):
+//
+//   cargo build --release -p msb-runtime --features bench-backends
+//   cp target/release/msb-runtime packages/core-native/bin/msb-runtime
+//
+// and afterwards rebuild the product runtime (npm run setup, or the same two commands
+// without --features).
+//
 //   down  curl in the guest fetches 64 MiB from a host HTTP server (curl's own figure)
 //   up    python in the guest sends 64 MiB to a host TCP sink (first to last byte, host side)
 //   cps   python in the guest opens 300 connections one after another to a host server

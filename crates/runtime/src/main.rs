@@ -2,8 +2,11 @@
 //! the VM, answers with one JSON line on stdout (`ready` or `error`), then relays clients
 //! to the guest until the VM is gone. See docs/ARCHITECTURE.md "Process model".
 
+mod bench_backends;
+mod boot;
 mod config;
 mod cpu;
+mod diagnose;
 mod disks;
 mod error;
 mod relay;

@@ -3,13 +3,21 @@
 //! read-only on the host side too (a private mount namespace with a read-only bind of the
 //! directory), so even a guest that remounts it cannot write to the host.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use msb_contract::MountKind;
+use msb_protocol::GuestMount;
 use tokio::process::{Child, Command};
 
+use crate::config::Config;
+use crate::disks::Lower;
 use crate::error::RtError;
+
+/// virtiofs tag of a directory image.
+pub const ROOT_TAG: &str = "msbroot";
 
 /// virtiofsd from Debian's qemu-system-common (MSB_VIRTIOFSD overrides).
 fn virtiofsd() -> Result<PathBuf, RtError> {
@@ -31,6 +39,60 @@ pub struct Share {
     pub dir: PathBuf,
     pub readonly: bool,
     pub socket: PathBuf,
+}
+
+/// The virtiofs shares of a sandbox (a directory image, bind and named volumes; sockets in
+/// `run_dir`) and what the guest mounts (those and tmpfs volumes). Creates the directory
+/// of a named volume that does not exist yet.
+pub fn plan(
+    cfg: &Config,
+    run_dir: &Path,
+    lower: &Lower,
+) -> Result<(Vec<Share>, Vec<GuestMount>), std::io::Error> {
+    let mut shares = Vec::new();
+    let mut mounts = Vec::new();
+    let mut share = |tag: String, dir: PathBuf, readonly: bool| {
+        let socket = run_dir.join(format!("{tag}.sock"));
+        shares.push(Share {
+            tag,
+            dir,
+            readonly,
+            socket,
+        });
+    };
+    if let Lower::Dir(dir) = lower {
+        share(ROOT_TAG.into(), dir.clone(), true);
+    }
+    for (i, m) in cfg.mounts.iter().enumerate() {
+        let tag = format!("msbvol{i}");
+        let source = m.source.clone().unwrap_or_default();
+        match m.kind {
+            MountKind::Bind => share(tag.clone(), PathBuf::from(&source), m.readonly),
+            MountKind::Named => {
+                let dir = cfg.msb_home.join("volumes").join(&source);
+                fs::create_dir_all(&dir)?;
+                share(tag.clone(), dir, m.readonly);
+            }
+            MountKind::Tmpfs => {}
+        }
+        mounts.push(match m.kind {
+            MountKind::Tmpfs => GuestMount {
+                fstype: "tmpfs".into(),
+                source: "tmpfs".into(),
+                target: m.guest_path.clone(),
+                readonly: m.readonly,
+                options: m.size_mib.map(|s| format!("size={s}m")).unwrap_or_default(),
+            },
+            MountKind::Bind | MountKind::Named => GuestMount {
+                fstype: "virtiofs".into(),
+                source: tag,
+                target: m.guest_path.clone(),
+                readonly: m.readonly,
+                options: String::new(),
+            },
+        });
+    }
+    Ok((shares, mounts))
 }
 
 /// Start virtiofsd for each share and wait until its socket is there.

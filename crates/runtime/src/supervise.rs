@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::diagnose::tail;
 use crate::relay::Control;
-use crate::sandbox::{tail, Running, Sandbox};
+use crate::sandbox::{Running, Sandbox};
 use crate::{log, log_error};
 
 /// fd on which an attached runtime receives the read end of its creator's pipe.

@@ -27,8 +27,10 @@ pub enum NetBackend<'a> {
     /// Our stack, over vhost-user on this socket (needs shared guest memory).
     VhostUser(&'a Path),
     /// Length-prefixed frames on this socket (`-netdev stream`: passt, bench/net only).
+    #[cfg(feature = "bench-backends")]
     Stream(&'a Path),
     /// QEMU's own user networking (bench/net's baseline only).
+    #[cfg(feature = "bench-backends")]
     User,
 }
 
@@ -262,10 +264,12 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
                 c.args(["-netdev", "vhost-user,id=n0,chardev=net0"])
             }
             // Frames go to passt, 4-byte length before each.
+            #[cfg(feature = "bench-backends")]
             NetBackend::Stream(sock) => c.arg("-netdev").arg(format!(
                 "stream,id=n0,server=off,addr.type=unix,addr.path={}",
                 sock.display()
             )),
+            #[cfg(feature = "bench-backends")]
             NetBackend::User => c.args(["-netdev", "user,id=n0,net=10.0.2.0/24"]),
         };
         let host_mtu = if *mtu > 1500 {

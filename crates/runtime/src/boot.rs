@@ -1,0 +1,206 @@
+//! Booting a prepared sandbox, in named steps (after Firecracker's `builder.rs`):
+//!
+//! 1. [`check_vmm`](Sandbox::check_vmm): QEMU and the guest's kernel and initramfs are there
+//! 2. [`attach_disks`](Sandbox::attach_disks): the image as the lower disk, the upper disk's place
+//! 3. [`attach_shares`](Sandbox::attach_shares): virtiofsd for a directory image and the volumes
+//! 4. [`attach_network`](Sandbox::attach_network): the userspace stack (or a bench baseline)
+//! 5. [`start_vmm`](Sandbox::start_vmm): QEMU, while the upper disk is formatted
+//! 6. [`handshake`](Sandbox::handshake): hello both ways on the agent channel
+//! 7. [`bootstrap`](Sandbox::bootstrap): root disks, mounts, network, identity; until Ready
+//! 8. [`start_relay`](Sandbox::start_relay): serve agent.sock, record the sandbox as running
+//!
+//! Each step has its own error type (boot/error.rs); [`BootError`] gathers them and is
+//! turned into the `RtError` (code and message) the SDK sees at [`Sandbox::boot`].
+
+pub mod error;
+mod guest;
+mod network;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use msb_protocol::GuestMount;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use self::error::{BootError, DiskError, RelayError, ShareError, VmmError};
+use self::guest::GuestLink;
+use self::network::Network;
+use crate::cpu::CpuSampler;
+use crate::disks::{self, Lower};
+use crate::error::RtError;
+use crate::relay::{MetricsSource, Relay};
+use crate::sandbox::{Running, Sandbox};
+use crate::shares::{self, Share};
+use crate::{log, vm};
+
+/// The VMM found by [`Sandbox::check_vmm`].
+pub struct Vmm {
+    qemu: PathBuf,
+}
+
+/// The root disks: the image (lower, read-only) and the sandbox's writable upper disk.
+pub struct Disks {
+    pub lower: Lower,
+    pub upper: PathBuf,
+    /// The upper disk does not exist yet: it is made right before QEMU starts and
+    /// formatted while the guest boots.
+    fresh_upper: bool,
+}
+
+/// The virtiofs shares (served by virtiofsd from now on) and the guest's mounts.
+pub struct Shares {
+    shares: Vec<Share>,
+    mounts: Vec<GuestMount>,
+}
+
+impl Sandbox {
+    /// Start QEMU, format the upper disk meanwhile, handshake and bootstrap the guest.
+    pub async fn boot(&mut self) -> Result<Running, RtError> {
+        self.boot_steps().await.map_err(RtError::from)
+    }
+
+    async fn boot_steps(&mut self) -> Result<Running, BootError> {
+        let vmm = self.check_vmm()?;
+        let disks = self.attach_disks().await?;
+        let shares = self.attach_shares(&disks.lower).await?;
+        let net = self.attach_network().await?;
+        let formatting = self.start_vmm(&vmm, &disks, &shares.shares, net.as_ref())?;
+        let mut link = self.handshake(formatting).await?;
+        self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
+            .await?;
+        Ok(self.start_relay(link, net)?)
+    }
+
+    /// Boot step "check VMM": QEMU, and the guest kernel and initramfs it boots.
+    fn check_vmm(&self) -> Result<Vmm, VmmError> {
+        let qemu = vm::find_qemu().map_err(VmmError::NotFound)?;
+        for (what, path) in [
+            ("kernel", &self.cfg.kernel),
+            ("initramfs", &self.cfg.initramfs),
+        ] {
+            if !path.is_file() {
+                return Err(VmmError::GuestAsset {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(Vmm { qemu })
+    }
+
+    /// Boot step "attach disks": the image as the lower disk (a directory image becomes
+    /// a virtiofs share in the next step), and where the upper disk is.
+    async fn attach_disks(&mut self) -> Result<Disks, DiskError> {
+        let lower =
+            disks::prepare_lower(&self.cfg.image, self.cfg.image_fstype.as_deref(), &self.dir)
+                .await
+                .map_err(DiskError::Lower)?;
+        let upper = self.dir.join("upper.ext4");
+        Ok(Disks {
+            lower,
+            fresh_upper: !upper.exists(),
+            upper,
+        })
+    }
+
+    /// Boot step "attach shares": one virtiofsd per shared directory, the guest's mounts.
+    async fn attach_shares(&mut self, lower: &Lower) -> Result<Shares, ShareError> {
+        let (shares, mounts) =
+            shares::plan(&self.cfg, &self.run_dir, lower).map_err(ShareError::Volume)?;
+        let children = shares::start(&shares, &self.dir.join("virtiofsd.log"))
+            .await
+            .map_err(ShareError::Virtiofsd)?;
+        self.helpers.extend(children);
+        Ok(Shares { shares, mounts })
+    }
+
+    /// Boot step "start VMM": make the upper disk if it is new, start QEMU, and format the
+    /// upper disk while the guest boots (the handshake waits for it).
+    fn start_vmm(
+        &mut self,
+        vmm: &Vmm,
+        disks: &Disks,
+        shares: &[Share],
+        net: Option<&Network>,
+    ) -> Result<JoinHandle<Result<(), RtError>>, VmmError> {
+        if disks.fresh_upper {
+            disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
+        }
+        let accel = vm::pick_accel(&vmm.qemu, &self.cfg.kernel, &self.cfg.initramfs);
+        let paths = vm::VmPaths {
+            console_log: &self.dir.join("console.log"),
+            qemu_log: &self.dir.join("qemu.log"),
+            agent_chardev: &self.vm_sock,
+            lower: match &disks.lower {
+                Lower::Disk { path, format, .. } => Some((path.as_path(), *format)),
+                Lower::Dir(_) => None,
+            },
+            upper: &disks.upper,
+            shares: shares
+                .iter()
+                .map(|s| (s.tag.as_str(), s.socket.as_path()))
+                .collect(),
+            net: net.map(|n| n.nic(&self.net_sock)),
+        };
+        let cmd = vm::qemu_command(&vmm.qemu, &self.cfg, accel, &paths);
+        log(&format!("starting {:?} ({accel:?})", cmd));
+        let child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| VmmError::Spawn {
+                qemu: vmm.qemu.clone(),
+                source,
+            })?;
+        self.qemu = Some(child);
+        self.started = Instant::now();
+        let (upper, fresh) = (disks.upper.clone(), disks.fresh_upper);
+        Ok(tokio::spawn(async move {
+            if fresh {
+                disks::format_upper(&upper).await
+            } else {
+                Ok(())
+            }
+        }))
+    }
+
+    /// Boot step "start relay": listen on agent.sock, relay clients to the guest, give the
+    /// relay its metrics sources, and record the sandbox as running.
+    fn start_relay(
+        &mut self,
+        link: GuestLink,
+        net: Option<Network>,
+    ) -> Result<Running, RelayError> {
+        let _ = fs::remove_file(&self.agent_sock);
+        let listener =
+            UnixListener::bind(&self.agent_sock).map_err(|source| RelayError::Listen {
+                path: self.agent_sock.clone(),
+                source,
+            })?;
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let relay = Relay::start(link.rd, link.wr, ctl_tx.clone());
+        if let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) {
+            relay.set_metrics_source(MetricsSource {
+                net: net.as_ref().and_then(Network::stack).cloned(),
+                cpu: CpuSampler::start(pid, self.cfg.cpus as u32),
+                memory_limit_bytes: self.cfg.memory_mib as u64 * 1024 * 1024,
+                started: self.started,
+            });
+        }
+        relay.serve(listener);
+        self.store
+            .set_running(
+                &self.cfg.name,
+                std::process::id(),
+                &self.agent_sock.display().to_string(),
+            )
+            .map_err(|e| RelayError::Store(e.to_string()))?;
+        Ok(Running {
+            relay,
+            ctl_tx,
+            ctl_rx,
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! The guest channel during boot: connect to QEMU's agent chardev, hello both ways, then
+//! bootstrap until the guest is ready. Every read is bounded by the boot deadline and
+//! wakes up now and then to notice QEMU dying.
+
+use std::fs;
+use std::io::Read;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use msb_protocol::{
+    write_frame_async, Bootstrap, DiskSpec, Frame, FrameError, FrameReader, GuestMount, LowerSpec,
+    Message, RootSpec, CHANNEL_ID, PROTOCOL_VERSION,
+};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+
+use super::error::{BootstrapError, DiskError, HandshakeError, LinkError};
+use super::network::Network;
+use super::Disks;
+use crate::diagnose::{boot_failure_cause, tail};
+use crate::disks::Lower;
+use crate::error::RtError;
+use crate::relay::GUEST_READ_SIZE;
+use crate::sandbox::Sandbox;
+use crate::shares::ROOT_TAG;
+
+/// How often a read during boot wakes up to see whether QEMU is still there.
+const ALIVE_CHECK: Duration = Duration::from_millis(200);
+
+/// The guest channel, and the deadline of the boot.
+pub struct GuestLink {
+    /// One reader for the whole life of the channel: what the guest sends right after
+    /// Ready stays in it for the relay.
+    pub rd: FrameReader<OwnedReadHalf>,
+    pub wr: OwnedWriteHalf,
+    deadline: Instant,
+}
+
+impl Sandbox {
+    /// Boot step "handshake": connect to the agent's chardev, send our hello and wait for
+    /// the guest's, then for the upper disk's formatting (done while the guest booted).
+    pub(super) async fn handshake(
+        &mut self,
+        formatting: JoinHandle<Result<(), RtError>>,
+    ) -> Result<GuestLink, HandshakeError> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
+        let stream = self.connect_chardev(deadline).await?;
+        let (rd, wr) = stream.into_split();
+        let mut link = GuestLink {
+            rd: FrameReader::with_capacity(rd, GUEST_READ_SIZE),
+            wr,
+            deadline,
+        };
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        send(&mut link, &Frame::new(CHANNEL_ID, hello)).await?;
+        match self.next_guest_frame(&mut link).await? {
+            Message::Hello { version } if version == PROTOCOL_VERSION => {}
+            Message::Hello { version } => {
+                return Err(HandshakeError::Version {
+                    guest: version,
+                    host: PROTOCOL_VERSION,
+                })
+            }
+            other => return Err(HandshakeError::BeforeHello(Box::new(other))),
+        }
+        formatting
+            .await
+            .map_err(DiskError::FormatTask)?
+            .map_err(DiskError::Upper)?;
+        Ok(link)
+    }
+
+    /// Boot step "bootstrap": send the guest its root disks, mounts, network, identity,
+    /// clock and entropy; wait until it is ready.
+    pub(super) async fn bootstrap(
+        &mut self,
+        link: &mut GuestLink,
+        disks: &Disks,
+        mounts: Vec<GuestMount>,
+        net: Option<&Network>,
+    ) -> Result<(), BootstrapError> {
+        let boot = self.bootstrap_message(disks, mounts, net);
+        send(link, &Frame::new(CHANNEL_ID, Message::Bootstrap(boot))).await?;
+        loop {
+            match self.next_guest_frame(link).await? {
+                Message::Ready => return Ok(()),
+                Message::Hello { .. } => continue, // an earlier hello, sent before we connected
+                Message::Error { message, .. } => return Err(BootstrapError::Guest(message)),
+                other => return Err(BootstrapError::Unexpected(Box::new(other))),
+            }
+        }
+    }
+
+    fn bootstrap_message(
+        &self,
+        disks: &Disks,
+        mounts: Vec<GuestMount>,
+        net: Option<&Network>,
+    ) -> Bootstrap {
+        let mut entropy = vec![0u8; 32];
+        if let Ok(mut f) = fs::File::open("/dev/urandom") {
+            let _ = f.read_exact(&mut entropy);
+        }
+        Bootstrap {
+            root: RootSpec {
+                lower: match &disks.lower {
+                    Lower::Disk { fstype, .. } => LowerSpec::Disk(DiskSpec {
+                        serial: "lower".into(),
+                        fstype: fstype.clone(),
+                    }),
+                    Lower::Dir(_) => LowerSpec::Virtiofs {
+                        tag: ROOT_TAG.into(),
+                    },
+                },
+                upper: DiskSpec {
+                    serial: "upper".into(),
+                    fstype: "ext4".into(),
+                },
+            },
+            env: self.cfg.env.clone(),
+            workdir: self.cfg.workdir.clone(),
+            user: self.cfg.user.clone(),
+            hostname: self
+                .cfg
+                .hostname
+                .clone()
+                .unwrap_or_else(|| self.cfg.name.clone()),
+            time_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            entropy,
+            mounts,
+            network: net.map(Network::guest),
+        }
+    }
+
+    async fn connect_chardev(&mut self, deadline: Instant) -> Result<UnixStream, LinkError> {
+        loop {
+            if let Ok(s) = UnixStream::connect(&self.vm_sock).await {
+                return Ok(s);
+            }
+            self.check_qemu_alive()?;
+            if Instant::now() > deadline {
+                return Err(self.boot_timeout());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Next frame from the guest during boot, bounded by the boot deadline.
+    async fn next_guest_frame(&mut self, link: &mut GuestLink) -> Result<Message, LinkError> {
+        loop {
+            let left = link.deadline.saturating_duration_since(Instant::now());
+            // next_frame is cancel safe: a timeout loses no bytes.
+            match tokio::time::timeout(left.min(ALIVE_CHECK), link.rd.next_frame()).await {
+                Ok(Ok(Some(f))) if f.message.allowed_from_guest() && f.flags == 0 => {
+                    return Ok(f.message)
+                }
+                Ok(Ok(Some(f))) => return Err(LinkError::Forbidden(Box::new(f.message))),
+                Ok(Ok(None) | Err(FrameError::Truncated)) => {
+                    return Err(self
+                        .guest_lost("the guest channel closed during boot")
+                        .await)
+                }
+                Ok(Err(FrameError::Io(e))) => {
+                    return Err(self.guest_lost(&format!("guest channel: {e}")).await)
+                }
+                Ok(Err(e)) => return Err(LinkError::BadFrame(e)),
+                Err(_) => {
+                    self.check_qemu_alive()?;
+                    if Instant::now() >= link.deadline {
+                        return Err(self.boot_timeout());
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_qemu_alive(&mut self) -> Result<(), LinkError> {
+        if let Some(q) = self.qemu.as_mut() {
+            if let Ok(Some(status)) = q.try_wait() {
+                let qemu_log = fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+                return Err(LinkError::QemuExited {
+                    status,
+                    qemu_log: qemu_log.trim().to_string(),
+                    tail: tail(&self.dir.join("console.log"), 20),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest went away during boot: give QEMU a moment to exit, then say why as
+    /// best the kernel log tells (out of memory, a panic), with its last lines.
+    async fn guest_lost(&mut self, what: &str) -> LinkError {
+        if let Some(q) = self.qemu.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), q.wait()).await;
+        }
+        let console = self.dir.join("console.log");
+        let log = fs::read_to_string(&console).unwrap_or_default();
+        LinkError::Lost {
+            what: what.to_string(),
+            cause: boot_failure_cause(&log, self.cfg.memory_mib),
+            tail: tail(&console, 20),
+            console,
+        }
+    }
+
+    fn boot_timeout(&self) -> LinkError {
+        let console = self.dir.join("console.log");
+        LinkError::Timeout {
+            timeout_ms: self.cfg.boot_timeout_ms,
+            tail: tail(&console, 20),
+            console,
+        }
+    }
+}
+
+async fn send(link: &mut GuestLink, frame: &Frame) -> Result<(), LinkError> {
+    write_frame_async(&mut link.wr, frame)
+        .await
+        .map_err(|e| match e {
+            FrameError::Io(e) => LinkError::Write(e),
+            e => LinkError::Encode(e),
+        })
+}
