@@ -536,3 +536,396 @@ fn kind(m: &Message) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use msb_protocol::{ExecRequest, FrameReader};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    fn raw(id: u32, msg: Message) -> Vec<u8> {
+        Frame::new(id, msg).encode().unwrap()
+    }
+
+    fn stdout(b: &[u8]) -> Message {
+        Message::Stdout(b.to_vec())
+    }
+
+    fn exited() -> Message {
+        Message::Exited {
+            code: Some(0),
+            signal: None,
+        }
+    }
+
+    /// Where a guest frame went: (the client's queue it went to, the frame as delivered).
+    fn delivered(route: GuestRoute) -> (mpsc::Sender<Vec<u8>>, Frame) {
+        match route {
+            GuestRoute::Client(tx, raw) => (tx, decode_raw(&raw).unwrap()),
+            _ => panic!("not delivered to a client"),
+        }
+    }
+
+    #[test]
+    fn client_ids_are_rewritten_to_guest_ids_and_back() {
+        let mut r = Routes::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let a = r.add_client(tx.clone());
+        let gid = r.open_session(a, 7).unwrap();
+        assert_ne!(gid, CHANNEL_ID);
+        assert_eq!(
+            r.guest_id(a, 7),
+            Some(gid),
+            "input of the session goes to {gid}"
+        );
+        assert_eq!(r.active(), 1);
+
+        let (to, f) = delivered(r.route_guest_frame(raw(gid, stdout(b"hi"))).unwrap());
+        assert!(to.same_channel(&tx));
+        assert_eq!(
+            f,
+            Frame::new(7, stdout(b"hi")),
+            "back under the client's own id"
+        );
+
+        // The last message of a session is delivered and closes it.
+        let (_, f) = delivered(r.route_guest_frame(raw(gid, exited())).unwrap());
+        assert_eq!(f, Frame::new(7, exited()));
+        assert_eq!(r.active(), 0);
+        assert_eq!(r.guest_id(a, 7), None);
+        // The guest may not use the id any more, but credit may cross the end.
+        assert!(r.route_guest_frame(raw(gid, stdout(b"late"))).is_err());
+        assert!(matches!(
+            r.route_guest_frame(raw(gid, Message::Credit { bytes: 1 })),
+            Ok(GuestRoute::Nothing)
+        ));
+        // The client may use its id again; it gets a new guest id.
+        let again = r.open_session(a, 7).unwrap();
+        assert_ne!(again, gid);
+    }
+
+    #[test]
+    fn two_clients_with_the_same_session_id_are_kept_apart() {
+        let mut r = Routes::new();
+        let (tx_a, _ra) = mpsc::channel(4);
+        let (tx_b, _rb) = mpsc::channel(4);
+        let a = r.add_client(tx_a.clone());
+        let b = r.add_client(tx_b.clone());
+        let ga = r.open_session(a, 1).unwrap();
+        let gb = r.open_session(b, 1).unwrap();
+        assert_ne!(ga, gb);
+        assert_eq!(r.open_session(a, 1), None, "an id in use is refused");
+        assert_eq!(
+            r.open_session(a, CHANNEL_ID),
+            None,
+            "the channel id is not a session"
+        );
+
+        let (to, f) = delivered(r.route_guest_frame(raw(gb, stdout(b"b"))).unwrap());
+        assert!(to.same_channel(&tx_b));
+        assert_eq!(f.id, 1);
+        let (to, f) = delivered(r.route_guest_frame(raw(ga, stdout(b"a"))).unwrap());
+        assert!(to.same_channel(&tx_a));
+        assert_eq!(f, Frame::new(1, stdout(b"a")));
+        // One ending leaves the other open.
+        delivered(r.route_guest_frame(raw(ga, exited())).unwrap());
+        assert_eq!((r.guest_id(a, 1), r.guest_id(b, 1)), (None, Some(gb)));
+    }
+
+    #[test]
+    fn output_for_a_forgotten_client_is_dropped() {
+        let mut r = Routes::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let a = r.add_client(tx);
+        let gid = r.open_session(a, 3).unwrap();
+        r.remove_client(a);
+        assert!(matches!(
+            r.route_guest_frame(raw(gid, stdout(b"x"))),
+            Ok(GuestRoute::Nothing)
+        ));
+        // The session still ends when the guest says so (the drain count goes down).
+        assert_eq!(r.active(), 1);
+        assert!(matches!(
+            r.route_guest_frame(raw(gid, exited())),
+            Ok(GuestRoute::Nothing)
+        ));
+        assert_eq!(r.active(), 0);
+    }
+
+    #[test]
+    fn guest_frames_it_may_not_send_are_refused() {
+        let mut r = Routes::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let a = r.add_client(tx);
+        let gid = r.open_session(a, 1).unwrap();
+        let err = |r: &mut Routes, raw: Vec<u8>| match r.route_guest_frame(raw) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted"),
+        };
+        assert_eq!(
+            err(&mut r, raw(gid, Message::Exec(ExecRequest::default()))),
+            "guest sent a message it may not send: \"Exec\""
+        );
+        assert_eq!(
+            err(&mut r, raw(gid, Message::Kill)),
+            "guest sent a message it may not send: \"Kill\""
+        );
+        // The control flag is the host's.
+        let flagged = Frame::control(gid, stdout(b"x")).encode().unwrap();
+        assert!(err(&mut r, flagged).contains("may not send"));
+        assert_eq!(
+            err(&mut r, raw(99, stdout(b"x"))),
+            "guest used unknown request id 99"
+        );
+        assert_eq!(
+            err(&mut r, raw(99, Message::GuestStats(GuestStats::default()))),
+            "guest sent metrics for unknown request id 99"
+        );
+        assert!(err(&mut r, vec![0, 0, 0, 5, 0, 0, 0, 1, 0]).starts_with("bad frame from guest"));
+        // Channel messages: hello is fine, an error is logged, anything else is refused.
+        assert!(matches!(
+            r.route_guest_frame(raw(CHANNEL_ID, Message::Hello { version: 1 })),
+            Ok(GuestRoute::Nothing)
+        ));
+        let e = Message::Error {
+            code: "x".into(),
+            message: "y".into(),
+        };
+        assert!(matches!(
+            r.route_guest_frame(raw(CHANNEL_ID, e)),
+            Ok(GuestRoute::Log(m)) if m == "guest error x: y"
+        ));
+        assert_eq!(
+            err(&mut r, raw(CHANNEL_ID, Message::Ready)),
+            "unexpected channel message from guest: \"Ready\""
+        );
+        // None of it touched the session.
+        assert_eq!(r.guest_id(a, 1), Some(gid));
+    }
+
+    #[test]
+    fn metrics_answers_go_to_their_waiter_and_ids_skip_the_channel() {
+        let mut r = Routes::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let a = r.add_client(tx);
+        r.next_guest_id = u32::MAX;
+        let g1 = r.open_session(a, 1).unwrap();
+        let (w, mut answer) = oneshot::channel();
+        let p = r.add_pending(w);
+        assert_eq!((g1, p), (u32::MAX, 1), "wraps past the channel id");
+        assert_ne!(r.open_session(a, 2), Some(p), "a pending id is not reused");
+        let stats = GuestStats {
+            mem_total_bytes: 10,
+            ..Default::default()
+        };
+        match r
+            .route_guest_frame(raw(p, Message::GuestStats(stats)))
+            .unwrap()
+        {
+            GuestRoute::Stats(w, s) => w.send(s).unwrap(),
+            _ => panic!("not routed to the waiter"),
+        }
+        assert_eq!(answer.try_recv().unwrap().mem_total_bytes, 10);
+        // Answered once: a second answer is a violation, as is one after a cancel.
+        assert!(r
+            .route_guest_frame(raw(p, Message::GuestStats(GuestStats::default())))
+            .is_err());
+        let (w, _) = oneshot::channel();
+        let p = r.add_pending(w);
+        r.cancel_pending(p);
+        assert!(r
+            .route_guest_frame(raw(p, Message::GuestStats(GuestStats::default())))
+            .is_err());
+    }
+
+    /// A relay on socket pairs: the test plays the guest and the clients.
+    struct Rig {
+        relay: Relay,
+        guest_rd: FrameReader<tokio::net::unix::OwnedReadHalf>,
+        guest_wr: tokio::net::unix::OwnedWriteHalf,
+        ctl: mpsc::Receiver<Control>,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let (ours, guest) = UnixStream::pair().unwrap();
+            let (rd, wr) = ours.into_split();
+            let (ctl_tx, ctl) = mpsc::channel(16);
+            let relay = Relay::start(FrameReader::new(rd), wr, ctl_tx);
+            let (grd, guest_wr) = guest.into_split();
+            Rig {
+                relay,
+                guest_rd: FrameReader::new(grd),
+                guest_wr,
+                ctl,
+            }
+        }
+
+        /// A client connection, greeted.
+        async fn client(&self) -> Client {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            tokio::spawn(self.relay.clone().client(ours));
+            let (rd, wr) = theirs.into_split();
+            let mut c = Client {
+                rd: FrameReader::new(rd),
+                wr,
+            };
+            c.send(Frame::new(
+                CHANNEL_ID,
+                Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ))
+            .await;
+            assert_eq!(
+                c.recv().await.message,
+                Message::Hello {
+                    version: PROTOCOL_VERSION
+                }
+            );
+            c
+        }
+
+        async fn guest_sent(&mut self) -> Frame {
+            self.guest_rd.next_frame().await.unwrap().unwrap()
+        }
+
+        async fn guest_sends(&mut self, id: u32, msg: Message) {
+            self.guest_wr.write_all(&raw(id, msg)).await.unwrap();
+        }
+    }
+
+    struct Client {
+        rd: FrameReader<tokio::net::unix::OwnedReadHalf>,
+        wr: tokio::net::unix::OwnedWriteHalf,
+    }
+
+    impl Client {
+        async fn send(&mut self, f: Frame) {
+            self.wr.write_all(&f.encode().unwrap()).await.unwrap();
+        }
+        async fn recv(&mut self) -> Frame {
+            self.rd.next_frame().await.unwrap().unwrap()
+        }
+    }
+
+    fn exec() -> Message {
+        Message::Exec(ExecRequest {
+            cmd: "true".into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn relay_rewrites_ids_between_clients_and_the_guest() {
+        let mut rig = Rig::new();
+        let mut active = rig.relay.active_sessions();
+        let mut a = rig.client().await;
+        let mut b = rig.client().await;
+        a.send(Frame::new(5, exec())).await;
+        let ga = rig.guest_sent().await;
+        assert_ne!(ga.id, 5);
+        assert_eq!(ga.message, exec());
+        b.send(Frame::new(5, exec())).await;
+        let gb = rig.guest_sent().await;
+        assert_ne!(
+            gb.id, ga.id,
+            "same client id, different sessions on the guest"
+        );
+        active.changed().await.unwrap();
+        assert_eq!(*active.borrow_and_update(), 2);
+
+        // Input goes to the guest under the guest id.
+        a.send(Frame::new(5, Message::Stdin(b"in".to_vec()))).await;
+        assert_eq!(
+            rig.guest_sent().await,
+            Frame::new(ga.id, Message::Stdin(b"in".to_vec()))
+        );
+        rig.guest_sends(gb.id, stdout(b"to b")).await;
+        rig.guest_sends(ga.id, exited()).await;
+        assert_eq!(b.recv().await, Frame::new(5, stdout(b"to b")));
+        assert_eq!(a.recv().await, Frame::new(5, exited()));
+        active.changed().await.unwrap();
+        assert_eq!(*active.borrow_and_update(), 1);
+    }
+
+    #[tokio::test]
+    async fn control_frames_reach_the_main_loop() {
+        let mut rig = Rig::new();
+        let mut c = rig.client().await;
+        c.send(Frame::control(
+            CHANNEL_ID,
+            Message::Stop { timeout_ms: 1500 },
+        ))
+        .await;
+        assert!(
+            matches!(rig.ctl.recv().await, Some(Control::Stop(d)) if d == Duration::from_millis(1500))
+        );
+        c.send(Frame::control(9, Message::Drain)).await;
+        match rig.ctl.recv().await {
+            Some(Control::Drain(done)) => done.send(()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.recv().await, Frame::new(9, Message::Done));
+        // Draining: new execs are refused by the runtime, never reach the guest.
+        c.send(Frame::new(10, exec())).await;
+        match c.recv().await.message {
+            Message::Error { code, .. } => assert_eq!(code, "sandboxDraining"),
+            other => panic!("{other:?}"),
+        }
+        // Without the control flag, a control message is an error, not carried out.
+        c.send(Frame::new(11, Message::Kill)).await;
+        assert_eq!(
+            c.recv().await,
+            Frame::new(
+                11,
+                Message::Error {
+                    code: "protocol".into(),
+                    message: "control messages need the control flag".into()
+                }
+            )
+        );
+        c.send(Frame::control(CHANNEL_ID, Message::Kill)).await;
+        assert!(matches!(rig.ctl.recv().await, Some(Control::Kill)));
+    }
+
+    #[tokio::test]
+    async fn a_client_says_hello_first() {
+        let rig = Rig::new();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(rig.relay.clone().client(ours));
+        let (rd, wr) = theirs.into_split();
+        let mut c = Client {
+            rd: FrameReader::new(rd),
+            wr,
+        };
+        c.send(Frame::new(1, exec())).await;
+        match c.recv().await.message {
+            Message::Error { code, message } => {
+                assert_eq!(
+                    (code.as_str(), message.as_str()),
+                    ("protocol", "hello first")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            c.rd.next_frame().await.unwrap().is_none(),
+            "and is hung up on"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_guest_frame_ends_the_sandbox() {
+        let mut rig = Rig::new();
+        rig.guest_sends(CHANNEL_ID, Message::Shutdown).await;
+        match rig.ctl.recv().await {
+            Some(Control::Protocol(m)) => {
+                assert_eq!(m, "guest sent a message it may not send: \"Shutdown\"")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::FromRawFd;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use msb_protocol::{Frame, Message, CHANNEL_ID};
@@ -53,14 +54,12 @@ impl Sandbox {
         let mut kill_at: Option<Instant> = None;
         let mut forced = false;
         let mut shutdown_sent = false;
-        let mut draining = false;
         let mut detached = !self.cfg.attached;
-        let mut idle_since = Instant::now();
-        let idle_timeout = self.cfg.idle_timeout_secs.map(Duration::from_secs);
-        let max_at = self
-            .cfg
-            .max_duration_secs
-            .map(|s| Instant::now() + Duration::from_secs(s));
+        let mut policies = Policies::new(
+            self.cfg.idle_timeout_secs,
+            self.cfg.max_duration_secs,
+            Instant::now(),
+        );
         let mut tick = tokio::time::interval(Duration::from_millis(500));
 
         let status = loop {
@@ -91,9 +90,9 @@ impl Sandbox {
                         let _ = qemu.start_kill();
                     }
                     Control::Drain(done) => {
-                        if !draining && ending.is_none() {
+                        if !policies.draining && ending.is_none() {
                             log("draining");
-                            draining = true;
+                            policies.draining = true;
                             let _ = self.store.set_status(&self.cfg.name, DRAINING);
                         }
                         let _ = done.send(());
@@ -118,30 +117,25 @@ impl Sandbox {
                     }
                 },
                 _ = active.changed() => {
-                    if *active.borrow() == 0 {
-                        idle_since = Instant::now();
-                    }
+                    policies.sessions_changed(*active.borrow(), Instant::now());
                 }
                 _ = tick.tick() => {
-                    let now = Instant::now();
-                    let busy = *active.borrow() > 0;
-                    if busy {
-                        idle_since = now;
-                    }
+                    let due = policies.tick(*active.borrow(), Instant::now());
                     if ending.is_none() {
-                        if max_at.is_some_and(|t| now >= t) {
-                            log("maximum duration reached");
-                            running.relay.set_draining();
-                            let _ = self.store.set_status(&self.cfg.name, DRAINING);
-                            request = Some(Ending::Stop("max duration"));
-                        } else if !busy && idle_timeout.is_some_and(|t| now.duration_since(idle_since) >= t) {
-                            log("idle timeout");
-                            running.relay.set_draining();
-                            let _ = self.store.set_status(&self.cfg.name, DRAINING);
-                            request = Some(Ending::Stop("idle timeout"));
-                        } else if draining && !busy {
-                            request = Some(Ending::Stop("drained"));
+                        match due {
+                            Some(PolicyStop::MaxDuration) => {
+                                log("maximum duration reached");
+                                running.relay.set_draining();
+                                let _ = self.store.set_status(&self.cfg.name, DRAINING);
+                            }
+                            Some(PolicyStop::IdleTimeout) => {
+                                log("idle timeout");
+                                running.relay.set_draining();
+                                let _ = self.store.set_status(&self.cfg.name, DRAINING);
+                            }
+                            Some(PolicyStop::Drained) | None => {}
                         }
+                        request = due.map(|d| Ending::Stop(d.reason()));
                     }
                 }
                 _ = kill_sleep => {
@@ -165,22 +159,9 @@ impl Sandbox {
             }
         };
 
-        let (state, code, reason) = match (&ending, &status) {
-            (Some(Ending::Kill), _) => (STOPPED, EXIT_KILLED, "killed".to_string()),
-            (Some(Ending::Protocol(m)), _) => (CRASHED, 1, format!("protocol error: {m}")),
-            (Some(Ending::Stop(r)), _) if forced => (
-                STOPPED,
-                EXIT_KILLED,
-                format!("{r} (killed after the grace period)"),
-            ),
-            (Some(Ending::Stop(r)), _) => (STOPPED, 0, r.to_string()),
-            (None, _) if tail(&self.dir.join("console.log"), 50).contains("Kernel panic") => {
-                (CRASHED, 1, "kernel panic".to_string())
-            }
-            (None, Ok(s)) if s.success() => (STOPPED, 0, "guest powered off".to_string()),
-            (None, Ok(s)) => (CRASHED, 1, format!("VMM exited: {s}")),
-            (None, Err(e)) => (CRASHED, 1, format!("VMM: {e}")),
-        };
+        let (state, code, reason) = outcome(ending.as_ref(), forced, &status, || {
+            tail(&self.dir.join("console.log"), 50).contains("Kernel panic")
+        });
         if state == CRASHED {
             log_error(&format!("VM ended: {state} ({code}, {reason})"));
         } else {
@@ -195,6 +176,100 @@ impl Sandbox {
             if let Err(e) = msb_store::remove_sandbox_state(&self.store, &self.cfg.name) {
                 log_error(&format!("removing the ephemeral sandbox: {e}"));
             }
+        }
+    }
+}
+
+/// How the VM ended, for the store: (status, exit code, reason). `panicked` reads the
+/// kernel log, only when the host did not end the VM itself.
+fn outcome(
+    ending: Option<&Ending>,
+    forced: bool,
+    status: &std::io::Result<ExitStatus>,
+    panicked: impl FnOnce() -> bool,
+) -> (&'static str, i64, String) {
+    match (ending, status) {
+        (Some(Ending::Kill), _) => (STOPPED, EXIT_KILLED, "killed".to_string()),
+        (Some(Ending::Protocol(m)), _) => (CRASHED, 1, format!("protocol error: {m}")),
+        (Some(Ending::Stop(r)), _) if forced => (
+            STOPPED,
+            EXIT_KILLED,
+            format!("{r} (killed after the grace period)"),
+        ),
+        (Some(Ending::Stop(r)), _) => (STOPPED, 0, r.to_string()),
+        (None, _) if panicked() => (CRASHED, 1, "kernel panic".to_string()),
+        (None, Ok(s)) if s.success() => (STOPPED, 0, "guest powered off".to_string()),
+        (None, Ok(s)) => (CRASHED, 1, format!("VMM exited: {s}")),
+        (None, Err(e)) => (CRASHED, 1, format!("VMM: {e}")),
+    }
+}
+
+/// A stop the host-side policies call for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PolicyStop {
+    MaxDuration,
+    IdleTimeout,
+    /// Draining, and the last session ended.
+    Drained,
+}
+
+impl PolicyStop {
+    fn reason(self) -> &'static str {
+        match self {
+            PolicyStop::MaxDuration => "max duration",
+            PolicyStop::IdleTimeout => "idle timeout",
+            PolicyStop::Drained => "drained",
+        }
+    }
+}
+
+/// Drain, idle timeout and maximum duration: what the main loop's tick decides, apart
+/// from the loop (and with the time given, so that a test clock can drive it).
+struct Policies {
+    idle_timeout: Option<Duration>,
+    max_at: Option<Instant>,
+    /// Since when no exec or fs session has been in flight.
+    idle_since: Instant,
+    /// Refusing new execs; stop once the running ones finished.
+    draining: bool,
+}
+
+impl Policies {
+    fn new(idle_timeout_secs: Option<u64>, max_duration_secs: Option<u64>, now: Instant) -> Self {
+        Policies {
+            idle_timeout: idle_timeout_secs.map(Duration::from_secs),
+            max_at: max_duration_secs.map(|s| now + Duration::from_secs(s)),
+            idle_since: now,
+            draining: false,
+        }
+    }
+
+    /// The number of sessions in flight changed: the last one ending starts the idle time.
+    fn sessions_changed(&mut self, active: usize, now: Instant) {
+        if active == 0 {
+            self.idle_since = now;
+        }
+    }
+
+    /// On each tick: a stop that is due, first the maximum duration (even while busy),
+    /// then the idle timeout, then the end of a drain.
+    fn tick(&mut self, active: usize, now: Instant) -> Option<PolicyStop> {
+        let busy = active > 0;
+        if busy {
+            self.idle_since = now;
+        }
+        if self.max_at.is_some_and(|t| now >= t) {
+            Some(PolicyStop::MaxDuration)
+        } else if !busy
+            && self
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(self.idle_since) >= t)
+        {
+            Some(PolicyStop::IdleTimeout)
+        } else if self.draining && !busy {
+            Some(PolicyStop::Drained)
+        } else {
+            None
         }
     }
 }
@@ -230,4 +305,130 @@ fn watch_signals(ctl: mpsc::Sender<Control>) {
         }
         let _ = ctl.send(Control::Stop(SIGNAL_STOP_GRACE)).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use tokio::time::advance;
+
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_from_the_last_session() {
+        let mut p = Policies::new(Some(10), None, Instant::now());
+        advance(9 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), None);
+        advance(S).await;
+        assert_eq!(p.tick(0, Instant::now()), Some(PolicyStop::IdleTimeout));
+
+        // A session in flight keeps it alive, however long it runs...
+        let mut p = Policies::new(Some(10), None, Instant::now());
+        p.sessions_changed(1, Instant::now());
+        advance(60 * S).await;
+        assert_eq!(p.tick(1, Instant::now()), None);
+        // ...and the idle time starts when the last one ends.
+        advance(5 * S).await;
+        p.sessions_changed(0, Instant::now());
+        advance(9 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), None);
+        advance(S).await;
+        assert_eq!(p.tick(0, Instant::now()), Some(PolicyStop::IdleTimeout));
+
+        // Without a timeout, never.
+        let mut p = Policies::new(None, None, Instant::now());
+        advance(365 * 24 * 3600 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_duration_stops_even_a_busy_sandbox() {
+        let mut p = Policies::new(Some(5), Some(30), Instant::now());
+        for _ in 0..29 {
+            advance(S).await;
+            assert_eq!(p.tick(1, Instant::now()), None, "busy: not idle");
+        }
+        advance(S).await;
+        assert_eq!(p.tick(1, Instant::now()), Some(PolicyStop::MaxDuration));
+        // Max duration wins over an idle timeout due at the same time.
+        let mut p = Policies::new(Some(30), Some(30), Instant::now());
+        advance(30 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), Some(PolicyStop::MaxDuration));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_stops_when_the_last_session_ends() {
+        let mut p = Policies::new(None, None, Instant::now());
+        assert_eq!(p.tick(0, Instant::now()), None, "not draining");
+        p.draining = true;
+        advance(S).await;
+        assert_eq!(p.tick(2, Instant::now()), None, "sessions still running");
+        advance(100 * S).await;
+        assert_eq!(p.tick(1, Instant::now()), None);
+        p.sessions_changed(0, Instant::now());
+        assert_eq!(p.tick(0, Instant::now()), Some(PolicyStop::Drained));
+        assert_eq!(PolicyStop::Drained.reason(), "drained");
+    }
+
+    /// The main loop's own clock (its 500 ms tick) under the paused test clock: the idle
+    /// timeout is seen at the first tick after it.
+    #[tokio::test(start_paused = true)]
+    async fn the_main_loop_tick_sees_the_idle_timeout() {
+        let start = Instant::now();
+        let mut p = Policies::new(Some(3), None, start);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let due = loop {
+            tick.tick().await;
+            if let Some(d) = p.tick(0, Instant::now()) {
+                break d;
+            }
+        };
+        assert_eq!(due, PolicyStop::IdleTimeout);
+        assert_eq!(Instant::now() - start, 3 * S);
+    }
+
+    #[test]
+    fn how_the_vm_ended_is_recorded() {
+        let ok = Ok(ExitStatus::from_raw(0));
+        let failed = Ok(ExitStatus::from_raw(1 << 8));
+        let no_panic = || false;
+        let stop = Ending::Stop("idle timeout");
+        assert_eq!(
+            outcome(Some(&stop), false, &ok, no_panic),
+            (STOPPED, 0, "idle timeout".into())
+        );
+        assert_eq!(
+            outcome(Some(&stop), true, &ok, no_panic),
+            (
+                STOPPED,
+                EXIT_KILLED,
+                "idle timeout (killed after the grace period)".into()
+            )
+        );
+        assert_eq!(
+            outcome(Some(&Ending::Kill), false, &failed, no_panic),
+            (STOPPED, EXIT_KILLED, "killed".into())
+        );
+        assert_eq!(
+            outcome(Some(&Ending::Protocol("bad".into())), false, &ok, no_panic),
+            (CRASHED, 1, "protocol error: bad".into())
+        );
+        assert_eq!(
+            outcome(None, false, &ok, no_panic),
+            (STOPPED, 0, "guest powered off".into())
+        );
+        assert_eq!(
+            outcome(None, false, &ok, || true),
+            (CRASHED, 1, "kernel panic".into())
+        );
+        assert_eq!(
+            outcome(None, false, &failed, no_panic),
+            (CRASHED, 1, "VMM exited: exit status: 1".into())
+        );
+        // The kernel log is read only when the host did not end the VM itself.
+        outcome(Some(&stop), false, &ok, || panic!("read the log"));
+    }
 }
