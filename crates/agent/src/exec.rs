@@ -666,6 +666,16 @@ mod tests {
     // ---- rlimits ----
 
     #[test]
+    fn every_protocol_rlimit_name_is_mapped() {
+        for name in msb_protocol::RLIMIT_NAMES {
+            assert!(
+                parse_rlimits(&[(name.to_string(), 1)]).is_ok(),
+                "{name} is in RLIMIT_NAMES but the agent does not map it"
+            );
+        }
+    }
+
+    #[test]
     fn rlimit_names_map_to_their_resources() {
         let names = [
             ("nofile", libc::RLIMIT_NOFILE),

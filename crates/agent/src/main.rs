@@ -81,10 +81,10 @@ fn run() -> Result<(), String> {
         };
         match frame.message {
             Message::Hello { version } => {
-                if version != PROTOCOL_VERSION {
-                    log(&format!(
-                        "host speaks protocol {version}, agent {PROTOCOL_VERSION}"
-                    ));
+                // The host refuses a guest of another version (it checks our Hello and
+                // fails the boot naming both); we only say so on the console.
+                if let Err(e) = msb_protocol::check_version(version) {
+                    log(&e);
                 }
                 port.send(&Frame::new(
                     CHANNEL_ID,

@@ -226,6 +226,8 @@ impl RuntimeConfig {
 }
 
 impl MountKind {
+    pub const ALL: [MountKind; 3] = [MountKind::Bind, MountKind::Named, MountKind::Tmpfs];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             MountKind::Bind => "bind",

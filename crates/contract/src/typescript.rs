@@ -3,11 +3,16 @@
 use std::collections::BTreeMap;
 
 use msb_netstack::config::Group;
-use msb_protocol::{ExecRequest, FsEntry, FsOp, MetricsReport, TtySize, PROTOCOL_VERSION};
+use msb_protocol::{
+    ExecRequest, FsEntry, FsOp, MetricsReport, TtySize, PROTOCOL_VERSION, RLIMIT_NAMES,
+};
 use msb_store::SandboxStatus;
 use ts_rs::{Config, TypeVisitor, TS};
 
-use crate::{ErrorCode, RuntimeConfig, SessionEvent, DEFAULT_BOOT_TIMEOUT_MS, MIN_MEMORY_MIB};
+use crate::{
+    ErrorCode, MountKind, RuntimeConfig, SessionEvent, DEFAULT_BOOT_TIMEOUT_MS, LOG_LEVELS,
+    MIN_MEMORY_MIB,
+};
 
 /// Collects the declaration of every visited type and, recursively, of its dependencies.
 struct Collector<'a> {
@@ -88,6 +93,24 @@ pub fn typescript() -> String {
         "GROUPS",
         "Group",
         &Group::ALL,
+    ));
+    out.push_str(&const_list(
+        "The volume kinds msb-runtime mounts.",
+        "MOUNT_KINDS",
+        "MountKind",
+        &MountKind::ALL,
+    ));
+    out.push_str(&const_list(
+        "The verbosity levels of msb-runtime's log.",
+        "LOG_LEVELS",
+        "NonNullable<RuntimeConfig[\"logLevel\"]>",
+        &LOG_LEVELS,
+    ));
+    out.push_str(&const_list(
+        "The resource limits an exec request may set (setrlimit's RLIMIT_*, lower case).",
+        "RLIMIT_RESOURCES",
+        "string",
+        &RLIMIT_NAMES,
     ));
     out.push_str(&format!(
         "/** Boot timeout msb-runtime applies when the config gives none. */\n\

@@ -44,6 +44,12 @@ pub fn check_version(peer: u32) -> Result<(), String> {
     }
 }
 
+/// Names of the resource limits an `ExecRequest` may set (setrlimit's RLIMIT_*, lower
+/// case). The agent maps exactly these; the SDK's list is generated from this one.
+pub const RLIMIT_NAMES: [&str; 9] = [
+    "nofile", "nproc", "as", "cpu", "fsize", "core", "stack", "memlock", "data",
+];
+
 /// Request id used for frames that do not belong to a session (handshake, bootstrap).
 pub const CHANNEL_ID: u32 = 0;
 

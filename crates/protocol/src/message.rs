@@ -306,8 +306,7 @@ pub struct ExecRequest {
     /// Run on a pseudo-terminal of this size (stdout carries the terminal's output).
     #[serde(default)]
     pub tty: Option<TtySize>,
-    /// Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`),
-    /// soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
+    /// Resource limits (names from [`crate::RLIMIT_NAMES`]), soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
     #[serde(default)]
     pub rlimits: Vec<(String, u64)>,
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use msb_protocol::{
-    decode_raw, set_raw_id, Frame, FrameError, FrameReader, GuestStats, Message, MetricsReport,
-    CHANNEL_ID, FLAG_CONTROL, PROTOCOL_VERSION,
+    check_version, decode_raw, set_raw_id, Frame, FrameError, FrameReader, GuestStats, Message,
+    MetricsReport, CHANNEL_ID, FLAG_CONTROL, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -411,18 +411,18 @@ impl Relay {
             }
             match frame.message {
                 Message::Hello { version } => {
-                    greeted = version == PROTOCOL_VERSION;
-                    let msg = if greeted {
-                        Message::Hello {
+                    // Versions must match exactly (see msb_protocol::check_version): a
+                    // client of another build gets an error and stays ungreeted.
+                    let check = check_version(version);
+                    greeted = check.is_ok();
+                    let msg = match check {
+                        Ok(()) => Message::Hello {
                             version: PROTOCOL_VERSION,
-                        }
-                    } else {
-                        Message::Error {
+                        },
+                        Err(message) => Message::Error {
                             code: "protocol".into(),
-                            message: format!(
-                                "client speaks protocol {version}, runtime {PROTOCOL_VERSION}"
-                            ),
-                        }
+                            message,
+                        },
                     };
                     let _ = reply(&tx, CHANNEL_ID, msg).await;
                 }
@@ -915,6 +915,45 @@ mod tests {
             c.rd.next_frame().await.unwrap().is_none(),
             "and is hung up on"
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_protocol_version_is_refused() {
+        let rig = Rig::new();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(rig.relay.clone().client(ours));
+        let (rd, wr) = theirs.into_split();
+        let mut c = Client {
+            rd: FrameReader::new(rd),
+            wr,
+        };
+        c.send(Frame::new(
+            CHANNEL_ID,
+            Message::Hello {
+                version: PROTOCOL_VERSION + 1,
+            },
+        ))
+        .await;
+        match c.recv().await.message {
+            Message::Error { code, message } => {
+                assert_eq!(code, "protocol");
+                assert!(
+                    message.starts_with(&format!(
+                        "protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the peer {}",
+                        PROTOCOL_VERSION + 1
+                    )),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still not greeted: the first request is refused and the client hung up on.
+        c.send(Frame::new(1, exec())).await;
+        match c.recv().await.message {
+            Message::Error { message, .. } => assert_eq!(message, "hello first"),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.rd.next_frame().await.unwrap().is_none());
     }
 
     #[tokio::test]

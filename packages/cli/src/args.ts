@@ -3,6 +3,7 @@
  * be unit-tested. Everything after the first `--` is the command to run in the
  * sandbox and is never looked at by the option parser.
  */
+import { GROUPS } from "@microsandbox/contract";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
 
@@ -33,7 +34,8 @@ export interface PortSpec {
   guestPort: number;
 }
 
-export const NET_GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const;
+/** The address groups a rule may name: the native stack's list, from the contract. */
+export const NET_GROUPS = GROUPS;
 
 /** An egress rule from `--net-rule allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]]`. */
 export interface NetRuleSpec {

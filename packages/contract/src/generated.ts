@@ -27,8 +27,7 @@ stdin: boolean,
  */
 tty: TtySize | null, 
 /**
- * Resource limits (`nofile`, `nproc`, `as`, `cpu`, `fsize`, `core`, `stack`, `memlock`),
- * soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
+ * Resource limits (names from [`crate::RLIMIT_NAMES`]), soft and hard. 64-bit: `u64::MAX` is RLIM_INFINITY (a `bigint` in TypeScript).
  */
 rlimits: Array<[string, bigint]>, };
 
@@ -222,6 +221,12 @@ export const ERROR_CODES = ["invalidConfig", "sandboxNotFound", "sandboxAlreadyE
 export const SANDBOX_STATUSES = ["starting", "running", "draining", "stopped", "crashed"] as const satisfies readonly SandboxStatus[];
 /** The address groups a network rule can name. */
 export const GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const satisfies readonly Group[];
+/** The volume kinds msb-runtime mounts. */
+export const MOUNT_KINDS = ["bind", "named", "tmpfs"] as const satisfies readonly MountKind[];
+/** The verbosity levels of msb-runtime's log. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const satisfies readonly NonNullable<RuntimeConfig["logLevel"]>[];
+/** The resource limits an exec request may set (setrlimit's RLIMIT_*, lower case). */
+export const RLIMIT_RESOURCES = ["nofile", "nproc", "as", "cpu", "fsize", "core", "stack", "memlock", "data"] as const satisfies readonly string[];
 /** Boot timeout msb-runtime applies when the config gives none. */
 export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
 /** Smallest guest memory msb-runtime accepts, in MiB. */

@@ -10,72 +10,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use msb_contract::{ErrorCode, NotAnEvent, SessionEvent};
 use msb_protocol::{
-    ExecRequest, Frame, FrameDecoder, FsEntry, FsOp, Message, CHANNEL_ID, FRAME_COST,
-    INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+    check_version, write_frame_async, ExecRequest, Frame, FrameReader, FsOp, Message,
+    MetricsReport, CHANNEL_ID, FRAME_COST, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
 };
 use napi::bindgen_prelude::Buffer;
 use napi::Result;
 use napi_derive::napi;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::err;
-
-#[napi(object)]
-pub struct ExecEvent {
-    /// "started" | "stdout" | "stderr" | "exited" | "failed" for exec sessions;
-    /// "fsData" | "fsEnd" | "fsDone" | "fsExists" | "fsStat" | "fsEntries" | "fsError" for fs
-    pub kind: String,
-    pub pid: Option<u32>,
-    pub data: Option<Buffer>,
-    /// Exit code; 128 + signal when a signal ended the process.
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub reason: Option<String>,
-    /// Symbolic errno of an fsError (ENOENT, EISDIR, ...).
-    pub errno: Option<String>,
-    pub entries: Option<Vec<FsEntryJs>>,
-    pub entry: Option<FsEntryJs>,
-    pub exists: Option<bool>,
-}
-
-#[napi(object)]
-pub struct FsEntryJs {
-    pub name: String,
-    /// "file" | "dir" | "symlink" | "other"
-    pub kind: String,
-    pub size: f64,
-    pub mode: u32,
-    pub modified_ms: f64,
-}
-
-impl From<FsEntry> for FsEntryJs {
-    fn from(e: FsEntry) -> Self {
-        FsEntryJs {
-            name: e.name,
-            kind: e.kind,
-            size: e.size as f64,
-            mode: e.mode,
-            modified_ms: e.modified_ms as f64,
-        }
-    }
-}
-
-/// The guest names the errno; only plausible names pass (E + capitals and digits).
-fn safe_errno(s: &str) -> String {
-    let ok = s.len() <= 16
-        && s.starts_with('E')
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-    if ok {
-        s.to_string()
-    } else {
-        "EIO".to_string()
-    }
-}
+use crate::serde_js::{FromJs, ToJs};
 
 struct Session {
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>>,
@@ -100,11 +49,16 @@ pub struct AgentClient {
 }
 
 async fn write(inner: &Inner, frame: Frame) -> Result<()> {
-    let buf = frame.encode().map_err(|e| err("protocol", e))?;
     let mut w = inner.writer.lock().await;
-    w.write_all(&buf)
+    write_frame_async(&mut *w, &frame)
         .await
-        .map_err(|e| err("runtime", format!("the sandbox is not running ({e})")))
+        .map_err(|e| match e {
+            msb_protocol::FrameError::Io(e) => err(
+                ErrorCode::Runtime,
+                format!("the sandbox is not running ({e})"),
+            ),
+            e => err(ErrorCode::Protocol, e),
+        })
 }
 
 #[napi]
@@ -112,40 +66,41 @@ impl AgentClient {
     /// Connect to a runtime's agent socket and exchange hellos.
     #[napi(factory)]
     pub async fn connect(socket_path: String) -> Result<AgentClient> {
-        let stream = UnixStream::connect(&socket_path)
-            .await
-            .map_err(|e| err("runtime", format!("cannot connect to {socket_path}: {e}")))?;
-        let (mut rd, mut wr) = stream.into_split();
+        let stream = UnixStream::connect(&socket_path).await.map_err(|e| {
+            err(
+                ErrorCode::Runtime,
+                format!("cannot connect to {socket_path}: {e}"),
+            )
+        })?;
+        let (rd, mut wr) = stream.into_split();
         let hello = Frame::new(
             CHANNEL_ID,
             Message::Hello {
                 version: PROTOCOL_VERSION,
             },
-        )
-        .encode()
-        .map_err(|e| err("protocol", e))?;
-        wr.write_all(&hello).await.map_err(|e| err("runtime", e))?;
-        let mut dec = FrameDecoder::new();
-        let mut buf = vec![0u8; 4096];
-        let reply = loop {
-            if let Some(f) = dec.next_frame().map_err(|e| err("protocol", e))? {
-                break f;
-            }
-            let n = rd.read(&mut buf).await.map_err(|e| err("runtime", e))?;
-            if n == 0 {
+        );
+        write_frame_async(&mut wr, &hello)
+            .await
+            .map_err(|e| err(ErrorCode::Runtime, e))?;
+        let mut rd = FrameReader::with_capacity(rd, 128 * 1024);
+        let reply = match rd.next_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
                 return Err(err(
-                    "runtime",
+                    ErrorCode::Runtime,
                     "the runtime closed the connection during the handshake",
-                ));
+                ))
             }
-            dec.push(&buf[..n]);
+            Err(e) => return Err(err(ErrorCode::Protocol, e)),
         };
         match reply.message {
-            Message::Hello { version } if version == PROTOCOL_VERSION => {}
-            Message::Error { message, .. } => return Err(err("protocol", message)),
+            Message::Hello { version } => {
+                check_version(version).map_err(|e| err(ErrorCode::Protocol, e))?
+            }
+            Message::Error { message, .. } => return Err(err(ErrorCode::Protocol, message)),
             other => {
                 return Err(err(
-                    "protocol",
+                    ErrorCode::Protocol,
                     format!("unexpected handshake reply {other:?}"),
                 ))
             }
@@ -160,23 +115,20 @@ impl AgentClient {
             next_id: AtomicU32::new(1),
             closed: closed_rx,
         });
-        tokio::spawn(reader(inner.clone(), rd, dec, closed_tx));
+        tokio::spawn(reader(inner.clone(), rd, closed_tx));
         Ok(AgentClient { inner })
     }
 
     /// Start a command; returns the session id to pass to `next`.
-    #[napi]
-    pub async fn exec(&self, request_json: String) -> Result<u32> {
-        let req: ExecRequest =
-            serde_json::from_str(&request_json).map_err(|e| err("invalidConfig", e))?;
-        self.open_session(Message::Exec(req)).await
+    #[napi(ts_args_type = "request: ExecRequest")]
+    pub async fn exec(&self, request: FromJs<ExecRequest>) -> Result<u32> {
+        self.open_session(Message::Exec(request.0)).await
     }
 
-    /// Start a filesystem operation (JSON of `FsOp`); its results come through `next`.
-    #[napi]
-    pub async fn fs(&self, op_json: String) -> Result<u32> {
-        let op: FsOp = serde_json::from_str(&op_json).map_err(|e| err("invalidConfig", e))?;
-        self.open_session(Message::Fs(op)).await
+    /// Start a filesystem operation; its results come through `next`.
+    #[napi(ts_args_type = "op: FsOp")]
+    pub async fn fs(&self, op: FromJs<FsOp>) -> Result<u32> {
+        self.open_session(Message::Fs(op.0)).await
     }
 
     /// Write to a session's stdin (or an fs write's file); waits for the guest's credit.
@@ -190,13 +142,13 @@ impl AgentClient {
             .get(&session_id)
             .cloned();
         let Some(window) = window else {
-            return Err(err("sandboxNotRunning", "the session has ended"));
+            return Err(err(ErrorCode::SandboxNotRunning, "the session has ended"));
         };
         for chunk in data.chunks(MAX_CHUNK) {
             let permits = window
                 .acquire_many(chunk.len() as u32 + FRAME_COST)
                 .await
-                .map_err(|_| err("sandboxNotRunning", "the session has ended"))?;
+                .map_err(|_| err(ErrorCode::SandboxNotRunning, "the session has ended"))?;
             permits.forget();
             write(
                 &self.inner,
@@ -218,7 +170,7 @@ impl AgentClient {
     pub async fn signal(&self, session_id: u32, signal: i32) -> Result<()> {
         if !(1..=64).contains(&signal) {
             return Err(err(
-                "invalidConfig",
+                ErrorCode::InvalidConfig,
                 format!("signal: {signal} is not a signal number (1-64)"),
             ));
         }
@@ -241,7 +193,7 @@ impl AgentClient {
 
     async fn open_session(&self, msg: Message) -> Result<u32> {
         if let Some(reason) = self.inner.closed.borrow().clone() {
-            return Err(err("sandboxNotRunning", reason));
+            return Err(err(ErrorCode::SandboxNotRunning, reason));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -272,9 +224,11 @@ impl AgentClient {
         }
     }
 
-    /// The next event of a session, or null once its final event was returned.
-    #[napi]
-    pub async fn next(&self, session_id: u32) -> Result<Option<ExecEvent>> {
+    /// The next event of a session, or null once its final event was returned. Taking an
+    /// output chunk returns its credit to the guest: a consumer that stops calling `next`
+    /// stops the producer.
+    #[napi(ts_return_type = "Promise<SessionEvent | null>")]
+    pub async fn next(&self, session_id: u32) -> Result<Option<ToJs<SessionEvent>>> {
         let rx = match self.inner.sessions.lock().unwrap().get(&session_id) {
             Some(s) => s.rx.clone(),
             None => return Ok(None),
@@ -289,7 +243,7 @@ impl AgentClient {
                 .clone()
                 .unwrap_or_else(|| "connection closed".into());
             return Err(err(
-                "runtime",
+                ErrorCode::Runtime,
                 format!("the sandbox stopped while the command was running ({reason})"),
             ));
         };
@@ -309,69 +263,14 @@ impl AgentClient {
                 let _ = write(&inner, credit).await;
             });
         }
-        let ev = |kind: &str| ExecEvent {
-            kind: kind.into(),
-            pid: None,
-            data: None,
-            code: None,
-            signal: None,
-            reason: None,
-            errno: None,
-            entries: None,
-            entry: None,
-            exists: None,
-        };
-        Ok(Some(match msg {
-            Message::Started { pid } => ExecEvent {
-                pid: Some(pid),
-                ..ev("started")
-            },
-            Message::Stdout(d) => ExecEvent {
-                data: Some(d.into()),
-                ..ev("stdout")
-            },
-            Message::Stderr(d) => ExecEvent {
-                data: Some(d.into()),
-                ..ev("stderr")
-            },
-            Message::Exited { code, signal } => {
-                let code = code.or(signal.map(|s| 128 + s)).unwrap_or(-1);
-                ExecEvent {
-                    code: Some(code),
-                    signal,
-                    ..ev("exited")
-                }
-            }
-            Message::Failed { reason } => ExecEvent {
-                reason: Some(reason),
-                ..ev("failed")
-            },
-            Message::FsData(d) => ExecEvent {
-                data: Some(d.into()),
-                ..ev("fsData")
-            },
-            Message::FsEnd => ev("fsEnd"),
-            Message::FsDone => ev("fsDone"),
-            Message::FsExists(b) => ExecEvent {
-                exists: Some(b),
-                ..ev("fsExists")
-            },
-            Message::FsStat(e) => ExecEvent {
-                entry: Some(e.into()),
-                ..ev("fsStat")
-            },
-            Message::FsEntries(v) => ExecEvent {
-                entries: Some(v.into_iter().map(Into::into).collect()),
-                ..ev("fsEntries")
-            },
-            Message::FsError { errno, message } => ExecEvent {
-                errno: Some(safe_errno(&errno)),
-                reason: Some(message),
-                ..ev("fsError")
-            },
-            Message::Error { code, message } => return Err(err(trusted_code(&code), message)),
-            other => return Err(err("protocol", format!("unexpected message {other:?}"))),
-        }))
+        match SessionEvent::from_message(msg) {
+            Ok(ev) => Ok(Some(ToJs(ev))),
+            Err(NotAnEvent::Error { code, message }) => Err(err(code, message)),
+            Err(NotAnEvent::Unexpected(kind)) => Err(err(
+                ErrorCode::Protocol,
+                format!("unexpected message {kind}"),
+            )),
+        }
     }
 
     /// Graceful stop: the guest's processes get SIGTERM, disks are synced, the VM powers
@@ -420,20 +319,10 @@ impl AgentClient {
     }
 
     /// A point-in-time metrics sample, from msb-runtime.
-    #[napi]
-    pub async fn metrics(&self) -> Result<MetricsRecord> {
+    #[napi(ts_return_type = "Promise<MetricsReport>")]
+    pub async fn metrics(&self) -> Result<ToJs<MetricsReport>> {
         match self.control(Message::Metrics).await? {
-            Message::MetricsReport(m) => Ok(MetricsRecord {
-                cpu_percent: m.cpu_percent,
-                memory_bytes: m.memory_bytes as f64,
-                memory_limit_bytes: m.memory_limit_bytes as f64,
-                disk_read_bytes: m.disk_read_bytes as f64,
-                disk_write_bytes: m.disk_write_bytes as f64,
-                net_rx_bytes: m.net_rx_bytes as f64,
-                net_tx_bytes: m.net_tx_bytes as f64,
-                timestamp_ms: m.timestamp_ms as f64,
-                uptime_ms: m.uptime_ms as f64,
-            }),
+            Message::MetricsReport(m) => Ok(ToJs(m)),
             other => Err(unexpected(other)),
         }
     }
@@ -465,16 +354,18 @@ impl AgentClient {
 
     async fn control(&self, msg: Message) -> Result<Message> {
         if let Some(reason) = self.inner.closed.borrow().clone() {
-            return Err(err("sandboxNotRunning", reason));
+            return Err(err(ErrorCode::SandboxNotRunning, reason));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = oneshot::channel();
         self.inner.controls.lock().unwrap().insert(id, tx);
         write(&self.inner, Frame::control(id, msg)).await?;
         match rx.await {
-            Ok(Message::Error { code, message }) => Err(err(trusted_code(&code), message)),
+            Ok(Message::Error { code, message }) => {
+                Err(err(msb_contract::trusted_code(&code), message))
+            }
             Ok(m) => Ok(m),
-            Err(_) => Err(err("sandboxNotRunning", "the sandbox stopped")),
+            Err(_) => Err(err(ErrorCode::SandboxNotRunning, "the sandbox stopped")),
         }
     }
 
@@ -484,78 +375,46 @@ impl AgentClient {
     }
 }
 
-#[napi(object)]
-pub struct MetricsRecord {
-    pub cpu_percent: f64,
-    pub memory_bytes: f64,
-    pub memory_limit_bytes: f64,
-    pub disk_read_bytes: f64,
-    pub disk_write_bytes: f64,
-    pub net_rx_bytes: f64,
-    pub net_tx_bytes: f64,
-    pub timestamp_ms: f64,
-    pub uptime_ms: f64,
-}
-
 fn unexpected(m: Message) -> napi::Error {
     err(
-        "protocol",
+        ErrorCode::Protocol,
         format!("unexpected answer from the runtime: {m:?}"),
     )
 }
 
-/// Error codes the runtime may hand to the SDK; anything else (a guest could put any
-/// string there) is reported as a protocol error.
-fn trusted_code(code: &str) -> &'static str {
-    match code {
-        "sandboxDraining" => "sandboxDraining",
-        "runtime" => "runtime",
-        _ => "protocol",
-    }
-}
-
 async fn reader(
     inner: Arc<Inner>,
-    mut rd: OwnedReadHalf,
-    mut dec: FrameDecoder,
+    mut rd: FrameReader<OwnedReadHalf>,
     closed: watch::Sender<Option<String>>,
 ) {
-    let mut buf = vec![0u8; 128 * 1024];
-    let reason = 'outer: loop {
-        loop {
-            match dec.next_frame() {
-                Ok(Some(f)) => {
-                    if f.id == CHANNEL_ID {
-                        continue;
-                    }
-                    let waiter = inner.controls.lock().unwrap().remove(&f.id);
-                    if let Some(w) = waiter {
-                        let _ = w.send(f.message);
-                        continue;
-                    }
-                    if let Message::Credit { bytes } = f.message {
-                        if let Some(w) = inner.send_windows.lock().unwrap().get(&f.id) {
-                            w.add_permits(bytes as usize);
-                        }
-                        continue;
-                    }
-                    let tx = inner.senders.lock().unwrap().get(&f.id).cloned();
-                    if let Some(tx) = tx {
-                        let ends = f.message.ends_session();
-                        let _ = tx.send(f.message);
-                        if ends {
-                            inner.senders.lock().unwrap().remove(&f.id);
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => break 'outer format!("protocol error from the runtime: {e}"),
-            }
+    let reason = loop {
+        let f = match rd.next_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break "the sandbox stopped".to_string(),
+            Err(msb_protocol::FrameError::Io(e)) => break e.to_string(),
+            Err(e) => break format!("protocol error from the runtime: {e}"),
+        };
+        if f.id == CHANNEL_ID {
+            continue;
         }
-        match rd.read(&mut buf).await {
-            Ok(0) => break "the sandbox stopped".to_string(),
-            Err(e) => break e.to_string(),
-            Ok(n) => dec.push(&buf[..n]),
+        let waiter = inner.controls.lock().unwrap().remove(&f.id);
+        if let Some(w) = waiter {
+            let _ = w.send(f.message);
+            continue;
+        }
+        if let Message::Credit { bytes } = f.message {
+            if let Some(w) = inner.send_windows.lock().unwrap().get(&f.id) {
+                w.add_permits(bytes as usize);
+            }
+            continue;
+        }
+        let tx = inner.senders.lock().unwrap().get(&f.id).cloned();
+        if let Some(tx) = tx {
+            let ends = f.message.ends_session();
+            let _ = tx.send(f.message);
+            if ends {
+                inner.senders.lock().unwrap().remove(&f.id);
+            }
         }
     };
     // Ending every open session's queue wakes their pending `next` calls; dropping the

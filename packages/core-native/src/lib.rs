@@ -6,6 +6,7 @@
 mod client;
 mod host_fs;
 mod lock;
+mod serde_js;
 mod spawn;
 mod state;
 
@@ -20,6 +21,6 @@ pub use state::{
     get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, terminate_sandbox, SandboxRecord,
 };
 
-pub(crate) fn err(code: &str, msg: impl std::fmt::Display) -> napi::Error {
+pub(crate) fn err(code: msb_contract::ErrorCode, msg: impl std::fmt::Display) -> napi::Error {
     napi::Error::from_reason(format!("{code}: {msg}"))
 }

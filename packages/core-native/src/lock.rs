@@ -9,6 +9,7 @@ use napi::Result;
 use napi_derive::napi;
 
 use crate::err;
+use msb_contract::ErrorCode;
 
 #[napi]
 pub struct FileLock {
@@ -30,14 +31,14 @@ pub async fn lock_file(path: String) -> Result<FileLock> {
     tokio::task::spawn_blocking(move || {
         if let Some(parent) = std::path::Path::new(&path).parent() {
             fs::create_dir_all(parent)
-                .map_err(|e| err("runtime", format!("{}: {e}", parent.display())))?;
+                .map_err(|e| err(ErrorCode::Runtime, format!("{}: {e}", parent.display())))?;
         }
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| err("runtime", format!("{path}: {e}")))?;
+            .map_err(|e| err(ErrorCode::Runtime, format!("{path}: {e}")))?;
         loop {
             // SAFETY: flock on an open fd.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -47,10 +48,10 @@ pub async fn lock_file(path: String) -> Result<FileLock> {
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err("runtime", format!("lock {path}: {e}")));
+                return Err(err(ErrorCode::Runtime, format!("lock {path}: {e}")));
             }
         }
     })
     .await
-    .map_err(|e| err("runtime", e))?
+    .map_err(|e| err(ErrorCode::Runtime, e))?
 }

@@ -4,38 +4,22 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use msb_contract::RuntimeConfig;
 use napi::Result;
 use napi_derive::napi;
-use serde::Deserialize;
 
 use crate::err;
+use msb_contract::ErrorCode;
 
 #[napi(object)]
 pub struct RuntimeInfo {
     pub pid: u32,
     pub socket_path: String,
     pub sandbox_dir: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SpawnFields {
-    runtime_path: PathBuf,
-    msb_home: PathBuf,
-    name: String,
-    #[serde(default)]
-    attached: bool,
-    #[serde(default = "default_timeout")]
-    boot_timeout_ms: u64,
-}
-
-fn default_timeout() -> u64 {
-    60_000
 }
 
 /// Write ends of attach pipes, by runtime pid. Kept for the life of this process (or
@@ -56,19 +40,21 @@ fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Start msb-runtime for a sandbox and wait until the guest is ready.
-#[napi]
+/// Start msb-runtime for a sandbox and wait until the guest is ready. `config_json` is a
+/// `RuntimeConfig` as JSON; it goes to the runtime's stdin as is.
+#[napi(ts_args_type = "configJson: string /* JSON of RuntimeConfig */")]
 pub async fn start_sandbox(config_json: String) -> Result<RuntimeInfo> {
     tokio::task::spawn_blocking(move || start_blocking(config_json))
         .await
-        .map_err(|e| err("runtime", e))?
+        .map_err(|e| err(ErrorCode::Runtime, e))?
 }
 
 fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
-    let f: SpawnFields = serde_json::from_str(&config_json).map_err(|e| err("invalidConfig", e))?;
+    let f: RuntimeConfig =
+        serde_json::from_str(&config_json).map_err(|e| err(ErrorCode::InvalidConfig, e))?;
     if !f.runtime_path.is_file() {
         return Err(err(
-            "runtime",
+            ErrorCode::Runtime,
             format!(
                 "msb-runtime not found at {}: run `npm run setup` to build it",
                 f.runtime_path.display()
@@ -80,7 +66,7 @@ fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let pipe = if f.attached {
-        Some(pipe_cloexec().map_err(|e| err("runtime", e))?)
+        Some(pipe_cloexec().map_err(|e| err(ErrorCode::Runtime, e))?)
     } else {
         None
     };
@@ -101,7 +87,7 @@ fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| err("runtime", format!("cannot start msb-runtime: {e}")))?;
+        .map_err(|e| err(ErrorCode::Runtime, format!("cannot start msb-runtime: {e}")))?;
     let pid = child.id();
     if let Some((rd, wr)) = pipe {
         drop(rd);
@@ -146,11 +132,14 @@ fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
     // SAFETY: plain kill of our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     if let Some(e) = v.get("error") {
-        let code = e["code"].as_str().unwrap_or("runtime");
+        let code = e["code"]
+            .as_str()
+            .and_then(ErrorCode::parse)
+            .unwrap_or(ErrorCode::Runtime);
         return Err(err(code, e["message"].as_str().unwrap_or("unknown error")));
     }
     Err(err(
-        "runtime",
+        ErrorCode::Runtime,
         "msb-runtime exited without reporting readiness",
     ))
 }

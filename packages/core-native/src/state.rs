@@ -10,11 +10,12 @@ use napi_derive::napi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::err;
+use msb_contract::ErrorCode;
 
 #[napi(object)]
 pub struct SandboxRecord {
     pub name: String,
-    /// "running" | "stopped" | "crashed" | "draining"
+    #[napi(ts_type = "SandboxStatus")]
     pub status: String,
     pub config_json: String,
     /// Milliseconds since the epoch.
@@ -56,7 +57,7 @@ fn check_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(err(
-            "invalidConfig",
+            ErrorCode::InvalidConfig,
             format!("name: invalid sandbox name '{name}'"),
         ))
     }
@@ -65,15 +66,18 @@ fn check_name(name: &str) -> Result<()> {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| err("runtime", e))?
+        .map_err(|e| err(ErrorCode::Runtime, e))?
 }
 
 fn open(home: &str) -> Result<Store> {
-    Store::open(home).map_err(|e| err("runtime", e))
+    Store::open(home).map_err(|e| err(ErrorCode::Runtime, e))
 }
 
 fn not_found(name: &str) -> napi::Error {
-    err("sandboxNotFound", format!("no sandbox named '{name}'"))
+    err(
+        ErrorCode::SandboxNotFound,
+        format!("no sandbox named '{name}'"),
+    )
 }
 
 /// Every sandbox (running, draining, stopped, crashed), by name.
@@ -82,7 +86,7 @@ pub async fn list_sandboxes(msb_home: String) -> Result<Vec<SandboxRecord>> {
     blocking(move || {
         Ok(open(&msb_home)?
             .list()
-            .map_err(|e| err("runtime", e))?
+            .map_err(|e| err(ErrorCode::Runtime, e))?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -94,7 +98,9 @@ pub async fn list_sandboxes(msb_home: String) -> Result<Vec<SandboxRecord>> {
 pub async fn get_sandbox(msb_home: String, name: String) -> Result<SandboxRecord> {
     check_name(&name)?;
     blocking(move || {
-        let rec = open(&msb_home)?.get(&name).map_err(|e| err("runtime", e))?;
+        let rec = open(&msb_home)?
+            .get(&name)
+            .map_err(|e| err(ErrorCode::Runtime, e))?;
         rec.map(Into::into).ok_or_else(|| not_found(&name))
     })
     .await
@@ -106,17 +112,22 @@ pub async fn remove_sandbox(msb_home: String, name: String) -> Result<()> {
     check_name(&name)?;
     blocking(move || {
         let store = open(&msb_home)?;
-        let exists = store.get(&name).map_err(|e| err("runtime", e))?.is_some();
+        let exists = store
+            .get(&name)
+            .map_err(|e| err(ErrorCode::Runtime, e))?
+            .is_some();
         if !exists && !store.layout().sandbox_dir(&name).exists() {
             return Err(not_found(&name));
         }
-        let Some(_lock) = try_lock(store.layout(), &name).map_err(|e| err("runtime", e))? else {
+        let Some(_lock) =
+            try_lock(store.layout(), &name).map_err(|e| err(ErrorCode::Runtime, e))?
+        else {
             return Err(err(
-                "sandboxStillRunning",
+                ErrorCode::SandboxStillRunning,
                 format!("sandbox '{name}' is still running: stop it first"),
             ));
         };
-        remove_sandbox_state(&store, &name).map_err(|e| err("runtime", e))
+        remove_sandbox_state(&store, &name).map_err(|e| err(ErrorCode::Runtime, e))
     })
     .await
 }
@@ -128,7 +139,7 @@ pub async fn kill_sandbox(msb_home: String, name: String) -> Result<()> {
     check_name(&name)?;
     let home = msb_home.clone();
     let n = name.clone();
-    let rec = blocking(move || open(&home)?.get(&n).map_err(|e| err("runtime", e)))
+    let rec = blocking(move || open(&home)?.get(&n).map_err(|e| err(ErrorCode::Runtime, e)))
         .await?
         .ok_or_else(|| not_found(&name))?;
     if !rec.is_live() {
@@ -162,7 +173,7 @@ pub async fn kill_sandbox(msb_home: String, name: String) -> Result<()> {
         // The runtime could not record its own end.
         store
             .set_exited(&n, STOPPED, 137, "killed")
-            .map_err(|e| err("runtime", e))
+            .map_err(|e| err(ErrorCode::Runtime, e))
     })
     .await
 }
@@ -180,7 +191,7 @@ pub async fn terminate_sandbox(msb_home: String, name: String) -> Result<()> {
         let store = open(&home)?;
         let rec = store
             .get(&n)
-            .map_err(|e| err("runtime", e))?
+            .map_err(|e| err(ErrorCode::Runtime, e))?
             .ok_or_else(|| not_found(&n))?;
         if !rec.is_live() {
             return Ok(false);
@@ -231,7 +242,7 @@ async fn wait_gone(home: &str, name: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(err(
-        "runtime",
+        ErrorCode::Runtime,
         format!("sandbox '{name}' did not stop within 10 s"),
     ))
 }

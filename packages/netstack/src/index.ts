@@ -4,6 +4,7 @@
  * network stack (`crates/netstack`, `NetConfig`) reads.
  */
 import { z } from "zod";
+import { GROUPS, type Action, type Group, type NetConfig, type Policy, type Proto, type PublishedPort, type Rule, type Same, type Target } from "@microsandbox/contract";
 
 /** A network option failed validation. `field` names it; `code` is always `"invalidConfig"`. */
 export class NetworkConfigError extends Error {
@@ -17,46 +18,12 @@ export class NetworkConfigError extends Error {
   }
 }
 
-export type Action = "allow" | "deny";
-export type Protocol = "tcp" | "udp" | "icmp";
-export const GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const;
-export type Group = (typeof GROUPS)[number];
-
-/** What a rule matches (JSON as the native stack reads it). */
-export type Target = { ip: string } | { cidr: string } | { domain: string } | { domainSuffix: string } | { group: Group };
-
-export interface Rule {
-  action: Action;
-  protocol?: Protocol;
-  /** Inclusive port range. */
-  ports?: [number, number];
-  target: Target;
-}
-
-export interface Policy {
-  defaultAction: Action;
-  egress: Rule[];
-  ingress: Rule[];
-}
-
-export interface PublishedPort {
-  protocol: "tcp" | "udp";
-  hostPort: number;
-  guestPort: number;
-}
-
-/** The native stack's configuration (`msb_netstack::NetConfig`). */
-export interface NetConfig {
-  guestMac: string;
-  guestIp: string;
-  gatewayIp: string;
-  prefixLen: number;
-  mtu: number;
-  dns: boolean;
-  maxConnections: number;
-  policy: Policy;
-  ports: PublishedPort[];
-}
+// The shapes the native stack reads (`msb_netstack::NetConfig` and its policy types) are
+// the contract's, generated from the Rust types; nothing here declares them again.
+export type { Action, Group, NetConfig, Policy, PublishedPort, Rule, Target } from "@microsandbox/contract";
+export { GROUPS };
+/** A rule's protocol. */
+export type Protocol = Proto;
 
 export const DEFAULT_GUEST_MAC = "02:00:00:00:00:15";
 export const DEFAULT_GUEST_IP = "10.0.2.15";
@@ -95,6 +62,8 @@ export const domainSuffixSchema = z
   .transform((s) => normName(s).replace(/^\*?\./, ""))
   .refine(validName, { error: "must be a DNS name such as example.com (a leading '*.' or '.' is allowed)" });
 export const groupSchema = z.enum(GROUPS, { error: `must be one of ${GROUPS.join(", ")}` });
+// The schema accepts exactly the native stack's groups (checked at compile time).
+const _groupIsTheStacks: Same<z.infer<typeof groupSchema>, Group> = true;
 const portRule = "must be an integer from 1 to 65535";
 export const portSchema = z.number({ error: portRule }).int({ error: portRule }).min(1, { error: portRule }).max(65535, { error: portRule });
 const mtuRule = "must be an integer from 576 to 65521";

@@ -7,6 +7,7 @@ import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { isAbsolute, join, posix, resolve } from "node:path";
 import { z } from "zod";
+import { DEFAULT_BOOT_TIMEOUT_MS, LOG_LEVELS, MIN_MEMORY_MIB, MOUNT_KINDS, type RuntimeConfig, type Same } from "@microsandbox/contract";
 import { defaultNetConfig, type NetConfig } from "@microsandbox/netstack";
 import { CorruptConfigError, InvalidConfigError } from "./errors.js";
 import { checkBootstrapSizes, checkBytes, checkPath } from "./input-limits.js";
@@ -15,16 +16,14 @@ import { MAX_ARG_BYTES } from "./limits.js";
 export const DEFAULT_CPUS = 1;
 export const DEFAULT_MEMORY_MIB = 512;
 /**
- * Smallest guest memory accepted, in MiB: one that boots every time (measured with the
- * default kernel under TCG: 64 MiB never boots, the kernel panics out of memory; 80 MiB
- * boots in 12-15 s under memory pressure; 96 MiB and more in ~1.7 s). msb-runtime checks
- * the same bound (crates/runtime/src/config.rs).
+ * Smallest guest memory accepted, in MiB (`MIN_MEMORY_MIB`), and the boot timeout
+ * when none is given (`DEFAULT_BOOT_TIMEOUT_MS`): msb-runtime's own values, from the
+ * contract (crates/contract).
  */
-export const MIN_MEMORY_MIB = 128;
+export { DEFAULT_BOOT_TIMEOUT_MS, MIN_MEMORY_MIB };
 export const MAX_MEMORY_MIB = 1024 * 1024;
 export const MAX_CPUS = 255;
 export const MAX_NAME_LENGTH = 63;
-export const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
 
 const noNul = (s: string) => !s.includes("\0");
 
@@ -135,10 +134,12 @@ export const registryAuthSchema = z.object(
 );
 export type RegistryAuth = z.infer<typeof registryAuthSchema>;
 
-export const logLevelSchema = z.enum(["trace", "debug", "info", "warn", "error"], {
+export const logLevelSchema = z.enum(LOG_LEVELS, {
   error: 'must be "trace", "debug", "info", "warn" or "error"',
 });
 export type LogLevel = z.infer<typeof logLevelSchema>;
+// The schema accepts exactly the levels msb-runtime takes (checked at compile time).
+const _logLevelIsTheRuntimes: Same<LogLevel, NonNullable<RuntimeConfig["logLevel"]>> = true;
 
 /** An absolute guest path: starts with '/', no NUL, no '..' component. */
 export const guestPathSchema = z
@@ -637,7 +638,7 @@ const storedConfigSchema = z.object({
     .array(
       z.object({
         guestPath: z.string(),
-        kind: z.enum(["bind", "named", "tmpfs"]),
+        kind: z.enum(MOUNT_KINDS),
         source: z.string().nullable(),
         readonly: z.boolean().default(false),
         sizeMiB: z.number().int().nullable().default(null),

@@ -3,6 +3,7 @@
  * string `code` that is stable across versions, so callers can branch on
  * `err.code` (or `instanceof`) instead of parsing messages.
  */
+import { ERROR_CODES, type ErrorCode } from "@microsandbox/contract";
 
 import { describeBytes } from "./limits.js";
 
@@ -203,7 +204,9 @@ export class SandboxFsOpsError extends MicrosandboxError {
 
 type Ctor = new (message: string, options?: { cause?: unknown }) => MicrosandboxError;
 
-const NATIVE_CODES: Record<string, Ctor> = {
+// Every native code but invalidConfig (which carries a field) has its class: the
+// generated `ErrorCode` union makes this map exhaustive at compile time.
+const NATIVE_CODES: Record<Exclude<ErrorCode, "invalidConfig">, Ctor> = {
   sandboxNotFound: SandboxNotFoundError,
   sandboxAlreadyExists: SandboxAlreadyExistsError,
   sandboxStillRunning: SandboxStillRunningError,
@@ -219,9 +222,7 @@ const NATIVE_CODES: Record<string, Ctor> = {
   protocol: ProtocolError,
 };
 
-// "<code>: <text>", code a camelCase identifier. `s` so multi-line texts (kernel
-// log tails) are kept whole.
-const NATIVE_MESSAGE = /^([a-z][A-Za-z]*): ([\s\S]*)$/;
+const isNativeCode = (s: string): s is ErrorCode => (ERROR_CODES as readonly string[]).includes(s);
 // An invalidConfig text from the native side may start with the field: "image: ...".
 const FIELD_PREFIX = /^([A-Za-z][A-Za-z0-9_.[\]]*): /;
 
@@ -234,16 +235,17 @@ const FIELD_PREFIX = /^([A-Za-z][A-Za-z0-9_.[\]]*): /;
 export function fromNative(e: unknown): MicrosandboxError {
   if (e instanceof MicrosandboxError) return e;
   const message = e instanceof Error ? e.message : String(e);
-  const m = NATIVE_MESSAGE.exec(message);
-  if (m) {
-    const code = m[1] as string;
-    const text = m[2] as string;
+  // napi's async calls carry only a message: the addon writes "<code>: <text>" with a
+  // code of the contract's ErrorCode (packages/core-native/src/lib.rs, `err`).
+  const sep = message.indexOf(": ");
+  const code = sep > 0 ? message.slice(0, sep) : "";
+  if (isNativeCode(code)) {
+    const text = message.slice(sep + 2);
     if (code === "invalidConfig") {
       const f = FIELD_PREFIX.exec(text);
       return new InvalidConfigError(f ? (f[1] as string) : "config", text, { cause: e });
     }
-    const ctor = NATIVE_CODES[code];
-    if (ctor) return new ctor(text, { cause: e });
+    return new NATIVE_CODES[code](text, { cause: e });
   }
   return new RuntimeError(message, { cause: e });
 }

@@ -7,10 +7,10 @@ import { argsSchema, check, cmdSchema, envKeySchema, envValueSchema, timeoutMsSc
 import { InvalidConfigError } from "./errors.js";
 import { DEFAULT_MAX_OUTPUT_BYTES } from "./limits.js";
 import { checkExecSizes } from "./input-limits.js";
-import type { NativeExecRequest } from "./native.js";
+import { RLIMIT_RESOURCES, type ExecRequest } from "@microsandbox/contract";
 
-/** Resource limits `rlimit()` takes (setrlimit's RLIMIT_*, lowercase). */
-export const RLIMIT_RESOURCES = ["nofile", "nproc", "as", "cpu", "fsize", "core", "stack", "memlock", "data"] as const;
+/** Resource limits `rlimit()` takes (setrlimit's RLIMIT_*, lowercase): the agent's list, from the contract. */
+export { RLIMIT_RESOURCES };
 export type RlimitResource = (typeof RLIMIT_RESOURCES)[number];
 
 /** Terminal size of a TTY command when none is given. */
@@ -153,7 +153,7 @@ export class ExecOptionsBuilder {
 
 /** Validated options of one command. */
 export interface ExecOptions {
-  request: NativeExecRequest;
+  request: ExecRequest;
   stdin: StdinMode;
   stdinBytes: Uint8Array | null;
   timeoutMs: number | null;
@@ -186,7 +186,7 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
   const maxOutputBytes =
     r.maxOutputBytes === undefined ? DEFAULT_MAX_OUTPUT_BYTES : check(maxOutputBytesSchema, "maxOutputBytes", r.maxOutputBytes);
   const ttyOn = r.tty === undefined ? false : check(boolSchema, "tty", r.tty);
-  let tty: NativeExecRequest["tty"] = null;
+  let tty: ExecRequest["tty"] = null;
   if (ttyOn) {
     tty = r.ttySize
       ? { rows: check(ttyDimSchema, "tty", r.ttySize.rows, "tty rows"), cols: check(ttyDimSchema, "tty", r.ttySize.cols, "tty cols") }
@@ -209,7 +209,7 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
       // On a TTY stdin is the terminal whatever this says; a pipe is what writes reach.
       stdin: r.stdin !== "null" || ttyOn,
       tty,
-      rlimits: [...limits],
+      rlimits: [...limits].map(([name, n]): [string, bigint] => [name, n === "unlimited" ? RLIM_INFINITY : BigInt(n)]),
     },
     stdin: r.stdin,
     stdinBytes,
@@ -227,15 +227,5 @@ export function buildExecOptions(configure: ((b: ExecOptionsBuilder) => ExecOpti
   return r instanceof ExecOptionsBuilder ? r : b;
 }
 
-/** setrlimit's RLIM_INFINITY: all ones in 64 bits, which no JavaScript number holds. */
-const RLIM_INFINITY = "18446744073709551615";
-
-/**
- * The JSON of an exec request for the native layer. Limits are written by hand so that
- * "unlimited" becomes the exact 64-bit RLIM_INFINITY (the top-level `"rlimits":[]` key
- * occurs once: quotes inside string values are always escaped).
- */
-export function execRequestJson(req: NativeExecRequest): string {
-  const limits = req.rlimits.map(([r, n]) => `[${JSON.stringify(r)},${n === "unlimited" ? RLIM_INFINITY : String(n)}]`).join(",");
-  return JSON.stringify({ ...req, rlimits: [] }).replace('"rlimits":[]', `"rlimits":[${limits}]`);
-}
+/** setrlimit's RLIM_INFINITY: all ones in 64 bits (a bigint: no JavaScript number holds it). */
+export const RLIM_INFINITY = 2n ** 64n - 1n;

@@ -104,9 +104,11 @@ function sanitize(s: unknown): string {
   return clean.length > 300 ? `${clean.slice(0, 297)}...` : clean;
 }
 
-function fsError(op: string, path: string, ev: NativeExecEvent): SandboxFsOpsError {
+type EventOf<K extends NativeExecEvent["kind"]> = Extract<NativeExecEvent, { kind: K }>;
+
+function fsError(op: string, path: string, ev: EventOf<"fsError">): SandboxFsOpsError {
   const errno = typeof ev.errno === "string" && /^E[A-Z0-9]{1,15}$/.test(ev.errno) ? ev.errno : "EIO";
-  const reason = sanitize(ev.reason);
+  const reason = sanitize(ev.message);
   return new SandboxFsOpsError(errno, path, `${op} ${path}: ${errno}${reason ? ` (${reason})` : ""}`);
 }
 
@@ -351,17 +353,17 @@ export class SandboxFs {
   /** Start an operation; its events come through `next(id)`. */
   async #open(op: NativeFsOp): Promise<{ client: NativeAgentClient; id: number }> {
     const client = this.#ctx.client();
-    const id = await this.#ctx.call(() => client.fs(JSON.stringify(op)));
+    const id = await this.#ctx.call(() => client.fs(op));
     return { client, id };
   }
 
   /** An operation answered by one event of kind `want`. */
-  async #single(op: NativeFsOp, name: string, path: string, want: NativeExecEvent["kind"]): Promise<NativeExecEvent> {
+  async #single<K extends NativeExecEvent["kind"]>(op: NativeFsOp, name: string, path: string, want: K): Promise<EventOf<K>> {
     const { client, id } = await this.#open(op);
     const ev = await this.#ctx.call(() => client.next(id));
     if (ev?.kind === "fsError") throw fsError(name, path, ev);
     if (ev?.kind !== want) throw new ProtocolError(`unexpected answer ${JSON.stringify(ev?.kind ?? null)} to ${name} ${path}`);
-    return ev;
+    return ev as EventOf<K>;
   }
 
   /**

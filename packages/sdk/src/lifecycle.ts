@@ -3,6 +3,7 @@
  * listSandboxes / getSandbox / removeSandbox / killSandbox) and a sandbox's agent
  * socket. Shared by {@link Sandbox}, {@link SandboxHandle} and the builder.
  */
+import { SANDBOX_STATUSES, type SandboxStatus } from "@microsandbox/contract";
 import "./polyfill.js";
 import { ProtocolError, SandboxNotFoundError, SandboxStillRunningError } from "./errors.js";
 import type { ExitStatus } from "./exec.js";
@@ -12,9 +13,9 @@ import { callNative, type NativeBinding, type NativeSandboxRecord } from "./nati
  * Where a sandbox is in its life. `"starting"`: its VM is booting (no commands yet;
  * `stop()` cancels the boot).
  */
-export type SandboxStatus = "starting" | "running" | "stopped" | "crashed" | "draining";
+export type { SandboxStatus };
 
-const STATUSES: readonly string[] = ["starting", "running", "stopped", "crashed", "draining"];
+const STATUSES: readonly string[] = SANDBOX_STATUSES;
 
 /** How long to wait for a runtime to release a sandbox after its VM is gone, before giving up. */
 export const RELEASE_TIMEOUT_MS = 10_000;

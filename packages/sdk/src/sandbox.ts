@@ -33,7 +33,7 @@ import {
   SandboxStillRunningError,
 } from "./errors.js";
 import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
-import { buildExecOptions, execRequestJson, resolveExecOptions, type ExecOptionsBuilder } from "./exec-options.js";
+import { buildExecOptions, resolveExecOptions, type ExecOptionsBuilder } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
 import { checkBootstrapSizes, checkScript } from "./input-limits.js";
 import { applyPatches, installScripts } from "./setup.js";
@@ -732,7 +732,7 @@ export class Sandbox implements AsyncDisposable {
     this.#ensureRunning();
     if (this.#draining) throw new SandboxDrainingError(`sandbox ${this.name} is draining: it takes no new commands`);
     const client = this.#client;
-    const session = await this.#call(() => client.exec(execRequestJson(o.request)));
+    const session = await this.#call(() => client.exec(o.request));
     const controls: SessionControls = {
       writeStdin: (data) => client.writeStdin(session, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)),
       closeStdin: () => client.closeStdin(session),
@@ -788,7 +788,7 @@ export class Sandbox implements AsyncDisposable {
     this.#ensureRunning();
     const client = this.#client;
     const o = resolveExecOptions(cmd, buildExecOptions((b) => b.args(args).user("0")));
-    const session = await this.#call(() => client.exec(execRequestJson(o.request)));
+    const session = await this.#call(() => client.exec(o.request));
     return new ExecHandle(() => client.next(session)).collect();
   }
 

@@ -50,7 +50,7 @@ describe("ExecHandle", () => {
     { kind: "stdout", data: Buffer.from("a") },
     { kind: "stderr", data: Buffer.from("E") },
     { kind: "stdout", data: Buffer.from("b€") },
-    { kind: "exited", code: 3 },
+    { kind: "exited", code: 3, signal: null },
   ];
 
   it("iterates events in order with plain Uint8Array data, then ends", async () => {
@@ -75,7 +75,7 @@ describe("ExecHandle", () => {
 
   it("wait resolves the exit status", async () => {
     expect(await handle(events).wait()).toEqual({ code: 3, success: false });
-    expect(await handle([{ kind: "started", pid: 1 }, { kind: "exited", code: 0 }]).wait()).toEqual({ code: 0, success: true });
+    expect(await handle([{ kind: "started", pid: 1 }, { kind: "exited", code: 0, signal: null }]).wait()).toEqual({ code: 0, success: true });
   });
 
   it("collect after recv gathers only what is left", async () => {
@@ -117,8 +117,8 @@ describe("ExecHandle", () => {
 
   it("maps native errors and rejects malformed events", async () => {
     await expect(handle([new Error("protocol: bad frame")]).wait()).rejects.toBeInstanceOf(ProtocolError);
-    await expect(handle([{ kind: "exited" }]).wait()).rejects.toBeInstanceOf(ProtocolError);
-    await expect(handle([{ kind: "stdout" }]).wait()).rejects.toBeInstanceOf(ProtocolError);
+    await expect(handle([{ kind: "exited" } as unknown as NativeExecEvent]).wait()).rejects.toBeInstanceOf(ProtocolError);
+    await expect(handle([{ kind: "stdout" } as unknown as NativeExecEvent]).wait()).rejects.toBeInstanceOf(ProtocolError);
     await expect(handle([{ kind: "bogus" } as unknown as NativeExecEvent]).wait()).rejects.toBeInstanceOf(ProtocolError);
   });
 });

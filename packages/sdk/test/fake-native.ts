@@ -67,7 +67,7 @@ export function catSession(log: string[] = []): LiveSession {
   return {
     next: () => q.next(),
     stdin: (d) => void q.push({ kind: "stdout", data: Buffer.from(d) }),
-    close: () => q.end({ kind: "exited", code: 0 }),
+    close: () => q.end({ kind: "exited", code: 0, signal: null }),
     signal: (n) => q.end({ kind: "exited", code: 128 + n, signal: n }),
     resize: (r, c) => void log.push(`resize ${r}x${c}`),
   };
@@ -343,7 +343,7 @@ export class FakeFs {
   session(op: NativeFsOp): LiveSession {
     const q = new EventQueue();
     const fail = (e: unknown) => {
-      if (e instanceof FsFailure) q.end({ kind: "fsError", errno: e.errno, reason: `${e.path}: ${e.errno}` });
+      if (e instanceof FsFailure) q.end({ kind: "fsError", errno: e.errno, message: `${e.path}: ${e.errno}` });
       else q.end(e instanceof Error ? e : new Error(String(e)));
     };
     try {
@@ -390,11 +390,11 @@ export class FakeFs {
   helper(req: NativeExecRequest): LiveSession | undefined {
     if (req.user !== "0" || (req.cmd !== "readlink" && req.cmd !== "chmod")) return undefined;
     try {
-      if (req.cmd === "readlink") return queueSession([{ kind: "started", pid: 9 }, { kind: "stdout", data: Buffer.from(this.readlink(req.args[0] ?? "") + "\n") }, { kind: "exited", code: 0 }]);
+      if (req.cmd === "readlink") return queueSession([{ kind: "started", pid: 9 }, { kind: "stdout", data: Buffer.from(this.readlink(req.args[0] ?? "") + "\n") }, { kind: "exited", code: 0, signal: null }]);
       this.chmod(req.args[1] ?? "", parseInt(req.args[0] ?? "", 8));
-      return queueSession([{ kind: "started", pid: 9 }, { kind: "exited", code: 0 }]);
+      return queueSession([{ kind: "started", pid: 9 }, { kind: "exited", code: 0, signal: null }]);
     } catch (e) {
-      return queueSession([{ kind: "started", pid: 9 }, { kind: "stderr", data: Buffer.from(String(e)) }, { kind: "exited", code: 1 }]);
+      return queueSession([{ kind: "started", pid: 9 }, { kind: "stderr", data: Buffer.from(String(e)) }, { kind: "exited", code: 1, signal: null }]);
     }
   }
 }
@@ -427,10 +427,9 @@ export class FakeClient implements NativeAgentClient {
     return this.closedByUs || this.fake.gone(this.sandbox, this);
   }
 
-  async exec(requestJson: string): Promise<number> {
+  async exec(req: NativeExecRequest): Promise<number> {
     this.calls.push("exec");
     if (this.closed) throw new Error("runtime: connection closed");
-    const req = JSON.parse(requestJson) as NativeExecRequest;
     const id = this.#nextId++;
     if (this.fake.records.get(this.sandbox)?.status === "draining") {
       // As the real runtime does: the session's first (and only) frame is an error.
@@ -444,10 +443,9 @@ export class FakeClient implements NativeAgentClient {
     return id;
   }
 
-  async fs(opJson: string): Promise<number> {
+  async fs(op: NativeFsOp): Promise<number> {
     this.calls.push("fs");
     if (this.closed) throw new Error("sandboxNotRunning: the sandbox stopped");
-    const op = JSON.parse(opJson) as NativeFsOp;
     this.fsOps.push(op);
     const id = this.#nextId++;
     const hook = this.fake.fsHook?.(op);
@@ -533,7 +531,7 @@ export function run(out: string, err = "", code = 0): NativeExecEvent[] {
   const evs: NativeExecEvent[] = [{ kind: "started", pid: 42 }];
   if (out) evs.push({ kind: "stdout", data: Buffer.from(out) });
   if (err) evs.push({ kind: "stderr", data: Buffer.from(err) });
-  evs.push({ kind: "exited", code });
+  evs.push({ kind: "exited", code, signal: null });
   return evs;
 }
 
@@ -625,10 +623,10 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
         configJson: JSON.stringify({ name: r.name, cpus: 1, memoryMib: 512 }),
         createdAt: now,
         updatedAt: now,
-        runtimePid: null,
-        socketPath: null,
-        exitCode: null,
-        exitReason: null,
+        runtimePid: undefined,
+        socketPath: undefined,
+        exitCode: undefined,
+        exitReason: undefined,
         ...r,
       };
       if (live(rec)) {
@@ -646,8 +644,8 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
       rec.status = how.status ?? "stopped";
       rec.exitCode = how.code;
       rec.exitReason = how.reason;
-      rec.runtimePid = null;
-      rec.socketPath = null;
+      rec.runtimePid = undefined;
+      rec.socketPath = undefined;
       rec.updatedAt = Date.now();
       const k = key(name, generation.get(name) ?? 0);
       ended.add(k);
@@ -695,8 +693,8 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
         updatedAt: now,
         runtimePid: FAKE_PID,
         socketPath,
-        exitCode: null,
-        exitReason: null,
+        exitCode: undefined,
+        exitReason: undefined,
       });
       return { pid: FAKE_PID, socketPath, sandboxDir: `${cfg.msbHome}/sandboxes/${cfg.name}` };
     },
@@ -733,7 +731,7 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
       if (!rec) throw notFound(name);
       fake.terminated.push(name);
       if (rec.status === "starting") {
-        fake.records.set(name, { ...rec, status: "stopped", runtimePid: null, socketPath: null, exitCode: 0, exitReason: "stopped while booting" });
+        fake.records.set(name, { ...rec, status: "stopped", runtimePid: undefined, socketPath: undefined, exitCode: 0, exitReason: "stopped while booting" });
       } else if (live(rec)) fake.endVm(name, { code: 0, reason: "stopped" });
     },
 

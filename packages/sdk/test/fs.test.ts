@@ -197,9 +197,9 @@ describe("streams", () => {
       if (!("read" in op) || op.read.path !== "/dev/zero") return undefined;
       return {
         next: async () => {
-          if (cancelled) return { kind: "fsError", errno: "ECANCELED", reason: "read cancelled by the host" };
+          if (cancelled) return { kind: "fsError", errno: "ECANCELED", message: "read cancelled by the host" };
           sent += 65536;
-          return { kind: "fsData", data: new Uint8Array(65536) };
+          return { kind: "fsData", data: Buffer.alloc(65536) };
         },
         signal: () => {
           cancelled = true;
@@ -244,7 +244,7 @@ describe("streams", () => {
     fake.fsHook = (op) => {
       if (!("write" in op)) return undefined;
       const q = new EventQueue();
-      return { next: () => q.next(), stdin: () => undefined, close: () => q.end({ kind: "fsError", errno: "ENOSPC", reason: "disk full" }) };
+      return { next: () => q.next(), stdin: () => undefined, close: () => q.end({ kind: "fsError", errno: "ENOSPC", message: "disk full" }) };
     };
     const ws = await fs.writeStream("/tmp/x");
     await ws.write("data");
@@ -409,7 +409,7 @@ describe("copyFromHost / copyToHost", () => {
   });
 
   describe("a hostile guest listing", () => {
-    const entry = (name: string, kind = "file"): NativeFsEntry => ({ name, kind, size: 1, mode: 0o644, modifiedMs: 0 });
+    const entry = (name: string, kind = "file"): NativeFsEntry => ({ name, kind: kind as NativeFsEntry["kind"], size: 1, mode: 0o644, modifiedMs: 0 });
 
     function hostileList(entries: NativeFsEntry[]): void {
       fake.fsHook = (op) => {

@@ -253,7 +253,7 @@ describe("create", () => {
     fake.fsHook = (op) => {
       if (!("write" in op) || op.write.path !== "/ro/file") return undefined;
       const q = new EventQueue();
-      q.end({ kind: "fsError", errno: "EROFS", reason: "read-only" });
+      q.end({ kind: "fsError", errno: "EROFS", message: "read-only" });
       return { next: () => q.next() };
     };
     const e = await B()

@@ -509,7 +509,7 @@ describe("SandboxHandle", () => {
   });
 
   it("a starting sandbox (booting, no socket yet): stop() cancels the boot through its runtime, then remove works", async () => {
-    fake.addRecord({ name: "boot", status: "starting", runtimePid: 4242, socketPath: null });
+    fake.addRecord({ name: "boot", status: "starting", runtimePid: 4242, socketPath: undefined });
     const h = await Sandbox.get("boot");
     expect(h.status).toBe("starting");
     expect(h.runtimePid).toBe(4242);

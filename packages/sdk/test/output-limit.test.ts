@@ -27,14 +27,14 @@ function zeroSession(chunk: Uint8Array, stats: { pulled: number; drained: number
         // what the pipe still held, then the exit
         if (n++ % 4 !== 3) {
           stats.drained++;
-          return { kind: "stdout", data: chunk };
+          return { kind: "stdout", data: Buffer.from(chunk) };
         }
         if (exitedSent) return null;
         exitedSent = true;
         return { kind: "exited", code: 128 + signalled, signal: signalled };
       }
       stats.pulled++;
-      return { kind: alsoStderr && stats.pulled % 2 === 0 ? "stderr" : "stdout", data: chunk };
+      return { kind: alsoStderr && stats.pulled % 2 === 0 ? "stderr" : "stdout", data: Buffer.from(chunk) };
     },
     signal(s) {
       signalled ??= s;
@@ -163,7 +163,7 @@ describe("maxOutputBytes", () => {
     const q = new EventQueue();
     q.push({ kind: "started", pid: 1 });
     for (let i = 0; i < 5; i++) q.push({ kind: "stdout", data: Buffer.alloc(10) });
-    q.push({ kind: "exited", code: 0 });
+    q.push({ kind: "exited", code: 0, signal: null });
     const h = new ExecHandle(() => q.next(), { maxOutputBytes: 35 });
     await expect(h.collect()).rejects.toMatchObject({ code: "outputLimit", limit: 35 });
   });
