@@ -9,6 +9,7 @@
 import "./polyfill.js";
 import { Observable } from "rxjs";
 import { ProtocolError } from "./errors.js";
+import type { Same } from "@microsandbox/contract";
 import type { NativeMetricsRecord } from "./native.js";
 
 /** A point-in-time snapshot of a sandbox's resource use. */
@@ -44,6 +45,8 @@ const FIELDS = [
   "timestampMs",
   "uptimeMs",
 ] as const;
+// Every field of the runtime's MetricsReport is checked (compile time: no more, no fewer).
+const _everyFieldChecked: Same<(typeof FIELDS)[number], keyof NativeMetricsRecord> = true;
 
 /** Check and convert what the addon returns. A missing or non-numeric field is a {@link ProtocolError}. */
 export function toSandboxMetrics(m: NativeMetricsRecord): SandboxMetrics {
