@@ -103,7 +103,7 @@ impl SessionEvent {
                     message,
                 })
             }
-            other => return Err(NotAnEvent::Unexpected(variant_name(&other))),
+            other => return Err(NotAnEvent::Unexpected(other.kind_name())),
         })
     }
 }
@@ -129,15 +129,6 @@ pub fn safe_errno(s: &str) -> String {
     } else {
         "EIO".to_string()
     }
-}
-
-/// The variant name of a message, for errors and logs (never its payload: it may be large).
-pub fn variant_name(m: &Message) -> String {
-    let dbg = format!("{m:?}");
-    dbg.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod runtime_config;
 mod typescript;
 
 pub use error_code::ErrorCode;
-pub use event::{safe_errno, trusted_code, variant_name, NotAnEvent, SessionEvent};
+pub use event::{safe_errno, trusted_code, NotAnEvent, SessionEvent};
 pub use runtime_config::{
     ConfigError, Mode, MountConfig, MountKind, RuntimeConfig, DEFAULT_BOOT_TIMEOUT_MS, LOG_LEVELS,
     MIN_MEMORY_MIB,

@@ -213,6 +213,15 @@ pub struct MetricsReport {
 }
 
 impl Message {
+    /// The variant name, for errors and logs (never the payload: it may be large).
+    pub fn kind_name(&self) -> String {
+        let dbg = format!("{self:?}");
+        dbg.split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Messages the (untrusted) guest may send to the host.
     pub fn allowed_from_guest(&self) -> bool {
         matches!(

@@ -260,20 +260,12 @@ fn render() -> String {
         let frame = Frame::new(7, m.clone()).encode().unwrap();
         out.push_str(&format!(
             "{}\n  value: {}\n  frame: {}\n\n",
-            name(&m),
+            m.kind_name(),
             readable(&m),
             hex(&frame)
         ));
     }
     out
-}
-
-fn name(m: &Message) -> String {
-    let dbg = format!("{m:?}");
-    dbg.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

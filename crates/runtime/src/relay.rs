@@ -530,11 +530,7 @@ async fn reply(tx: &mpsc::Sender<Vec<u8>>, id: u32, msg: Message) -> Result<(), 
 
 /// The variant name of a message, for logs (never its payload: it may be large).
 fn kind(m: &Message) -> String {
-    let dbg = format!("{m:?}");
-    dbg.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    m.kind_name()
 }
 
 #[cfg(test)]
@@ -763,15 +759,20 @@ mod tests {
             }
         }
 
-        /// A client connection, greeted.
-        async fn client(&self) -> Client {
+        /// A client connection, not greeted yet.
+        fn connect(&self) -> Client {
             let (ours, theirs) = UnixStream::pair().unwrap();
             tokio::spawn(self.relay.clone().client(ours));
             let (rd, wr) = theirs.into_split();
-            let mut c = Client {
+            Client {
                 rd: FrameReader::new(rd),
                 wr,
-            };
+            }
+        }
+
+        /// A client connection, greeted.
+        async fn client(&self) -> Client {
+            let mut c = self.connect();
             c.send(Frame::new(
                 CHANNEL_ID,
                 Message::Hello {
@@ -894,13 +895,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_says_hello_first() {
         let rig = Rig::new();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        tokio::spawn(rig.relay.clone().client(ours));
-        let (rd, wr) = theirs.into_split();
-        let mut c = Client {
-            rd: FrameReader::new(rd),
-            wr,
-        };
+        let mut c = rig.connect();
         c.send(Frame::new(1, exec())).await;
         match c.recv().await.message {
             Message::Error { code, message } => {
@@ -920,13 +915,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_of_another_protocol_version_is_refused() {
         let rig = Rig::new();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        tokio::spawn(rig.relay.clone().client(ours));
-        let (rd, wr) = theirs.into_split();
-        let mut c = Client {
-            rd: FrameReader::new(rd),
-            wr,
-        };
+        let mut c = rig.connect();
         c.send(Frame::new(
             CHANNEL_ID,
             Message::Hello {
