@@ -1,10 +1,13 @@
 import "./polyfill.js";
-import { check, parseStoredConfig, timeoutMsSchema, type SandboxConfig } from "./config.js";
+import { check, msbHome, nameSchema, parseStoredConfig, timeoutMsSchema, type SandboxConfig } from "./config.js";
+import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { SandboxNotRunningError } from "./errors.js";
+import { connectRecord, startExisting } from "./launch.js";
 import { closeQuietly, isLive, readRecord, stopByName, type SandboxRecord, type SandboxStatus } from "./lifecycle.js";
 import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { callNative, native } from "./native.js";
-import { connectRecord, DEFAULT_STOP_TIMEOUT_MS, Sandbox } from "./sandbox.js";
+// Type only (erased): sandbox.ts imports this module for Sandbox.get() and Sandbox.list().
+import type { Sandbox } from "./sandbox.js";
 
 /**
  * A lightweight handle to an existing sandbox, running or not, from
@@ -96,14 +99,14 @@ export class SandboxHandle {
 
   /** Boot the stopped sandbox again (files kept), attached to this process. See `Sandbox.start`. */
   async start(): Promise<Sandbox> {
-    const sb = await Sandbox.start(this.name);
+    const sb = await startExisting(this.name, true);
     await this.refresh().catch(() => undefined);
     return sb;
   }
 
   /** Boot the stopped sandbox again (files kept), detached. See `Sandbox.startDetached`. */
   async startDetached(): Promise<Sandbox> {
-    const sb = await Sandbox.startDetached(this.name);
+    const sb = await startExisting(this.name, false);
     await this.refresh().catch(() => undefined);
     return sb;
   }
@@ -128,7 +131,7 @@ export class SandboxHandle {
 
   /** Delete the stopped sandbox and all its state. `SandboxStillRunningError` while it runs. */
   async remove(): Promise<void> {
-    await Sandbox.remove(this.name);
+    await removeByName(this.name);
   }
 
   /** A snapshot of the running sandbox's resource use, from its runtime. Stopped -> `SandboxNotRunningError`. */
@@ -153,4 +156,12 @@ export class SandboxHandle {
     }
     return rec;
   }
+}
+
+/** @internal `Sandbox.remove` and `handle.remove()`: delete a stopped sandbox and all its state. */
+export async function removeByName(name: string): Promise<void> {
+  const n = check(nameSchema, "name", name);
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  await callNative(() => binding.removeSandbox(home, n));
 }

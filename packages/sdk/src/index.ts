@@ -1,7 +1,9 @@
 // Must stay the first import: installs Symbol.asyncDispose on Node 20.
 import "./polyfill.js";
 
-export { Sandbox, SandboxBuilder, DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./sandbox.js";
+export { Sandbox } from "./sandbox.js";
+export { SandboxBuilder } from "./builder.js";
+export { DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 export { SandboxHandle } from "./handle.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";

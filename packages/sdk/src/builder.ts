@@ -1,0 +1,296 @@
+import "./polyfill.js";
+import type { PullProgress } from "@microsandbox/oci";
+import { NetworkBuilder } from "@microsandbox/netstack";
+import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
+import { validateAll, validateConfig, type LogLevel, type PullPolicy, type RawSandboxConfig, type RegistryAuth, type SandboxConfig } from "./config.js";
+import { InvalidConfigError } from "./errors.js";
+import { launch } from "./launch.js";
+// Type only (erased): sandbox.ts imports this module for Sandbox.builder().
+import type { Sandbox } from "./sandbox.js";
+
+/**
+ * Configures a sandbox. Setters only record their argument; {@link create}
+ * validates the whole configuration (zod) before anything is started, and
+ * rejects with {@link InvalidConfigError} naming the first bad field.
+ */
+export class SandboxBuilder {
+  readonly #raw: RawSandboxConfig;
+  #onPullProgress: ((p: PullProgress) => void) | undefined;
+  #replace = false;
+  #ephemeral = false;
+  readonly #net = new NetworkBuilder();
+
+  /** @internal Use {@link Sandbox.builder}. */
+  constructor(name: string) {
+    this.#raw = { name, env: [], scripts: [], patches: [], volumes: [] };
+  }
+
+  /**
+   * The root filesystem given explicitly, for a disk image whose filesystem cannot be
+   * detected: `.imageWith(i => i.disk("./disk.qcow2").fstype("ext4"))`.
+   */
+  imageWith(configure: (i: ImageBuilder) => ImageBuilder | void): this {
+    const b = new ImageBuilder();
+    if (typeof configure === "function") configure(b);
+    this.#raw.image = b.disk_;
+    this.#raw.imageIsDisk = true;
+    if (b.fstype_ !== undefined) this.#raw.imageFstype = b.fstype_;
+    else delete this.#raw.imageFstype;
+    return this;
+  }
+
+  /** The shell of `sb.shell(script)` and `sb.shellStream(script)` (run as `shell -c script`). Default `/bin/sh`. */
+  shell(shell: string): this {
+    this.#raw.shell = shell;
+    return this;
+  }
+
+  /**
+   * A script installed as `/.msb/scripts/<name>` (mode 0755) before `create()` resolves.
+   * That directory ends every command's PATH, so `sb.exec(name)` and `sb.shell(name)`
+   * run it; give it a `#!` line. `name` is one file name (no `/`). Repeatable; a later
+   * script of the same name wins.
+   */
+  script(name: string, content: string): this {
+    this.#raw.scripts?.push([name, content]);
+    return this;
+  }
+
+  /**
+   * Changes to the root filesystem, applied to this sandbox's writable layer in order
+   * before `create()` resolves: `.patch(p => p.text("/etc/motd", "hi\n").mkdir("/data"))`.
+   * The image itself is never modified. Host sources (`copyFile`, `copyDir`) must exist
+   * when `create()` is called. Repeatable.
+   */
+  patch(configure: (p: PatchBuilder) => PatchBuilder | void): this {
+    const b = new PatchBuilder();
+    if (typeof configure === "function") configure(b);
+    this.#raw.patches?.push(...b.steps);
+    return this;
+  }
+
+  /**
+   * Mount a volume at `guestPath` (absolute): `m.bind(hostDir)`, `m.named(name)` or
+   * `m.tmpfs({ sizeMiB })`, optionally `.readonly()`. Repeatable.
+   */
+  volume(guestPath: string, configure: (m: MountBuilder) => MountBuilder | void): this {
+    const b = new MountBuilder(guestPath);
+    if (typeof configure === "function") configure(b);
+    this.#raw.volumes?.push(b.raw);
+    return this;
+  }
+
+  /**
+   * The sandbox's network: `.network(n => n.policy(NetworkPolicy.builder()...build()).port(8080, 80))`.
+   * Without it a sandbox still has a network, with the default policy (public addresses
+   * allowed, everything else denied; the gateway's DNS always served). Repeatable: later
+   * calls add to the same network (and turn a `.disableNetwork()` off).
+   */
+  network(configure: (n: NetworkBuilder) => NetworkBuilder | void): this {
+    this.#raw.networkDisabled = false;
+    return this.#netCall(() => {
+      if (typeof configure === "function") configure(this.#net);
+    });
+  }
+
+  /** No network at all: the guest gets no NIC (only `lo`). */
+  disableNetwork(): this {
+    this.#raw.networkDisabled = true;
+    return this;
+  }
+
+  /** Publish guest TCP `guestPort` on the host's 127.0.0.1:`hostPort`. Repeatable. */
+  port(hostPort: number, guestPort: number): this {
+    return this.#netCall(() => this.#net.port(hostPort, guestPort));
+  }
+
+  /** Publish guest UDP `guestPort` on the host's 127.0.0.1:`hostPort`. Repeatable. */
+  portUdp(hostPort: number, guestPort: number): this {
+    return this.#netCall(() => this.#net.portUdp(hostPort, guestPort));
+  }
+
+  #netCall(f: () => void): this {
+    try {
+      f();
+    } catch (e) {
+      const err = e as { code?: unknown; field?: unknown; message?: unknown };
+      if (err?.code !== "invalidConfig") throw e;
+      // Reported by validate()/create(), like every other bad option.
+      this.#raw.networkError ??= {
+        field: typeof err.field === "string" ? err.field : "network",
+        message: typeof err.message === "string" ? err.message : String(e),
+        cause: e,
+      };
+    }
+    this.#raw.network = this.#net.toNativeConfig();
+    return this;
+  }
+
+  /** Verbosity of the sandbox's runtime log (`$MSB_HOME/sandboxes/<name>/runtime.log`): trace, debug, info (default), warn, error. */
+  logLevel(level: LogLevel): this {
+    this.#raw.logLevel = level;
+    return this;
+  }
+
+  /**
+   * Root filesystem: an OCI image reference (`alpine`, `python:3.12-slim`,
+   * `127.0.0.1:5000/team/app@sha256:...`), a local directory, or a disk image file
+   * (ext4). Paths start with `/`, `./`, `../` or `~`, or name something that exists on
+   * the host; anything else is pulled from its registry. Default: the embedded busybox image.
+   */
+  image(image: string): this {
+    this.#raw.image = image;
+    delete this.#raw.imageIsDisk;
+    delete this.#raw.imageFstype;
+    return this;
+  }
+
+  /** When to pull an OCI image: `"if-missing"` (default), `"always"` or `"never"` (cached only). */
+  pullPolicy(policy: PullPolicy): this {
+    this.#raw.pullPolicy = policy;
+    return this;
+  }
+
+  /** Credentials for the image's registry: `{ kind: "basic", username, password }`. The password is never stored. */
+  registryAuth(auth: RegistryAuth): this {
+    this.#raw.registryAuth = auth;
+    return this;
+  }
+
+  /** Allow plain HTTP (and unverified TLS) for the image's registry. Loopback registries never need it. */
+  insecureRegistry(insecure = true): this {
+    this.#raw.insecureRegistry = insecure;
+    return this;
+  }
+
+  /** An extra CA certificate (PEM file) to trust for the image's registry. */
+  registryCa(pemPath: string): this {
+    this.#raw.registryCa = pemPath;
+    return this;
+  }
+
+  /** Receive progress events while an OCI image is pulled. */
+  onPullProgress(listener: (p: PullProgress) => void): this {
+    this.#onPullProgress = listener;
+    return this;
+  }
+
+  /** Override the image's entrypoint (what `msb run` starts when given no command, and prefixes to one). */
+  entrypoint(cmd: readonly string[]): this {
+    this.#raw.entrypoint = [...cmd];
+    return this;
+  }
+
+  /** Default user of every command: a name from the guest's /etc/passwd, a uid, or uid:gid. */
+  user(user: string): this {
+    this.#raw.user = user;
+    return this;
+  }
+
+  /** Number of virtual CPUs, 1 to 255. Default 1. */
+  cpus(count: number): this {
+    this.#raw.cpus = count;
+    return this;
+  }
+
+  /** Guest memory in MiB, at least 128 (the smallest that boots every time). Default 512. */
+  memory(mib: number): this {
+    this.#raw.memory = mib;
+    return this;
+  }
+
+  /** An environment variable for every command in the sandbox. Repeatable; a later value for the same key wins. */
+  env(key: string, value: string): this {
+    this.#raw.env.push([key, value]);
+    return this;
+  }
+
+  /** Default working directory of commands; an absolute path inside the guest. */
+  workdir(path: string): this {
+    this.#raw.workdir = path;
+    return this;
+  }
+
+  /** Guest hostname. */
+  hostname(hostname: string): this {
+    this.#raw.hostname = hostname;
+    return this;
+  }
+
+  /**
+   * Drain the sandbox after `secs` seconds (a positive integer) with no exec session
+   * running: it then stops. Enforced by the sandbox's runtime on the host, so it
+   * also applies to detached sandboxes.
+   */
+  idleTimeout(secs: number): this {
+    this.#raw.idleTimeout = secs;
+    return this;
+  }
+
+  /**
+   * Maximum lifetime in seconds (a positive integer): at that age the sandbox is
+   * drained and stopped, whatever runs in it. Enforced on the host; the guest cannot
+   * extend it.
+   */
+  maxDuration(secs: number): this {
+    this.#raw.maxDuration = secs;
+    return this;
+  }
+
+  /**
+   * If a sandbox with this name exists, stop it (gracefully, killed after 10 s) and
+   * remove it before creating the new one. Without this, a name in use rejects
+   * with {@link SandboxAlreadyExistsError}.
+   */
+  replace(replace = true): this {
+    this.#replace = replace;
+    return this;
+  }
+
+  /**
+   * A throwaway sandbox: when the process that created it exits without stopping it
+   * (a crash, SIGKILL), its runtime removes it (state, disks, logs) instead of leaving
+   * it stopped. A sandbox stopped by its creator is kept until removed, as usual. Only
+   * for {@link create} (attached); `msb run` uses it.
+   */
+  ephemeral(ephemeral = true): this {
+    this.#ephemeral = ephemeral;
+    return this;
+  }
+
+  /** Validate the configuration without starting anything. Throws {@link InvalidConfigError}. */
+  validate(): SandboxConfig {
+    return validateConfig(this.#raw);
+  }
+
+  /**
+   * Boot the sandbox in attached mode: it is stopped when this process exits,
+   * however it exits. Resolves once the guest agent is ready for commands.
+   */
+  async create(): Promise<Sandbox> {
+    return this.#create(true);
+  }
+
+  /**
+   * Boot the sandbox in detached mode: it keeps running after this process exits,
+   * until it is stopped (`Sandbox.get(name)` reaches it from anywhere).
+   */
+  async createDetached(): Promise<Sandbox> {
+    return this.#create(false);
+  }
+
+  async #create(attached: boolean): Promise<Sandbox> {
+    const { config, patches } = validateAll(this.#raw);
+    if (this.#ephemeral && !attached) {
+      throw new InvalidConfigError("ephemeral", "invalid ephemeral: a detached sandbox has no creator to follow; use create()");
+    }
+    return launch(config, {
+      mode: "create",
+      attached,
+      ephemeral: this.#ephemeral,
+      replace: this.#replace,
+      patches,
+      ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
+    });
+  }
+}

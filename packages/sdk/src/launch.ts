@@ -1,0 +1,184 @@
+/**
+ * Starting a sandbox's runtime and connecting to its guest agent: a new sandbox (the
+ * builder), a stopped one booted again (`Sandbox.start`), a running one reached from
+ * its record (`handle.connect()`).
+ */
+import "./polyfill.js";
+import { join } from "node:path";
+import type { PullProgress } from "@microsandbox/oci";
+import { bootTimeoutMs, check, checkBindSource, msbHome, nameSchema, parseStoredConfig, persistableConfig, type PatchOp, type SandboxConfig } from "./config.js";
+import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
+import { ExecFailedError, fromNative, InvalidConfigError, SandboxStillRunningError } from "./errors.js";
+import { checkBootstrapSizes } from "./input-limits.js";
+import { findRecord, isLive, readRecord, removeWhenStopped, stopByName } from "./lifecycle.js";
+import { callNative, native, type NativeAgentClient, type NativeBinding, type NativeSandboxConfig } from "./native.js";
+import { resolveRootfs } from "./rootfs.js";
+import { applyPatches, installScripts } from "./setup.js";
+// Type only (erased): sandbox.ts imports this module, see provideSandbox.
+import type { Sandbox } from "./sandbox.js";
+
+/**
+ * The Sandbox class, handed over by sandbox.ts when it loads. The public classes make
+ * each other (Sandbox.builder() a SandboxBuilder whose create() makes a Sandbox here,
+ * Sandbox.get() a SandboxHandle whose connect() does), so one direction must be passed
+ * at run time rather than imported, or the modules import each other: this one. The
+ * package index imports sandbox.ts, so the class is here before any call.
+ */
+let SandboxClass: typeof Sandbox | undefined;
+
+/** @internal Called once by sandbox.ts with its Sandbox class. */
+export function provideSandbox(cls: typeof Sandbox): void {
+  SandboxClass = cls;
+}
+
+function sandboxClass(): typeof Sandbox {
+  if (SandboxClass === undefined) throw new Error("internal: sandbox.js was not loaded (import the SDK from its index)");
+  return SandboxClass;
+}
+
+export interface LaunchOptions {
+  mode: "create" | "start";
+  attached: boolean;
+  /** Removed by its runtime when its creator exits without stopping it. */
+  ephemeral?: boolean;
+  replace?: boolean;
+  /** mode "start": the stored configuration, as stored. */
+  storedConfig?: unknown;
+  onPullProgress?: (p: PullProgress) => void;
+  /** mode "create": patch steps to apply after boot. */
+  patches?: PatchOp[];
+}
+
+/**
+ * Boot a sandbox: find its root filesystem (pulling an OCI image if needed), hand the
+ * configuration to msb-runtime, connect to the guest agent. Used by the builder
+ * (`mode: "create"`, a new sandbox) and by `Sandbox.start` (`mode: "start"`: an existing
+ * stopped sandbox, booted again from its stored configuration with its disk kept).
+ */
+export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> {
+  // Host directories may have gone since the configuration was made (a restart).
+  for (const v of given.volumes) if (v.kind === "bind") checkBindSource(v.source ?? "", v.guestPath);
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  const assets = await callNative(() => binding.assetPaths());
+  const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
+  // The image's environment is merged in now: the bootstrap must still fit its frame.
+  checkBootstrapSizes(config);
+  if (o.replace) await replaceExisting(binding, home, config.name);
+  const nativeConfig: NativeSandboxConfig = {
+    name: config.name,
+    msbHome: home,
+    runtimePath: assets.runtime,
+    kernel: assets.kernel,
+    initramfs: assets.initramfs,
+    image: rootfs,
+    cpus: config.cpus,
+    memoryMib: config.memoryMib,
+    env: config.env,
+    workdir: config.workdir,
+    hostname: config.hostname,
+    user: config.user,
+    mode: o.mode,
+    attached: o.attached,
+    ephemeral: o.ephemeral === true,
+    bootTimeoutMs: bootTimeoutMs(),
+    idleTimeoutSecs: config.idleTimeoutSecs,
+    maxDurationSecs: config.maxDurationSecs,
+    mounts: config.volumes.map((v) => ({ guestPath: v.guestPath, kind: v.kind, source: v.source, readonly: v.readonly, sizeMiB: v.sizeMiB })),
+    imageFstype: config.imageFstype,
+    logLevel: config.logLevel,
+    network: config.network,
+    // A restart stores back exactly what was stored.
+    sdkConfig: o.storedConfig !== undefined ? o.storedConfig : persistableConfig(config),
+  };
+  // (A create whose boot fails leaves nothing behind: msb-runtime forgets the sandbox.)
+  const info = await callNative(() => binding.startSandbox(JSON.stringify(nativeConfig)));
+  let client: NativeAgentClient;
+  try {
+    client = await callNative(() => binding.AgentClient.connect(info.socketPath));
+  } catch (e) {
+    // The VM is up but unreachable: end it rather than leave it running.
+    await callNative(() => binding.killSandbox(home, config.name)).catch(() => {
+      try {
+        process.kill(info.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    });
+    throw e;
+  }
+  const sb = new (sandboxClass())(config, info, client, o.attached, home);
+  // Before anything of the caller's runs: the default user exists (a new sandbox), then
+  // scripts (every boot) and patches (the first one).
+  const checkUser = o.mode === "create" && config.user !== null;
+  if (checkUser || config.scripts.length > 0 || (o.patches?.length ?? 0) > 0) {
+    try {
+      if (checkUser) await checkDefaultUser(sb, config.user as string);
+      const fs = sb.fs();
+      await installScripts(fs, config.scripts);
+      if (o.mode === "create" && o.patches) await applyPatches(fs, o.patches);
+    } catch (e) {
+      await sb.kill().catch(() => undefined);
+      if (o.mode === "create") await removeWhenStopped(binding, home, config.name, { missingOk: true }).catch(() => undefined);
+      throw fromNative(e);
+    }
+  }
+  return sb;
+}
+
+/** How the agent reports a user or group it cannot find (crates/agent/src/exec.rs, resolve_user). */
+const UNKNOWN_USER = /^unknown (user|group): /;
+
+/**
+ * The sandbox's default user (from the builder or the image) must exist in the guest:
+ * run `true` as it (an exec that names no user gets the default) and turn the agent's
+ * "unknown user" / "unknown group" into InvalidConfigError("user"). An image without a
+ * `true` program cannot be checked this way; its first command reports a bad user.
+ */
+async function checkDefaultUser(sb: Sandbox, user: string): Promise<void> {
+  try {
+    await sb.execWith("true", (b) => b.maxOutputBytes(64 * 1024));
+  } catch (e) {
+    if (e instanceof ExecFailedError) {
+      if (UNKNOWN_USER.test(e.reason)) {
+        throw new InvalidConfigError("user", `invalid user ${JSON.stringify(user)}: ${e.reason} (the image's /etc/passwd or /etc/group has no such entry)`, {
+          cause: e,
+        });
+      }
+      if (e.reason.startsWith("command not found")) return;
+    }
+    throw e;
+  }
+}
+
+/** `.replace()`: stop (or kill) and remove a sandbox of that name, if there is one. */
+async function replaceExisting(binding: NativeBinding, home: string, name: string): Promise<void> {
+  const rec = await findRecord(binding, home, name);
+  if (rec === undefined) return;
+  if (isLive(rec.status)) await stopByName(binding, home, name, DEFAULT_STOP_TIMEOUT_MS);
+  await removeWhenStopped(binding, home, name, { missingOk: true });
+}
+
+/** `Sandbox.start` / `startDetached`: boot a stopped (or crashed) sandbox again. */
+export async function startExisting(name: string, attached: boolean): Promise<Sandbox> {
+  const n = check(nameSchema, "name", name);
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  const rec = await readRecord(binding, home, n);
+  if (isLive(rec.status)) throw new SandboxStillRunningError(`sandbox ${n} is ${rec.status}; stop it first`);
+  const config = parseStoredConfig(rec.configJson, n);
+  return launch(config, { mode: "start", attached, storedConfig: JSON.parse(rec.configJson) as unknown });
+}
+
+/** @internal Boot a handle's sandbox from a record (`handle.connect()`). */
+export async function connectRecord(
+  binding: NativeBinding,
+  home: string,
+  name: string,
+  config: SandboxConfig,
+  pid: number,
+  socketPath: string,
+): Promise<Sandbox> {
+  const client = await callNative(() => binding.AgentClient.connect(socketPath));
+  return new (sandboxClass())(config, { pid, socketPath, sandboxDir: join(home, "sandboxes", name) }, client, false, home);
+}
