@@ -122,3 +122,77 @@ pub fn typescript() -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// True when `indices` (one per list entry) are exactly 0..n: every variant once.
+    fn covers(indices: impl Iterator<Item = usize>, n: usize) -> bool {
+        let mut seen: Vec<usize> = indices.collect();
+        seen.sort();
+        seen == (0..n).collect::<Vec<_>>()
+    }
+
+    /// The value lists rendered above hold every variant exactly once. The index matches
+    /// are exhaustive: a new variant does not compile until it has an index here, and
+    /// the test then fails until its list has it.
+    #[test]
+    fn value_lists_hold_every_variant_once() {
+        let group = |g: &Group| match g {
+            Group::Public => 0,
+            Group::Private => 1,
+            Group::Loopback => 2,
+            Group::LinkLocal => 3,
+            Group::Metadata => 4,
+            Group::Host => 5,
+            Group::Any => 6,
+        };
+        assert!(covers(Group::ALL.iter().map(group), 7));
+        let status = |s: &SandboxStatus| match s {
+            SandboxStatus::Starting => 0,
+            SandboxStatus::Running => 1,
+            SandboxStatus::Draining => 2,
+            SandboxStatus::Stopped => 3,
+            SandboxStatus::Crashed => 4,
+        };
+        assert!(covers(SandboxStatus::ALL.iter().map(status), 5));
+        let kind = |k: &MountKind| match k {
+            MountKind::Bind => 0,
+            MountKind::Named => 1,
+            MountKind::Tmpfs => 2,
+        };
+        assert!(covers(MountKind::ALL.iter().map(kind), 3));
+        // as_str is the serde name
+        for s in SandboxStatus::ALL {
+            assert_eq!(json(&s), format!("\"{}\"", s.as_str()));
+        }
+        for k in MountKind::ALL {
+            assert_eq!(json(&k), format!("\"{}\"", k.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_module_declares_every_root_type_once() {
+        let ts = typescript();
+        for name in [
+            "ExecRequest",
+            "TtySize",
+            "FsOp",
+            "FsEntry",
+            "MetricsReport",
+            "SessionEvent",
+            "RuntimeConfig",
+            "MountConfig",
+            "NetConfig",
+            "Policy",
+            "Rule",
+            "Target",
+            "ErrorCode",
+            "SandboxStatus",
+        ] {
+            let decl = format!("export type {name} = ");
+            assert_eq!(ts.matches(&decl).count(), 1, "{name}");
+        }
+    }
+}
