@@ -193,7 +193,7 @@ mod tests {
             #[cfg(not(feature = "bench-backends"))]
             {
                 let e = crate::error::RtError::from(from_env().unwrap_err());
-                assert_eq!(e.code, "invalidConfig");
+                assert_eq!(e.code.as_str(), "invalidConfig");
                 assert!(
                     e.message.starts_with(&format!("MSB_NET_BACKEND={name} is a bench-only network backend and this msb-runtime was built without them: build it with `cargo build --release -p msb-runtime --features bench-backends`")),
                     "{}",

@@ -8,6 +8,6 @@ use crate::error::RtError;
 
 impl From<msb_contract::ConfigError> for RtError {
     fn from(e: msb_contract::ConfigError) -> Self {
-        RtError::new("invalidConfig", e.to_string())
+        RtError::new(msb_contract::ErrorCode::InvalidConfig, e.to_string())
     }
 }

@@ -1,5 +1,6 @@
 //! Root disks: the read-only image disk (lower) and the sandbox's writable disk (upper).
 
+use msb_contract::ErrorCode;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,8 +31,12 @@ pub async fn prepare_lower(
     fstype: Option<&str>,
     sandbox_dir: &Path,
 ) -> Result<Lower, RtError> {
-    let meta = fs::metadata(image)
-        .map_err(|e| RtError::new("imageNotFound", format!("image {}: {e}", image.display())))?;
+    let meta = fs::metadata(image).map_err(|e| {
+        RtError::new(
+            ErrorCode::ImageNotFound,
+            format!("image {}: {e}", image.display()),
+        )
+    })?;
     if meta.is_dir() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -60,7 +65,7 @@ pub async fn prepare_lower(
         .and_then(|mut f| f.read_exact(&mut head))
         .map_err(|e| {
             RtError::new(
-                "invalidConfig",
+                ErrorCode::InvalidConfig,
                 format!(
                     "image {}: cannot read it as a disk image: {e}",
                     image.display()
@@ -80,7 +85,7 @@ pub async fn prepare_lower(
         (Some(found), None) => found,
         (None, None) => {
             return Err(RtError::new(
-                "invalidConfig",
+                ErrorCode::InvalidConfig,
                 format!(
                     "image {}: not a directory and not a disk with a filesystem this version can detect (ext4, ext2/3, erofs); name it with imageWith(i => i.disk(path).fstype(...))",
                     image.display()
@@ -98,8 +103,12 @@ pub async fn prepare_lower(
 /// Identify a raw disk's filesystem from its superblock magic.
 pub fn detect_fstype(path: &Path) -> Result<Option<String>, RtError> {
     let mut head = vec![0u8; 2048];
-    let mut f = fs::File::open(path)
-        .map_err(|e| RtError::new("imageNotFound", format!("image {}: {e}", path.display())))?;
+    let mut f = fs::File::open(path).map_err(|e| {
+        RtError::new(
+            ErrorCode::ImageNotFound,
+            format!("image {}: {e}", path.display()),
+        )
+    })?;
     let n = f.read(&mut head)?;
     head.truncate(n);
     if head.len() >= 1082 && head[1080] == 0x53 && head[1081] == 0xEF {

@@ -1,12 +1,14 @@
 /// An error with the code the SDK maps to a typed error class.
+use msb_contract::ErrorCode;
+
 #[derive(Debug)]
 pub struct RtError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl RtError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RtError {
             code,
             message: message.into(),
@@ -14,7 +16,7 @@ impl RtError {
     }
 
     pub fn runtime(message: impl Into<String>) -> Self {
-        Self::new("runtime", message)
+        Self::new(ErrorCode::Runtime, message)
     }
 }
 

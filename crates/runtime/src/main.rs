@@ -15,6 +15,7 @@ mod shares;
 mod supervise;
 mod vm;
 
+use msb_contract::ErrorCode;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -94,7 +95,7 @@ fn announce(line: serde_json::Value) {
 }
 
 fn announce_error(e: &RtError) {
-    announce(serde_json::json!({ "error": { "code": e.code, "message": e.message } }));
+    announce(serde_json::json!({ "error": { "code": e.code.as_str(), "message": e.message } }));
 }
 
 /// Resolves on the first SIGTERM or SIGINT (registered at once, so that from then on
@@ -127,7 +128,7 @@ async fn async_main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             announce_error(&RtError::new(
-                "invalidConfig",
+                ErrorCode::InvalidConfig,
                 format!("configuration: {e}"),
             ));
             return 1;
@@ -153,7 +154,7 @@ async fn async_main() -> i32 {
         sb.boot_cancelled();
         sb.cleanup();
         announce_error(&RtError::new(
-            "sandboxNotRunning",
+            ErrorCode::SandboxNotRunning,
             "the sandbox was stopped while it was booting",
         ));
         return 0;

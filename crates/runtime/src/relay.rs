@@ -4,6 +4,7 @@
 //! channel and back, so sessions of different clients never collide. Frames from the
 //! guest are decoded and checked before anything is forwarded: the guest is untrusted.
 
+use msb_contract::ErrorCode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -389,7 +390,7 @@ impl Relay {
                         &tx,
                         CHANNEL_ID,
                         Message::Error {
-                            code: "protocol".into(),
+                            code: ErrorCode::Protocol.as_str().into(),
                             message: e.to_string(),
                         },
                     )
@@ -402,7 +403,7 @@ impl Relay {
                     &tx,
                     frame.id,
                     Message::Error {
-                        code: "protocol".into(),
+                        code: ErrorCode::Protocol.as_str().into(),
                         message: "message not allowed from a client".into(),
                     },
                 )
@@ -420,7 +421,7 @@ impl Relay {
                             version: PROTOCOL_VERSION,
                         },
                         Err(message) => Message::Error {
-                            code: "protocol".into(),
+                            code: ErrorCode::Protocol.as_str().into(),
                             message,
                         },
                     };
@@ -431,7 +432,7 @@ impl Relay {
                         &tx,
                         CHANNEL_ID,
                         Message::Error {
-                            code: "protocol".into(),
+                            code: ErrorCode::Protocol.as_str().into(),
                             message: "hello first".into(),
                         },
                     )
@@ -466,7 +467,7 @@ impl Relay {
                         let msg = match relay.metrics_report().await {
                             Ok(m) => Message::MetricsReport(m),
                             Err(e) => Message::Error {
-                                code: "runtime".into(),
+                                code: ErrorCode::Runtime.as_str().into(),
                                 message: e,
                             },
                         };
@@ -475,7 +476,7 @@ impl Relay {
                 }
                 Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
                     let msg = Message::Error {
-                        code: "sandboxDraining".into(),
+                        code: ErrorCode::SandboxDraining.as_str().into(),
                         message: "the sandbox is draining: it accepts no new commands".into(),
                     };
                     let _ = reply(&tx, frame.id, msg).await;
@@ -489,7 +490,7 @@ impl Relay {
                                 &tx,
                                 frame.id,
                                 Message::Error {
-                                    code: "protocol".into(),
+                                    code: ErrorCode::Protocol.as_str().into(),
                                     message: "request id in use".into(),
                                 },
                             )
@@ -510,7 +511,7 @@ impl Relay {
                         &tx,
                         frame.id,
                         Message::Error {
-                            code: "protocol".into(),
+                            code: ErrorCode::Protocol.as_str().into(),
                             message: "control messages need the control flag".into(),
                         },
                     )
@@ -883,7 +884,7 @@ mod tests {
             Frame::new(
                 11,
                 Message::Error {
-                    code: "protocol".into(),
+                    code: ErrorCode::Protocol.as_str().into(),
                     message: "control messages need the control flag".into()
                 }
             )

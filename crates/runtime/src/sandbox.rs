@@ -1,6 +1,7 @@
 //! One sandbox's life around its boot (crate::boot): lock its name and record it in the
 //! store, and afterwards tidy up after a boot that failed or was stopped, or after the VM.
 
+use msb_contract::ErrorCode;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -55,14 +56,14 @@ impl Sandbox {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(match cfg.mode {
                 Mode::Create => RtError::new(
-                    "sandboxAlreadyExists",
+                    ErrorCode::SandboxAlreadyExists,
                     format!(
                         "a sandbox named '{}' already exists and is running",
                         cfg.name
                     ),
                 ),
                 Mode::Start => RtError::new(
-                    "sandboxStillRunning",
+                    ErrorCode::SandboxStillRunning,
                     format!("sandbox '{}' is already running", cfg.name),
                 ),
             });
@@ -76,7 +77,7 @@ impl Sandbox {
                     .map_err(|e| RtError::runtime(e.to_string()))?
                 {
                     return Err(RtError::new(
-                        "sandboxAlreadyExists",
+                        ErrorCode::SandboxAlreadyExists,
                         format!(
                             "a sandbox named '{}' already exists (stopped); remove it or start it",
                             cfg.name
@@ -91,7 +92,7 @@ impl Sandbox {
                     .is_none()
                 {
                     return Err(RtError::new(
-                        "sandboxNotFound",
+                        ErrorCode::SandboxNotFound,
                         format!("no sandbox named '{}'", cfg.name),
                     ));
                 }
@@ -134,7 +135,7 @@ impl Sandbox {
         let vm_sock = run_dir.join("vm.sock");
         if agent_sock.as_os_str().len() > 100 {
             return Err(RtError::new(
-                "invalidConfig",
+                ErrorCode::InvalidConfig,
                 format!(
                     "msbHome: {} is too long for Unix socket paths (108 bytes)",
                     cfg.msb_home.display()

@@ -3,6 +3,7 @@
 //! read-only on the host side too (a private mount namespace with a read-only bind of the
 //! directory), so even a guest that remounts it cannot write to the host.
 
+use msb_contract::ErrorCode;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -103,7 +104,7 @@ pub async fn start(shares: &[Share], log: &Path) -> Result<Vec<Child>, RtError> 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(RtError::new(
-            "invalidConfig",
+            ErrorCode::InvalidConfig,
             "volumes and directory images need virtiofs, which needs root here; use a disk image, an OCI image or a tmpfs volume",
         ));
     }

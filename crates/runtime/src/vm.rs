@@ -1,5 +1,6 @@
 //! The QEMU command line and the host facts it depends on.
 
+use msb_contract::ErrorCode;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ pub fn find_qemu() -> Result<PathBuf, RtError> {
             return Ok(p);
         }
         return Err(RtError::new(
-            "qemuNotFound",
+            ErrorCode::QemuNotFound,
             format!("MSB_QEMU points at {}, which does not exist. Unset it, or install QEMU with `sudo apt-get install qemu-system-x86`.", p.display()),
         ));
     }
@@ -151,7 +152,7 @@ pub fn find_qemu() -> Result<PathBuf, RtError> {
         }
     }
     Err(RtError::new(
-        "qemuNotFound",
+        ErrorCode::QemuNotFound,
         "QEMU is not installed: qemu-system-x86_64 was not found on PATH. Install it with \
          `sudo apt-get install qemu-system-x86` (Debian/Ubuntu), or set MSB_QEMU to its path.",
     ))

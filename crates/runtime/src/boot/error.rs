@@ -1,6 +1,7 @@
 //! The typed errors of the boot steps, and their mapping to the error codes the SDK knows
 //! (`RtError`): each error's `code()` is the code, its `Display` the message.
 
+use msb_contract::ErrorCode;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -146,12 +147,12 @@ pub enum RelayError {
     Store(String),
 }
 
-const RUNTIME: &str = "runtime";
-const PROTOCOL: &str = "protocol";
-const INVALID_CONFIG: &str = "invalidConfig";
+const RUNTIME: ErrorCode = ErrorCode::Runtime;
+const PROTOCOL: ErrorCode = ErrorCode::Protocol;
+const INVALID_CONFIG: ErrorCode = ErrorCode::InvalidConfig;
 
 impl BootError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             BootError::Vmm(e) => e.code(),
             BootError::Disks(e) => e.code(),
@@ -165,10 +166,10 @@ impl BootError {
 }
 
 impl VmmError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             VmmError::NotFound(e) => e.code,
-            VmmError::GuestAsset { .. } => "kernelNotFound",
+            VmmError::GuestAsset { .. } => ErrorCode::KernelNotFound,
             VmmError::Upper(e) => e.code(),
             VmmError::Spawn { .. } => RUNTIME,
         }
@@ -176,7 +177,7 @@ impl VmmError {
 }
 
 impl DiskError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             DiskError::Lower(e) | DiskError::Upper(e) => e.code,
             DiskError::FormatTask(_) => RUNTIME,
@@ -185,7 +186,7 @@ impl DiskError {
 }
 
 impl ShareError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ShareError::Volume(_) => RUNTIME,
             ShareError::Virtiofsd(e) => e.code,
@@ -194,7 +195,7 @@ impl ShareError {
 }
 
 impl NetworkError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             NetworkError::Config(_) => INVALID_CONFIG,
             NetworkError::Listen(_) => RUNTIME,
@@ -207,9 +208,9 @@ impl NetworkError {
 }
 
 impl LinkError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            LinkError::Timeout { .. } => "agentTimeout",
+            LinkError::Timeout { .. } => ErrorCode::AgentTimeout,
             LinkError::QemuExited { .. } | LinkError::Lost { .. } | LinkError::Write(_) => RUNTIME,
             LinkError::BadFrame(_) | LinkError::Forbidden(_) | LinkError::Encode(_) => PROTOCOL,
         }
@@ -217,7 +218,7 @@ impl LinkError {
 }
 
 impl HandshakeError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             HandshakeError::Link(e) => e.code(),
             HandshakeError::Version { .. } | HandshakeError::BeforeHello(_) => PROTOCOL,
@@ -227,7 +228,7 @@ impl HandshakeError {
 }
 
 impl BootstrapError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             BootstrapError::Link(e) => e.code(),
             BootstrapError::Guest(_) => RUNTIME,
@@ -237,7 +238,7 @@ impl BootstrapError {
 }
 
 impl RelayError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         RUNTIME
     }
 }
@@ -269,24 +270,24 @@ mod tests {
             what: "kernel",
             path: "/x/vmlinux".into(),
         });
-        assert_eq!(e.code, "kernelNotFound");
+        assert_eq!(e.code.as_str(), "kernelNotFound");
         assert_eq!(
             e.message,
             "guest kernel not found at /x/vmlinux: build it with `npm run setup` (runs test-vms/build.sh)"
         );
         let e = rt(DiskError::Lower(RtError::new(
-            "imageNotFound",
+            ErrorCode::ImageNotFound,
             "image /nope: gone",
         )));
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code.as_str(), e.message.as_str()),
             ("imageNotFound", "image /nope: gone")
         );
         let e = rt(VmmError::Spawn {
             qemu: "/usr/bin/qemu".into(),
             source: io::Error::from(io::ErrorKind::NotFound),
         });
-        assert_eq!(e.code, "runtime");
+        assert_eq!(e.code.as_str(), "runtime");
         assert!(
             e.message.starts_with("cannot start /usr/bin/qemu: "),
             "{}",
@@ -294,7 +295,7 @@ mod tests {
         );
         let e = rt(NetworkError::Config("port 80 taken".into()));
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code.as_str(), e.message.as_str()),
             ("invalidConfig", "network: port 80 taken")
         );
         let e = rt(HandshakeError::Link(LinkError::Timeout {
@@ -302,7 +303,7 @@ mod tests {
             console: "/s/console.log".into(),
             tail: "[ 1.0] hi".into(),
         }));
-        assert_eq!(e.code, "agentTimeout");
+        assert_eq!(e.code.as_str(), "agentTimeout");
         assert_eq!(
             e.message,
             "the guest agent did not answer within 500 ms; last lines of the kernel log (/s/console.log):\n[ 1.0] hi"
@@ -320,39 +321,39 @@ mod tests {
             "the guest channel closed during boot; last lines of the kernel log (/s/console.log):\nt"
         );
         let e = lost(Some("oom"));
-        assert_eq!(e.code, "runtime");
+        assert_eq!(e.code.as_str(), "runtime");
         assert_eq!(
             e.message,
             "the guest channel closed during boot: oom; last lines of the kernel log (/s/console.log):\nt"
         );
         let e = rt(HandshakeError::Version { guest: 1, host: 2 });
-        assert_eq!(e.code, "protocol");
+        assert_eq!(e.code.as_str(), "protocol");
         assert_eq!(
             e.message,
             "guest agent speaks protocol 1, host 2: rebuild the initramfs"
         );
         let e = rt(BootstrapError::Guest("no disk".into()));
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code.as_str(), e.message.as_str()),
             ("runtime", "guest bootstrap failed: no disk")
         );
         let e = rt(BootstrapError::Unexpected(Box::new(Message::Ready)));
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code.as_str(), e.message.as_str()),
             ("protocol", "guest sent Ready during bootstrap")
         );
         let e = rt(HandshakeError::Link(LinkError::Forbidden(Box::new(
             Message::Kill,
         ))));
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code.as_str(), e.message.as_str()),
             ("protocol", "guest sent a message it may not send: Kill")
         );
         let e = rt(RelayError::Listen {
             path: "/r/agent.sock".into(),
             source: io::Error::from(io::ErrorKind::AddrInUse),
         });
-        assert_eq!(e.code, "runtime");
+        assert_eq!(e.code.as_str(), "runtime");
         assert!(
             e.message.starts_with("listen on /r/agent.sock: "),
             "{}",
