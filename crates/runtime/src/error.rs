@@ -1,6 +1,6 @@
-/// An error with the code the SDK maps to a typed error class.
 use msb_contract::ErrorCode;
 
+/// An error with the code the SDK maps to a typed error class.
 #[derive(Debug)]
 pub struct RtError {
     pub code: ErrorCode,
