@@ -12,7 +12,7 @@ use smoltcp::time::Instant;
 use tokio::sync::mpsc;
 use vmm_sys_util::event::EventNotifier;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Guest frames waiting for smoltcp while the queue to the guest is full. A guest that
 /// floods frames while posting no receive buffers would otherwise grow this without end.

@@ -1,7 +1,8 @@
 //! Host-side tasks: the frame reader and writer on the guest's stream, one task per TCP
 //! flow (connect + pump), one per UDP flow, one per ICMP echo request, the published-port
 //! listeners and DNS lookups.
-//! They talk to the stack task only through [`Event`]s and per-flow channels.
+//! They talk to the stack task only through [`Event`]s and per-flow channels (event.rs),
+//! and never depend on stack/.
 
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,57 +15,16 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::error::NetError;
+use crate::event::{Cmd, Event};
 use crate::ping::{PingSocket, ECHO_TIMEOUT};
-use crate::{NetError, Shared, MAX_FRAME_LEN};
+use crate::shared::{Shared, MAX_FRAME_LEN};
 
 /// Largest chunk moved between a host socket and the stack in one message.
 pub(crate) const CHUNK: usize = 64 * 1024;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const UDP_IDLE: Duration = Duration::from_secs(30);
 pub(crate) const DNS_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub(crate) enum Event {
-    TcpConnected(u64),
-    TcpConnectFailed(u64),
-    /// Host -> guest data (one credit's worth).
-    TcpHostData(u64, Vec<u8>),
-    TcpHostEof(u64),
-    TcpHostReset(u64),
-    /// A chunk of guest data was written to the host socket.
-    TcpWritten,
-    InboundTcp {
-        stream: TcpStream,
-        guest_port: u16,
-        peer: SocketAddr,
-    },
-    InboundUdp {
-        idx: usize,
-        client: SocketAddr,
-        data: Vec<u8>,
-    },
-    UdpReply(u64, Vec<u8>),
-    UdpClosed(u64),
-    /// The host got the reply to a guest's echo request to `from`.
-    EchoReply {
-        from: Ipv4Addr,
-        ident: u16,
-        seq: u16,
-        data: Vec<u8>,
-    },
-    DnsResolved {
-        to: crate::stack::DnsTo,
-        query: crate::dns::Query,
-        result: Result<Vec<Ipv4Addr>, u8>,
-    },
-    TxReady,
-    WriterFailed(std::io::Error),
-}
-
-pub(crate) enum Cmd {
-    Data(Vec<u8>),
-    /// The guest sent FIN: shut down the host socket's write half.
-    Shutdown,
-}
 
 /// Read length-prefixed frames from the guest's stream.
 pub(crate) async fn reader(rd: OwnedReadHalf, tx: mpsc::Sender<Result<Vec<u8>, NetError>>) {

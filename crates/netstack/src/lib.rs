@@ -7,22 +7,35 @@
 //! stack (smoltcp) and re-opened from an ordinary host socket when the
 //! [`Policy`] allows it. Published ports carry connections from 127.0.0.1 into the guest.
 //! See README.md for the architecture, the policy semantics and the caps.
+//!
+//! Modules, lowest first; each uses only modules above it in this list (config.rs and
+//! error.rs need each other: the error names a `Proto`, the config returns the error):
+//! - config, error, policy, packet, dns, frag, dns_tcp, ping: leaves (config and policy,
+//!   packet building and parsing, DNS messages, reassembly, host ping sockets).
+//! - shared: the frame bound and the counters; event: the messages to the stack task.
+//! - device (smoltcp's view of the guest link), host (host sockets, the stream
+//!   transport), vhost and vhost_proxy (the vhost-user transport).
+//! - stack: the stack task, which spawns and drives all of the above.
+//! - this file: the `NetStack` handle.
 
 pub mod config;
 mod device;
 pub mod dns;
 mod dns_tcp;
+mod error;
+mod event;
 pub mod frag;
 mod host;
 pub mod packet;
 mod ping;
 pub mod policy;
+mod shared;
 mod stack;
 mod vhost;
 mod vhost_proxy;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -31,29 +44,12 @@ use tokio::net::{TcpListener, UdpSocket, UnixStream};
 pub use config::{
     Action, Group, MacAddr, NetConfig, Policy, Proto, PublishedPort, Rule, Target, HOST_NAME,
 };
+pub use error::NetError;
+pub use shared::MAX_FRAME_LEN;
 pub use vhost::VhostListener;
 
-/// Largest Ethernet frame accepted on the stream (65535-byte IP packet + Ethernet header +
-/// one VLAN tag). A larger length prefix closes the stream.
-pub const MAX_FRAME_LEN: usize = 65535 + 14 + 4;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("invalid network config: {0}")]
-    Config(String),
-    #[error("cannot publish {proto:?} port {port} on 127.0.0.1: {source}")]
-    Bind {
-        proto: Proto,
-        port: u16,
-        source: std::io::Error,
-    },
-    #[error("bad frame on the guest's network stream: {0}")]
-    Framing(String),
-    #[error("guest network stream: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("this NetStack is already serving (or has served) a stream")]
-    AlreadyServed,
-}
+use shared::Shared;
+use stack::Listener;
 
 /// Traffic counters, from the guest's point of view: `rx_bytes` are the bytes of the
 /// Ethernet frames the stack wrote to the guest, `tx_bytes` the bytes of the frames the
@@ -86,27 +82,6 @@ pub struct Stats {
     /// spoofed source, ...).
     pub dropped_frames: u64,
     pub dns_queries: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub rx_bytes: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub tcp_flows: AtomicUsize,
-    pub tcp_flows_peak: AtomicUsize,
-    pub udp_flows: AtomicUsize,
-    pub denied: AtomicU64,
-    pub over_cap: AtomicU64,
-    pub dropped_frames: AtomicU64,
-    pub dns_queries: AtomicU64,
-    /// Set by the stack when the frame queue to the guest was full; the writer clears it
-    /// and wakes the stack.
-    pub tx_blocked: AtomicBool,
-}
-
-pub(crate) enum Listener {
-    Tcp(TcpListener, PublishedPort),
-    Udp(Arc<UdpSocket>, PublishedPort),
 }
 
 /// One sandbox's network. Cheap to clone (a handle); [`NetStack::serve`] runs it.

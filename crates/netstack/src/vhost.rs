@@ -46,8 +46,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::host::Event;
-use crate::{NetError, Shared, MAX_FRAME_LEN};
+use crate::error::NetError;
+use crate::event::Event;
+use crate::shared::{Shared, MAX_FRAME_LEN};
 
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
