@@ -143,7 +143,7 @@ impl Routes {
         if frame.flags != 0 || !frame.message.allowed_from_guest() {
             return Err(format!(
                 "guest sent a message it may not send: {:?}",
-                kind(&frame.message)
+                frame.message.kind_name()
             ));
         }
         if frame.id == CHANNEL_ID {
@@ -154,7 +154,7 @@ impl Routes {
                 Message::Hello { .. } => Ok(GuestRoute::Nothing),
                 other => Err(format!(
                     "unexpected channel message from guest: {:?}",
-                    kind(&other)
+                    other.kind_name()
                 )),
             };
         }
@@ -386,15 +386,7 @@ impl Relay {
                 // Gone, or gone in the middle of a frame: nobody to answer.
                 Ok(None) | Err(FrameError::Io(_) | FrameError::Truncated) => break,
                 Err(e) => {
-                    let _ = reply(
-                        &tx,
-                        CHANNEL_ID,
-                        Message::Error {
-                            code: ErrorCode::Protocol.as_str().into(),
-                            message: e.to_string(),
-                        },
-                    )
-                    .await;
+                    let _ = reply(&tx, CHANNEL_ID, error(ErrorCode::Protocol, e.to_string())).await;
                     break;
                 }
             };
@@ -402,10 +394,7 @@ impl Relay {
                 let _ = reply(
                     &tx,
                     frame.id,
-                    Message::Error {
-                        code: ErrorCode::Protocol.as_str().into(),
-                        message: "message not allowed from a client".into(),
-                    },
+                    error(ErrorCode::Protocol, "message not allowed from a client"),
                 )
                 .await;
                 break;
@@ -420,23 +409,12 @@ impl Relay {
                         Ok(()) => Message::Hello {
                             version: PROTOCOL_VERSION,
                         },
-                        Err(message) => Message::Error {
-                            code: ErrorCode::Protocol.as_str().into(),
-                            message,
-                        },
+                        Err(message) => error(ErrorCode::Protocol, message),
                     };
                     let _ = reply(&tx, CHANNEL_ID, msg).await;
                 }
                 _ if !greeted => {
-                    let _ = reply(
-                        &tx,
-                        CHANNEL_ID,
-                        Message::Error {
-                            code: ErrorCode::Protocol.as_str().into(),
-                            message: "hello first".into(),
-                        },
-                    )
-                    .await;
+                    let _ = reply(&tx, CHANNEL_ID, error(ErrorCode::Protocol, "hello first")).await;
                     break;
                 }
                 Message::Stop { timeout_ms } if frame.flags & FLAG_CONTROL != 0 => {
@@ -466,19 +444,16 @@ impl Relay {
                     tokio::spawn(async move {
                         let msg = match relay.metrics_report().await {
                             Ok(m) => Message::MetricsReport(m),
-                            Err(e) => Message::Error {
-                                code: ErrorCode::Runtime.as_str().into(),
-                                message: e,
-                            },
+                            Err(e) => error(ErrorCode::Runtime, e),
                         };
                         let _ = reply(&tx, id, msg).await;
                     });
                 }
                 Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
-                    let msg = Message::Error {
-                        code: ErrorCode::SandboxDraining.as_str().into(),
-                        message: "the sandbox is draining: it accepts no new commands".into(),
-                    };
+                    let msg = error(
+                        ErrorCode::SandboxDraining,
+                        "the sandbox is draining: it accepts no new commands",
+                    );
                     let _ = reply(&tx, frame.id, msg).await;
                 }
                 msg @ (Message::Exec(_) | Message::Fs(_)) => {
@@ -489,10 +464,7 @@ impl Relay {
                             let _ = reply(
                                 &tx,
                                 frame.id,
-                                Message::Error {
-                                    code: ErrorCode::Protocol.as_str().into(),
-                                    message: "request id in use".into(),
-                                },
+                                error(ErrorCode::Protocol, "request id in use"),
                             )
                             .await;
                         }
@@ -510,10 +482,10 @@ impl Relay {
                     let _ = reply(
                         &tx,
                         frame.id,
-                        Message::Error {
-                            code: ErrorCode::Protocol.as_str().into(),
-                            message: "control messages need the control flag".into(),
-                        },
+                        error(
+                            ErrorCode::Protocol,
+                            "control messages need the control flag",
+                        ),
                     )
                     .await;
                 }
@@ -524,14 +496,17 @@ impl Relay {
     }
 }
 
+/// An error frame's message (the code is the contract's).
+fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error {
+        code: code.as_str().into(),
+        message: message.into(),
+    }
+}
+
 async fn reply(tx: &mpsc::Sender<Vec<u8>>, id: u32, msg: Message) -> Result<(), ()> {
     let buf = Frame::new(id, msg).encode().map_err(|_| ())?;
     tx.send(buf).await.map_err(|_| ())
-}
-
-/// The variant name of a message, for logs (never its payload: it may be large).
-fn kind(m: &Message) -> String {
-    m.kind_name()
 }
 
 #[cfg(test)]
@@ -883,10 +858,10 @@ mod tests {
             c.recv().await,
             Frame::new(
                 11,
-                Message::Error {
-                    code: ErrorCode::Protocol.as_str().into(),
-                    message: "control messages need the control flag".into()
-                }
+                error(
+                    ErrorCode::Protocol,
+                    "control messages need the control flag"
+                )
             )
         );
         c.send(Frame::control(CHANNEL_ID, Message::Kill)).await;
