@@ -77,6 +77,15 @@ pub struct RuntimeConfig {
     #[serde(default)]
     #[ts(as = "Option<msb_netstack::NetConfig>")]
     pub network: Option<serde_json::Value>,
+    /// The values of `network.secrets`, by env var. Only ever on msb-runtime's stdin:
+    /// never stored, logged or passed to the guest. A secret without a value here has its
+    /// placeholder blocked everywhere.
+    #[serde(default, skip_serializing)]
+    #[ts(
+        as = "Option<Vec<msb_netstack::secrets_config::SecretValue>>",
+        optional
+    )]
+    pub secret_values: Vec<msb_netstack::secrets_config::SecretValue>,
 }
 
 /// A volume as msb-runtime takes it.

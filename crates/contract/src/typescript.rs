@@ -3,6 +3,10 @@
 use std::collections::BTreeMap;
 
 use msb_netstack::config::Group;
+use msb_netstack::secrets_config::{
+    ViolationKind, DEFAULT_INTERCEPTED_PORTS, MAX_PLACEHOLDER_LEN, MAX_SECRETS,
+    MAX_SECRET_VALUE_LEN,
+};
 use msb_protocol::{
     ExecRequest, FsEntry, FsOp, MetricsReport, TtySize, PROTOCOL_VERSION, RLIMIT_NAMES,
 };
@@ -112,6 +116,26 @@ pub fn typescript() -> String {
         "string",
         &RLIMIT_NAMES,
     ));
+    out.push_str(&const_list(
+        "What a secret violation does.",
+        "VIOLATION_KINDS",
+        "ViolationKind",
+        &ViolationKind::ALL,
+    ));
+    out.push_str(&const_list(
+        "Ports whose TLS is intercepted when `tls.interceptedPorts` is not given.",
+        "DEFAULT_INTERCEPTED_PORTS",
+        "number",
+        &DEFAULT_INTERCEPTED_PORTS,
+    ));
+    out.push_str(&format!(
+        "/** Longest secret placeholder, in bytes. */\n\
+         export const MAX_PLACEHOLDER_LEN = {MAX_PLACEHOLDER_LEN};\n\
+         /** Longest secret value, in bytes. */\n\
+         export const MAX_SECRET_VALUE_LEN = {MAX_SECRET_VALUE_LEN};\n\
+         /** Most secrets per sandbox. */\n\
+         export const MAX_SECRETS = {MAX_SECRETS};\n",
+    ));
     out.push_str(&format!(
         "/** Boot timeout msb-runtime applies when the config gives none. */\n\
          export const DEFAULT_BOOT_TIMEOUT_MS = {DEFAULT_BOOT_TIMEOUT_MS};\n\
@@ -163,6 +187,12 @@ mod tests {
             MountKind::Tmpfs => 2,
         };
         assert!(covers(MountKind::ALL.iter().map(kind), 3));
+        let vk = |k: &ViolationKind| match k {
+            ViolationKind::Block => 0,
+            ViolationKind::BlockAndLog => 1,
+            ViolationKind::BlockAndTerminate => 2,
+        };
+        assert!(covers(ViolationKind::ALL.iter().map(vk), 3));
         // as_str is the serde name
         for s in SandboxStatus::ALL {
             assert_eq!(json(&s), format!("\"{}\"", s.as_str()));

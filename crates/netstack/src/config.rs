@@ -386,6 +386,15 @@ pub struct NetConfig {
     #[serde(default = "default_max_udp_flows")]
     #[ts(as = "Option<usize>", optional)]
     pub max_udp_flows: usize,
+    /// TLS interception (secrets need it); None: no flow is ever terminated.
+    #[serde(default)]
+    #[ts(optional)]
+    pub tls: Option<crate::secrets_config::TlsConfig>,
+    /// Secrets substituted into intercepted requests (their values travel apart, in
+    /// `RuntimeConfig.secretValues`).
+    #[serde(default)]
+    #[ts(as = "Option<Vec<crate::secrets_config::SecretRule>>", optional)]
+    pub secrets: Vec<crate::secrets_config::SecretRule>,
 }
 
 impl NetConfig {
@@ -409,6 +418,8 @@ impl NetConfig {
             ports: vec![],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_udp_flows: DEFAULT_MAX_UDP_FLOWS,
+            tls: None,
+            secrets: vec![],
         }
     }
 
@@ -482,6 +493,7 @@ impl NetConfig {
         if self.max_connections == 0 {
             return err("maxConnections must be at least 1".into());
         }
+        crate::secrets_config::validate(self.tls.as_ref(), &self.secrets).or_else(err)?;
         for (i, r) in self
             .policy
             .egress

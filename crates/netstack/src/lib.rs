@@ -29,6 +29,7 @@ mod host;
 pub mod packet;
 mod ping;
 pub mod policy;
+pub mod secrets_config;
 mod shared;
 mod stack;
 mod vhost;

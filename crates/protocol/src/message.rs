@@ -377,6 +377,11 @@ pub struct Bootstrap {
     /// The guest's NIC configuration; None: no network (no NIC is attached either).
     #[serde(default)]
     pub network: Option<GuestNetwork>,
+    /// The installation's interception CA (PEM), when the sandbox's TLS is intercepted:
+    /// the agent adds it to the guest's trust store and points the usual variables
+    /// (`SSL_CERT_FILE`, ...) at it. Never a private key.
+    #[serde(default)]
+    pub ca_cert_pem: Option<String>,
 }
 
 /// Static configuration of eth0, set by the agent before any command runs.

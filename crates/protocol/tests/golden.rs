@@ -56,6 +56,9 @@ fn samples() -> Vec<Message> {
                 host_ip: Ipv4Addr::new(10, 0, 2, 254),
                 dns: true,
             }),
+            ca_cert_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            ),
         }),
         Message::Bootstrap(Bootstrap {
             root: RootSpec {
@@ -70,6 +73,7 @@ fn samples() -> Vec<Message> {
             entropy: vec![],
             mounts: vec![],
             network: None,
+            ca_cert_pem: None,
         }),
         Message::Ready,
         Message::Exec(ExecRequest {

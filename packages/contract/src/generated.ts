@@ -129,7 +129,16 @@ maxConnections: number,
 /**
  * Cap on concurrent UDP flows; datagrams for new flows beyond it are dropped.
  */
-maxUdpFlows?: number, };
+maxUdpFlows?: number, 
+/**
+ * TLS interception (secrets need it); None: no flow is ever terminated.
+ */
+tls?: TlsConfig, 
+/**
+ * Secrets substituted into intercepted requests (their values travel apart, in
+ * `RuntimeConfig.secretValues`).
+ */
+secrets?: Array<SecretRule>, };
 
 /**
  * Egress and ingress rules. Ordered, first match wins; `default_action` applies to egress
@@ -198,13 +207,75 @@ logLevel: "trace" | "debug" | "info" | "warn" | "error" | null,
 /**
  * The network (`msb_netstack::NetConfig`, checked by the stack); None: no NIC at all.
  */
-network: NetConfig | null, };
+network: NetConfig | null, 
+/**
+ * The values of `network.secrets`, by env var. Only ever on msb-runtime's stdin:
+ * never stored, logged or passed to the guest. A secret without a value here has its
+ * placeholder blocked everywhere.
+ */
+secretValues?: Array<SecretValue>, };
 
 /**
  * The status values of a sandbox, as stored and as the SDK reports them. The one list:
  * the TypeScript union `SandboxStatus` is generated from it (crates/contract).
  */
 export type SandboxStatus = "starting" | "running" | "draining" | "stopped" | "crashed";
+
+/**
+ * Where in a request a secret may be substituted.
+ */
+export type SecretInjection = { 
+/**
+ * Header values (HTTP/1 header lines, HTTP/2 header blocks).
+ */
+headers: boolean, 
+/**
+ * Inside `Authorization: Basic` credentials (decoded, substituted, re-encoded).
+ */
+basicAuth: boolean, 
+/**
+ * The query part of the request target.
+ */
+queryParams: boolean, 
+/**
+ * Identity-encoded request bodies (Content-Length up to 16 MiB, or chunked).
+ */
+body: boolean, };
+
+/**
+ * One secret, without its value.
+ */
+export type SecretRule = { 
+/**
+ * The guest environment variable that holds the placeholder.
+ */
+envVar: string, 
+/**
+ * What the guest sees instead of the value (default `$MSB_<envVar>`).
+ */
+placeholder: string, 
+/**
+ * Exact host names that receive the value.
+ */
+allowedHosts: Array<string>, 
+/**
+ * `*.suffix` patterns (also matching `suffix`) that receive the value.
+ */
+allowedHostPatterns: Array<string>, 
+/**
+ * Every host receives the value (dangerous).
+ */
+allowAnyHost: boolean, 
+/**
+ * Substitute only over an upstream whose certificate was verified.
+ */
+requireTlsIdentity: boolean, injection: SecretInjection, onViolation: ViolationAction, };
+
+/**
+ * A secret's value, by env var. Held zeroized; `Debug` never prints it; it is never
+ * serialized back (TypeScript writes it, only msb-runtime reads it).
+ */
+export type SecretValue = { envVar: string, value: string, };
 
 export type SessionEvent = { "kind": "started", pid: number, } | { "kind": "stdout", data: Buffer, } | { "kind": "stderr", data: Buffer, } | { "kind": "exited", code: number, signal: number | null, } | { "kind": "failed", reason: string, } | { "kind": "fsData", data: Buffer, } | { "kind": "fsEnd" } | { "kind": "fsDone" } | { "kind": "fsExists", exists: boolean, } | { "kind": "fsStat", entry: FsEntry, } | { "kind": "fsEntries", entries: Array<FsEntry>, } | { "kind": "fsError", errno: string, message: string, };
 
@@ -213,7 +284,51 @@ export type SessionEvent = { "kind": "started", pid: number, } | { "kind": "stdo
  */
 export type Target = { "ip": string } | { "cidr": string } | { "domain": string } | { "domainSuffix": string } | { "group": Group };
 
+/**
+ * TLS interception. Present (`Some`) exactly when the sandbox has secrets or asked for
+ * `tls(...)`; absent, every flow is spliced as before and nothing of this runs.
+ */
+export type TlsConfig = { 
+/**
+ * Host names (exact, or `*.suffix`, which also matches `suffix`) whose TLS is never
+ * terminated: spliced through untouched (certificate-pinning clients).
+ */
+bypass: Array<string>, 
+/**
+ * Verify the upstream's certificate (host roots plus `upstreamCaCertPaths`).
+ * Substitution additionally needs a verified upstream when a secret requires TLS
+ * identity.
+ */
+verifyUpstream: boolean, 
+/**
+ * Destination ports whose TLS is intercepted (default `[443]`).
+ */
+interceptedPorts: Array<number>, 
+/**
+ * Drop UDP to intercepted ports (QUIC), so that clients fall back to TCP.
+ */
+blockQuic: boolean, 
+/**
+ * Extra trust anchors for upstream verification: PEM files on the host.
+ */
+upstreamCaCertPaths: Array<string>, };
+
 export type TtySize = { rows: number, cols: number, };
+
+/**
+ * A violation action: what to do, and the hosts that may receive the placeholder as
+ * is (unsubstituted) without it being a violation.
+ */
+export type ViolationAction = { action: ViolationKind, passthroughHosts: Array<string>, 
+/**
+ * `*.suffix` patterns (also matching `suffix`).
+ */
+passthroughHostPatterns: Array<string>, passthroughAllHosts: boolean, };
+
+/**
+ * What happens when a placeholder is headed to a host that may not receive it.
+ */
+export type ViolationKind = "block" | "block-and-log" | "block-and-terminate";
 
 /** Every error code of the native side. */
 export const ERROR_CODES = ["invalidConfig", "sandboxNotFound", "sandboxAlreadyExists", "sandboxStillRunning", "sandboxNotRunning", "sandboxDraining", "imageNotFound", "image", "registryAuth", "kernelNotFound", "qemuNotFound", "agentTimeout", "runtime", "protocol"] as const satisfies readonly ErrorCode[];
@@ -227,9 +342,19 @@ export const MOUNT_KINDS = ["bind", "named", "tmpfs"] as const satisfies readonl
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const satisfies readonly NonNullable<RuntimeConfig["logLevel"]>[];
 /** The resource limits an exec request may set (setrlimit's RLIMIT_*, lower case). */
 export const RLIMIT_RESOURCES = ["nofile", "nproc", "as", "cpu", "fsize", "core", "stack", "memlock", "data"] as const satisfies readonly string[];
+/** What a secret violation does. */
+export const VIOLATION_KINDS = ["block", "block-and-log", "block-and-terminate"] as const satisfies readonly ViolationKind[];
+/** Ports whose TLS is intercepted when `tls.interceptedPorts` is not given. */
+export const DEFAULT_INTERCEPTED_PORTS = [443] as const satisfies readonly number[];
+/** Longest secret placeholder, in bytes. */
+export const MAX_PLACEHOLDER_LEN = 1024;
+/** Longest secret value, in bytes. */
+export const MAX_SECRET_VALUE_LEN = 65536;
+/** Most secrets per sandbox. */
+export const MAX_SECRETS = 64;
 /** Boot timeout msb-runtime applies when the config gives none. */
 export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
 /** Smallest guest memory msb-runtime accepts, in MiB. */
 export const MIN_MEMORY_MIB = 128;
 /** Version of the host <-> guest protocol of this build. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;

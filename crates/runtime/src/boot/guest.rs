@@ -134,6 +134,7 @@ impl Sandbox {
             entropy,
             mounts,
             network: net.map(Network::guest),
+            ca_cert_pem: None,
         }
     }
 
