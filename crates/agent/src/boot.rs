@@ -103,11 +103,14 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         fs::create_dir_all(w).map_err(|e| format!("workdir {w}: {e}"))?;
     }
 
-    let base: Vec<(String, String)> = vec![
+    let mut base: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), "/root".into()),
         ("HOSTNAME".into(), b.hostname.clone()),
     ];
+    if let Some(pem) = &b.ca_cert_pem {
+        base.extend(crate::trust::install_ca(std::path::Path::new("/"), pem)?);
+    }
     Ok(crate::env::merge(&base, &b.env))
 }
 

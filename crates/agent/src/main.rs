@@ -12,6 +12,7 @@ mod fsops;
 mod net;
 mod port;
 mod sys;
+mod trust;
 mod window;
 
 use std::sync::Arc;
