@@ -18,6 +18,8 @@ pub enum NetError {
     Framing(String),
     #[error("guest network stream: {0}")]
     Io(#[from] std::io::Error),
+    #[error("tls interception: {0}")]
+    Tls(String),
     #[error("this NetStack is already serving (or has served) a stream")]
     AlreadyServed,
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -19,6 +19,7 @@ use crate::error::NetError;
 use crate::event::{Cmd, Event};
 use crate::ping::{PingSocket, ECHO_TIMEOUT};
 use crate::shared::{Shared, MAX_FRAME_LEN};
+use crate::tls::{FlowFacts, Interceptor};
 
 /// Largest chunk moved between a host socket and the stack in one message.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -93,7 +94,8 @@ pub(crate) async fn writer(
     }
 }
 
-/// Connect to `target` for a guest SYN, then pump.
+/// Connect to `target` for a guest SYN, then pump (or, for a flow the interceptor takes,
+/// run it between the stack's channels and the host connection).
 pub(crate) async fn tcp_outbound(
     id: u64,
     target: SocketAddr,
@@ -101,6 +103,7 @@ pub(crate) async fn tcp_outbound(
     cmd: mpsc::Receiver<Cmd>,
     credit: Arc<Semaphore>,
     abort: oneshot::Receiver<()>,
+    intercept: Option<(Arc<Interceptor>, FlowFacts)>,
 ) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
@@ -112,7 +115,98 @@ pub(crate) async fn tcp_outbound(
     if ev.send(Event::TcpConnected(id)).await.is_err() {
         return;
     }
-    tcp_pump(id, stream, ev, cmd, credit, abort).await
+    match intercept {
+        None => tcp_pump(id, stream, ev, cmd, credit, abort).await,
+        Some((ic, facts)) => {
+            let _ = stream.set_nodelay(true);
+            let (ours, theirs) = tokio::io::duplex(INTERCEPT_PIPE);
+            // Its own task, so that a panic in it ends this flow only; aborted when this
+            // future is dropped (the stack ends, or the flow is reset).
+            let flow = AbortOnDrop(tokio::spawn(ic.intercept(theirs, stream, facts)));
+            stream_pump(id, ours, ev, cmd, credit, abort).await;
+            drop(flow);
+        }
+    }
+}
+
+/// Bytes buffered each way between the stack's side of an intercepted flow and the
+/// interceptor (the pump reads only with credit, so a slow guest stalls the interceptor
+/// instead of growing a buffer).
+const INTERCEPT_PIPE: usize = 64 * 1024;
+/// Read size on that pipe (TLS records are at most 16 KiB plus overhead).
+const PIPE_CHUNK: usize = 16 * 1024;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`tcp_pump`] for an in-process stream (the interceptor's end of a duplex): the same
+/// channels, credit and abort; the stream is dropped on abort (the interceptor sees the
+/// guest go away).
+async fn stream_pump<S: AsyncRead + AsyncWrite + Unpin>(
+    id: u64,
+    stream: S,
+    ev: mpsc::Sender<Event>,
+    mut cmd: mpsc::Receiver<Cmd>,
+    credit: Arc<Semaphore>,
+    abort: oneshot::Receiver<()>,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let ev2 = ev.clone();
+    let reading = async {
+        loop {
+            match credit.acquire().await {
+                Ok(p) => p.forget(),
+                Err(_) => return,
+            }
+            let mut buf = Vec::with_capacity(PIPE_CHUNK);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => {
+                    let _ = ev2.send(Event::TcpHostEof(id)).await;
+                    return;
+                }
+                Ok(_) => {
+                    if ev2.send(Event::TcpHostData(id, buf)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = ev2.send(Event::TcpHostReset(id)).await;
+                    return;
+                }
+            }
+        }
+    };
+    let writing = async {
+        while let Some(c) = cmd.recv().await {
+            match c {
+                Cmd::Data(d) => {
+                    if wr.write_all(&d).await.is_err() {
+                        let _ = ev.send(Event::TcpHostReset(id)).await;
+                        return;
+                    }
+                    let _ = ev.send(Event::TcpWritten).await;
+                }
+                Cmd::Shutdown => {
+                    let _ = wr.shutdown().await;
+                }
+            }
+        }
+    };
+    let aborted = async {
+        match abort.await {
+            Ok(()) => (),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(reading, writing) } => {}
+        _ = aborted => {}
+    }
 }
 
 /// Move data both ways between a host TCP socket and the stack. Host reads are gated by

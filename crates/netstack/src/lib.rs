@@ -32,6 +32,7 @@ pub mod policy;
 pub mod secrets_config;
 mod shared;
 mod stack;
+pub mod tls;
 mod vhost;
 mod vhost_proxy;
 
@@ -47,6 +48,7 @@ pub use config::{
 };
 pub use error::NetError;
 pub use shared::MAX_FRAME_LEN;
+pub use tls::{CertificateAuthority, FlowFacts, Interceptor};
 pub use vhost::VhostListener;
 
 use shared::Shared;
@@ -92,6 +94,7 @@ pub struct NetStack {
     shared: Arc<Shared>,
     listeners: Arc<Mutex<Option<Vec<Listener>>>>,
     published: Arc<Vec<(PublishedPort, SocketAddr)>>,
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 impl NetStack {
@@ -129,7 +132,22 @@ impl NetStack {
             shared: Arc::new(Shared::default()),
             listeners: Arc::new(Mutex::new(Some(listeners))),
             published: Arc::new(published),
+            interceptor: None,
         })
+    }
+
+    /// Intercept TLS on `tls.interceptedPorts` with `i` (see tls/). Ignored when the
+    /// config has no `tls`. Call before serving.
+    pub fn with_interceptor(mut self, i: Arc<Interceptor>) -> NetStack {
+        if self.cfg.tls.is_some() {
+            self.interceptor = Some(i);
+        }
+        self
+    }
+
+    /// The interceptor in use, if any.
+    pub fn interceptor(&self) -> Option<&Arc<Interceptor>> {
+        self.interceptor.as_ref()
     }
 
     /// Bind and serve in one call.
@@ -157,7 +175,14 @@ impl NetStack {
             .unwrap()
             .take()
             .ok_or(NetError::AlreadyServed)?;
-        stack::run(self.cfg.clone(), self.shared.clone(), transport, listeners).await
+        stack::run(
+            self.cfg.clone(),
+            self.shared.clone(),
+            transport,
+            listeners,
+            self.interceptor.clone(),
+        )
+        .await
     }
 
     pub fn config(&self) -> &NetConfig {

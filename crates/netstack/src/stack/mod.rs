@@ -39,6 +39,7 @@ use crate::packet::{Link, ETH_HDR};
 use crate::ping::MAX_ECHO_PENDING;
 use crate::policy::{DnsMap, Special};
 use crate::shared::Shared;
+use crate::tls::Interceptor;
 use crate::vhost::{self, VhostListener};
 
 use tcp::TcpFlow;
@@ -102,6 +103,9 @@ struct Stack {
     dns_pending: usize,
     /// One permit per proxied echo request in flight (icmp.rs).
     echo_slots: Arc<Semaphore>,
+    /// TLS interception (tcp.rs hands it the flows to intercepted ports; udp.rs drops
+    /// QUIC to them). None: every flow is spliced.
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 /// How the guest's frames reach the stack.
@@ -117,6 +121,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     transport: Transport,
     listeners: Vec<Listener>,
+    interceptor: Option<Arc<Interceptor>>,
 ) -> Result<(), NetError> {
     let ip_mtu = cfg.mtu as usize;
     let out_cap = (4 * 1024 * 1024 / (ip_mtu + ETH_HDR)).clamp(64, 1024);
@@ -197,6 +202,7 @@ pub(crate) async fn run(
         dns_map: DnsMap::default(),
         dns_pending: 0,
         echo_slots: Arc::new(Semaphore::new(MAX_ECHO_PENDING)),
+        interceptor,
         next_id: 1,
         next_tcp_eph: 49152,
         next_udp_eph: 49152,

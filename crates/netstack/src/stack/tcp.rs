@@ -16,12 +16,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{FlowKey, Stack};
-use crate::config::{Action, Proto};
+use crate::config::{Action, Proto, HOST_NAME};
 use crate::dns_tcp::{self, DnsConn};
 use crate::event::Cmd;
 use crate::host::{self, CHUNK};
 use crate::packet::{self, SegInfo, ETH_HDR};
 use crate::policy;
+use crate::tls::FlowFacts;
 
 /// smoltcp receive and send buffer of each TCP flow (the window each way). A flow holds
 /// at most `2 * TCP_BUF` in smoltcp plus `CMD_QUEUE + CREDIT` chunks of `CHUNK` bytes in
@@ -178,6 +179,18 @@ impl Stack {
         } else {
             SocketAddr::V4(seg.dst)
         };
+        let intercept = match &self.interceptor {
+            Some(ic) if ic.intercepts(port) => {
+                let mut names = self.dns_map.names(dst, Instant::now());
+                if dst == self.sp.host_ip {
+                    // The guest resolves the host alias from /etc/hosts, not our DNS.
+                    names.push(HOST_NAME.to_owned());
+                }
+                let dst = SocketAddr::V4(seg.dst);
+                Some((ic.clone(), FlowFacts { dst, names }))
+            }
+            _ => None,
+        };
         let id = self.alloc_id();
         let (cmd_tx, cmd_rx) = mpsc::channel(CMD_QUEUE);
         let (abort_tx, abort_rx) = oneshot::channel();
@@ -189,6 +202,7 @@ impl Stack {
             cmd_rx,
             credit.clone(),
             abort_rx,
+            intercept,
         ));
         self.insert_flow(
             id,

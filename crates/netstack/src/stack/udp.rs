@@ -83,6 +83,16 @@ impl Stack {
             self.shared.denied.fetch_add(1, Ordering::Relaxed);
             return unreachable(self, Icmpv4DstUnreachable::CommProhibited);
         }
+        if self
+            .interceptor
+            .as_ref()
+            .is_some_and(|ic| ic.blocks_udp(dport))
+        {
+            // QUIC to an intercepted port: refused like a policy denial, so that the
+            // client falls back to TCP (where the TLS can be intercepted) at once.
+            self.shared.denied.fetch_add(1, Ordering::Relaxed);
+            return unreachable(self, Icmpv4DstUnreachable::CommProhibited);
+        }
         if self.udp.len() + self.in_udp.len() >= self.cfg.max_udp_flows {
             return self.drop_frame();
         }
