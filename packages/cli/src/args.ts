@@ -25,6 +25,24 @@ export interface GuestFlags {
   noNet?: boolean;
   /** `--net-rule`, in order (before the default policy's rules: first match wins). */
   netRules?: NetRuleSpec[];
+  /** `--secret ENV@HOST` and `--secret-file ENV@HOST=PATH`, in order (values are read when applied, never from argv). */
+  secrets?: SecretSpec[];
+  /** `--tls-upstream-ca PATH`: extra trust anchors for the upstream of intercepted TLS. */
+  tlsUpstreamCas?: string[];
+  /** `--tls-port N`: the ports whose TLS is intercepted (default 443). */
+  tlsPorts?: number[];
+}
+
+/**
+ * A secret from `--secret ENV@HOST` (value: msb's own environment variable ENV) or
+ * `--secret-file ENV@HOST=PATH` (value: the file, one trailing newline stripped). A HOST
+ * starting with `*.` is a pattern.
+ */
+export interface SecretSpec {
+  envVar: string;
+  host: string;
+  /** `--secret-file`: the file holding the value; absent: the environment variable `envVar`. */
+  file?: string;
 }
 
 /** A published port from `-p HOST:GUEST[/udp]`. */
@@ -258,6 +276,38 @@ export function parseNetRule(value: string): NetRuleSpec {
   return rule;
 }
 
+function secretTarget(spec: string, flag: string, form: string): { envVar: string; host: string } {
+  // Never echo the argument: a value typed by mistake must not reach the terminal or a log.
+  if (spec.includes("=")) {
+    throw new InvalidArgumentError(
+      `${flag} must be ${form}; the value is never given on the command line (${flag === "--secret" ? "it is read from msb's own environment variable ENV" : "it is read from PATH"}).`,
+    );
+  }
+  const at = spec.lastIndexOf("@");
+  const envVar = spec.slice(0, at);
+  const host = spec.slice(at + 1);
+  if (at <= 0 || host === "") throw new InvalidArgumentError(`${flag} must be ${form} with a non-empty ENV and HOST.`);
+  return { envVar, host };
+}
+
+/** `--secret ENV@HOST`: the value is msb's own environment variable ENV (read when the sandbox is made). */
+export function parseSecret(value: string): SecretSpec {
+  return secretTarget(value, "--secret", "ENV@HOST");
+}
+
+/** `--secret-file ENV@HOST=PATH`: the value is the file's content (one trailing newline stripped). */
+export function parseSecretFile(value: string): SecretSpec {
+  const eq = value.indexOf("=");
+  const file = value.slice(eq + 1);
+  if (eq <= 0 || file === "") throw new InvalidArgumentError("--secret-file must be ENV@HOST=PATH with a non-empty PATH.");
+  return { ...secretTarget(value.slice(0, eq), "--secret-file", "ENV@HOST=PATH"), file };
+}
+
+/** `--tls-port N`. */
+export function parseTlsPort(value: string): number {
+  return portNumber(value, "tls port", value);
+}
+
 /** `--script NAME=HOSTFILE`. */
 export function parseScript(value: string): [string, string] {
   const eq = value.indexOf("=");
@@ -325,6 +375,10 @@ interface RawGuestOpts {
   publish?: PortSpec[];
   net?: boolean;
   netRule?: NetRuleSpec[];
+  secret?: string[];
+  secretFile?: string[];
+  tlsUpstreamCa?: string[];
+  tlsPort?: number[];
 }
 
 interface RawAttachOpts {
@@ -343,7 +397,17 @@ function guestOptions(cmd: Command): Command {
       "--net-rule <rule>",
       "egress rule allow|deny:TARGET[:tcp|udp|icmp][:PORT[-PORT]], TARGET an IP, CIDR, domain, *.SUFFIX or group (public, private, loopback, link-local, metadata, host, any); checked in order before the default (public allowed, everything else denied); repeatable",
       collect(parseNetRule),
-    );
+    )
+    .option(
+      "--secret <ENV@HOST>",
+      "a secret the guest can use but not read: $ENV in the guest holds the placeholder $MSB_ENV, replaced by the value of msb's own environment variable ENV in HTTPS requests to HOST (or *.SUFFIX); the value is never taken from the command line; repeatable",
+      // Parsed in guestFlags, not by commander, whose errors repeat the argument (which
+      // could be a value typed by mistake).
+      collect((v: string) => v),
+    )
+    .option("--secret-file <ENV@HOST=PATH>", "as --secret, the value read from the file PATH (one trailing newline stripped); repeatable", collect((v: string) => v))
+    .option("--tls-upstream-ca <pem>", "an extra CA certificate (PEM file) trusted for the upstream of intercepted TLS; repeatable", collect((v: string) => v))
+    .option("--tls-port <port>", "a port whose TLS is intercepted for secrets (default 443; giving any replaces it); repeatable", collect(parseTlsPort));
 }
 
 function guestFlags(o: RawGuestOpts, into: GuestFlags): void {
@@ -353,6 +417,21 @@ function guestFlags(o: RawGuestOpts, into: GuestFlags): void {
   if (o.publish !== undefined) into.ports = o.publish;
   if (o.net === false) into.noNet = true;
   if (o.netRule !== undefined) into.netRules = o.netRule;
+  const secrets = [...(o.secret ?? []).map(parseSecret), ...(o.secretFile ?? []).map(parseSecretFile)];
+  if (secrets.length > 0) into.secrets = secrets;
+  if (o.tlsUpstreamCa !== undefined) into.tlsUpstreamCas = o.tlsUpstreamCa;
+  if (o.tlsPort !== undefined) into.tlsPorts = o.tlsPort;
+}
+
+/** {@link guestFlags}, a bad flag (a `--secret` spec) returned as its message. */
+function guestFlagsOrError(o: RawGuestOpts, into: GuestFlags): string | undefined {
+  try {
+    guestFlags(o, into);
+    return undefined;
+  } catch (e) {
+    if (e instanceof InvalidArgumentError) return e.message;
+    throw e;
+  }
 }
 
 function attachOptions(cmd: Command): Command {
@@ -434,7 +513,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
   registryOptions(run)
     .addHelpText(
       "after",
-      "\nEverything after -- is the command and its arguments, passed as is; an OCI image's\nentrypoint is put in front of it. Without a command, the image's entrypoint and\ndefault command run.\n\nExamples:\n  msb run -e GREETING=hi -- sh -c 'echo $GREETING'\n  msb run alpine -- cat /etc/os-release\n",
+      "\nEverything after -- is the command and its arguments, passed as is; an OCI image's\nentrypoint is put in front of it. Without a command, the image's entrypoint and\ndefault command run.\n\nSecrets: --secret API_KEY@api.example.com gives the guest $API_KEY=$MSB_API_KEY, a\nplaceholder that the sandbox's network replaces with msb's own $API_KEY in HTTPS\nrequests to api.example.com (and blocks anywhere else). The value never enters the\nguest and is never stored.\n\nExamples:\n  msb run -e GREETING=hi -- sh -c 'echo $GREETING'\n  msb run alpine -- cat /etc/os-release\n  API_KEY=... msb run --secret API_KEY@api.example.com debian -- sh -c 'curl -H \"Authorization: Bearer $API_KEY\" https://api.example.com/'\n",
     )
     .action((image: string | undefined, opts: RawRunOpts) => on.run(image, opts));
 
@@ -577,7 +656,11 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
         return;
       }
       const options: RunOptions = { env: opts.env ?? [], command, registry: registryFlags(opts, env) };
-      guestFlags(opts, options);
+      const bad = guestFlagsOrError(opts, options);
+      if (bad !== undefined) {
+        result = usage(bad);
+        return;
+      }
       attachFlags(opts, options);
       if (image !== undefined) options.image = image;
       if (opts.name !== undefined) options.name = opts.name;
@@ -593,7 +676,11 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
         return;
       }
       const options: CreateOptions = { env: opts.env ?? [], registry: registryFlags(opts, env) };
-      guestFlags(opts, options);
+      const bad = guestFlagsOrError(opts, options);
+      if (bad !== undefined) {
+        result = usage(bad);
+        return;
+      }
       if (image !== undefined) options.image = image;
       if (opts.name !== undefined) options.name = opts.name;
       if (opts.cpus !== undefined) options.cpus = opts.cpus;

@@ -7,12 +7,13 @@
  * and clean-up logic is unit-testable without a VM.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
 import {
   ExecFailedError,
   ExecTimeoutError,
   InvalidConfigError,
+  MAX_SECRET_VALUE_LEN,
   NetworkPolicy,
   Sandbox,
   SandboxAlreadyExistsError,
@@ -23,7 +24,7 @@ import {
   type SandboxBuilder,
   type TargetBuilder,
 } from "@microsandbox/sdk";
-import { EXIT_USAGE, type GuestFlags, type NetRuleSpec, type RegistryFlags, type RunOptions } from "./args.js";
+import { EXIT_USAGE, type GuestFlags, type NetRuleSpec, type RegistryFlags, type RunOptions, type SecretSpec } from "./args.js";
 import { attach, attachPlan, type AttachableCommand, type TerminalIO } from "./attach.js";
 import { cliError, formatError } from "./errors.js";
 
@@ -104,10 +105,16 @@ export function sdkDeps(
 }
 
 /**
- * Volumes and scripts onto a builder. A script's host file is read here: one that cannot
- * be read is an `InvalidConfigError` (field "script") naming it.
+ * Volumes, scripts, network and secrets onto a builder. A script's host file is read
+ * here: one that cannot be read is an `InvalidConfigError` (field "script") naming it.
+ * Secret values are read here too, from `env` (msb's own environment) or their file.
  */
-export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags): void {
+export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags, env: NodeJS.ProcessEnv = process.env): void {
+  const secrets = g.secrets ?? [];
+  const tls = (g.tlsPorts?.length ?? 0) > 0 || (g.tlsUpstreamCas?.length ?? 0) > 0;
+  if (g.noNet && (secrets.length > 0 || tls)) {
+    throw new InvalidConfigError(secrets.length > 0 ? "secret" : "tls", `invalid ${secrets.length > 0 ? "--secret" : "--tls-*"}: --no-net leaves the sandbox without the network that secrets and TLS interception work in`);
+  }
   for (const v of g.volumes ?? []) {
     b.volume(v.guestPath, (m) => {
       if (v.kind === "bind") m.bind(v.source);
@@ -132,6 +139,61 @@ export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags): void {
   }
   const rules = g.netRules ?? [];
   if (rules.length > 0) b.network((n) => n.policy(netRulesPolicy(rules)));
+  if (tls) {
+    b.network((n) =>
+      n.tls((t) => {
+        if (g.tlsPorts !== undefined && g.tlsPorts.length > 0) t.interceptedPorts(g.tlsPorts);
+        for (const ca of g.tlsUpstreamCas ?? []) t.upstreamCaCert(ca);
+      }),
+    );
+  }
+  for (const spec of secrets) {
+    const value = secretValue(spec, env);
+    b.secret((s) => {
+      s.env(spec.envVar).value(value);
+      if (spec.host.startsWith("*.")) s.allowHostPattern(spec.host);
+      else s.allowHost(spec.host);
+    });
+  }
+}
+
+/**
+ * The value of a `--secret` (msb's environment variable of that name) or a
+ * `--secret-file` (the file, one trailing newline stripped). No message shows it.
+ */
+export function secretValue(spec: SecretSpec, env: NodeJS.ProcessEnv = process.env): string {
+  if (spec.file === undefined) {
+    const v = env[spec.envVar];
+    if (v === undefined) {
+      throw new InvalidConfigError(
+        "secret",
+        `invalid --secret ${spec.envVar}@${spec.host}: the environment variable ${spec.envVar} is not set (--secret reads the value from msb's own environment: export ${spec.envVar}=... first, or use --secret-file ${spec.envVar}@${spec.host}=PATH)`,
+      );
+    }
+    if (v === "") throw new InvalidConfigError("secret", `invalid --secret ${spec.envVar}@${spec.host}: the environment variable ${spec.envVar} is empty`);
+    return v;
+  }
+  const what = `--secret-file ${spec.envVar}@${spec.host}=${spec.file}`;
+  let fd: number | undefined;
+  let text: string;
+  try {
+    fd = openSync(spec.file, "r");
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new InvalidConfigError("secret", `invalid ${what}: not a regular file`);
+    // The value and one trailing newline (CRLF included).
+    if (st.size > MAX_SECRET_VALUE_LEN + 2) {
+      throw new InvalidConfigError("secret", `invalid ${what}: the file is ${st.size} bytes, more than a secret's ${MAX_SECRET_VALUE_LEN}`);
+    }
+    text = readFileSync(fd, "utf8");
+  } catch (e) {
+    if (e instanceof InvalidConfigError) throw e;
+    throw new InvalidConfigError("secret", `invalid ${what}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  const value = text.endsWith("\r\n") ? text.slice(0, -2) : text.endsWith("\n") ? text.slice(0, -1) : text;
+  if (value === "") throw new InvalidConfigError("secret", `invalid ${what}: the file is empty`);
+  return value;
 }
 
 /** `--net-rule`s, in order, then the default policy (public allowed, everything else denied). */

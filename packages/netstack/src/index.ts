@@ -4,19 +4,52 @@
  * network stack (`crates/netstack`, `NetConfig`) reads.
  */
 import { z } from "zod";
-import { GROUPS, type Action, type Group, type NetConfig, type Policy, type Proto, type PublishedPort, type Rule, type Same, type Target } from "@microsandbox/contract";
+import { GROUPS, MAX_SECRETS, type Action, type Group, type NetConfig, type Policy, type Proto, type PublishedPort, type Rule, type Same, type SecretRule, type SecretValue, type Target, type TlsConfig, type ViolationAction } from "@microsandbox/contract";
+import { check, NetworkConfigError } from "./errors.js";
+import {
+  configureBuilder,
+  copySecretEntry,
+  copyTlsConfig,
+  copyViolationAction,
+  defaultTlsConfig,
+  defaultViolationAction,
+  SecretBuilder,
+  TlsBuilder,
+  ViolationActionBuilder,
+  type SecretEntry,
+} from "./secrets.js";
 
-/** A network option failed validation. `field` names it; `code` is always `"invalidConfig"`. */
-export class NetworkConfigError extends Error {
-  readonly code = "invalidConfig" as const;
-  readonly field: string;
-
-  constructor(field: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.field = field;
-    this.name = "NetworkConfigError";
-  }
-}
+export { check, NetworkConfigError } from "./errors.js";
+export {
+  SecretBuilder,
+  TlsBuilder,
+  ViolationActionBuilder,
+  configureBuilder,
+  defaultTlsConfig,
+  defaultViolationAction,
+  secretEnvSchema,
+  secretValueSchema,
+  placeholderSchema,
+  hostNameSchema,
+  hostPatternSchema,
+  hostOrPatternSchema,
+  interceptedPortsSchema,
+  DEFAULT_INTERCEPTED_PORTS,
+  MAX_PLACEHOLDER_LEN,
+  MAX_SECRET_VALUE_LEN,
+  MAX_SECRETS,
+  MAX_SECRET_ENV_LEN,
+  MAX_CA_FILE_BYTES,
+  RESERVED_ENV_PREFIX,
+  VIOLATION_KINDS,
+  type SecretEntry,
+  type SecretInjection,
+  type SecretRule,
+  type SecretValue,
+  type TlsConfig,
+  type ViolationAction,
+  type ViolationKind,
+} from "./secrets.js";
 
 // The shapes the native stack reads (`msb_netstack::NetConfig` and its policy types) are
 // the contract's, generated from the Rust types; nothing here declares them again.
@@ -74,19 +107,6 @@ export const maxConnectionsSchema = z
   .int({ error: maxConnRule })
   .min(1, { error: maxConnRule })
   .max(1_000_000, { error: maxConnRule });
-
-function show(value: unknown): string {
-  const s = typeof value === "string" ? JSON.stringify(value) : typeof value === "number" ? String(value) : value === null || value === undefined ? String(value) : `(${typeof value})`;
-  return s.length > 48 ? `${s.slice(0, 45)}...` : s;
-}
-
-/** Parse `value` with `schema`, or throw a {@link NetworkConfigError} naming `field`. */
-export function check<T>(schema: z.ZodType<T, unknown>, field: string, value: unknown): T {
-  const r = schema.safeParse(value);
-  if (r.success) return r.data;
-  const why = r.error.issues[0]?.message ?? "is invalid";
-  throw new NetworkConfigError(field, `invalid ${field} ${show(value)}: ${field} ${why}`, { cause: r.error });
-}
 
 // ---------------------------------------------------------------- builders
 
@@ -302,12 +322,18 @@ export class NetworkPolicyBuilder {
   }
 }
 
-/** A sandbox's network: `n => n.policy(p).port(8080, 80).maxConnections(256)`. */
+/**
+ * A sandbox's network: `n => n.policy(p).port(8080, 80).maxConnections(256)`, and its
+ * secrets: `n.secret(s => s.env("API_KEY").value(key).allowHost("api.openai.com"))`.
+ */
 export class NetworkBuilder {
   #policy: NetworkPolicy = NetworkPolicy.default();
   readonly #ports: PublishedPort[] = [];
   #mtu = DEFAULT_MTU;
   #maxConnections = DEFAULT_MAX_CONNECTIONS;
+  readonly #secrets: SecretEntry[] = [];
+  #tls: TlsConfig | undefined;
+  #violation: ViolationAction | undefined;
 
   policy(policy: NetworkPolicy | NetworkPolicyBuilder | ((b: NetworkPolicyBuilder) => NetworkPolicyBuilder | void)): this {
     if (policy instanceof NetworkPolicy) this.#policy = policy;
@@ -345,9 +371,67 @@ export class NetworkBuilder {
     this.#mtu = check(mtuSchema, "network.mtu", n);
     return this;
   }
-  /** The JSON the native stack reads. */
+  /**
+   * Add a secret (and turn TLS interception on):
+   * `n.secret(s => s.env("API_KEY").value(key).allowHost("api.openai.com"))`. The guest's
+   * `$API_KEY` holds the placeholder; the value is substituted on the host. Repeatable
+   * (at most {@link MAX_SECRETS}; env vars and placeholders unique).
+   */
+  secret(configure: (s: SecretBuilder) => SecretBuilder | void): this {
+    const entry = configureBuilder(new SecretBuilder(), configure, "secret").build();
+    if (this.#secrets.length >= MAX_SECRETS) throw new NetworkConfigError("secret", `invalid secret ${entry.envVar}: at most ${MAX_SECRETS} secrets per sandbox`);
+    if (this.#secrets.some((e) => e.envVar === entry.envVar)) {
+      throw new NetworkConfigError("secret.env", `invalid secret.env ${JSON.stringify(entry.envVar)}: secret.env is a duplicate (one secret per env var)`);
+    }
+    const same = this.#secrets.find((e) => e.placeholder === entry.placeholder);
+    if (same !== undefined) {
+      throw new NetworkConfigError("secret.placeholder", `invalid secret.placeholder of secret ${entry.envVar}: secret.placeholder is a duplicate (secret ${same.envVar} has it)`);
+    }
+    if (this.#secrets.some((e) => e.value === entry.placeholder || e.placeholder === entry.value)) {
+      throw new NetworkConfigError("secret.placeholder", `invalid secret.placeholder of secret ${entry.envVar}: secret.placeholder must differ from every secret's value`);
+    }
+    this.#secrets.push(entry);
+    return this;
+  }
+  /** `secret(s => s.env(envVar).value(value).placeholder(placeholder).allowHost(allowedHost))`. */
+  secretEnv(envVar: string, value: string, placeholder: string, allowedHost: string): this {
+    return this.secret((s) => s.env(envVar).value(value).placeholder(placeholder).allowHost(allowedHost));
+  }
+  /** `secret(s => s.env(envVar).value(value).allowHost(allowedHost))`: the placeholder is `$MSB_<envVar>`. */
+  secretEnvSimple(envVar: string, value: string, allowedHost: string): this {
+    return this.secret((s) => s.env(envVar).value(value).allowHost(allowedHost));
+  }
+  /** The violation action of every secret that sets none of its own (default block-and-log). */
+  onSecretViolation(configure: (v: ViolationActionBuilder) => ViolationActionBuilder | void): this {
+    this.#violation = configureBuilder(new ViolationActionBuilder("network.onSecretViolation"), configure, "network.onSecretViolation").build();
+    return this;
+  }
+  /**
+   * TLS interception settings: `n.tls(t => t.interceptedPorts([443, 8443]).upstreamCaCert(pem))`.
+   * Turns interception on even without a secret. Repeatable: a later call starts from
+   * the earlier settings.
+   */
+  tls(configure: (t: TlsBuilder) => TlsBuilder | void): this {
+    this.#tls = configureBuilder(TlsBuilder.from(this.#tls ?? defaultTlsConfig()), configure, "tls").build();
+    return this;
+  }
+  /** The secrets added so far, values included (copies). */
+  secrets(): SecretEntry[] {
+    return this.#secrets.map(copySecretEntry);
+  }
+  /**
+   * The secrets' values, by env var (`RuntimeConfig.secretValues`): they never go into
+   * {@link toNativeConfig}.
+   */
+  secretValues(): SecretValue[] {
+    return this.#secrets.map((e) => ({ envVar: e.envVar, value: e.value }));
+  }
+  /**
+   * The JSON the native stack reads. `tls` is present when a secret was added or
+   * `tls()` called; `secrets` holds the rules without their values (see {@link secretValues}).
+   */
   toNativeConfig(): NetConfig {
-    return {
+    const config: NetConfig = {
       guestMac: DEFAULT_GUEST_MAC,
       guestIp: DEFAULT_GUEST_IP,
       gatewayIp: DEFAULT_GATEWAY_IP,
@@ -357,6 +441,21 @@ export class NetworkBuilder {
       maxConnections: this.#maxConnections,
       policy: this.#policy.toJSON(),
       ports: this.#ports.map((p) => ({ ...p })),
+    };
+    if (this.#tls !== undefined || this.#secrets.length > 0) config.tls = copyTlsConfig(this.#tls ?? defaultTlsConfig());
+    if (this.#secrets.length > 0) config.secrets = this.#secrets.map((e) => this.#rule(e));
+    return config;
+  }
+  #rule(e: SecretEntry): SecretRule {
+    return {
+      envVar: e.envVar,
+      placeholder: e.placeholder,
+      allowedHosts: [...e.allowedHosts],
+      allowedHostPatterns: [...e.allowedHostPatterns],
+      allowAnyHost: e.allowAnyHost,
+      requireTlsIdentity: e.requireTlsIdentity,
+      injection: { ...e.injection },
+      onViolation: copyViolationAction(e.onViolation ?? this.#violation ?? defaultViolationAction()),
     };
   }
 }

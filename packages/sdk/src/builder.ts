@@ -1,8 +1,8 @@
 import "./polyfill.js";
 import type { PullProgress } from "@microsandbox/oci";
-import { NetworkBuilder } from "@microsandbox/netstack";
+import { NetworkBuilder, type SecretBuilder } from "@microsandbox/netstack";
 import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
-import { validateAll, validateConfig, type LogLevel, type PullPolicy, type RawSandboxConfig, type RegistryAuth, type SandboxConfig } from "./config.js";
+import { copyConfig, validateAll, validateConfig, type LogLevel, type PullPolicy, type RawSandboxConfig, type RegistryAuth, type SandboxConfig } from "./config.js";
 import { InvalidConfigError } from "./errors.js";
 import { launch } from "./launch.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.builder().
@@ -93,6 +93,25 @@ export class SandboxBuilder {
     });
   }
 
+  /**
+   * A secret the guest can use but never read, and TLS interception with it:
+   * `.secret(s => s.env("API_KEY").value(key).allowHost("api.openai.com"))`. The guest's
+   * `$API_KEY` holds a placeholder (default `$MSB_API_KEY`); in HTTPS requests to an
+   * allowed host the sandbox's network substitutes the value, and a placeholder headed
+   * anywhere else is blocked. The value is never stored, never in `config()`, and must
+   * be given again to restart the sandbox (`Sandbox.start(name, { secrets })`).
+   * Repeatable. Same as `.network(n => n.secret(...))`; needs the network, and no
+   * `.env()` of the same name.
+   */
+  secret(configure: (s: SecretBuilder) => SecretBuilder | void): this {
+    return this.#netCall(() => this.#net.secret(configure));
+  }
+
+  /** `secret(s => s.env(envVar).value(value).allowHost(allowedHost))` (placeholder `$MSB_<envVar>`). */
+  secretEnv(envVar: string, value: string, allowedHost: string): this {
+    return this.secret((s) => s.env(envVar).value(value).allowHost(allowedHost));
+  }
+
   /** No network at all: the guest gets no NIC (only `lo`). */
   disableNetwork(): this {
     this.#raw.networkDisabled = true;
@@ -123,6 +142,7 @@ export class SandboxBuilder {
       };
     }
     this.#raw.network = this.#net.toNativeConfig();
+    this.#raw.secretValues = this.#net.secretValues();
     return this;
   }
 
@@ -258,9 +278,12 @@ export class SandboxBuilder {
     return this;
   }
 
-  /** Validate the configuration without starting anything. Throws {@link InvalidConfigError}. */
+  /**
+   * Validate the configuration without starting anything. Throws {@link InvalidConfigError}.
+   * The result is the configuration as `sb.config()` will show it (no secret values).
+   */
   validate(): SandboxConfig {
-    return validateConfig(this.#raw);
+    return copyConfig(validateConfig(this.#raw));
   }
 
   /**

@@ -7,8 +7,8 @@ import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { isAbsolute, join, posix, resolve } from "node:path";
 import { z } from "zod";
-import { DEFAULT_BOOT_TIMEOUT_MS, LOG_LEVELS, MIN_MEMORY_MIB, MOUNT_KINDS, type RuntimeConfig, type Same } from "@microsandbox/contract";
-import { defaultNetConfig, type NetConfig } from "@microsandbox/netstack";
+import { DEFAULT_BOOT_TIMEOUT_MS, LOG_LEVELS, MIN_MEMORY_MIB, MOUNT_KINDS, type RuntimeConfig, type Same, type SecretRule, type SecretValue } from "@microsandbox/contract";
+import { defaultNetConfig, secretValueSchema, type NetConfig } from "@microsandbox/netstack";
 import { CorruptConfigError, InvalidConfigError } from "./errors.js";
 import { checkBootstrapSizes, checkBytes, checkPath } from "./input-limits.js";
 import { MAX_ARG_BYTES } from "./limits.js";
@@ -312,6 +312,8 @@ export interface RawSandboxConfig {
   networkDisabled?: boolean;
   /** The first error a network setter raised (thrown at validation). */
   networkError?: { field: string; message: string; cause: unknown };
+  /** The values of `network.secrets` (`.secret()`, `.secretEnv()`), by env var. */
+  secretValues?: SecretValue[];
 }
 
 /**
@@ -368,8 +370,18 @@ export interface SandboxConfig {
   volumes: VolumeMount[];
   /** Verbosity of the sandbox's runtime log (`runtime.log`); `null`: info. */
   logLevel: LogLevel | null;
-  /** The network (policy, published ports) as the native stack reads it; `null`: no network (no NIC). */
+  /**
+   * The network (policy, published ports, TLS interception, secrets without their
+   * values) as the native stack reads it; `null`: no network (no NIC).
+   */
   network: NetConfig | null;
+  /**
+   * The values of `network.secrets`, by env var: handed to msb-runtime on its stdin
+   * (`RuntimeConfig.secretValues`) and nowhere else. Never stored
+   * ({@link persistableConfig}), never copied ({@link copyConfig}, so never in
+   * `sb.config()`); absent from every configuration read back.
+   */
+  secretValues?: SecretValue[];
 }
 
 /**
@@ -435,9 +447,25 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
   const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
   if (raw.networkError) throw new InvalidConfigError(raw.networkError.field, raw.networkError.message, { cause: raw.networkError.cause });
   const network = raw.networkDisabled ? null : structuredClone(raw.network ?? defaultNetConfig());
+  const secrets = raw.network?.secrets ?? [];
+  if (raw.networkDisabled && secrets.length > 0) {
+    throw new InvalidConfigError(
+      "secret",
+      `invalid secret ${secrets[0]?.envVar ?? ""}: secrets need the network (they are substituted in the sandbox's TLS traffic), but disableNetwork() removed it`,
+    );
+  }
+  for (const r of secrets) {
+    if (env.has(r.envVar)) {
+      throw new InvalidConfigError(
+        "secret.env",
+        `invalid secret.env ${JSON.stringify(r.envVar)}: env(${JSON.stringify(r.envVar)}) sets the same variable, which holds the secret's placeholder in the guest; drop one of them`,
+      );
+    }
+  }
   entrypoint?.forEach((a, i) => checkBytes(`entrypoint[${i}]`, "the argument", a, MAX_ARG_BYTES, "an argument may have (Linux's MAX_ARG_STRLEN)"));
-  // What the guest gets in its bootstrap frame: checked now, before anything boots.
-  checkBootstrapSizes({ name, env: [...env], workdir, user, hostname, volumes });
+  // What the guest gets in its bootstrap frame (msb-runtime adds each secret's
+  // placeholder to the environment): checked now, before anything boots.
+  checkBootstrapSizes({ name, env: [...env, ...placeholderEnv(network)], workdir, user, hostname, volumes });
   const config: SandboxConfig = {
     name,
     image,
@@ -463,6 +491,8 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     logLevel,
     network,
   };
+  const values = network === null ? [] : (raw.secretValues ?? []);
+  if (values.length > 0) config.secretValues = values.map((v) => ({ envVar: v.envVar, value: v.value }));
   return { config, patches };
 }
 
@@ -574,7 +604,7 @@ export function checkBindSource(source: string, guestPath: string): void {
 
 /**
  * The configuration as it is stored with the sandbox (JSON-safe): everything but the
- * registry password.
+ * registry password and the secret values.
  */
 export function persistableConfig(config: SandboxConfig): SandboxConfig {
   const out: SandboxConfig = copyConfig(config);
@@ -582,9 +612,52 @@ export function persistableConfig(config: SandboxConfig): SandboxConfig {
   return out;
 }
 
-/** A deep copy (the arrays and their entries are the caller's to change). */
+/** The `[envVar, placeholder]` pairs msb-runtime adds to the guest's environment. */
+export function placeholderEnv(network: NetConfig | null): [string, string][] {
+  return (network?.secrets ?? []).map((r): [string, string] => [r.envVar, r.placeholder]);
+}
+
+/**
+ * The values `Sandbox.start(name, { secrets })` gives for a stored sandbox's secrets,
+ * checked as `.secret()` checks them: each key one of the sandbox's secrets, each value
+ * a valid secret value different from its placeholder. No message shows a value.
+ */
+export function startSecretValues(config: SandboxConfig, options: unknown): SecretValue[] {
+  if (options === undefined) return [];
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new InvalidConfigError("options", "invalid options: must be an object such as { secrets: { API_KEY: value } }");
+  }
+  const unknown = Object.keys(options).filter((k) => k !== "secrets");
+  if (unknown.length > 0) throw new InvalidConfigError("options", `invalid options: unknown option ${JSON.stringify(unknown[0])} (the only one is secrets)`);
+  const given = (options as { secrets?: unknown }).secrets;
+  if (given === undefined) return [];
+  if (given === null || typeof given !== "object" || Array.isArray(given)) {
+    throw new InvalidConfigError("secrets", "invalid secrets: must be an object of env var -> value, such as { API_KEY: value }");
+  }
+  const rules: SecretRule[] = Array.isArray(config.network?.secrets) ? config.network.secrets : [];
+  const out: SecretValue[] = [];
+  for (const [envVar, value] of Object.entries(given as Record<string, unknown>)) {
+    const rule = rules.find((r) => r.envVar === envVar);
+    if (rule === undefined) {
+      const have = rules.length === 0 ? "it has none" : `its secrets: ${rules.map((r) => r.envVar).join(", ")}`;
+      throw new InvalidConfigError("secrets", `invalid secrets: sandbox ${config.name} has no secret ${JSON.stringify(envVar)} (${have})`);
+    }
+    const r = secretValueSchema.safeParse(value);
+    if (!r.success) {
+      throw new InvalidConfigError("secrets", `invalid secrets: the value of ${envVar} ${r.error.issues[0]?.message ?? "is invalid"} (the value is not shown)`);
+    }
+    if (r.data === rule.placeholder) throw new InvalidConfigError("secrets", `invalid secrets: the value of ${envVar} must differ from its placeholder`);
+    out.push({ envVar, value: r.data });
+  }
+  return out;
+}
+
+/**
+ * A deep copy (the arrays and their entries are the caller's to change), without the
+ * secret values: a copy is what callers see and what is stored.
+ */
 export function copyConfig(config: SandboxConfig): SandboxConfig {
-  return {
+  const out: SandboxConfig = {
     ...config,
     env: config.env.map(([k, v]): [string, string] => [k, v]),
     scripts: config.scripts.map(([k, v]): [string, string] => [k, v]),
@@ -594,6 +667,8 @@ export function copyConfig(config: SandboxConfig): SandboxConfig {
     ...(config.entrypoint ? { entrypoint: [...config.entrypoint] } : {}),
     ...(config.cmd ? { cmd: [...config.cmd] } : {}),
   };
+  delete out.secretValues;
+  return out;
 }
 
 const stringArray = z.array(z.string());

@@ -2,7 +2,7 @@ import "./polyfill.js";
 import { check, msbHome, nameSchema, parseStoredConfig, timeoutMsSchema, type SandboxConfig } from "./config.js";
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { SandboxNotRunningError } from "./errors.js";
-import { connectRecord, startExisting } from "./launch.js";
+import { connectRecord, startExisting, type StartOptions } from "./launch.js";
 import { closeQuietly, isLive, readRecord, stopByName, type SandboxRecord, type SandboxStatus } from "./lifecycle.js";
 import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { callNative, native } from "./native.js";
@@ -97,16 +97,16 @@ export class SandboxHandle {
     return connectRecord(binding, this.#home, rec.name, config, rec.runtimePid as number, rec.socketPath as string);
   }
 
-  /** Boot the stopped sandbox again (files kept), attached to this process. See `Sandbox.start`. */
-  async start(): Promise<Sandbox> {
-    const sb = await startExisting(this.name, true);
+  /** Boot the stopped sandbox again (files kept), attached to this process; `{ secrets }` as for `Sandbox.start`. */
+  async start(options?: StartOptions): Promise<Sandbox> {
+    const sb = await startExisting(this.name, true, options);
     await this.refresh().catch(() => undefined);
     return sb;
   }
 
-  /** Boot the stopped sandbox again (files kept), detached. See `Sandbox.startDetached`. */
-  async startDetached(): Promise<Sandbox> {
-    const sb = await startExisting(this.name, false);
+  /** Boot the stopped sandbox again (files kept), detached; `{ secrets }` as for `Sandbox.start`. */
+  async startDetached(options?: StartOptions): Promise<Sandbox> {
+    const sb = await startExisting(this.name, false, options);
     await this.refresh().catch(() => undefined);
     return sb;
   }

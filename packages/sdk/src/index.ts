@@ -5,6 +5,7 @@ export { Sandbox } from "./sandbox.js";
 export { SandboxBuilder } from "./builder.js";
 export { DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 export { SandboxHandle } from "./handle.js";
+export type { StartOptions } from "./launch.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
 export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } from "./exec.js";
@@ -26,6 +27,20 @@ export {
   RuleBuilder,
   TargetBuilder,
   NetworkConfigError,
+  SecretBuilder,
+  TlsBuilder,
+  ViolationActionBuilder,
+  VIOLATION_KINDS,
+  DEFAULT_INTERCEPTED_PORTS,
+  MAX_PLACEHOLDER_LEN,
+  MAX_SECRET_VALUE_LEN,
+  MAX_SECRETS,
+  type SecretEntry,
+  type SecretInjection,
+  type SecretRule,
+  type TlsConfig,
+  type ViolationAction,
+  type ViolationKind,
   type NetConfig,
   type Policy as NetworkPolicyJson,
   type Rule as NetworkRule,

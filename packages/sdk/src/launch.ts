@@ -6,7 +6,20 @@
 import "./polyfill.js";
 import { join } from "node:path";
 import type { PullProgress } from "@microsandbox/oci";
-import { bootTimeoutMs, check, checkBindSource, msbHome, nameSchema, parseStoredConfig, persistableConfig, type PatchOp, type SandboxConfig } from "./config.js";
+import {
+  bootTimeoutMs,
+  check,
+  checkBindSource,
+  copyConfig,
+  msbHome,
+  nameSchema,
+  parseStoredConfig,
+  persistableConfig,
+  placeholderEnv,
+  startSecretValues,
+  type PatchOp,
+  type SandboxConfig,
+} from "./config.js";
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { ExecFailedError, fromNative, InvalidConfigError, SandboxStillRunningError } from "./errors.js";
 import { checkBootstrapSizes } from "./input-limits.js";
@@ -62,8 +75,13 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
   const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
-  // The image's environment is merged in now: the bootstrap must still fit its frame.
-  checkBootstrapSizes(config);
+  // The image's environment is merged in now: the bootstrap must still fit its frame
+  // (with the secrets' placeholders, which msb-runtime adds to it).
+  const placeholders = placeholderEnv(config.network);
+  const secretEnvs = new Set(placeholders.map(([k]) => k));
+  // An image variable of a secret's name gives way to the placeholder.
+  const env = config.env.filter(([k]) => !secretEnvs.has(k));
+  checkBootstrapSizes({ ...config, env: [...env, ...placeholders] });
   if (o.replace) await replaceExisting(binding, home, config.name);
   const nativeConfig: NativeSandboxConfig = {
     name: config.name,
@@ -74,7 +92,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     image: rootfs,
     cpus: config.cpus,
     memoryMib: config.memoryMib,
-    env: config.env,
+    env,
     workdir: config.workdir,
     hostname: config.hostname,
     user: config.user,
@@ -91,6 +109,10 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     // A restart stores back exactly what was stored.
     sdkConfig: o.storedConfig !== undefined ? o.storedConfig : persistableConfig(config),
   };
+  // Only ever on msb-runtime's stdin (startSandbox writes the JSON there); it never
+  // stores them. A secret without a value has its placeholder blocked.
+  const values = config.secretValues ?? [];
+  if (values.length > 0) nativeConfig.secretValues = values.map((v) => ({ envVar: v.envVar, value: v.value }));
   // (A create whose boot fails leaves nothing behind: msb-runtime forgets the sandbox.)
   const info = await callNative(() => binding.startSandbox(JSON.stringify(nativeConfig)));
   let client: NativeAgentClient;
@@ -107,7 +129,8 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     });
     throw e;
   }
-  const sb = new (sandboxClass())(config, info, client, o.attached, home);
+  // The Sandbox keeps no secret value.
+  const sb = new (sandboxClass())(copyConfig(config), info, client, o.attached, home);
   // Before anything of the caller's runs: the default user exists (a new sandbox), then
   // scripts (every boot) and patches (the first one).
   const checkUser = o.mode === "create" && config.user !== null;
@@ -159,14 +182,26 @@ async function replaceExisting(binding: NativeBinding, home: string, name: strin
   await removeWhenStopped(binding, home, name, { missingOk: true });
 }
 
+/** What `Sandbox.start` and a handle's `start` take. */
+export interface StartOptions {
+  /**
+   * The values of the sandbox's secrets, by env var: `{ API_KEY: key }`. They are never
+   * stored, so a restart needs them again; a secret left out has its placeholder
+   * blocked (runtime.log says so).
+   */
+  secrets?: Record<string, string>;
+}
+
 /** `Sandbox.start` / `startDetached`: boot a stopped (or crashed) sandbox again. */
-export async function startExisting(name: string, attached: boolean): Promise<Sandbox> {
+export async function startExisting(name: string, attached: boolean, options?: StartOptions): Promise<Sandbox> {
   const n = check(nameSchema, "name", name);
   const home = msbHome();
   const binding = await callNative(() => native());
   const rec = await readRecord(binding, home, n);
   if (isLive(rec.status)) throw new SandboxStillRunningError(`sandbox ${n} is ${rec.status}; stop it first`);
   const config = parseStoredConfig(rec.configJson, n);
+  const values = startSecretValues(config, options);
+  if (values.length > 0) config.secretValues = values;
   return launch(config, { mode: "start", attached, storedConfig: JSON.parse(rec.configJson) as unknown });
 }
 

@@ -8,7 +8,7 @@ import { buildExecOptions, resolveExecOptions, type ExecOptionsBuilder } from ".
 import { SandboxFs } from "./fs.js";
 import { SandboxHandle, removeByName } from "./handle.js";
 import { checkScript } from "./input-limits.js";
-import { provideSandbox, startExisting } from "./launch.js";
+import { provideSandbox, startExisting, type StartOptions } from "./launch.js";
 import { closeQuietly, finalExit, readRecord, removeWhenStopped, stopByName, toRecord } from "./lifecycle.js";
 import { MetricsStream, toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { callNative, native, type NativeAgentClient, type NativeRuntimeInfo } from "./native.js";
@@ -82,14 +82,17 @@ export class Sandbox implements AsyncDisposable {
    * Boot a stopped (or crashed) sandbox again from its stored configuration, with the
    * files it wrote kept, in attached mode (it stops when this process exits).
    * Unknown name -> `SandboxNotFoundError`; a running one -> `SandboxStillRunningError`.
+   * Secret values are never stored: give them again, `{ secrets: { API_KEY: key } }`
+   * (a secret left out has its placeholder blocked; an env var that is not one of the
+   * sandbox's secrets -> `InvalidConfigError`).
    */
-  static async start(name: string): Promise<Sandbox> {
-    return startExisting(name, true);
+  static async start(name: string, options?: StartOptions): Promise<Sandbox> {
+    return startExisting(name, true, options);
   }
 
   /** As {@link Sandbox.start}, in detached mode: the sandbox outlives this process. */
-  static async startDetached(name: string): Promise<Sandbox> {
-    return startExisting(name, false);
+  static async startDetached(name: string, options?: StartOptions): Promise<Sandbox> {
+    return startExisting(name, false, options);
   }
 
   /**
