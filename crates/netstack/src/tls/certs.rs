@@ -95,3 +95,24 @@ fn mint(
     let cert = p.signed_by(&ca.leaf_key, &ca.issuer).map_err(err)?;
     Ok(cert.der().clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leaves_are_cached_per_name() {
+        let dir = std::env::temp_dir().join(format!("msb-leaf-{}", std::process::id()));
+        let ca = Arc::new(CertificateAuthority::load_or_create(&dir).unwrap());
+        let c = LeafCache::new(ca).unwrap();
+        let a = c.get("api.example.test").await.unwrap();
+        let b = c.get("api.example.test").await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let d = c.get("other.example.test").await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(c.len(), 2);
+        // One key for all leaves, one certificate per name.
+        assert_ne!(a.cert[0], d.cert[0]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -5,7 +5,8 @@
 //! Per request: the gates (SNI allowed, DNS pin, verified upstream, Host/:authority equal
 //! to the SNI) give the plan; the plan rewrites header values (Basic credentials too),
 //! the target, and, when a secret wants bodies, an identity-encoded body: buffered up to
-//! 16 MiB when it has a Content-Length (which is then corrected), streamed otherwise. A
+//! 16 MiB when it has a Content-Length (which is then corrected), streamed otherwise
+//! (chunked, HTTP/2 without a length, and scan-only above 16 MiB). A
 //! body with a Content-Encoding other than identity is passed on unchanged, neither
 //! substituted nor scanned. A violation answers 403 and closes the connection; a
 //! violation inside a streamed body aborts the upstream request (the upstream gets a
@@ -401,10 +402,12 @@ async fn rewrite(
             return Err(sh.refuse(StatusCode::BAD_REQUEST, "microsandbox: bad Content-Length"));
         };
         if n > MAX_BODY_SCAN_BYTES as u64 {
-            return Err(sh.refuse(
-                StatusCode::FORBIDDEN,
-                "microsandbox: request body too large to scan for secrets (16 MiB)",
-            ));
+            // Too large to buffer: scanned as it streams, Content-Length kept. A
+            // substitution that changes the length makes the upstream request fail
+            // (hyper enforces the length), so bodies this large are in effect only
+            // scanned, never substituted.
+            let body = ScanBody::new(body, plan, stream_violation);
+            return Ok(Request::from_parts(parts, body.boxed()));
         }
         let collected = tokio::time::timeout(
             BODY_TIMEOUT,
@@ -433,13 +436,7 @@ async fn rewrite(
     }
     // Chunked (HTTP/1) or HTTP/2 without a length: substituted as it streams.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = ScanBody {
-        inner: body,
-        stream: plan.body_stream(),
-        done: false,
-        trailers: None,
-        violation: stream_violation.clone(),
-    };
+    let body = ScanBody::new(body, plan, stream_violation);
     Ok(Request::from_parts(parts, body.boxed()))
 }
 
@@ -454,6 +451,16 @@ struct ScanBody {
 }
 
 impl ScanBody {
+    fn new(inner: Incoming, plan: &Plan, violation: &Arc<Mutex<Option<Violation>>>) -> Self {
+        ScanBody {
+            inner,
+            stream: plan.body_stream(),
+            done: false,
+            trailers: None,
+            violation: violation.clone(),
+        }
+    }
+
     fn fail(&mut self, v: Violation) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         *self.violation.lock().unwrap() = Some(v);
         self.done = true;
