@@ -130,9 +130,20 @@ async fn upstream(pki: &UpstreamPki) -> Upstream {
                 };
                 hs.fetch_add(1, Ordering::Relaxed);
                 let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let seen = seen.clone();
                     async move {
+                        // An upgrade ("echo" protocol): 101, then echo what arrives.
+                        let upgrade = req.headers().contains_key("upgrade");
+                        if upgrade {
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(u) = on.await {
+                                    let (mut r, mut w) = tokio::io::split(TokioIo::new(u));
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                }
+                            });
+                        }
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.map(|b| b.to_bytes().to_vec());
                         let body = body.unwrap_or_else(|_| b"<BODY ERROR>".to_vec());
@@ -146,9 +157,16 @@ async fn upstream(pki: &UpstreamPki) -> Upstream {
                                 .collect(),
                             body,
                         });
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"upstream ok"),
-                        )))
+                        if upgrade {
+                            let r = Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap();
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
+                        Ok(Response::new(Full::new(Bytes::from_static(b"upstream ok"))))
                     }
                 });
                 let io = TokioIo::new(tls);
@@ -159,6 +177,7 @@ async fn upstream(pki: &UpstreamPki) -> Upstream {
                 } else {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
+                        .with_upgrades()
                         .await;
                 }
             });
@@ -694,4 +713,89 @@ fn ca_created_once() {
     assert_eq!(mode(dir.join("ca.key")), 0o600);
     assert_eq!(mode(dir.clone()), 0o700);
     assert!(a.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+}
+
+/// HTTP/1 upgrade (WebSocket-style): the handshake's headers are substituted, then the
+/// connection is spliced both ways.
+#[tokio::test]
+async fn upgrade_is_substituted_then_spliced() {
+    let s = setup("", &[ALLOWED], true, "block-and-log").await;
+    let g = flow(&s, &[ALLOWED]).await;
+    let mut tls = guest_tls(g, Some(ALLOWED), &[b"http/1.1"], &s.ic.ca_cert_pem())
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {ALLOWED}\r\nConnection: Upgrade\r\nUpgrade: echo\r\nAuthorization: Bearer {PLACEHOLDER}\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(tls.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for msg in [&b"ping"[..], b"second message"] {
+        tls.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    let seen = s.up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization").unwrap(),
+        format!("Bearer {VALUE}")
+    );
+}
+
+/// Figures (printed; run with --nocapture): new intercepted connections per second,
+/// keep-alive requests per second, and an 8 MiB substituted Content-Length body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures() {
+    let s = setup("", &[ALLOWED], true, "block-and-log").await;
+    let t = std::time::Instant::now();
+    let n = 20;
+    for _ in 0..n {
+        let mut c = client(&s, ALLOWED, &[ALLOWED], &[b"http/1.1"]).await;
+        let (st, _) = send(&mut c, get("/", Some(ALLOWED), &bearer()))
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+    }
+    let per_conn = t.elapsed() / n;
+    let mut c = client(&s, ALLOWED, &[ALLOWED], &[b"http/1.1"]).await;
+    let t = std::time::Instant::now();
+    let k = 200;
+    for _ in 0..k {
+        let (st, _) = send(&mut c, get("/", Some(ALLOWED), &bearer()))
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+    }
+    let per_req = t.elapsed() / k;
+    let mut body = "x".repeat(8 * 1024 * 1024);
+    body.insert_str(4 * 1024 * 1024, PLACEHOLDER);
+    let t = std::time::Instant::now();
+    let (st, _) = send(&mut c, post("/big", Some(ALLOWED), &body))
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    let big = t.elapsed();
+    let seen = s.up.seen.lock().unwrap().clone();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.body.len(),
+        body.len() - PLACEHOLDER.len() + VALUE.len()
+    );
+    println!(
+        "tls figures: new connection + request {per_conn:?}; keep-alive request {per_req:?}; 8 MiB CL body substituted {big:?}"
+    );
 }

@@ -409,6 +409,20 @@ async fn rewrite(
             let body = ScanBody::new(body, plan, stream_violation);
             return Ok(Request::from_parts(parts, body.boxed()));
         }
+        // Buffered bodies share one budget per sandbox (100 HTTP/2 streams of 16 MiB
+        // each must not mean 1.6 GB): wait for room, as long as a body may take.
+        let kib = (n / 1024 + 1) as u32;
+        let budget = sh.ic.body_budget.clone();
+        let permit = match tokio::time::timeout(BODY_TIMEOUT, budget.acquire_many_owned(kib)).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(sh.refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "microsandbox: too many request bodies buffered",
+                ))
+            }
+        };
         let collected = tokio::time::timeout(
             BODY_TIMEOUT,
             Limited::new(body, MAX_BODY_SCAN_BYTES).collect(),
@@ -431,8 +445,11 @@ async fn rewrite(
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
-        let body = Full::new(data).map_err(|e: Infallible| match e {}).boxed();
-        return Ok(Request::from_parts(parts, body));
+        let body = Held {
+            inner: Full::new(data),
+            _permit: permit,
+        };
+        return Ok(Request::from_parts(parts, body.boxed()));
     }
     // Chunked (HTTP/1) or HTTP/2 without a length: substituted as it streams.
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -525,5 +542,36 @@ impl Body for ScanBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+/// A buffered body that holds its share of the buffer budget until it is dropped.
+struct Held {
+    inner: Full<Bytes>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.get_mut().inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(Some(Err(e))) => match e {},
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

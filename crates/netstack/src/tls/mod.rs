@@ -26,7 +26,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 pub use ca::CertificateAuthority;
 
@@ -57,7 +57,12 @@ pub struct Interceptor {
     client_verified: Arc<ClientConfig>,
     client_any: Arc<ClientConfig>,
     terminate: watch::Sender<bool>,
+    /// Request bodies buffered for substitution, in KiB, across the sandbox's flows.
+    body_budget: Arc<Semaphore>,
 }
+
+/// Most request-body bytes buffered at once per sandbox (http.rs).
+const BODY_BUDGET_KIB: usize = 64 * 1024;
 
 impl std::fmt::Debug for Interceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +131,7 @@ impl Interceptor {
             client_verified: Arc::new(client_verified),
             client_any: Arc::new(client_any),
             terminate: watch::channel(false).0,
+            body_budget: Arc::new(Semaphore::new(BODY_BUDGET_KIB)),
         }))
     }
 
