@@ -799,3 +799,48 @@ async fn figures() {
         "tls figures: new connection + request {per_conn:?}; keep-alive request {per_req:?}; 8 MiB CL body substituted {big:?}"
     );
 }
+
+/// A TLS 1.2-only guest is intercepted too; a request head over 64 KiB is refused before
+/// anything reaches the upstream.
+#[tokio::test]
+async fn tls12_guest_and_head_limit() {
+    let s = setup("", &[ALLOWED], true, "block-and-log").await;
+    let g = flow(&s, &[ALLOWED]).await;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots(&s.ic.ca_cert_pem()))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(ALLOWED).unwrap(), g)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut c = http_client(tls).await;
+    let (st, _) = send(&mut c, get("/12", Some(ALLOWED), &bearer()))
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    let mut big = get("/big-head", Some(ALLOWED), &bearer());
+    big.headers_mut()
+        .insert("x-big", "a".repeat(70 * 1024).parse().unwrap());
+    let mut c = client(&s, ALLOWED, &[ALLOWED], &[b"http/1.1"]).await;
+    let r = send(&mut c, big).await;
+    assert!(matches!(r, None | Some((431, _))), "{r:?}");
+    let mut big = get(&format!("https://{ALLOWED}/big-h2"), None, &bearer());
+    big.headers_mut()
+        .insert("x-big", "a".repeat(70 * 1024).parse().unwrap());
+    let mut c = client(&s, ALLOWED, &[ALLOWED], &[b"h2"]).await;
+    let r = send(&mut c, big).await;
+    assert!(matches!(r, None | Some((431, _))), "{r:?}");
+    let seen = s.up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization").unwrap(),
+        format!("Bearer {VALUE}")
+    );
+}

@@ -137,7 +137,7 @@ pub(super) async fn serve<G, U>(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .preserve_header_case(true)
-            .max_buf_size(MAX_HEAD)
+            .max_header_size(MAX_HEAD)
             .max_headers(MAX_H1_HEADERS)
             .header_read_timeout(HEAD_TIMEOUT)
             .auto_date_header(false)
