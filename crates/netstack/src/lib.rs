@@ -13,6 +13,9 @@
 //! - config, error, policy, packet, dns, frag, dns_tcp, ping: leaves (config and policy,
 //!   packet building and parsing, DNS messages, reassembly, host ping sockets).
 //! - shared: the frame bound and the counters; event: the messages to the stack task.
+//! - tls: TLS interception with secret substitution (CA, leaf certificates, the
+//!   per-flow TLS and HTTP proxy, substitute.rs's engine); only config, error and
+//!   secrets_config below it. Used by host (a flow's task) and stack (which flows).
 //! - device (smoltcp's view of the guest link), host (host sockets, the stream
 //!   transport), vhost and vhost_proxy (the vhost-user transport).
 //! - stack: the stack task, which spawns and drives all of the above.

@@ -795,8 +795,23 @@ async fn figures() {
         last.body.len(),
         body.len() - PLACEHOLDER.len() + VALUE.len()
     );
+    drop(c);
+    // Resident memory per idle intercepted connection (both TLS sessions, hyper on both
+    // sides, the upstream's own state included: an upper bound).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib();
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut c = client(&s, ALLOWED, &[ALLOWED], &[b"http/1.1"]).await;
+        let (st, _) = send(&mut c, get("/", Some(ALLOWED), &bearer()))
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        idle.push(c);
+    }
+    let per_idle = (rss_kib().saturating_sub(before)) / 200;
     println!(
-        "tls figures: new connection + request {per_conn:?}; keep-alive request {per_req:?}; 8 MiB CL body substituted {big:?}"
+        "tls figures: new connection + request {per_conn:?}; keep-alive request {per_req:?}; 8 MiB CL body substituted {big:?}; ~{per_idle} KiB RSS per idle connection"
     );
 }
 
@@ -843,4 +858,10 @@ async fn tls12_guest_and_head_limit() {
         seen[0].header("authorization").unwrap(),
         format!("Bearer {VALUE}")
     );
+}
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4
 }
