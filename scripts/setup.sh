@@ -8,7 +8,7 @@ ROOT=$PWD
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 # --- host packages --------------------------------------------------------------------
-APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev tmux)
+APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev tmux openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

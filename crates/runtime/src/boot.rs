@@ -31,7 +31,7 @@ use self::network::Network;
 use crate::cpu::CpuSampler;
 use crate::disks::{self, Lower};
 use crate::error::RtError;
-use crate::relay::{MetricsSource, Relay};
+use crate::relay::{Control, MetricsSource, Relay};
 use crate::sandbox::{Running, Sandbox};
 use crate::shares::{self, Share};
 use crate::{log, vm};
@@ -181,6 +181,13 @@ impl Sandbox {
             })?;
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let relay = Relay::start(link.rd, link.wr, ctl_tx.clone());
+        if let Some(i) = net.as_ref().and_then(Network::interceptor) {
+            let ctl = ctl_tx.clone();
+            tokio::spawn(async move {
+                i.terminate_requested().await;
+                let _ = ctl.send(Control::SecretViolation).await;
+            });
+        }
         if let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) {
             relay.set_metrics_source(MetricsSource {
                 net: net.as_ref().and_then(Network::stack).cloned(),

@@ -119,12 +119,13 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
 
 async fn async_main() -> i32 {
     let stopped = stop_signal();
-    let mut input = String::new();
+    // Zeroized when dropped: the configuration carries the secrets' values.
+    let mut input = zeroize::Zeroizing::new(String::new());
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         announce_error(&RtError::runtime(format!("reading configuration: {e}")));
         return 1;
     }
-    let cfg: Config = match serde_json::from_str(&input) {
+    let cfg: Config = match serde_json::from_str(input.as_str()) {
         Ok(c) => c,
         Err(e) => {
             announce_error(&RtError::new(

@@ -35,6 +35,8 @@ pub enum Control {
     CreatorGone,
     /// The guest broke the protocol: end the sandbox.
     Protocol(String),
+    /// A secret's block-and-terminate violation: kill the VM at once.
+    SecretViolation,
 }
 
 const CLIENT_QUEUE: usize = 256;

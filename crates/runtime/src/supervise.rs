@@ -35,6 +35,8 @@ enum Ending {
     Stop(&'static str),
     Kill,
     Protocol(String),
+    /// Killed because a secret's placeholder went where it may not (block-and-terminate).
+    SecretViolation,
 }
 
 impl Sandbox {
@@ -82,6 +84,11 @@ impl Sandbox {
                     Control::Kill => {
                         log("kill requested");
                         ending = Some(Ending::Kill);
+                        let _ = qemu.start_kill();
+                    }
+                    Control::SecretViolation => {
+                        log("a secret violation asks to terminate the sandbox: killing it");
+                        ending = Some(Ending::SecretViolation);
                         let _ = qemu.start_kill();
                     }
                     Control::Protocol(msg) => {
@@ -190,6 +197,11 @@ fn outcome(
 ) -> (&'static str, i64, String) {
     match (ending, status) {
         (Some(Ending::Kill), _) => (STOPPED, EXIT_KILLED, "killed".to_string()),
+        (Some(Ending::SecretViolation), _) => (
+            STOPPED,
+            EXIT_KILLED,
+            "terminated: secret violation".to_string(),
+        ),
         (Some(Ending::Protocol(m)), _) => (CRASHED, 1, format!("protocol error: {m}")),
         (Some(Ending::Stop(r)), _) if forced => (
             STOPPED,

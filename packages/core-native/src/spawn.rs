@@ -50,8 +50,10 @@ pub async fn start_sandbox(config_json: String) -> Result<RuntimeInfo> {
 }
 
 fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
+    // It may carry the secrets' values (for the runtime's stdin): wiped when dropped.
+    let config_json = zeroize::Zeroizing::new(config_json);
     let f: RuntimeConfig =
-        serde_json::from_str(&config_json).map_err(|e| err(ErrorCode::InvalidConfig, e))?;
+        serde_json::from_str(config_json.as_str()).map_err(|e| err(ErrorCode::InvalidConfig, e))?;
     if !f.runtime_path.is_file() {
         return Err(err(
             ErrorCode::Runtime,

@@ -93,6 +93,22 @@ impl Sandbox {
         }
     }
 
+    /// The sandbox's environment plus, for each secret, its env var set to the
+    /// placeholder (the guest never sees a value).
+    fn guest_env(&self) -> Vec<(String, String)> {
+        let mut env = self.cfg.env.clone();
+        let secrets = self.cfg.network.as_ref().and_then(|n| n.get("secrets"));
+        for s in secrets.and_then(|s| s.as_array()).into_iter().flatten() {
+            if let (Some(k), Some(p)) = (
+                s.get("envVar").and_then(|v| v.as_str()),
+                s.get("placeholder").and_then(|v| v.as_str()),
+            ) {
+                env.push((k.to_string(), p.to_string()));
+            }
+        }
+        env
+    }
+
     fn bootstrap_message(
         &self,
         disks: &Disks,
@@ -119,7 +135,7 @@ impl Sandbox {
                     fstype: "ext4".into(),
                 },
             },
-            env: self.cfg.env.clone(),
+            env: self.guest_env(),
             workdir: self.cfg.workdir.clone(),
             user: self.cfg.user.clone(),
             hostname: self
@@ -134,7 +150,7 @@ impl Sandbox {
             entropy,
             mounts,
             network: net.map(Network::guest),
-            ca_cert_pem: None,
+            ca_cert_pem: net.and_then(Network::ca_cert_pem),
         }
     }
 

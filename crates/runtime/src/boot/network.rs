@@ -2,8 +2,9 @@
 //! vhost-user on net.sock, or one of bench/net's baselines (crate::bench_backends).
 
 use std::path::Path;
+use std::sync::Arc;
 
-use msb_netstack::{NetConfig, NetStack, VhostListener};
+use msb_netstack::{CertificateAuthority, Interceptor, NetConfig, NetStack, VhostListener};
 use msb_protocol::GuestNetwork;
 
 use super::error::NetworkError;
@@ -13,8 +14,9 @@ use crate::{log_error, sandbox::Sandbox};
 
 /// What the guest's NIC is connected to.
 pub enum Network {
-    /// Our stack; it serves QEMU in a task of its own.
-    Stack(NetStack),
+    /// Our stack; it serves QEMU in a task of its own. With TLS interception (secrets),
+    /// its interceptor.
+    Stack(NetStack, Option<Arc<Interceptor>>),
     /// A bench baseline with the guest's MTU (never, without the bench-backends feature).
     Baseline(Baseline, u16),
 }
@@ -23,7 +25,7 @@ impl Network {
     /// The NIC on QEMU's command line: (backend, guest MAC, MTU).
     pub fn nic<'a>(&self, net_sock: &'a Path) -> (NetBackend<'a>, String, u16) {
         match self {
-            Network::Stack(stack) => {
+            Network::Stack(stack, _) => {
                 let c = stack.config();
                 (
                     NetBackend::VhostUser(net_sock),
@@ -38,7 +40,7 @@ impl Network {
     /// The guest's side of it, for the bootstrap.
     pub fn guest(&self) -> GuestNetwork {
         match self {
-            Network::Stack(stack) => {
+            Network::Stack(stack, _) => {
                 let c = stack.config();
                 GuestNetwork {
                     ip: c.guest_ip,
@@ -53,10 +55,26 @@ impl Network {
         }
     }
 
+    /// The interception CA the guest must trust (PEM), when its TLS is intercepted.
+    pub fn ca_cert_pem(&self) -> Option<String> {
+        match self {
+            Network::Stack(_, Some(i)) => Some(i.ca_cert_pem()),
+            _ => None,
+        }
+    }
+
+    /// The interceptor, when the sandbox has secrets or asked for TLS interception.
+    pub fn interceptor(&self) -> Option<Arc<Interceptor>> {
+        match self {
+            Network::Stack(_, i) => i.clone(),
+            Network::Baseline(..) => None,
+        }
+    }
+
     /// The stack, whose counters feed the metrics.
     pub fn stack(&self) -> Option<&NetStack> {
         match self {
-            Network::Stack(stack) => Some(stack),
+            Network::Stack(stack, _) => Some(stack),
             Network::Baseline(..) => None,
         }
     }
@@ -79,9 +97,32 @@ impl Sandbox {
             }
             return Ok(Some(Network::Baseline(baseline, mtu)));
         }
-        let stack = NetStack::bind(cfg)
+        // The values arrived on stdin with the config; from here on only the interceptor
+        // holds them (zeroized when it goes).
+        let values = std::mem::take(&mut self.cfg.secret_values);
+        let interceptor = match &cfg.tls {
+            None => None,
+            Some(_) => {
+                let ca = CertificateAuthority::load_or_create(&self.cfg.msb_home.join("tls"))
+                    .map_err(|e| NetworkError::Config(format!("interception CA: {e}")))?;
+                let i = Interceptor::new(&cfg, values, ca)
+                    .map_err(|e| NetworkError::Config(e.to_string()))?;
+                let missing = i.missing_values();
+                if !missing.is_empty() {
+                    log_error(&format!(
+                        "secrets without a value (started without them): {}; their placeholders are blocked",
+                        missing.join(", ")
+                    ));
+                }
+                Some(i)
+            }
+        };
+        let mut stack = NetStack::bind(cfg)
             .await
             .map_err(|e| NetworkError::Config(e.to_string()))?;
+        if let Some(i) = &interceptor {
+            stack = stack.with_interceptor(i.clone());
+        }
         // Bound before QEMU starts: QEMU connects to it while it sets up the NIC.
         let listener =
             VhostListener::bind(&self.net_sock).map_err(|e| NetworkError::Listen(e.to_string()))?;
@@ -99,6 +140,6 @@ impl Sandbox {
                 Err(_) => {}
             }
         });
-        Ok(Some(Network::Stack(stack)))
+        Ok(Some(Network::Stack(stack, interceptor)))
     }
 }
