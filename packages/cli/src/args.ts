@@ -135,7 +135,7 @@ export const DEFAULT_METRICS_INTERVAL_MS = 1000;
 export type ParsedCli =
   | { kind: "run"; options: RunOptions }
   | { kind: "create"; options: CreateOptions }
-  | { kind: "start"; names: string[] }
+  | { kind: "start"; names: string[]; secrets?: SecretSpec[] }
   | { kind: "stop"; names: string[]; timeoutMs?: number }
   | { kind: "kill"; names: string[] }
   | { kind: "rm"; names: string[]; force: boolean }
@@ -293,6 +293,23 @@ function secretTarget(spec: string, flag: string, form: string): { envVar: strin
 /** `--secret ENV@HOST`: the value is msb's own environment variable ENV (read when the sandbox is made). */
 export function parseSecret(value: string): SecretSpec {
   return secretTarget(value, "--secret", "ENV@HOST");
+}
+
+/** `msb start --secret ENV`: the stored secret ENV's value, from msb's own environment. */
+export function parseStartSecret(value: string): SecretSpec {
+  if (value.includes("=") || value.includes("@") || value === "") {
+    throw new InvalidArgumentError("msb start --secret must be ENV (the secret's env var); the value is read from msb's own environment variable ENV, never from the command line.");
+  }
+  return { envVar: value, host: "" };
+}
+
+/** `msb start --secret-file ENV=PATH`. */
+export function parseStartSecretFile(value: string): SecretSpec {
+  const eq = value.indexOf("=");
+  const envVar = value.slice(0, eq);
+  const file = value.slice(eq + 1);
+  if (eq <= 0 || file === "" || envVar.includes("@")) throw new InvalidArgumentError("msb start --secret-file must be ENV=PATH with a non-empty ENV and PATH.");
+  return { envVar, host: "", file };
 }
 
 /** `--secret-file ENV@HOST=PATH`: the value is the file's content (one trailing newline stripped). */
@@ -462,6 +479,7 @@ interface Handlers {
   run(image: string | undefined, opts: RawRunOpts): void;
   create(image: string | undefined, opts: RawCreateOpts): void;
   lifecycle(kind: "start" | "kill", names: string[]): void;
+  start(names: string[], opts: { secret?: string[]; secretFile?: string[] }): void;
   stop(names: string[], opts: { timeout?: number }): void;
   rm(names: string[], opts: { force?: boolean }): void;
   ls(opts: { json?: boolean }): void;
@@ -541,8 +559,10 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .command("start")
     .description("boot stopped sandboxes again (their files are kept), in the background")
     .argument("<NAME...>", "sandbox names")
+    .option("--secret <ENV>", "give a secret its value again, from msb's own environment variable ENV (values are never stored); repeatable", collect((v: string) => v))
+    .option("--secret-file <ENV=PATH>", "as --secret, the value read from the file PATH; repeatable", collect((v: string) => v))
     .option(...JSON_ERRORS)
-    .action((names: string[]) => on.lifecycle("start", names));
+    .action((names: string[], opts: { secret?: string[]; secretFile?: string[] }) => on.start(names, opts));
   program
     .command("stop")
     .description("stop sandboxes gracefully (SIGTERM to their processes, then power off)")
@@ -694,6 +714,17 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     lifecycle(kind, names) {
       result = { kind, names };
+    },
+    start(names, opts) {
+      let secrets: SecretSpec[];
+      try {
+        secrets = [...(opts.secret ?? []).map(parseStartSecret), ...(opts.secretFile ?? []).map(parseStartSecretFile)];
+      } catch (e) {
+        if (!(e instanceof InvalidArgumentError)) throw e;
+        result = usage(e.message);
+        return;
+      }
+      result = secrets.length > 0 ? { kind: "start", names, secrets } : { kind: "start", names };
     },
     stop(names, opts) {
       result = opts.timeout === undefined ? { kind: "stop", names } : { kind: "stop", names, timeoutMs: opts.timeout };

@@ -84,7 +84,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "create":
       return createCommand(parsed.options, cmdIO);
     case "start":
-      return startCommand(parsed.names, cmdIO);
+      return startCommand(parsed.names, cmdIO, parsed.secrets);
     case "stop":
       return stopCommand(parsed.names, parsed.timeoutMs, cmdIO);
     case "kill":

@@ -162,18 +162,19 @@ export function applyGuestFlags(b: SandboxBuilder, g: GuestFlags, env: NodeJS.Pr
  * `--secret-file` (the file, one trailing newline stripped). No message shows it.
  */
 export function secretValue(spec: SecretSpec, env: NodeJS.ProcessEnv = process.env): string {
+  const target = spec.host === "" ? spec.envVar : `${spec.envVar}@${spec.host}`;
   if (spec.file === undefined) {
     const v = env[spec.envVar];
     if (v === undefined) {
       throw new InvalidConfigError(
         "secret",
-        `invalid --secret ${spec.envVar}@${spec.host}: the environment variable ${spec.envVar} is not set (--secret reads the value from msb's own environment: export ${spec.envVar}=... first, or use --secret-file ${spec.envVar}@${spec.host}=PATH)`,
+        `invalid --secret ${target}: the environment variable ${spec.envVar} is not set (--secret reads the value from msb's own environment: export ${spec.envVar}=... first, or use --secret-file ${target}=PATH)`,
       );
     }
-    if (v === "") throw new InvalidConfigError("secret", `invalid --secret ${spec.envVar}@${spec.host}: the environment variable ${spec.envVar} is empty`);
+    if (v === "") throw new InvalidConfigError("secret", `invalid --secret ${target}: the environment variable ${spec.envVar} is empty`);
     return v;
   }
-  const what = `--secret-file ${spec.envVar}@${spec.host}=${spec.file}`;
+  const what = `--secret-file ${target}=${spec.file}`;
   let fd: number | undefined;
   let text: string;
   try {

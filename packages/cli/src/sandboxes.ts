@@ -16,11 +16,11 @@ import {
   type SandboxHandle,
   type SandboxMetrics,
 } from "@microsandbox/sdk";
-import type { CpEndpoint, CreateOptions, ExecCliOptions, MetricsOptions } from "./args.js";
+import type { CpEndpoint, CreateOptions, ExecCliOptions, MetricsOptions, SecretSpec } from "./args.js";
 import { attach, attachPlan, type TerminalIO } from "./attach.js";
 import { ago, table } from "./images.js";
 import { formatBytes } from "./progress.js";
-import { applyGuestFlags, applyRegistryFlags, defaultName, describeError, signalExitCode } from "./run.js";
+import { applyGuestFlags, applyRegistryFlags, defaultName, describeError, secretValue, signalExitCode } from "./run.js";
 
 /** Where the commands write. */
 export interface CommandIO {
@@ -88,10 +88,12 @@ export async function createCommand(o: CreateOptions, io: CommandIO): Promise<nu
   }
 }
 
-/** `msb start NAME...`: boot stopped sandboxes again, detached. */
-export function startCommand(names: readonly string[], io: CommandIO): Promise<number> {
+/** `msb start NAME... [--secret ENV] [--secret-file ENV=PATH]`: boot stopped sandboxes again, detached. */
+export function startCommand(names: readonly string[], io: CommandIO, secretSpecs: readonly SecretSpec[] = []): Promise<number> {
   return eachName(io, names, async (name) => {
-    const sb = await Sandbox.startDetached(name);
+    const secrets: Record<string, string> = {};
+    for (const s of secretSpecs) secrets[s.envVar] = secretValue(s);
+    const sb = await (secretSpecs.length > 0 ? Sandbox.startDetached(name, { secrets }) : Sandbox.startDetached(name));
     await sb[Symbol.asyncDispose]();
   });
 }

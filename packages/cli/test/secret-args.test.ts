@@ -179,3 +179,27 @@ describe("applying secret and TLS flags to a builder", () => {
     expect(invalid(() => b.validate()).field).toBe("tls.upstreamCaCert");
   });
 });
+
+describe("msb start --secret ENV / --secret-file ENV=PATH", () => {
+  it("parse into specs naming only the env var, and read values from msb's environment or a file", () => {
+    const file = join(dir, "start-key");
+    writeFileSync(file, `${VALUE}\n`);
+    const { result } = parse("start", "w1", "w2", "--secret", "API_KEY", "--secret-file", `OTHER=${file}`);
+    expect(result).toEqual({ kind: "start", names: ["w1", "w2"], secrets: [{ envVar: "API_KEY", host: "" }, { envVar: "OTHER", host: "", file }] });
+    if (result.kind !== "start") throw new Error("not start");
+    expect(secretValue(result.secrets![0]!, { API_KEY: VALUE })).toBe(VALUE);
+    expect(secretValue(result.secrets![1]!, {})).toBe(VALUE);
+    expect(parse("start", "w1").result).toEqual({ kind: "start", names: ["w1"] });
+    const missing = invalid(() => secretValue(result.secrets![0]!, {}));
+    expect(missing.message).toContain("--secret API_KEY: the environment variable API_KEY is not set");
+  });
+
+  it("refuses a value or a host on the command line without echoing it", () => {
+    for (const arg of [`API_KEY=${VALUE}`, `API_KEY@api.example.com`]) {
+      const { result, err } = parse("start", "w1", "--secret", arg);
+      expect(result.kind).toBe("exit");
+      expect(err).toContain("msb start --secret must be ENV");
+      expect(err).not.toContain(VALUE);
+    }
+  });
+});
