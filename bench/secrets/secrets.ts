@@ -116,19 +116,19 @@ try {
     for (let i = 0; i < runs; i++) {
       for (const l of legs) {
         const r = await sb.exec("python3", ["-c", RPS, HOST, String(l.port), l.ca]);
-        if (r.exitCode !== 0) throw new Error(`rps ${l.name}: ${r.stderr()}`);
+        if (r.code !== 0) throw new Error(`rps ${l.name}: ${r.stderr()}`);
         results[l.name]!.rps.push(Number(r.stdout().trim()));
 
         const cacert = l.ca === "-" ? "" : `--cacert ${l.ca}`;
         const urls = Array.from({ length: CONNS }, () => `https://${HOST}:${l.port}/c`).join(" ");
         const t0 = performance.now();
         const c = await sb.shell(`for u in ${urls}; do curl -sS --fail ${cacert} -H "Authorization: Bearer $API_KEY" -o /dev/null $u || exit 1; done`);
-        if (c.exitCode !== 0) throw new Error(`conns ${l.name}: ${c.stderr()}`);
+        if (c.code !== 0) throw new Error(`conns ${l.name}: ${c.stderr()}`);
         results[l.name]!.conns.push(CONNS / ((performance.now() - t0) / 1000));
 
         const done = new Promise<number>((resolve) => (upload = { resolve, bytes: 0, t0: null }));
         const u = await sb.exec("python3", ["-c", UPLOAD, HOST, String(l.port), l.ca]);
-        if (u.exitCode !== 0) throw new Error(`upload ${l.name}: ${u.stderr()}`);
+        if (u.code !== 0) throw new Error(`upload ${l.name}: ${u.stderr()}`);
         const ms = await done;
         upload = null;
         results[l.name]!.upload.push(SIZE / MiB / (ms / 1000));

@@ -166,6 +166,46 @@ for p in glob.glob('/proc/[0-9]*'):
 print(len(glob.glob('/proc/[0-9]*')), hits)
 `;
 
+// Python: a TLS client whose ClientHello goes out one byte per segment (TCP_NODELAY, a
+// pause between bytes), then one HTTP/1.1 request with the placeholder; prints the
+// status line.
+const SPLIT_HELLO = `
+import os, socket, ssl, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context()
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname=host)
+s = socket.create_connection((host, port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def flush(one_byte=False):
+    data = out.read()
+    if one_byte:
+        for b in data:
+            s.send(bytes([b])); time.sleep(0.001)
+    else:
+        s.sendall(data)
+first = True
+while True:
+    try:
+        tls.do_handshake(); flush(); break
+    except ssl.SSLWantReadError:
+        flush(first); first = False
+        d = s.recv(65536)
+        if not d: sys.exit('eof during handshake')
+        inc.write(d)
+req = 'GET /split HTTP/1.1\\r\\nHost: %s:%d\\r\\nAuthorization: Bearer %s\\r\\nConnection: close\\r\\n\\r\\n' % (host, port, os.environ['API_KEY'])
+tls.write(req.encode()); flush()
+resp = b''
+while b'\\r\\n' not in resp:
+    try:
+        resp += tls.read(65536)
+    except ssl.SSLWantReadError:
+        d = s.recv(65536)
+        if not d: break
+        inc.write(d)
+print(resp.split(b'\\r\\n')[0].decode())
+`;
+
 describe("secrets: the guest holds a placeholder, the upstream receives the value", () => {
   it("substitutes in headers over HTTP/1.1 and HTTP/2, through curl and python, and never lets the value into the guest", async () => {
     const sb = await Sandbox.builder("sec-main")
@@ -301,6 +341,50 @@ except Exception as e:
     expect(log).toMatch(/secret violation.*OTHER/);
     expect(log).not.toContain(VALUE);
     expect(log).not.toContain(OTHER_VALUE);
+  }, 600_000);
+
+  it("hostile TLS on the wire: a ClientHello in 1-byte segments, TLS 1.2 and 1.3 only, no SNI, a silent client; msb-runtime keeps serving", async () => {
+    const sb = await Sandbox.builder("sec-wire")
+      .image(image())
+      .network((n) => n.policy(policy()).tls((t) => t.interceptedPorts([port]).upstreamCaCert(join(dir, "ca.crt"))))
+      .secretEnv("API_KEY", VALUE, HOST)
+      .create();
+    try {
+      const url = `https://${HOST}:${port}`;
+      const split = await sb.exec("python3", ["-c", SPLIT_HELLO, HOST, String(port)]);
+      expect(split.stderr()).toBe("");
+      expect(split.stdout()).toBe("HTTP/1.1 200 OK\n");
+      expect(at("/split")[0]!.headers.authorization).toBe(`Bearer ${VALUE}`);
+      for (const [flag, path] of [["--tls-max 1.2", "/tls12"], ["--tlsv1.3", "/tls13"]] as const) {
+        const r = await sb.shell(`curl -sS --fail --http1.1 ${flag} -H "Authorization: Bearer $API_KEY" ${url}${path}`);
+        expect(r.stdout(), flag).toBe("ok 1.1\n");
+        expect(at(path)[0]!.headers.authorization, flag).toBe(`Bearer ${VALUE}`);
+      }
+      // No SNI (an address): spliced untouched to the upstream, which sees the placeholder.
+      const ip = (await sb.shell(`getent hosts ${HOST} | cut -d' ' -f1`)).stdout().trim();
+      const nosni = await sb.shell(`curl -sS -k --fail --http1.1 -H "Authorization: Bearer $API_KEY" https://${ip}:${port}/nosni`);
+      expect(nosni.stdout()).toBe("ok 1.1\n");
+      expect(at("/nosni")[0]!.headers.authorization).toBe("Bearer $MSB_API_KEY");
+      // A client that connects and says nothing is closed after the ClientHello timeout.
+      const silent = await sb.exec("python3", [
+        "-c",
+        `import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); s.settimeout(30)
+t = time.monotonic(); d = s.recv(1); print(repr(d), round(time.monotonic() - t))`,
+        HOST,
+        String(port),
+      ]);
+      const [got, secs] = silent.stdout().trim().split(" ");
+      expect(got).toBe("b''");
+      expect(Number(secs)).toBeGreaterThanOrEqual(9);
+      expect(Number(secs)).toBeLessThan(30);
+      // Still serving.
+      const after = await sb.shell(`curl -sS --fail -H "Authorization: Bearer $API_KEY" ${url}/after`);
+      expect(after.stdout()).toBe("ok 2.0\n");
+      expect(at("/after")[0]!.headers.authorization).toBe(`Bearer ${VALUE}`);
+    } finally {
+      await cleanup(sb);
+    }
   }, 600_000);
 
   it("a restarted sandbox takes its values again; without them its placeholders are blocked and the log says so", async () => {
