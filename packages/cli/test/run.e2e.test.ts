@@ -2,7 +2,7 @@
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,10 +25,10 @@ interface Result {
   stderr: string;
 }
 
-function msb(args: string[], opts: { onStdout?: (all: string, kill: (s: NodeJS.Signals) => void) => void } = {}): Promise<Result> {
+function msb(args: string[], opts: { onStdout?: (all: string, kill: (s: NodeJS.Signals) => void) => void; env?: Record<string, string> } = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [bin, ...args], {
-      env: { ...process.env, MSB_HOME: home },
+      env: { ...process.env, ...opts.env, MSB_HOME: home },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";
@@ -135,6 +135,22 @@ describe("msb run, network flags", () => {
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+
+  it("--secret ENV@HOST and --secret-file: the guest sees placeholders, the values come from msb's environment and a file", async () => {
+    const value = `S3cr3t-cli-${process.pid}-${Date.now()}`;
+    const file = join(home, "other-key");
+    writeFileSync(file, `file-${value}\n`);
+    const r = await msb(
+      ["run", "--secret", "API_KEY@api.example.com", "--secret-file", `OTHER@*.example.com=${file}`, "--", "sh", "-c", "echo $API_KEY $OTHER; env | grep -c S3cr3t-cli- || true"],
+      { env: { API_KEY: value } },
+    );
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe("$MSB_API_KEY $MSB_OTHER\n0\n");
+    expect(r.code).toBe(0);
+    const unset = await msb(["run", "--secret", "NOT_SET_ANYWHERE@api.example.com", "--", "true"]);
+    expect(unset.code).toBe(2);
+    expect(unset.stderr).toContain("the environment variable NOT_SET_ANYWHERE is not set");
   });
 
   it("-p HOST:GUEST publishes a guest server on 127.0.0.1", async () => {
