@@ -1026,24 +1026,20 @@ async fn h1_content_length_with_transfer_encoding() {
     drop(tls);
     ends(task, FLOW_END).await;
     let seen = s.seen();
-    if r.status == 400 {
-        assert!(seen.is_empty());
-    } else {
-        assert_eq!(r.status, 200, "{}", r.head);
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        assert_eq!(seen[0].uri, "/clte");
-        assert_eq!(seen[0].header("content-length"), None);
-        assert_eq!(
-            String::from_utf8_lossy(&seen[0].body),
-            format!("k={}", s.value)
-        );
-    }
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, "/clte");
+    assert_eq!(seen[0].header("content-length"), None);
+    assert_eq!(
+        String::from_utf8_lossy(&seen[0].body),
+        format!("k={}", s.value)
+    );
 }
 
 /// `Transfer-Encoding: gzip, chunked`: the body is not the identity representation, so
-/// (as for a Content-Encoding) it is passed on without substitution.
+/// (as for a Content-Encoding) it is passed on without substitution. (Found here: it was
+/// substituted as if identity; fixed in tls/http.rs.)
 #[tokio::test]
-#[ignore = "finding under fix"]
 async fn h1_transfer_encoding_gzip_chunked() {
     let s = setup(Opts::default()).await;
     let chunk = format!("k={PH}");
@@ -1055,22 +1051,22 @@ async fn h1_transfer_encoding_gzip_chunked() {
         .await
         .unwrap();
     let seen = s.seen();
-    if r.status >= 400 {
-        assert!(seen.is_empty(), "refused: {}", r.head);
-    } else {
-        assert_eq!(r.status, 200);
-        assert_eq!(seen.len(), 1);
-        assert_eq!(String::from_utf8_lossy(&seen[0].body), chunk);
-        assert!(!seen[0].all().contains(&s.value));
-    }
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("transfer-encoding").unwrap(),
+        "gzip, chunked"
+    );
+    assert_eq!(String::from_utf8_lossy(&seen[0].body), chunk);
+    assert!(!seen[0].all().contains(&s.value));
 }
 
 /// `Upgrade: h2c` over TLS (RFC 9113 §3.2: not defined over TLS) to an upstream that
 /// would switch to anything: no upgrade happens (the guest gets the upstream's normal
 /// answer, the upstream never saw the Upgrade), and the placeholder went through the
-/// gates: substituted for the allowed host, a 403 for another.
+/// gates: substituted for the allowed host, a 403 for another. (Found here: the offer was
+/// forwarded and the 101 spliced; fixed in tls/http.rs by dropping the h2c offer.)
 #[tokio::test]
-#[ignore = "finding under fix"]
 async fn h1_upgrade_h2c_is_not_performed() {
     let s = setup(Opts::default()).await;
     let h2c = |host: &str| {
@@ -1088,18 +1084,14 @@ async fn h1_upgrade_h2c_is_not_performed() {
         .unwrap();
     assert_ne!(r.status, 101, "no h2c upgrade: {}", r.head);
     let seen = s.seen();
-    if r.status >= 400 {
-        assert!(seen.is_empty());
-    } else {
-        assert_eq!(r.status, 200, "{}", r.head);
-        assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].header("upgrade"), None);
-        assert_eq!(seen[0].header("http2-settings"), None);
-        assert_eq!(
-            seen[0].header("authorization").unwrap(),
-            format!("Bearer {}", s.value)
-        );
-    }
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("upgrade"), None);
+    assert_eq!(seen[0].header("http2-settings"), None);
+    assert_eq!(
+        seen[0].header("authorization").unwrap(),
+        format!("Bearer {}", s.value)
+    );
 }
 
 // 8. ----------------------------------------------------------------------------------
@@ -1107,7 +1099,6 @@ async fn h1_upgrade_h2c_is_not_performed() {
 /// 1024 pipelined requests written at once, each with the placeholder in a header: all
 /// answered in order within a deadline, each substituted, in order upstream.
 #[tokio::test]
-#[ignore = "finding under fix"]
 async fn pipelined_1024_requests() {
     let s = setup(Opts::default()).await;
     const N: usize = 1024;
@@ -1128,6 +1119,8 @@ async fn pipelined_1024_requests() {
     }
     let writer = tokio::spawn(async move {
         w.write_all(&all).await.unwrap();
+        // Flush: tokio-rustls may hold the tail of the write in its buffer otherwise.
+        w.flush().await.unwrap();
         w
     });
     let t = std::time::Instant::now();
@@ -1135,11 +1128,15 @@ async fn pipelined_1024_requests() {
     let mut statuses = Vec::new();
     let done = tokio::time::timeout(Duration::from_secs(60), async {
         while statuses.len() < N {
-            let next = tokio::time::timeout(Duration::from_secs(5), read_resp(&mut r, &mut buf));
+            let next = tokio::time::timeout(Duration::from_secs(15), read_resp(&mut r, &mut buf));
             match next.await {
                 Ok(Some(resp)) => statuses.push(resp.status),
                 Ok(None) => break,
-                Err(_) => panic!("stalled after {} answers", statuses.len()),
+                Err(_) => panic!(
+                    "stalled after {} answers, upstream saw {}",
+                    statuses.len(),
+                    s.seen().len()
+                ),
             }
         }
     })
@@ -1205,9 +1202,10 @@ async fn echoing_upstream_returns_value_to_guest() {
 /// allow-list fails), bodies are not injected, so every scope is scanned for it, decoded
 /// forms too: a placeholder in a header name, percent-encoded in the path or the query,
 /// JSON-escaped in a Content-Length body, inside Proxy-Authorization: Basic. Each is a
-/// 403 and the upstream receives nothing. A request without it goes through.
+/// 403 and the upstream receives nothing. A request without it goes through. (Found here:
+/// `X-$MSB_API_KEY` passed, as header names reach the engine lower-cased; fixed in
+/// tls/substitute.rs.)
 #[tokio::test]
-#[ignore = "finding under fix"]
 async fn encoded_placeholders_to_other_host_blocked() {
     let s = setup(Opts {
         body: false,

@@ -6,11 +6,12 @@
 //! to the SNI) give the plan; the plan rewrites header values (Basic credentials too),
 //! the target, and, when a secret wants bodies, an identity-encoded body: buffered up to
 //! 16 MiB when it has a Content-Length (which is then corrected), streamed otherwise
-//! (chunked, HTTP/2 without a length, and scan-only above 16 MiB). A
-//! body with a Content-Encoding other than identity is passed on unchanged, neither
-//! substituted nor scanned. A violation answers 403 and closes the connection; a
-//! violation inside a streamed body aborts the upstream request (the upstream gets a
-//! truncated body without the placeholder), then answers 403 the same way.
+//! (chunked, HTTP/2 without a length, and scan-only above 16 MiB). A body with a
+//! Content-Encoding other than identity (or a transfer coding other than chunked) is
+//! passed on unchanged, neither substituted nor scanned. An `Upgrade: h2c` offer is
+//! dropped (h2c is not defined over TLS). A violation answers 403 and closes the
+//! connection; a violation inside a streamed body aborts the upstream request (the
+//! upstream gets a truncated body without the placeholder), then answers 403 the same way.
 //! Responses are passed back untouched. HTTP/1 upgrades (WebSocket) are substituted in the
 //! handshake headers, then spliced.
 
@@ -273,6 +274,12 @@ async fn forward(
         intercepted_tls: true,
     };
     let plan = sh.ic.secrets.plan(&gates);
+    // h2c is not defined over TLS (RFC 9113 §3.2) and would take the connection past the
+    // gates: ignore the offer, as a server must, so no upstream can switch to it.
+    if !sh.h2 && has_token(req.headers(), &header::UPGRADE, b"h2c") {
+        req.headers_mut().remove(header::UPGRADE);
+        req.headers_mut().remove("http2-settings");
+    }
     let upgrade = !sh.h2 && req.headers().contains_key(header::UPGRADE);
     let guest_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let stream_violation: Arc<Mutex<Option<Violation>>> = Arc::default();
@@ -329,6 +336,18 @@ async fn forward(
         }
     }
     Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes().split(|&b| b == b',').map(|t| t.trim_ascii())
+}
+
+/// Some `name` header lists `token` (ASCII case ignored).
+fn has_token(h: &hyper::HeaderMap, name: &header::HeaderName, token: &[u8]) -> bool {
+    h.get_all(name)
+        .iter()
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(token)))
 }
 
 /// Apply the plan to a request: header values, target, body.
@@ -389,7 +408,13 @@ async fn rewrite(
         .headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        // A transfer coding other than chunked (`gzip, chunked`): not identity either.
+        || parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| tokens(v).any(|t| !t.eq_ignore_ascii_case(b"chunked")));
     if !plan.wants_body() || encoded || body.is_end_stream() {
         return Ok(Request::from_parts(
             parts,

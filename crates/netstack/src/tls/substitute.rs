@@ -471,6 +471,7 @@ impl Plan {
             return Ok(None);
         }
         self.rewrite(name.as_bytes(), Scopes::one(Scope::HeaderName), false)?;
+        self.check_name_any_case(name)?;
         if name.eq_ignore_ascii_case("authorization")
             || name.eq_ignore_ascii_case("proxy-authorization")
         {
@@ -479,6 +480,25 @@ impl Plan {
             }
         }
         self.rewrite(value, Scopes::one(Scope::Header), true)
+    }
+
+    /// Header names arrive lower-cased (hyper's HTTP/1 parser; HTTP/2 by rule), so the
+    /// exact match above never sees an upper-case placeholder such as `$MSB_API_KEY`
+    /// there: a blocked placeholder in a name is also looked for ignoring ASCII case.
+    fn check_name_any_case(&self, name: &str) -> Result<(), Violation> {
+        if !self.blocked {
+            return Ok(());
+        }
+        let name = name.to_ascii_lowercase();
+        for (i, e) in self.inner.entries.iter().enumerate() {
+            if let State::Blocked(reason) = self.states[i] {
+                let p = e.rule.placeholder.to_ascii_lowercase();
+                if !p.is_empty() && name.contains(&p) {
+                    return Err(self.violation(i, Scope::HeaderName, reason));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn basic(&self, value: &[u8], b: Basic) -> Result<Option<Vec<u8>>, Violation> {
