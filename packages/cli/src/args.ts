@@ -6,6 +6,7 @@
 import { GROUPS } from "@microsandbox/contract";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
+import { registerImageCommands, type ImageCli } from "./images.js";
 
 /** A volume from `-v` / `--tmpfs`. */
 export type VolumeSpec =
@@ -146,7 +147,8 @@ export type ParsedCli =
   | { kind: "metrics"; options: MetricsOptions }
   | { kind: "pull"; image: string; registry: RegistryFlags }
   | { kind: "images"; json: boolean }
-  | { kind: "rmi"; images: string[] }
+  | { kind: "rmi"; images: string[]; force?: boolean }
+  | ImageCli
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
   | { kind: "exit"; code: number };
 
@@ -489,7 +491,8 @@ interface Handlers {
   metrics(name: string, opts: { watch?: boolean; json?: boolean; interval?: number }): void;
   pull(image: string, opts: RawRegistryOpts): void;
   images(opts: { json?: boolean }): void;
-  rmi(images: string[]): void;
+  rmi(images: string[], opts?: { force?: boolean }): void;
+  image(r: ImageCli): void;
 }
 
 /** `--json` on a command whose output is not JSON: errors are reported as JSON objects. */
@@ -645,7 +648,9 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .description("remove cached images")
     .argument("<IMAGE...>", "image references")
     .option(...JSON_ERRORS)
-    .action((images: string[]) => on.rmi(images));
+    .option("-f, --force", "remove even when sandboxes use the image")
+    .action((images: string[], opts: { force?: boolean }) => on.rmi(images, opts));
+  registerImageCommands(program, (r) => on.image(r));
 
   return program;
 }
@@ -775,8 +780,11 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     images(opts) {
       result = { kind: "images", json: opts.json === true };
     },
-    rmi(images) {
-      result = { kind: "rmi", images };
+    rmi(images, opts) {
+      result = { kind: "rmi", images, ...(opts?.force ? { force: true } : {}) };
+    },
+    image(r) {
+      result = sep !== -1 ? usage("msb image takes no command after --") : r;
     },
   }, json);
 

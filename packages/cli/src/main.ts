@@ -2,7 +2,7 @@ import { createRequire } from "node:module";
 import { parseCli, type CliOutput } from "./args.js";
 import { wantsJson } from "./errors.js";
 import { processTerminal, type TerminalIO } from "./attach.js";
-import { imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
+import { imageCommand, imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
 import {
@@ -106,7 +106,13 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "images":
       return imagesCommand(parsed.json, imagesIO);
     case "rmi":
-      return rmiCommand(parsed.images, imagesIO);
+      return rmiCommand(parsed.images, imagesIO, parsed.force === true);
+    case "imageSave":
+    case "imageLoad":
+    case "imageInspect":
+    case "imagePrune":
+    case "imageRm":
+      return imageCommand(parsed, imagesIO);
     case "run": {
       // Pull progress of `msb run IMAGE` goes to stderr, like the command's own stderr.
       const deps = sdkDeps({

@@ -2,7 +2,7 @@
  * The one error type of this package. `code` is stable; the SDK maps it onto its own
  * typed errors (ImageError, ImageNotFoundError, RegistryAuthError, InvalidConfigError).
  */
-export type OciErrorCode = "image" | "imageNotFound" | "registryAuth" | "invalidConfig";
+export type OciErrorCode = "image" | "imageNotFound" | "imageInUse" | "registryAuth" | "invalidConfig";
 
 export class OciError extends Error {
   readonly code: OciErrorCode;
@@ -10,17 +10,20 @@ export class OciError extends Error {
   readonly digest?: string;
   /** For `invalidConfig`: the option that is wrong (e.g. "image", "platform", "caFile"). */
   readonly field?: string;
+  /** For `imageInUse`: the sandboxes that use the image. */
+  readonly sandboxes?: string[];
 
   constructor(
     code: OciErrorCode,
     message: string,
-    options?: { cause?: unknown; digest?: string; field?: string },
+    options?: { cause?: unknown; digest?: string; field?: string; sandboxes?: string[] },
   ) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = "OciError";
     this.code = code;
     if (options?.digest !== undefined) this.digest = options.digest;
     if (options?.field !== undefined) this.field = options.field;
+    if (options?.sandboxes !== undefined) this.sandboxes = [...options.sandboxes];
   }
 }
 

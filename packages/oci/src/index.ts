@@ -17,3 +17,6 @@ export {
   type PulledImage,
   type ImageInfo,
 } from "./pull.js";
+export { type RemoveOptions } from "./pull.js";
+export { getImage, inspectImage, pruneImages, type CachedImage, type ImageInspection, type ImageConfigInfo, type ImageLayerInfo, type PruneReport } from "./inspect.js";
+export { saveImages, loadImages, type ArchiveFormat, type SaveOptions, type LoadOptions, type LoadedImage } from "./archive.js";

@@ -48,8 +48,12 @@ export const configSchema = z.object({
       Env: z.array(z.string()).nullish(),
       WorkingDir: z.string().nullish(),
       User: z.string().nullish(),
+      // read only by inspect; never a reason to refuse an image
+      Labels: z.unknown().optional(),
+      StopSignal: z.unknown().optional(),
     })
     .nullish(),
+  created: z.unknown().optional(),
   rootfs: z.object({
     type: z.string(),
     diff_ids: z.array(digest),

@@ -34,8 +34,10 @@ export type PullPolicy = "always" | "if-missing" | "never";
 
 export type PullProgress =
   | { phase: "resolving"; reference: string }
+  /** The manifest is known (from the registry or the cache): its digest and layer count. */
+  | { phase: "resolved"; reference: string; digest: string; layerCount: number; totalBytes: number | null }
   | { phase: "layer"; digest: string; index: number; count: number; doneBytes: number; totalBytes: number; cached: boolean }
-  | { phase: "unpacking"; digest: string; index: number; count: number }
+  | { phase: "unpacking"; digest: string; diffId: string; index: number; count: number }
   | { phase: "building"; reference: string }
   | { phase: "complete"; reference: string; digest: string };
 
@@ -72,6 +74,9 @@ export interface ImageInfo {
   digest: string;
   sizeBytes: number;
   pulledAt: Date;
+  /** "linux/amd64" */
+  platform: string;
+  layerCount: number;
 }
 
 const POLICIES: readonly PullPolicy[] = ["always", "if-missing", "never"];
@@ -219,7 +224,7 @@ async function resolve(client: RegistryClient, ref: Reference, want: Platform): 
   return { manifest: parseManifest(top.body, `manifest ${ref.toString()}`, top.digest), manifestBody: top.body, digest: top.digest };
 }
 
-class Progress {
+export class Progress {
   constructor(private readonly cb: ((p: PullProgress) => void) | undefined) {}
   emit(p: PullProgress): void {
     if (!this.cb) return;
@@ -232,10 +237,13 @@ class Progress {
 }
 
 /** Fetch a small blob (the config) through the cache. */
-async function configBlob(client: RegistryClient, cache: Cache, desc: BlobDescriptor, signal?: AbortSignal): Promise<Buffer> {
+async function configBlob(client: RegistryClient | null, cache: Cache, desc: BlobDescriptor, signal?: AbortSignal): Promise<Buffer> {
   if (desc.size > 16 << 20) throw new OciError("image", `the image config ${desc.digest} is implausibly large (${desc.size} bytes)`, { digest: desc.digest });
   const p = cache.blobPath(desc.digest);
-  if (!(await fileExists(p))) await downloadBlob(client, cache, desc, () => undefined, signal);
+  if (!(await fileExists(p))) {
+    if (!client) throw new OciError("image", `the image config ${desc.digest} is not in the cache`, { digest: desc.digest });
+    await downloadBlob(client, cache, desc, () => undefined, signal);
+  }
   const body = await fsp.readFile(p);
   if (`sha256:${createHash("sha256").update(body).digest("hex")}` !== desc.digest) {
     await fsp.rm(p, { force: true });
@@ -261,9 +269,10 @@ async function runLimited<T>(items: T[], limit: number, fn: (item: T, i: number)
   if (failed !== undefined) throw failed;
 }
 
-interface BuildContext {
+export interface BuildContext {
   cache: Cache;
-  client: RegistryClient;
+  /** null: every blob must be in the cache already (an image loaded from an archive). */
+  client: RegistryClient | null;
   reference: string;
   resolved: Resolved;
   platformKey: string;
@@ -273,10 +282,10 @@ interface BuildContext {
   signal: AbortSignal | undefined;
 }
 
-class CorruptCachedBlob extends Error {}
+export class CorruptCachedBlob extends Error {}
 
 /** Download what is missing, unpack, build rootfs.ext4, write meta.json (last). */
-async function buildImage(ctx: BuildContext): Promise<ImageMeta> {
+export async function buildImage(ctx: BuildContext): Promise<ImageMeta> {
   const { cache, client, resolved, progress, signal } = ctx;
   const dir = cache.imageDir(resolved.digest);
   await fsp.mkdir(dir, { recursive: true });
@@ -320,6 +329,7 @@ async function buildImage(ctx: BuildContext): Promise<ImageMeta> {
       progress.emit({ ...base, doneBytes: layer.size });
       return;
     }
+    if (!client) throw new OciError("image", `layer ${layer.digest} of ${ctx.reference} is not in the cache`, { digest: layer.digest });
     progress.emit({ ...base, doneBytes: 0 });
     let last = 0;
     await downloadBlob(
@@ -348,7 +358,7 @@ async function buildImage(ctx: BuildContext): Promise<ImageMeta> {
     for (let i = 0; i < count; i++) {
       throwIfAborted(signal);
       const layer = m.layers[i]!;
-      progress.emit({ phase: "unpacking", digest: layer.digest, index: i, count });
+      progress.emit({ phase: "unpacking", digest: layer.digest, diffId: doc.rootfs.diff_ids[i]!, index: i, count });
       const ls = await openLayer(cache.blobPath(layer.digest), layer, doc.rootfs.diff_ids[i]!, { checkBlob: !fresh.has(layer.digest) });
       try {
         await unpacker.applyLayer(ls.stream, layer.digest);
@@ -427,6 +437,8 @@ export async function pullImage(refStr: string, opts: PullOptions): Promise<Pull
   if (policy !== "always") {
     const hit = await findCached(cache, ref, platformKey);
     if (hit) {
+      const meta = await cache.readMeta(hit.digest);
+      progress.emit({ phase: "resolved", reference, digest: hit.digest, layerCount: meta?.layers.length ?? 0, totalBytes: null });
       progress.emit({ phase: "complete", reference, digest: hit.digest });
       return hit;
     }
@@ -444,6 +456,13 @@ export async function pullImage(refStr: string, opts: PullOptions): Promise<Pull
   const client = new RegistryClient(ref, { auth: opts.auth, insecure, caFile: opts.caFile, signal });
   try {
     const resolved = await resolve(client, ref, want);
+    progress.emit({
+      phase: "resolved",
+      reference,
+      digest: resolved.digest,
+      layerCount: resolved.manifest.layers.length,
+      totalBytes: resolved.manifest.layers.reduce((n, l) => n + l.size, 0),
+    });
     const lock = await cache.lock(`image-${hexOf(resolved.digest)}`, signal);
     try {
       throwIfAborted(signal);
@@ -496,10 +515,35 @@ export async function listImages(msbHome: string): Promise<ImageInfo[]> {
     for (const e of Object.values(r.platforms)) {
       if (!(await cache.isComplete(e.digest))) continue;
       const meta = await cache.readMeta(e.digest);
-      out.push({ reference: r.reference, digest: e.digest, sizeBytes: meta?.sizeBytes ?? 0, pulledAt: new Date(e.pulledAt) });
+      out.push({
+        reference: r.reference,
+        digest: e.digest,
+        sizeBytes: meta?.sizeBytes ?? 0,
+        pulledAt: new Date(e.pulledAt),
+        platform: meta?.platform ?? "",
+        layerCount: meta?.layers.length ?? 0,
+      });
     }
   }
   return out.sort((a, b) => a.reference.localeCompare(b.reference) || a.digest.localeCompare(b.digest));
+}
+
+export interface RemoveOptions {
+  /**
+   * Called (under the refs lock) with the manifest digests the removal would drop: the
+   * names of the sandboxes that use any of them; non-empty refuses the removal with
+   * OciError `imageInUse`.
+   */
+  inUse?: (digests: ReadonlySet<string>) => Promise<string[]> | string[];
+}
+
+async function refuseInUse(what: string, digests: ReadonlySet<string>, inUse: NonNullable<RemoveOptions["inUse"]>): Promise<void> {
+  const users = await inUse(digests);
+  if (users.length > 0) {
+    throw new OciError("imageInUse", `image ${what} is used by sandbox(es) ${users.join(", ")}; remove them first, or remove with force`, {
+      sandboxes: users,
+    });
+  }
 }
 
 /**
@@ -508,7 +552,7 @@ export async function listImages(msbHome: string): Promise<ImageInfo[]> {
  * deleted when no reference points at it any more, and then blobs that no manifest in
  * images/ names are garbage-collected. Unknown -> OciError `imageNotFound`.
  */
-export async function removeImage(msbHome: string, ref: string): Promise<void> {
+export async function removeImage(msbHome: string, ref: string, opts: RemoveOptions = {}): Promise<void> {
   const cache = new Cache(msbHome);
   const byDigest = /^sha256:[a-f0-9]{64}$/.test(ref.trim()) ? ref.trim() : undefined;
   const reference = byDigest ? undefined : parseReference(ref).toString();
@@ -519,10 +563,16 @@ export async function removeImage(msbHome: string, ref: string): Promise<void> {
       const r = await cache.readRef(reference);
       if (!r) throw new OciError("imageNotFound", `image ${reference} is not in the cache (${cache.root})`);
       for (const e of Object.values(r.platforms)) candidates.add(e.digest);
+      if (opts.inUse) await refuseInUse(reference, candidates, opts.inUse);
       await fsp.rm(cache.refPath(reference), { force: true });
       return;
     }
     let found = await fileExists(cache.imageDir(byDigest!));
+    if (opts.inUse) {
+      const digests = new Set<string>([byDigest!]);
+      for (const r of await cache.listRefs()) for (const e of Object.values(r.platforms)) if (e.indexDigest === byDigest) digests.add(e.digest);
+      await refuseInUse(byDigest!, digests, opts.inUse);
+    }
     for (const r of await cache.listRefs()) {
       let changed = false;
       for (const [k, e] of Object.entries(r.platforms)) {
@@ -561,7 +611,9 @@ export async function removeImage(msbHome: string, ref: string): Promise<void> {
 }
 
 /** Delete blobs no manifest in images/ refers to (config or layer). */
-async function collectBlobs(cache: Cache): Promise<void> {
+export async function collectBlobs(cache: Cache): Promise<{ removed: number; bytes: number }> {
+  let removed = 0;
+  let bytes = 0;
   await cache.withLock("gc", async () => {
     const keep = new Set<string>();
     for (const d of await cache.listImageDigests()) {
@@ -579,6 +631,13 @@ async function collectBlobs(cache: Cache): Promise<void> {
     } catch {
       return;
     }
-    for (const n of names) if (!keep.has(n)) await fsp.rm(join(cache.blobsDir, n), { force: true });
+    for (const n of names) {
+      if (keep.has(n)) continue;
+      const st = await fsp.lstat(join(cache.blobsDir, n)).catch(() => undefined);
+      await fsp.rm(join(cache.blobsDir, n), { force: true });
+      removed++;
+      bytes += st ? st.blocks * 512 : 0;
+    }
   });
+  return { removed, bytes };
 }

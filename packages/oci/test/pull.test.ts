@@ -84,13 +84,20 @@ describe("pullImage", () => {
     expect(statInImage(r.rootfs, "/tmp")).toMatchObject({ perm: 0o1777 });
     expect(catInImage(r.rootfs, "/bin/busybox").toString()).toBe("#!busybox\n");
 
-    // events: resolving, layers (0..done), unpacking 0..n-1, building, complete
+    // events: resolving, resolved (digest, layer count), layers (0..done), unpacking 0..n-1, building, complete
     const phases = events.map((e) => e.phase);
     expect(phases[0]).toBe("resolving");
+    expect(events[1]).toEqual({
+      phase: "resolved",
+      reference: r.reference,
+      digest: r.digest,
+      layerCount: 2,
+      totalBytes: img.layerDigests.reduce((n, d) => n + img.blobs.get(d)!.length, 0),
+    });
     expect(phases.at(-1)).toBe("complete");
     expect(phases.at(-2)).toBe("building");
     const firstUnpack = phases.indexOf("unpacking");
-    expect(phases.slice(1, firstUnpack).every((p) => p === "layer")).toBe(true);
+    expect(phases.slice(2, firstUnpack).every((p) => p === "layer")).toBe(true);
     expect(events.filter((e) => e.phase === "unpacking").map((e) => (e as { index: number }).index)).toEqual([0, 1]);
     for (const [i, d] of img.layerDigests.entries()) {
       const le = events.filter((e) => e.phase === "layer" && e.index === i) as Extract<PullProgress, { phase: "layer" }>[];

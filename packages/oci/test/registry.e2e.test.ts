@@ -119,7 +119,7 @@ describe("plain HTTP registry", () => {
     expect(img.reference).toBe(`${plain.host}/busybox:latest`);
     expect(img.config).toEqual(BUSYBOX_IMAGE_CONFIG);
     expectBusyboxTree(img.rootfs, facts.busyboxSha256.amd64);
-    expect(events.map((e) => e.phase).filter((p, i, a) => p !== a[i - 1])).toEqual(["resolving", "layer", "unpacking", "building", "complete"]);
+    expect(events.map((e) => e.phase).filter((p, i, a) => p !== a[i - 1])).toEqual(["resolving", "resolved", "layer", "unpacking", "building", "complete"]);
   });
 
   it.each(["zstd", "plain"])("busybox:%s (zstd / uncompressed layers) gives the same tree", async (tag) => {

@@ -5,6 +5,7 @@ import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
 import { copyConfig, validateAll, validateConfig, type LogLevel, type PullPolicy, type RawSandboxConfig, type RegistryAuth, type SandboxConfig } from "./config.js";
 import { InvalidConfigError } from "./errors.js";
 import { launch } from "./launch.js";
+import { PullProgressCreate } from "./pull-progress.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.builder().
 import type { Sandbox } from "./sandbox.js";
 
@@ -300,6 +301,37 @@ export class SandboxBuilder {
    */
   async createDetached(): Promise<Sandbox> {
     return this.#create(false);
+  }
+
+  /**
+   * Create (attached) with pull progress, as the reference SDK does: iterate the
+   * session (or `session.progress.recv()`) for `PullProgress` events, then
+   * `await session.awaitSandbox()` (single use). An invalid configuration rejects here.
+   */
+  async createWithPullProgress(): Promise<PullProgressCreate> {
+    return this.#withPullProgress(true);
+  }
+
+  /** {@link createWithPullProgress} for a detached sandbox. */
+  async createDetachedWithPullProgress(): Promise<PullProgressCreate> {
+    return this.#withPullProgress(false);
+  }
+
+  #withPullProgress(attached: boolean): PullProgressCreate {
+    this.validate();
+    const session = new PullProgressCreate();
+    const user = this.#onPullProgress;
+    // #create reads the listener before its first await
+    this.#onPullProgress = (p) => {
+      session.listener(p);
+      user?.(p);
+    };
+    try {
+      session.start(this.#create(attached));
+    } finally {
+      this.#onPullProgress = user;
+    }
+    return session;
   }
 
   async #create(attached: boolean): Promise<Sandbox> {

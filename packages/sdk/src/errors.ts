@@ -94,6 +94,19 @@ export class ImageError extends MicrosandboxError {
   }
 }
 
+/**
+ * A cached image cannot be removed: a sandbox (running or stopped) was made from it.
+ * Remove those sandboxes first, or pass `force: true`. `sandboxes` names them.
+ */
+export class ImageInUseError extends MicrosandboxError {
+  readonly sandboxes: string[];
+
+  constructor(message: string, options?: { cause?: unknown; sandboxes?: string[] }) {
+    super("imageInUse", message, options);
+    this.sandboxes = [...(options?.sandboxes ?? [])];
+  }
+}
+
 /** A registry rejected the credentials (or demanded some and none were given). */
 export class RegistryAuthError extends MicrosandboxError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -258,6 +271,10 @@ export function fromOci(e: unknown): MicrosandboxError {
   switch (err?.code) {
     case "imageNotFound":
       return new ImageNotFoundError(message, { cause: e });
+    case "imageInUse": {
+      const users = (e as { sandboxes?: unknown }).sandboxes;
+      return new ImageInUseError(message, { cause: e, sandboxes: Array.isArray(users) ? users.filter((u): u is string => typeof u === "string") : [] });
+    }
     case "registryAuth":
       return new RegistryAuthError(message, { cause: e });
     case "invalidConfig":

@@ -2,19 +2,22 @@
  * OCI images outside of a sandbox: pull ahead of time, list and remove what is cached.
  * The work is done by `@microsandbox/oci`; this adds validation and typed errors.
  */
-import { listImages, pullImage, removeImage, type ImageInfo, type PulledImage, type PullProgress } from "@microsandbox/oci";
+import { listImages, pullImage, type ImageInfo, type PulledImage, type PullProgress } from "@microsandbox/oci";
 import { z } from "zod";
 import { check, imageSchema, msbHome, pullPolicySchema, registryAuthSchema, type PullPolicy, type RegistryAuth } from "./config.js";
 import { fromOci } from "./errors.js";
+import { Image, removeCached, type ImageDetail, type ImageHandle, type ImageLoadOptions, type ImagePruneReport, type ImageRemoveOptions, type ImageSaveOptions } from "./image.js";
 
 export type { ImageInfo, PulledImage, PullProgress };
+/** The puller's progress events (`phase`), as `onPullProgress` and `Images.pull` report them. */
+export type ImagePullProgress = PullProgress;
 
 export interface ImagePullOptions {
   pullPolicy?: PullPolicy;
   registryAuth?: RegistryAuth;
   insecureRegistry?: boolean;
   registryCa?: string;
-  onProgress?: (p: PullProgress) => void;
+  onProgress?: (p: ImagePullProgress) => void;
   signal?: AbortSignal;
 }
 
@@ -50,13 +53,32 @@ export class Images {
     }
   }
 
-  /** Remove a cached image by reference. Unknown -> ImageNotFoundError. */
-  static async remove(reference: string): Promise<void> {
-    const ref = check(imageSchema, "image", reference);
-    try {
-      await removeImage(msbHome(), ref);
-    } catch (e) {
-      throw fromOci(e);
-    }
+  /**
+   * Remove a cached image by reference. Unknown -> ImageNotFoundError; used by a
+   * sandbox (running or stopped) -> ImageInUseError unless `force`.
+   */
+  static async remove(reference: string, options: ImageRemoveOptions = {}): Promise<void> {
+    check(imageSchema, "image", reference);
+    return removeCached(reference, options);
+  }
+
+  /** {@link Image.inspect}. */
+  static inspect(reference: string): Promise<ImageDetail> {
+    return Image.inspect(reference);
+  }
+
+  /** {@link Image.prune}. */
+  static prune(): Promise<ImagePruneReport> {
+    return Image.prune();
+  }
+
+  /** {@link Image.save}. */
+  static save(reference: string | readonly string[], options: ImageSaveOptions): Promise<void> {
+    return Image.save(reference, options);
+  }
+
+  /** {@link Image.load}. */
+  static load(inputPath: string, options: ImageLoadOptions = {}): Promise<ImageHandle[]> {
+    return Image.load(inputPath, options);
   }
 }

@@ -69,7 +69,19 @@ export type {
   PatchRecord,
   PatchKind,
 } from "./config.js";
-export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress } from "./images.js";
+export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress, type ImagePullProgress } from "./images.js";
+export {
+  Image,
+  ImageHandle,
+  type ImageConfigDetail,
+  type ImageDetail,
+  type ImageLayerDetail,
+  type ImagePruneReport,
+  type ImageRemoveOptions,
+  type ImageSaveOptions,
+  type ImageLoadOptions,
+} from "./image.js";
+export { PullProgressCreate, PullProgressStream, type PullProgressEvent, type ReferencePullProgress } from "./pull-progress.js";
 export {
   MicrosandboxError,
   InvalidConfigError,
@@ -81,6 +93,7 @@ export {
   CorruptConfigError,
   ImageNotFoundError,
   ImageError,
+  ImageInUseError,
   RegistryAuthError,
   KernelNotFoundError,
   QemuNotFoundError,
