@@ -13,7 +13,8 @@ function feed(isTTY: boolean): string {
   v.update({ phase: "layer", digest: D1, index: 0, count: 2, doneBytes: 1024, totalBytes: 2048, cached: false });
   v.update({ phase: "layer", digest: D1, index: 0, count: 2, doneBytes: 2048, totalBytes: 2048, cached: false });
   v.update({ phase: "layer", digest: D2, index: 1, count: 2, doneBytes: 10, totalBytes: 10, cached: true });
-  v.update({ phase: "unpacking", digest: D1, index: 0, count: 2 });
+  v.update({ phase: "resolved", reference: "r/x:1", digest: "sha256:" + "c".repeat(64), layerCount: 2, totalBytes: 2058 });
+  v.update({ phase: "unpacking", digest: D1, diffId: D2, index: 0, count: 2 });
   v.update({ phase: "building", reference: "r/x:1" });
   v.update({ phase: "complete", reference: "r/x:1", digest: "sha256:" + "c".repeat(64) });
   return out;
@@ -49,7 +50,7 @@ describe("pull progress", () => {
     expect(formatBytes(5 * 1024 * 1024 * 1024)).toBe("5.0 GiB");
     expect(table(["A", "BB"], [["xxx", "y"]])).toBe("A    BB\nxxx  y\n");
     const now = new Date("2026-01-01T00:10:00Z");
-    const imgs = [{ reference: "r/x:1", digest: D1, sizeBytes: 2048, pulledAt: new Date("2026-01-01T00:00:00Z") }];
+    const imgs = [{ reference: "r/x:1", digest: D1, sizeBytes: 2048, pulledAt: new Date("2026-01-01T00:00:00Z"), platform: "linux/amd64", layerCount: 2 }];
     expect(formatImages(imgs, false, now)).toBe("REFERENCE  DIGEST        SIZE     PULLED\nr/x:1      aaaaaaaaaaaa  2.0 KiB  10 minutes ago\n");
     expect(JSON.parse(formatImages(imgs, true))).toEqual([{ ...imgs[0], pulledAt: "2026-01-01T00:00:00.000Z" }]);
   });

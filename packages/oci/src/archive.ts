@@ -205,6 +205,7 @@ export async function saveImages(msbHome: string, refs: readonly string[], outpu
     const pack = tar.pack();
     const ws = createWriteStream("", { fd: out.fd, autoClose: false });
     const written = pipeline(pack, ws);
+    written.catch(() => undefined); // awaited below; a failure before that is reported once
     const entry = (name: string, body: Buffer | string) =>
       new Promise<void>((resolve, reject) => pack.entry({ name, mode: 0o644, mtime: new Date(0) }, body, (err) => (err ? reject(err) : resolve())));
     const fileEntry = async (name: string, path: string, size: number): Promise<void> => {
@@ -238,7 +239,7 @@ export async function saveImages(msbHome: string, refs: readonly string[], outpu
     }
   } catch (e) {
     await out.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true });
+    await fsp.rm(tmp, { force: true }).catch(() => undefined);
     if (e instanceof OciError) throw e;
     throw new OciError("image", `saving to ${outputPath} failed: ${describeError(e)}`, { cause: e });
   }

@@ -316,7 +316,7 @@ async function tarEntries(buf: Buffer): Promise<Map<string, Buffer>> {
   await new Promise<void>((resolve, reject) => {
     ex.on("entry", (h, stream, next) => {
       const chunks: Buffer[] = [];
-      stream.on("data", (c: Buffer) => chunks.push(c));
+      stream.on("data", (c: unknown) => chunks.push(c as Buffer));
       stream.on("end", () => {
         out.set(h.name, Buffer.concat(chunks));
         next();
