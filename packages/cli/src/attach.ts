@@ -3,7 +3,7 @@
  * forwarded, a pseudo-terminal driven from the local one (raw mode, resizes), signals
  * passed on. Shared by `msb exec` and `msb run`.
  */
-import type { ExecEvent } from "@microsandbox/sdk";
+import { ExecFailedError, type ExecEvent } from "@microsandbox/sdk";
 
 /** msb's terminal, as far as attaching a command needs it. Injected so tests can fake it. */
 export interface TerminalIO {
@@ -54,7 +54,7 @@ export function processTerminal(): TerminalIO {
 
 /** The parts of an `ExecHandle` that attaching uses. */
 export interface AttachableCommand extends AsyncIterable<ExecEvent> {
-  takeStdin?(): { write(data: Uint8Array): Promise<void>; close(): Promise<void> };
+  takeStdin?(): { write(data: Uint8Array): Promise<void>; close(): Promise<void> } | null;
   resize?(rows: number, cols: number): Promise<void>;
   signal?(n: number): Promise<void>;
 }
@@ -112,7 +112,7 @@ export async function attach(cmd: AttachableCommand, plan: AttachPlan, term: Ter
     }
     if (plan.forwardStdin && term && cmd.takeStdin) {
       const stdin = cmd.takeStdin();
-      void (async () => {
+      if (stdin) void (async () => {
         try {
           for await (const chunk of term.stdin()) {
             if (finished) return;
@@ -129,6 +129,7 @@ export async function attach(cmd: AttachableCommand, plan: AttachPlan, term: Ter
       if (ev.kind === "stdout") await out.writeOut(ev.data);
       else if (ev.kind === "stderr") await out.writeErr(ev.data);
       else if (ev.kind === "exited") exit = ev.code;
+      else if (ev.kind === "failed") throw new ExecFailedError(ev.reason);
     }
     if (exit === undefined) throw new Error("the command ended without an exit code");
     return exit;

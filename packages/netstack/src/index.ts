@@ -135,7 +135,17 @@ export class TargetBuilder {
     this.target = { group: check(groupSchema, "network.group", group) };
     return this;
   }
+  /** Every destination (the reference SDK's `any()`). */
+  any(): this {
+    this.target = { group: "any" };
+    return this;
+  }
 }
+
+/** The reference SDK's name of {@link TargetBuilder}. */
+export const RuleDestinationBuilder = TargetBuilder;
+/** The reference SDK's name of {@link TargetBuilder}. */
+export type RuleDestinationBuilder = TargetBuilder;
 
 /**
  * Rules of one direction. `tcp()`, `udp()`, `icmp()`, `port(n)`, `portRange(a, b)` set the
@@ -197,11 +207,52 @@ export class RuleBuilder {
     return d.target;
   }
 
-  allow(configure: (d: TargetBuilder) => TargetBuilder | void): this {
-    return this.#add("allow", this.#target(configure));
+  /** A rule to a target: `allow(d => d.cidr("10.0.0.0/8"))`, or a bare string: `allow("1.1.1.1")`, a CIDR, a domain, `"*.example.com"`. */
+  allow(configure: ((d: TargetBuilder) => TargetBuilder | void) | string): this {
+    return this.#add("allow", typeof configure === "string" ? targetOf(configure) : this.#target(configure));
   }
-  deny(configure: (d: TargetBuilder) => TargetBuilder | void): this {
-    return this.#add("deny", this.#target(configure));
+  deny(configure: ((d: TargetBuilder) => TargetBuilder | void) | string): this {
+    return this.#add("deny", typeof configure === "string" ? targetOf(configure) : this.#target(configure));
+  }
+  /** The reference SDK's `icmpv4()`: this stack is IPv4-only, so the same as {@link icmp}. */
+  icmpv4(): this {
+    return this.icmp();
+  }
+  /** The cloud metadata address 169.254.169.254 (the reference SDK's name). */
+  allowMeta(): this {
+    return this.#add("allow", { group: "metadata" });
+  }
+  denyMeta(): this {
+    return this.#add("deny", { group: "metadata" });
+  }
+  allowLinkLocal(): this {
+    return this.#add("allow", { group: "link-local" });
+  }
+  denyLinkLocal(): this {
+    return this.#add("deny", { group: "link-local" });
+  }
+  /** Loopback, link-local and the host (not the metadata address), as in the reference SDK. */
+  allowLocal(): this {
+    return this.allowLoopback().allowLinkLocal().allowHost();
+  }
+  denyLocal(): this {
+    return this.denyLoopback().denyLinkLocal().denyHost();
+  }
+  allowDomains(names: readonly string[]): this {
+    for (const n of listOf(names, "network.domain")) this.allowDomain(n);
+    return this;
+  }
+  denyDomains(names: readonly string[]): this {
+    for (const n of listOf(names, "network.domain")) this.denyDomain(n);
+    return this;
+  }
+  allowDomainSuffixes(suffixes: readonly string[]): this {
+    for (const n of listOf(suffixes, "network.domainSuffix")) this.allowDomainSuffix(n);
+    return this;
+  }
+  denyDomainSuffixes(suffixes: readonly string[]): this {
+    for (const n of listOf(suffixes, "network.domainSuffix")) this.denyDomainSuffix(n);
+    return this;
   }
   allowPublic(): this {
     return this.#add("allow", { group: "public" });
@@ -335,9 +386,11 @@ export class NetworkBuilder {
   #tls: TlsConfig | undefined;
   #violation: ViolationAction | undefined;
 
-  policy(policy: NetworkPolicy | NetworkPolicyBuilder | ((b: NetworkPolicyBuilder) => NetworkPolicyBuilder | void)): this {
+  /** A policy, its builder (or a callback), or a reference-SDK-shaped `{ defaultEgress, defaultIngress, rules }` (see {@link policyFromSpec}). */
+  policy(policy: NetworkPolicy | NetworkPolicyBuilder | PolicySpec | ((b: NetworkPolicyBuilder) => NetworkPolicyBuilder | void)): this {
     if (policy instanceof NetworkPolicy) this.#policy = policy;
     else if (policy instanceof NetworkPolicyBuilder) this.#policy = policy.build();
+    else if (isPolicySpec(policy)) this.#policy = policyFromSpec(policy);
     else if (typeof policy === "function") {
       const b = new NetworkPolicyBuilder();
       policy(b);
@@ -463,4 +516,189 @@ export class NetworkBuilder {
 /** The network a sandbox gets when none is configured: the default policy, no published ports. */
 export function defaultNetConfig(): NetConfig {
   return new NetworkBuilder().toNativeConfig();
+}
+
+// ---------------------------------------------------------------- reference-shaped policies
+// The reference SDK's (npm `microsandbox` 0.6, src/policy) plain-object policies and their
+// factories `Destination`, `PortRange`, `Rule` (exported here as `PolicyRules`; the SDK
+// exports it as `Rule`). A destination may also be a bare string: an IPv4 address
+// ("1.1.1.1"), a CIDR ("10.0.0.0/8"), a domain ("example.com") or a suffix ("*.example.com").
+
+/** A rule's destination in the reference SDK's shape (plus `ip`, ours). */
+export type Destination =
+  | { kind: "any" }
+  | { kind: "ip"; ip: string }
+  | { kind: "cidr"; cidr: string }
+  | { kind: "domain"; domain: string }
+  | { kind: "domainSuffix"; suffix: string }
+  | { kind: "group"; group: Group };
+/** A destination object, or a bare string: IPv4 address, CIDR, domain or `*.suffix`. */
+export type DestinationInput = Destination | string;
+/** Which connections a rule applies to. */
+export type Direction = "egress" | "ingress" | "any";
+/** The reference SDK's protocol names: `icmpv4` is this stack's `icmp`; `icmpv6` is refused (IPv4 only). */
+export type PolicyProtocol = "tcp" | "udp" | "icmpv4" | "icmpv6" | "icmp";
+/** An inclusive port range. */
+export interface PortRange {
+  readonly start: number;
+  readonly end: number;
+}
+/** One rule of a {@link PolicySpec} (the reference SDK's `Rule`). Empty `protocols` / `ports`: any. */
+export interface PolicyRule {
+  readonly direction: Direction;
+  readonly destination: DestinationInput;
+  readonly protocols: readonly PolicyProtocol[];
+  readonly ports: readonly PortRange[];
+  readonly action: Action;
+}
+/** The reference SDK's `NetworkPolicy` object: per-direction defaults and ordered rules (first match wins). */
+export interface PolicySpec {
+  readonly defaultEgress: Action;
+  readonly defaultIngress: Action;
+  readonly rules: readonly PolicyRule[];
+}
+
+/** The reference SDK's `Destination` factory. */
+export const Destination = {
+  any: (): Destination => ({ kind: "any" }),
+  ip: (ip: string): Destination => ({ kind: "ip", ip }),
+  cidr: (cidr: string): Destination => ({ kind: "cidr", cidr }),
+  domain: (domain: string): Destination => ({ kind: "domain", domain }),
+  domainSuffix: (suffix: string): Destination => ({ kind: "domainSuffix", suffix }),
+  group: (group: Group): Destination => ({ kind: "group", group }),
+};
+
+/** The reference SDK's `PortRange` factory. */
+export const PortRange = {
+  single: (port: number): PortRange => ({ start: port, end: port }),
+  range: (start: number, end: number): PortRange => ({ start, end }),
+};
+
+const noneOf = Object.freeze([]) as readonly never[];
+const ruleOf = (direction: Direction, action: Action) => (destination: DestinationInput): PolicyRule => ({
+  direction,
+  destination,
+  protocols: noneOf,
+  ports: noneOf,
+  action,
+});
+const dnsRule = (action: Action): PolicyRule => ({
+  direction: "egress",
+  destination: { kind: "group", group: "host" },
+  protocols: ["udp", "tcp"],
+  ports: [{ start: 53, end: 53 }],
+  action,
+});
+
+/**
+ * The reference SDK's `Rule` factory (`Rule.allowEgress("1.1.1.1")`, ...). `allowDns()`
+ * is accepted for its code's sake: this stack answers DNS at the gateway whatever the
+ * policy (lookups are filtered by the domain rules), so it adds nothing.
+ */
+export const PolicyRules = {
+  allowEgress: ruleOf("egress", "allow"),
+  denyEgress: ruleOf("egress", "deny"),
+  allowIngress: ruleOf("ingress", "allow"),
+  denyIngress: ruleOf("ingress", "deny"),
+  allowAny: ruleOf("any", "allow"),
+  denyAny: ruleOf("any", "deny"),
+  allowDns: (): PolicyRule => dnsRule("allow"),
+  denyDns: (): PolicyRule => dnsRule("deny"),
+};
+
+function listOf(v: unknown, field: string): string[] {
+  if (!Array.isArray(v)) throw new NetworkConfigError(field, `invalid ${field}: must be an array of names`);
+  return v as string[];
+}
+
+/** A bare-string destination: IPv4 address, CIDR, `*.suffix` / `.suffix`, or a domain. */
+export function targetOf(dest: string): Target {
+  if (typeof dest !== "string") throw new NetworkConfigError("network.destination", "invalid network.destination: must be a string or a Destination");
+  const d = dest.trim();
+  if (IPV4.test(d)) return { ip: d };
+  if (d.includes("/")) return { cidr: check(cidrSchema, "network.destination", d) };
+  if (d.startsWith("*.") || d.startsWith(".")) return { domainSuffix: check(domainSuffixSchema, "network.destination", d) };
+  if (/^[0-9.]+$/.test(d)) throw new NetworkConfigError("network.destination", `invalid network.destination ${JSON.stringify(d).slice(0, 48)}: not an IPv4 address such as 10.0.0.1`);
+  return { domain: check(domainSchema, "network.destination", d) };
+}
+
+function destinationTarget(d: unknown): Target {
+  if (typeof d === "string") return targetOf(d);
+  const o = d as Record<string, unknown> | null;
+  switch (o?.kind) {
+    case "any":
+      return { group: "any" };
+    case "ip":
+      return { ip: check(ipSchema, "network.ip", o.ip) };
+    case "cidr":
+      return { cidr: check(cidrSchema, "network.cidr", o.cidr) };
+    case "domain":
+      return { domain: check(domainSchema, "network.domain", o.domain) };
+    case "domainSuffix":
+      return { domainSuffix: check(domainSuffixSchema, "network.domainSuffix", o.suffix) };
+    case "group":
+      return { group: check(groupSchema, "network.group", o.group) };
+    default:
+      throw new NetworkConfigError("network.destination", "invalid network.destination: must be a string (IP, CIDR, domain) or a Destination");
+  }
+}
+
+const actionSchema = z.enum(["allow", "deny"], { error: 'must be "allow" or "deny"' });
+const directionSchema = z.enum(["egress", "ingress", "any"], { error: 'must be "egress", "ingress" or "any"' });
+const policyProtocolSchema = z.enum(["tcp", "udp", "icmpv4", "icmp"], { error: 'must be "tcp", "udp" or "icmpv4" (this network is IPv4 only)' });
+/** At most this many rules in one policy (each expands to one per protocol and port range). */
+export const MAX_POLICY_RULES = 4096;
+
+function isPolicySpec(v: unknown): v is PolicySpec {
+  return v !== null && typeof v === "object" && !(v instanceof NetworkPolicy) && ("rules" in v || "defaultEgress" in v || "defaultIngress" in v);
+}
+
+/**
+ * Our {@link NetworkPolicy} from a reference-SDK-shaped `{ defaultEgress, defaultIngress,
+ * rules }`: a rule of direction `any` goes to both directions, one with several protocols
+ * or port ranges becomes one rule per pair (order kept); `defaultIngress: "deny"` adds a
+ * last ingress rule denying everything.
+ */
+export function policyFromSpec(spec: PolicySpec): NetworkPolicy {
+  if (spec === null || typeof spec !== "object") throw new NetworkConfigError("network.policy", "invalid network.policy: must be a policy object");
+  const defaultAction = check(actionSchema, "network.defaultEgress", spec.defaultEgress ?? "deny");
+  const defaultIngress = check(actionSchema, "network.defaultIngress", spec.defaultIngress ?? "allow");
+  const rules = spec.rules ?? [];
+  if (!Array.isArray(rules)) throw new NetworkConfigError("network.rules", "invalid network.rules: must be an array of rules");
+  if (rules.length > MAX_POLICY_RULES) throw new NetworkConfigError("network.rules", `invalid network.rules: at most ${MAX_POLICY_RULES} rules`);
+  const egress: Rule[] = [];
+  const ingress: Rule[] = [];
+  for (const r of rules as PolicyRule[]) {
+    if (r === null || typeof r !== "object") throw new NetworkConfigError("network.rules", "invalid network.rules: each rule must be an object");
+    const direction = check(directionSchema, "network.direction", r.direction);
+    const action = check(actionSchema, "network.action", r.action);
+    const target = destinationTarget(r.destination);
+    const protos = r.protocols ?? [];
+    const ports = r.ports ?? [];
+    if (!Array.isArray(protos)) throw new NetworkConfigError("network.protocols", "invalid network.protocols: must be an array");
+    if (!Array.isArray(ports)) throw new NetworkConfigError("network.ports", "invalid network.ports: must be an array of { start, end }");
+    const protocols = protos.map((p) => (check(policyProtocolSchema, "network.protocols", p) === "udp" ? "udp" : p === "tcp" ? "tcp" : "icmp") as Protocol);
+    const ranges = ports.map((pr: PortRange) => {
+      const a = check(portSchema, "network.port", pr?.start);
+      const b = check(portSchema, "network.port", pr?.end);
+      if (a > b) throw new NetworkConfigError("network.port", `invalid network.port range ${a}-${b}: the first port must not be above the last`);
+      return [a, b] as [number, number];
+    });
+    // DNS at the gateway is always answered here: the reference's allowDns() rule adds nothing.
+    const isDns = "group" in target && target.group === "host" && ranges.length === 1 && ranges[0]![0] === 53 && ranges[0]![1] === 53;
+    if (isDns && action === "allow" && direction === "egress") continue;
+    const out: Rule[] = [];
+    for (const protocol of protocols.length > 0 ? protocols : [undefined]) {
+      for (const range of ranges.length > 0 ? ranges : [undefined]) {
+        const rule: Rule = { action, target: { ...target } as Target };
+        if (protocol !== undefined) rule.protocol = protocol;
+        if (range !== undefined) rule.ports = [range[0], range[1]];
+        out.push(rule);
+      }
+    }
+    if (direction !== "ingress") egress.push(...out);
+    if (direction !== "egress") ingress.push(...out.map(copyRule));
+  }
+  if (defaultIngress === "deny") ingress.push({ action: "deny", target: { group: "any" } });
+  return new NetworkPolicy({ defaultAction, egress, ingress });
 }

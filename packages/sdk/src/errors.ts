@@ -17,13 +17,21 @@ export class MicrosandboxError extends Error {
   }
 }
 
-/** A builder option or call argument failed validation. `field` names it. */
+/**
+ * A builder option or call argument failed validation. `field` names it. Also built the
+ * reference SDK's way, `new InvalidConfigError(message, options?)`: `field` is then the
+ * message's leading `name: ` if it has one, else `"config"`.
+ */
 export class InvalidConfigError extends MicrosandboxError {
   readonly field: string;
 
-  constructor(field: string, message: string, options?: { cause?: unknown }) {
-    super("invalidConfig", message, options);
-    this.field = field;
+  constructor(field: string, message: string, options?: { cause?: unknown });
+  constructor(message: string, options?: { cause?: unknown });
+  constructor(a: string, b?: string | { cause?: unknown }, c?: { cause?: unknown }) {
+    const ours = typeof b === "string";
+    const message = ours ? b : a;
+    super("invalidConfig", message, ours ? c : b);
+    this.field = ours ? a : (/^([A-Za-z][A-Za-z0-9_.[\]]*): /.exec(a)?.[1] ?? "config");
   }
 }
 
@@ -114,10 +122,22 @@ export class RegistryAuthError extends MicrosandboxError {
   }
 }
 
-/** The guest kernel or initramfs is missing (the guest assets were not built). */
-export class KernelNotFoundError extends MicrosandboxError {
+/**
+ * The reference SDK's error for a missing VM kernel library (`code: "libkrunfwNotFound"`).
+ * Ours boots QEMU and throws its subclass {@link KernelNotFoundError}, so
+ * `instanceof LibkrunfwNotFoundError` catches it too.
+ */
+export class LibkrunfwNotFoundError extends MicrosandboxError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super("kernelNotFound", message, options);
+    super("libkrunfwNotFound", message, options);
+  }
+}
+
+/** The guest kernel or initramfs is missing (the guest assets were not built). A {@link LibkrunfwNotFoundError}. */
+export class KernelNotFoundError extends LibkrunfwNotFoundError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    (this as { code: string }).code = "kernelNotFound";
   }
 }
 
@@ -159,13 +179,23 @@ export class ExecFailedError extends MicrosandboxError {
   }
 }
 
-/** The command did not finish within its timeout. */
+/**
+ * The command did not finish within its timeout. Also built the reference SDK's way,
+ * `new ExecTimeoutError(message, timeoutMs?, options?)` (`timeoutMs` then `null` when not given).
+ */
 export class ExecTimeoutError extends MicrosandboxError {
   readonly timeoutMs: number;
 
-  constructor(timeoutMs: number, message?: string, options?: { cause?: unknown }) {
-    super("execTimeout", message ?? `command did not finish within ${timeoutMs} ms`, options);
-    this.timeoutMs = timeoutMs;
+  constructor(timeoutMs: number, message?: string, options?: { cause?: unknown });
+  constructor(message: string, timeoutMs?: number | null, options?: { cause?: unknown });
+  constructor(a: number | string, b?: string | number | null, options?: { cause?: unknown }) {
+    if (typeof a === "string") {
+      super("execTimeout", a, options);
+      this.timeoutMs = typeof b === "number" ? b : (null as unknown as number);
+    } else {
+      super("execTimeout", typeof b === "string" ? b : `command did not finish within ${a} ms`, options);
+      this.timeoutMs = a;
+    }
   }
 }
 
@@ -283,5 +313,146 @@ export function fromOci(e: unknown): MicrosandboxError {
       return new ImageError(message, { cause: e, digest: typeof err.digest === "string" ? err.digest : undefined });
     default:
       return fromNative(e);
+  }
+}
+
+// ---- the reference SDK's other error classes (npm `microsandbox` 0.6, src/errors.ts) ----
+// Same names and codes, so code written for it can `instanceof` / branch on `code`.
+// Where ours has its own class for the same failure, that one is thrown (see each).
+
+/** Every `code` a {@link MicrosandboxError} may carry: the reference SDK's and ours. */
+export type MicrosandboxErrorCode =
+  | "io"
+  | "http"
+  | "cloudHttp"
+  | "libkrunfwNotFound"
+  | "database"
+  | "invalidConfig"
+  | "noDefaultCommand"
+  | "sandboxNotFound"
+  | "sandboxAlreadyExists"
+  | "sandboxStillRunning"
+  | "runtime"
+  | "json"
+  | "protocol"
+  | "nix"
+  | "execTimeout"
+  | "terminal"
+  | "sandboxFsOps"
+  | "imageNotFound"
+  | "imageInUse"
+  | "volumeNotFound"
+  | "volumeAlreadyExists"
+  | "image"
+  | "patchFailed"
+  | "metricsDisabled"
+  | "metricsUnavailable"
+  | "unsupportedOperation"
+  | "unsupported"
+  | "custom"
+  // ours
+  | ErrorCode
+  | "corruptConfig"
+  | "execFailed"
+  | "outputLimit"
+  | "stdinUnavailable"
+  | "invalidCursor"
+  | "missedRotation";
+
+/** A host I/O operation failed (the reference's `io`; ours mostly reports `runtime` or `sandboxFsOps`). */
+export class IoError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("io", message, options);
+  }
+}
+
+/** An HTTP request failed (the reference's `http`; registry failures are ours {@link ImageError} / {@link RegistryAuthError}). */
+export class HttpError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("http", message, options);
+  }
+}
+
+/** The reference's cloud backend HTTP error. There is no cloud backend here: never thrown, defined for `instanceof`. */
+export class CloudHttpError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("cloudHttp", message, options);
+  }
+}
+
+/** The reference's state-database error (ours: {@link CorruptConfigError} for an unreadable record, else `runtime`). */
+export class DatabaseError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("database", message, options);
+  }
+}
+
+/** The image defines no entrypoint or command to run by default. */
+export class NoDefaultCommandError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("noDefaultCommand", message, options);
+  }
+}
+
+/** A JSON document could not be parsed or produced. */
+export class JsonError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("json", message, options);
+  }
+}
+
+/** A host system call failed (the reference's `nix`). */
+export class NixError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("nix", message, options);
+  }
+}
+
+/** The host terminal could not be set up for an attached session. */
+export class TerminalError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("terminal", message, options);
+  }
+}
+
+/** A rootfs patch could not be applied. */
+export class PatchFailedError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("patchFailed", message, options);
+  }
+}
+
+/** Metrics were asked for a sandbox that has them turned off. */
+export class MetricsDisabledError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("metricsDisabled", message, options);
+  }
+}
+
+/** Metrics could not be read (the sandbox is not running, or its runtime did not answer). */
+export class MetricsUnavailableError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("metricsUnavailable", message, options);
+  }
+}
+
+/** The guest agent does not support this operation. */
+export class UnsupportedOperationError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("unsupportedOperation", message, options);
+  }
+}
+
+/** The operation is not supported on this host or backend. */
+export class UnsupportedError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("unsupported", message, options);
+  }
+}
+
+/** Any other error (the reference's `custom`). */
+export class CustomError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("custom", message, options);
   }
 }

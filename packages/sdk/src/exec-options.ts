@@ -149,6 +149,47 @@ export class ExecOptionsBuilder {
     this.raw.rlimits.push([resource, limit]);
     return this;
   }
+
+  /**
+   * The reference SDK's soft/hard form of {@link rlimit}. The guest agent sets one value
+   * as both limits, so `soft` and `hard` must be equal (else the call that runs the
+   * command rejects with `InvalidConfigError`, field `rlimit`).
+   */
+  rlimitRange(resource: RlimitResource, soft: number | "unlimited", hard: number | "unlimited"): this {
+    this.raw.rlimits.push([resource, soft === hard ? soft : new RlimitRangeMismatch(soft, hard)]);
+    return this;
+  }
+
+  /**
+   * The options recorded so far, validated, in the reference SDK's `ExecOptions` shape
+   * (`{ args, cwd?, user?, env, timeoutMs?, stdin, tty, rlimits }`); throws
+   * `InvalidConfigError` naming a bad field.
+   */
+  build(): ExecOptionsSnapshot {
+    const o = resolveExecOptions("sh", this);
+    const out: ExecOptionsSnapshot = {
+      args: [...o.request.args],
+      env: Object.fromEntries(o.request.env),
+      stdin: o.stdin === "bytes" ? { kind: "bytes", data: o.stdinBytes ?? new Uint8Array() } : { kind: o.stdin },
+      tty: o.request.tty !== null,
+      rlimits: o.request.rlimits.map(([resource, n]) => {
+        const v = n === RLIM_INFINITY ? ("unlimited" as const) : Number(n);
+        return { resource: resource as RlimitResource, soft: v, hard: v };
+      }),
+    };
+    if (o.request.cwd !== null) out.cwd = o.request.cwd;
+    if (o.request.user !== null) out.user = o.request.user;
+    if (o.timeoutMs !== null) out.timeoutMs = o.timeoutMs;
+    return out;
+  }
+}
+
+/** @internal An `rlimitRange` whose soft and hard limits differ (reported when resolved). */
+class RlimitRangeMismatch {
+  constructor(
+    readonly soft: unknown,
+    readonly hard: unknown,
+  ) {}
 }
 
 /** Validated options of one command. */
@@ -195,6 +236,12 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
   const limits = new Map<string, number | "unlimited">();
   for (const [res, n] of r.rlimits) {
     const name = check(rlimitResourceSchema, "rlimit", res, "rlimit resource");
+    if (n instanceof RlimitRangeMismatch) {
+      throw new InvalidConfigError(
+        "rlimit",
+        `invalid rlimit ${name}: soft (${String(n.soft)}) and hard (${String(n.hard)}) limits must be equal: the guest sets one value as both`,
+      );
+    }
     limits.set(name, check(rlimitValueSchema, "rlimit", n, `rlimit ${name}`));
   }
   // What the guest gets in one frame: sizes checked here, before anything is sent.
@@ -218,14 +265,145 @@ export function resolveExecOptions(cmd: unknown, b: ExecOptionsBuilder): ExecOpt
   };
 }
 
-/** Run a configure callback on a fresh builder (it may return the builder or nothing). */
-export function buildExecOptions(configure: ((b: ExecOptionsBuilder) => ExecOptionsBuilder | void) | undefined): ExecOptionsBuilder {
+/**
+ * Run a configure callback on a fresh builder (it may return the builder or nothing), or
+ * fill one from an options object ({@link ExecCallOptions}).
+ */
+export function buildExecOptions(configure: ExecOptionsInput | undefined): ExecOptionsBuilder {
   const b = new ExecOptionsBuilder();
   if (configure === undefined) return b;
-  if (typeof configure !== "function") throw new InvalidConfigError("options", "invalid exec options: expected a function b => b.args([...])...");
+  if (configure instanceof ExecOptionsBuilder) return configure;
+  if (configure !== null && typeof configure === "object") return fromCallOptions(configure);
+  if (typeof configure !== "function") {
+    throw new InvalidConfigError("options", "invalid exec options: expected an options object { cwd, env, timeoutMs, ... } or a function b => b.args([...])...");
+  }
   const r = configure(b);
   return r instanceof ExecOptionsBuilder ? r : b;
 }
 
 /** setrlimit's RLIM_INFINITY: all ones in 64 bits (a bigint: no JavaScript number holds it). */
 export const RLIM_INFINITY = 2n ** 64n - 1n;
+
+// ---- per-call options as an object: the reference SDK's `ExecOptions` shape ----
+
+/** Where stdin comes from, in the reference SDK's shape (see {@link Stdin}). */
+export type StdinSpec = { kind: "null" } | { kind: "pipe" } | { kind: "bytes"; data: Uint8Array };
+
+/** The reference SDK's `Stdin` factory: `Stdin.null()`, `Stdin.pipe()`, `Stdin.bytes("input")`. */
+export const Stdin = {
+  /** stdin is /dev/null (the default). */
+  null: (): StdinSpec => ({ kind: "null" }),
+  /** A pipe you write to with `handle.takeStdin()` (streaming calls only). */
+  pipe: (): StdinSpec => ({ kind: "pipe" }),
+  /** These bytes (a string as UTF-8), then EOF. */
+  bytes: (data: Uint8Array | string): StdinSpec => ({ kind: "bytes", data: typeof data === "string" ? enc.encode(data) : data }),
+};
+
+/** A resource limit in the reference SDK's shape. `soft` and `hard` must be equal here (the guest sets one value). */
+export interface Rlimit {
+  resource: RlimitResource;
+  soft: number | "unlimited";
+  hard: number | "unlimited";
+}
+
+/**
+ * Options of one command as an object, the reference SDK's `ExecOptions` fields (all
+ * optional): `sb.shell("make", { cwd: "/src", env: { CC: "clang" }, timeoutMs: 60_000 })`.
+ * `maxOutputBytes` is ours (see {@link ExecOptionsBuilder.maxOutputBytes}).
+ */
+export interface ExecCallOptions {
+  /** Arguments (after the positional ones of `exec(cmd, args)`; after the script for `shell`: `$0`, `$1`, ...). */
+  args?: readonly string[];
+  cwd?: string;
+  user?: string;
+  env?: Record<string, string>;
+  /** Kill the command after this many milliseconds; the call rejects with `ExecTimeoutError`. */
+  timeoutMs?: number;
+  /** A {@link Stdin} value, `"null"` / `"pipe"`, or the bytes (a string as UTF-8) to send. */
+  stdin?: StdinSpec | "null" | "pipe" | Uint8Array | string;
+  tty?: boolean;
+  rlimits?: readonly Rlimit[];
+  maxOutputBytes?: number;
+}
+
+/** What per-call options may be given as: an options object, or a configure callback. */
+export type ExecOptionsInput = ExecCallOptions | ((b: ExecOptionsBuilder) => ExecOptionsBuilder | void);
+
+/** `ExecOptionsBuilder.build()`'s result: the reference SDK's `ExecOptions`. */
+export interface ExecOptionsSnapshot {
+  args: string[];
+  cwd?: string;
+  user?: string;
+  env: Record<string, string>;
+  timeoutMs?: number;
+  stdin: StdinSpec;
+  tty: boolean;
+  rlimits: Rlimit[];
+}
+
+const CALL_OPTION_KEYS = ["args", "cwd", "user", "env", "timeoutMs", "stdin", "tty", "rlimits", "maxOutputBytes"] as const;
+const envObjectSchema = z.record(z.string(), z.unknown(), { error: "must be an object of strings" });
+const rlimitObjectSchema = z.object(
+  { resource: z.unknown(), soft: z.unknown(), hard: z.unknown() },
+  { error: "must be an array of { resource, soft, hard }" },
+);
+const rlimitsSchema = z.array(rlimitObjectSchema, { error: "must be an array of { resource, soft, hard }" });
+const stdinSpecSchema = z.union(
+  [
+    z.literal("null"),
+    z.literal("pipe"),
+    z.string(),
+    z.instanceof(Uint8Array),
+    z.strictObject({ kind: z.literal("null") }),
+    z.strictObject({ kind: z.literal("pipe") }),
+    z.strictObject({ kind: z.literal("bytes"), data: z.union([z.instanceof(Uint8Array), z.string()]) }),
+  ],
+  { error: 'must be Stdin.null(), Stdin.pipe(), Stdin.bytes(data), "null", "pipe", or the bytes to send' },
+);
+
+/** Fill a builder from an options object; unknown keys and wrong types throw {@link InvalidConfigError} naming the field. */
+function fromCallOptions(o: object): ExecOptionsBuilder {
+  const b = new ExecOptionsBuilder();
+  const opts = o as Record<string, unknown>;
+  for (const k of Object.keys(opts)) {
+    if (!(CALL_OPTION_KEYS as readonly string[]).includes(k)) {
+      throw new InvalidConfigError(k, `invalid exec option ${JSON.stringify(k)}: not one of ${CALL_OPTION_KEYS.join(", ")}`);
+    }
+  }
+  const r = b.raw;
+  if (opts.args !== undefined) {
+    if (Array.isArray(opts.args)) r.args.push(...(opts.args as unknown[]));
+    else r.args.push(opts.args);
+  }
+  if (opts.cwd !== undefined) r.cwd = opts.cwd;
+  if (opts.user !== undefined) r.user = opts.user;
+  if (opts.env !== undefined) {
+    const env = check(envObjectSchema, "env", opts.env);
+    for (const [k, v] of Object.entries(env)) r.env.push([k, v]);
+  }
+  if (opts.timeoutMs !== undefined) r.timeout = check(timeoutMsSchema, "timeoutMs", opts.timeoutMs);
+  if (opts.stdin !== undefined) {
+    const st = check(stdinSpecSchema, "stdin", opts.stdin);
+    if (st === "null" || (typeof st === "object" && "kind" in st && st.kind === "null")) b.stdinNull();
+    else if (st === "pipe" || (typeof st === "object" && "kind" in st && st.kind === "pipe")) b.stdinPipe();
+    else if (typeof st === "string" || st instanceof Uint8Array) b.stdinBytes(st);
+    else if ("data" in st) b.stdinBytes(st.data);
+  }
+  if (opts.tty !== undefined) r.tty = opts.tty;
+  if (opts.rlimits !== undefined) {
+    for (const l of check(rlimitsSchema, "rlimits", opts.rlimits)) {
+      r.rlimits.push([l.resource, l.soft === l.hard ? l.soft : new RlimitRangeMismatch(l.soft, l.hard)]);
+    }
+  }
+  if (opts.maxOutputBytes !== undefined) r.maxOutputBytes = opts.maxOutputBytes;
+  return b;
+}
+
+/** Options for `exec(cmd, args, options)`: the positional `args` first, then the options' own. */
+export function withLeadingArgs(args: unknown, options: ExecOptionsInput | undefined): ExecOptionsBuilder {
+  const b = buildExecOptions(options);
+  if (args === undefined) return b;
+  if (Array.isArray(args)) b.raw.args.unshift(...(args as unknown[]));
+  else b.raw.args.unshift(args);
+  return b;
+}

@@ -63,6 +63,11 @@ export class ExecOutput {
   stderrBytes(): Uint8Array {
     return this.#stderr;
   }
+
+  /** How the command ended: `{ code, success }` (the reference SDK's getter). */
+  get status(): ExitStatus {
+    return { code: this.#code, success: this.#code === 0 };
+  }
 }
 
 /** One event of a running command, in the order the guest produced them. */
@@ -70,7 +75,13 @@ export type ExecEvent =
   | { kind: "started"; pid: number }
   | { kind: "stdout"; data: Uint8Array }
   | { kind: "stderr"; data: Uint8Array }
-  | { kind: "exited"; code: number; signal?: number };
+  | { kind: "exited"; code: number; signal?: number }
+  /**
+   * The command could not be started (the program does not exist, the cwd or user is
+   * unknown, ...): the last event of its stream, as the reference SDK reports it.
+   * `wait()` and `collect()` reject with {@link ExecFailedError} instead.
+   */
+  | { kind: "failed"; reason: string };
 
 /** How a command ended. */
 export interface ExitStatus {
@@ -111,6 +122,8 @@ export interface SessionControls {
 
 /** @internal How the command was started. */
 export interface ExecHandleOptions {
+  /** The command's id ({@link ExecHandle.id}): its session number, as a string. */
+  id?: string;
   controls?: SessionControls;
   /** Where stdin comes from (default "null"). */
   stdin?: StdinMode;
@@ -146,7 +159,7 @@ const signalSchema = z
 const enc = new TextEncoder();
 
 /**
- * A command's stdin, from {@link ExecHandle.takeStdin}. Writes are sent in order and each
+ * A command's stdin, from {@link ExecHandle.takeStdin} (the reference SDK calls it `ExecSink`). Writes are sent in order and each
  * resolves once the guest has taken the bytes (flow control: a command that does not
  * read its stdin makes writes wait). Do not change a chunk until its write resolved.
  */
@@ -181,6 +194,11 @@ export class ExecStdin {
     return p;
   }
 
+  /** `await using stdin = handle.takeStdin()`: closed (EOF) when the scope ends. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close().catch(() => undefined);
+  }
+
   async #send(bytes: Uint8Array): Promise<void> {
     try {
       await this.#controls.writeStdin(bytes);
@@ -209,12 +227,14 @@ export class ExecStdin {
  * stays bounded whatever it prints. Many commands may run at once on one sandbox.
  *
  * If the command cannot be started (the guest reports `failed`, e.g. the
- * program does not exist), `recv`, iteration, `wait` and `collect` reject with
+ * program does not exist), `recv` and iteration deliver a last `{ kind: "failed",
+ * reason }` event (as the reference SDK does), and `wait` and `collect` reject with
  * {@link ExecFailedError}. With a timeout, they reject with {@link ExecTimeoutError}
  * at the deadline, whatever the guest does: the command is sent SIGKILL and what it
  * still sends is drained in the background.
  */
-export class ExecHandle implements AsyncIterable<ExecEvent> {
+export class ExecHandle implements AsyncIterable<ExecEvent>, AsyncDisposable {
+  readonly #id: string;
   readonly #next: () => Promise<NativeExecEvent | null>;
   readonly #controls: SessionControls | undefined;
   readonly #stdinMode: StdinMode;
@@ -232,11 +252,14 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   #tail: Promise<unknown> = Promise.resolve();
   #done = false;
   #failure: MicrosandboxError | undefined;
+  /** The command could not be started: reported as a `failed` event, thrown by wait/collect. */
+  #spawnFailure: ExecFailedError | undefined;
   #exit: ExitStatus | undefined;
   #pid: number | undefined;
 
   /** @internal `next` pulls the next raw event of the session (`null` at its end). */
   constructor(next: () => Promise<NativeExecEvent | null>, options: ExecHandleOptions = {}) {
+    this.#id = options.id ?? `exec-${++anonymousIds}`;
     this.#next = next;
     this.#controls = options.controls;
     this.#stdinMode = options.stdin ?? "null";
@@ -279,6 +302,15 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
     }
   }
 
+  /**
+   * This command's id: its session's number on the sandbox's connection (unique among the
+   * commands and file transfers of that connection), as a string. Known at once (the
+   * reference SDK's native getter is a promise: `await handle.id` works on both).
+   */
+  get id(): string {
+    return this.#id;
+  }
+
   /** The guest pid of the command, once the `started` event has been received. */
   get pid(): number | undefined {
     return this.#pid;
@@ -286,13 +318,13 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
 
   /**
    * The command's stdin, for a command started with `stdinPipe()` or `tty(true)`. It can
-   * be taken once; otherwise (or a second time) this throws `StdinUnavailableError`.
+   * be taken once: as in the reference SDK, this returns `null` when the command has no
+   * stdin pipe (stdin from /dev/null or `stdinBytes()`) and on every call after the first.
+   * (`await handle.takeStdin()` works as with the reference's promise.)
    */
-  takeStdin(): ExecStdin {
-    if (!this.#controls || !(this.#stdinMode === "pipe" || this.#tty)) {
-      throw new StdinUnavailableError("the command's stdin is not a pipe: start it with stdinPipe() or tty(true)");
-    }
-    if (this.#stdinTaken) throw new StdinUnavailableError("the command's stdin was already taken");
+  takeStdin(): ExecStdin | null {
+    if (!this.#controls || !(this.#stdinMode === "pipe" || this.#tty)) return null;
+    if (this.#stdinTaken) return null;
     this.#stdinTaken = true;
     return new ExecStdin(this.#controls);
   }
@@ -377,8 +409,15 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
         this.#done = true;
         return isInt(raw.signal) ? { kind: "exited", code: raw.code, signal: raw.signal } : { kind: "exited", code: raw.code };
       }
-      case "failed":
-        throw this.#fail(new ExecFailedError(typeof raw.reason === "string" && raw.reason !== "" ? raw.reason : "unknown reason"));
+      case "failed": {
+        // The last event of the session: delivered (the reference SDK's shape), then the
+        // stream ends; wait() and collect() throw the typed error.
+        const reason = typeof raw.reason === "string" && raw.reason !== "" ? raw.reason : "unknown reason";
+        this.#clearTimer();
+        this.#spawnFailure = new ExecFailedError(reason);
+        this.#done = true;
+        return { kind: "failed", reason };
+      }
       default:
         throw this.#fail(new ProtocolError(`unknown exec event kind ${JSON.stringify((raw as { kind: unknown }).kind)}`));
     }
@@ -469,11 +508,24 @@ export class ExecHandle implements AsyncIterable<ExecEvent> {
   }
 
   #exitStatus(): ExitStatus {
-    if (this.#exit === undefined) throw this.#failure ?? new RuntimeError("the command has no exit status");
+    if (this.#exit === undefined) throw this.#failure ?? this.#spawnFailure ?? new RuntimeError("the command has no exit status");
     return { ...this.#exit };
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<ExecEvent, void, undefined> {
     for (let ev = await this.recv(); ev !== null; ev = await this.recv()) yield ev;
   }
+
+  /** `await using h = await sb.execStream(...)`: a command still running when the scope ends is killed (SIGKILL). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#done || !this.#controls) return;
+    await this.signal(9).catch(() => undefined);
+  }
 }
+
+/** The reference SDK's name of {@link ExecStdin}. */
+export const ExecSink = ExecStdin;
+/** The reference SDK's name of {@link ExecStdin}. */
+export type ExecSink = ExecStdin;
+
+let anonymousIds = 0;

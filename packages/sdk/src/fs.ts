@@ -30,9 +30,16 @@ export interface FsEntry {
   size: number;
   /** Permission bits, `mode & 0o7777` (e.g. `0o644`). */
   mode: number;
+  /** `true` when the owner has no write permission (`mode & 0o200` is 0), as the reference SDK's `readonly`. */
+  readonly: boolean;
+  /** Its absolute guest path (the reference SDK's `path`): for `list`, the directory's path joined with `name`. */
+  path: string;
   /** Last modification time. */
   modified: Date;
 }
+
+/** The reference SDK's name of what `stat()` returns. */
+export type FsMetadata = FsEntry;
 
 export interface FsWriteOptions {
   /** Permission bits of the file (default 0o644 for a new file; an existing file gets this mode when given). */
@@ -112,7 +119,7 @@ function fsError(op: string, path: string, ev: EventOf<"fsError">): SandboxFsOps
   return new SandboxFsOpsError(errno, path, `${op} ${path}: ${errno}${reason ? ` (${reason})` : ""}`);
 }
 
-function toEntry(e: NativeFsEntry | undefined): FsEntry {
+function toEntry(e: NativeFsEntry | undefined, path: string | undefined = undefined): FsEntry {
   const r = e as unknown as Record<string, unknown> | undefined;
   if (
     !r ||
@@ -128,7 +135,16 @@ function toEntry(e: NativeFsEntry | undefined): FsEntry {
   ) {
     throw new ProtocolError("malformed file entry from the guest");
   }
-  return { name: r.name, kind: r.kind as FsEntryKind, size: r.size, mode: r.mode & 0o7777, modified: new Date(r.modifiedMs) };
+  const mode = r.mode & 0o7777;
+  return {
+    name: r.name,
+    kind: r.kind as FsEntryKind,
+    size: r.size,
+    mode,
+    readonly: (mode & 0o200) === 0,
+    path: path ?? r.name,
+    modified: new Date(r.modifiedMs),
+  };
 }
 
 /**
@@ -159,7 +175,7 @@ function plain(d: Uint8Array): Uint8Array {
  * Leaving a `for await` loop early (or {@link cancel}) drains the rest of the file
  * in the background, discarding it, so the guest's side of the transfer ends.
  */
-export class FsReadStream implements AsyncIterable<Uint8Array> {
+export class FsReadStream implements AsyncIterable<Uint8Array>, AsyncDisposable {
   readonly path: string;
   readonly #next: () => Promise<NativeExecEvent | null>;
   readonly #abort: () => Promise<void>;
@@ -235,6 +251,38 @@ export class FsReadStream implements AsyncIterable<Uint8Array> {
     return this.#draining;
   }
 
+  /**
+   * The rest of the file in one buffer (the reference SDK's `collect()`). At most
+   * `maxBytes` (default {@link DEFAULT_MAX_OUTPUT_BYTES}, 64 MiB): past it the transfer is
+   * cancelled and this rejects with {@link OutputLimitError} (`field: "maxBytes"`).
+   */
+  async collect(options: FsReadOptions = {}): Promise<Uint8Array> {
+    const max = options.maxBytes === undefined ? DEFAULT_MAX_OUTPUT_BYTES : check(maxBytesSchema, "maxBytes", options.maxBytes);
+    const chunks: Uint8Array[] = [];
+    let n = 0;
+    for (let c = await this.recv(); c !== null; c = await this.recv()) {
+      n += c.byteLength;
+      if (n > max) {
+        await this.cancel();
+        throw new OutputLimitError(max, `read ${this.path}: the file is larger than maxBytes (${describeBytes(max)}); raise maxBytes or iterate the stream`, { field: "maxBytes" });
+      }
+      chunks.push(c);
+    }
+    if (chunks.length === 1) return chunks[0] as Uint8Array;
+    const out = new Uint8Array(n);
+    let off = 0;
+    for (const c of chunks) {
+      out.set(c, off);
+      off += c.byteLength;
+    }
+    return out;
+  }
+
+  /** `await using s = await sb.fs().readStream(p)`: an unfinished transfer is cancelled when the scope ends. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.#done) await this.cancel();
+  }
+
   async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array, void, undefined> {
     let finished = false;
     try {
@@ -254,7 +302,7 @@ type Settled = { ev: NativeExecEvent | null } | { err: MicrosandboxError };
  * however much is written); `close()` resolves once the file is complete. Do not
  * change a chunk until its write resolved.
  */
-export class FsWriteStream {
+export class FsWriteStream implements AsyncDisposable {
   readonly path: string;
   readonly #client: NativeAgentClient;
   readonly #id: number;
@@ -303,6 +351,11 @@ export class FsWriteStream {
       return p;
     }
     return this.#tail.then(() => this.#outcome(this.#result ?? { ev: null }, true));
+  }
+
+  /** `await using ws = await sb.fs().writeStream(p)`: closed (the file finished) when the scope ends; errors are dropped (call `close()` to see them). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close().catch(() => undefined);
   }
 
   async #check(): Promise<void> {
@@ -415,7 +468,7 @@ export class SandboxFs {
     const p = guestPath("path", path);
     const ev = await this.#single({ list: { path: p } }, "list", p, "fsEntries");
     if (!Array.isArray(ev.entries)) throw new ProtocolError(`malformed listing of ${p}`);
-    return ev.entries.map(toEntry);
+    return ev.entries.map((e) => toEntry(e, typeof e?.name === "string" ? posix.join(p, e.name) : undefined));
   }
 
   /** Create a directory; by default with its missing parents, and an existing directory is fine. */
@@ -482,7 +535,7 @@ export class SandboxFs {
   async stat(path: string): Promise<FsEntry> {
     const p = guestPath("path", path);
     const ev = await this.#single({ stat: { path: p } }, "stat", p, "fsStat");
-    return toEntry(ev.entry);
+    return toEntry(ev.entry, p);
   }
 
   /** Whether anything (a file, directory or link, even a dangling one) is at `path`. */
@@ -656,3 +709,12 @@ export class SandboxFs {
     }
   }
 }
+
+/** The reference SDK's name of {@link FsWriteStream}. */
+export const FsWriteSink = FsWriteStream;
+/** The reference SDK's name of {@link FsWriteStream}. */
+export type FsWriteSink = FsWriteStream;
+/** The reference SDK's name of {@link SandboxFs} (`sb.fs()`). */
+export const SandboxFsOps = SandboxFs;
+/** The reference SDK's name of {@link SandboxFs} (`sb.fs()`). */
+export type SandboxFsOps = SandboxFs;

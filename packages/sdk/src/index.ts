@@ -108,3 +108,51 @@ export {
   fromNative,
   fromOci,
 } from "./errors.js";
+// Exec, filesystem, errors and network rules parity (issue 14): the reference SDK's names.
+export { ExecSink } from "./exec.js";
+export {
+  Stdin,
+  type StdinSpec,
+  type StdinSpec as StdinMode,
+  type Rlimit,
+  type ExecCallOptions,
+  type ExecOptionsInput,
+  type ExecOptionsSnapshot,
+} from "./exec-options.js";
+export { FsWriteSink, SandboxFsOps, type FsMetadata } from "./fs.js";
+export {
+  LibkrunfwNotFoundError,
+  IoError,
+  HttpError,
+  CloudHttpError,
+  DatabaseError,
+  NoDefaultCommandError,
+  JsonError,
+  NixError,
+  TerminalError,
+  PatchFailedError,
+  MetricsDisabledError,
+  MetricsUnavailableError,
+  UnsupportedOperationError,
+  UnsupportedError,
+  CustomError,
+  type MicrosandboxErrorCode,
+} from "./errors.js";
+export {
+  Destination,
+  PortRange,
+  PolicyRules,
+  RuleDestinationBuilder,
+  policyFromSpec,
+  targetOf,
+  MAX_POLICY_RULES,
+  type DestinationInput,
+  type Direction,
+  type PolicyProtocol,
+  type PolicyRule,
+  type PolicySpec,
+} from "@microsandbox/netstack";
+import { PolicyRules as _PolicyRules, type PolicyRule as _PolicyRule } from "@microsandbox/netstack";
+/** The reference SDK's `Rule` factory (`Rule.allowEgress("1.1.1.1")`); the type is one rule of a `PolicySpec`. */
+export const Rule = _PolicyRules;
+export type Rule = _PolicyRule;

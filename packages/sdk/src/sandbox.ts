@@ -4,7 +4,7 @@ import { check, cmdSchema, copyConfig, msbHome, nameSchema, timeoutMsSchema, typ
 import { DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { fromNative, InvalidConfigError, SandboxDrainingError, SandboxNotRunningError } from "./errors.js";
 import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
-import { buildExecOptions, resolveExecOptions, type ExecOptionsBuilder } from "./exec-options.js";
+import { buildExecOptions, resolveExecOptions, withLeadingArgs, type ExecOptionsInput } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
 import { SandboxHandle, removeByName } from "./handle.js";
 import { checkScript } from "./input-limits.js";
@@ -115,9 +115,14 @@ export class Sandbox implements AsyncDisposable {
     return this.#state === "running";
   }
 
-  /** Run `cmd` with `args` and wait for it to finish. */
-  async exec(cmd: string, args: readonly string[] = []): Promise<ExecOutput> {
-    return (await this.execStream(cmd, args)).collect();
+  /**
+   * Run `cmd` with `args` and wait for it to finish. Options may follow, as an object
+   * (`{ cwd, user, env, timeoutMs, stdin, tty, rlimits, maxOutputBytes }`) or a callback
+   * (see {@link execWith}).
+   */
+  async exec(cmd: string, args: readonly string[] = [], options?: ExecOptionsInput): Promise<ExecOutput> {
+    if (options === undefined) return (await this.execStream(cmd, args)).collect();
+    return this.execWith(cmd, () => withLeadingArgs(args, options));
   }
 
   /**
@@ -126,7 +131,7 @@ export class Sandbox implements AsyncDisposable {
    * With a timeout, a command still running is killed and the call rejects with
    * `ExecTimeoutError`. `stdinPipe()` makes no sense here (use {@link execStreamWith}).
    */
-  async execWith(cmd: string, configure: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecOutput> {
+  async execWith(cmd: string, configure: ExecOptionsInput): Promise<ExecOutput> {
     const b = buildExecOptions(configure);
     if (b.raw.stdin === "pipe") {
       throw new InvalidConfigError("stdin", "invalid stdin: stdinPipe() needs a handle to write to: use execStreamWith() and takeStdin(), or stdinBytes()");
@@ -134,8 +139,14 @@ export class Sandbox implements AsyncDisposable {
     return (await this.execStreamWith(cmd, () => b)).collect();
   }
 
-  /** Run `script` with the sandbox's shell (`/bin/sh -c script` unless `.shell()` chose another) and wait for it to finish. */
-  async shell(script: string): Promise<ExecOutput> {
+  /**
+   * Run `script` with the sandbox's shell (`/bin/sh -c script` unless `.shell()` chose
+   * another) and wait for it to finish. Per-call options may follow, as an object
+   * (`sb.shell("make", { cwd: "/src", env: { CC: "cc" }, timeoutMs: 60_000 })`) or a
+   * callback (as {@link shellWith}).
+   */
+  async shell(script: string, options?: ExecOptionsInput): Promise<ExecOutput> {
+    if (options !== undefined) return this.shellWith(script, options);
     return (await this.shellStream(script)).collect();
   }
 
@@ -144,7 +155,7 @@ export class Sandbox implements AsyncDisposable {
    * `sb.shellWith("make", b => b.cwd("/src").timeout(60_000).maxOutputBytes(1 << 20))`.
    * Arguments given with `b.args()` follow the script (`$0`, `$1`, ...).
    */
-  async shellWith(script: string, configure: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecOutput> {
+  async shellWith(script: string, configure: ExecOptionsInput): Promise<ExecOutput> {
     const s = check(cmdSchema, "script", script);
     checkScript(s);
     const b = buildExecOptions(configure);
@@ -157,7 +168,8 @@ export class Sandbox implements AsyncDisposable {
    * Rejects with `SandboxDrainingError` while the sandbox drains and
    * `SandboxNotRunningError` once it stopped.
    */
-  async execStream(cmd: string, args: readonly string[] = []): Promise<ExecHandle> {
+  async execStream(cmd: string, args: readonly string[] = [], options?: ExecOptionsInput): Promise<ExecHandle> {
+    if (options !== undefined) return this.execStreamWith(cmd, () => withLeadingArgs(args, options));
     return this.execStreamWith(cmd, (b) => b.args(args));
   }
 
@@ -166,7 +178,7 @@ export class Sandbox implements AsyncDisposable {
    * events, `takeStdin()` (with `stdinPipe()` or `tty(true)`), `signal(n)`, `kill()`,
    * `resize(rows, cols)` (TTY), `wait()`, `collect()`.
    */
-  async execStreamWith(cmd: string, configure?: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecHandle> {
+  async execStreamWith(cmd: string, configure?: ExecOptionsInput): Promise<ExecHandle> {
     const o = resolveExecOptions(cmd, buildExecOptions(configure));
     this.#ensureRunning();
     if (this.#draining) throw new SandboxDrainingError(`sandbox ${this.name} is draining: it takes no new commands`);
@@ -191,15 +203,16 @@ export class Sandbox implements AsyncDisposable {
     });
   }
 
-  /** Start `script` with the sandbox's shell and return its {@link ExecHandle}. */
-  async shellStream(script: string): Promise<ExecHandle> {
+  /** Start `script` with the sandbox's shell and return its {@link ExecHandle}; options as for {@link shell}. */
+  async shellStream(script: string, options?: ExecOptionsInput): Promise<ExecHandle> {
+    if (options !== undefined) return this.shellStreamWith(script, options);
     const s = check(cmdSchema, "script", script);
     checkScript(s);
     return this.execStream(this.#config.shell ?? DEFAULT_SHELL, ["-c", s]);
   }
 
   /** {@link shellStream} with options (see {@link execStreamWith}); arguments given with `b.args()` follow the script. */
-  async shellStreamWith(script: string, configure?: (b: ExecOptionsBuilder) => ExecOptionsBuilder | void): Promise<ExecHandle> {
+  async shellStreamWith(script: string, configure?: ExecOptionsInput): Promise<ExecHandle> {
     const s = check(cmdSchema, "script", script);
     checkScript(s);
     const b = buildExecOptions(configure);
@@ -211,6 +224,7 @@ export class Sandbox implements AsyncDisposable {
    * Files in the sandbox: read, write, list, stat, copy to and from the host...
    * See {@link SandboxFs}.
    */
+      id: String(session),
   fs(): SandboxFs {
     return new SandboxFs({
       client: () => {
