@@ -181,6 +181,7 @@ impl Sandbox {
             })?;
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let relay = Relay::start(link.rd, link.wr, ctl_tx.clone());
+        crate::exec_log::start(&self.dir, &relay);
         if let Some(i) = net.as_ref().and_then(Network::interceptor) {
             let ctl = ctl_tx.clone();
             tokio::spawn(async move {

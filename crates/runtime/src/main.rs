@@ -9,6 +9,7 @@ mod cpu;
 mod diagnose;
 mod disks;
 mod error;
+mod exec_log;
 mod relay;
 mod sandbox;
 mod shares;
@@ -166,6 +167,7 @@ async fn async_main() -> i32 {
                 serde_json::json!({ "ready": { "socket": sb.agent_sock, "pid": std::process::id() } }),
             );
             sb.run(running).await;
+            exec_log::finish();
             sb.cleanup();
             0
         }

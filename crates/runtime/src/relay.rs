@@ -209,6 +209,8 @@ pub struct Relay {
     /// Number of exec sessions in flight.
     active: Arc<watch::Sender<usize>>,
     metrics: Arc<Mutex<Option<MetricsSource>>>,
+    /// Records the execs' output in exec.log (crate::exec_log), once set.
+    exec_log: Arc<std::sync::OnceLock<crate::exec_log::ExecLog>>,
 }
 
 fn log(msg: &str) {
@@ -238,6 +240,7 @@ impl Relay {
             draining: Arc::new(AtomicBool::new(false)),
             active: Arc::new(watch::channel(0).0),
             metrics: Arc::new(Mutex::new(None)),
+            exec_log: Arc::default(),
         };
         let r = relay.clone();
         tokio::spawn(async move { r.guest_reader(guest_rd).await });
@@ -246,6 +249,11 @@ impl Relay {
 
     pub fn set_metrics_source(&self, m: MetricsSource) {
         *self.metrics.lock().unwrap() = Some(m);
+    }
+
+    /// Record the execs' output from now on (set once, before clients are served).
+    pub fn set_exec_log(&self, log: crate::exec_log::ExecLog) {
+        let _ = self.exec_log.set(log);
     }
 
     pub fn set_draining(&self) {
@@ -345,6 +353,9 @@ impl Relay {
     }
 
     async fn route_guest_frame(&self, raw: Vec<u8>) -> Result<(), String> {
+        if let Some(l) = self.exec_log.get() {
+            l.guest_frame(&raw);
+        }
         match self.routes(|r| r.route_guest_frame(raw))? {
             GuestRoute::Nothing => {}
             GuestRoute::Log(msg) => log(&msg),
@@ -461,7 +472,12 @@ impl Relay {
                 msg @ (Message::Exec(_) | Message::Fs(_)) => {
                     let guest_id = self.routes(|r| r.open_session(client_id, frame.id));
                     match guest_id {
-                        Some(gid) => self.send_to_guest(&Frame::new(gid, msg)).await,
+                        Some(gid) => {
+                            if let (Some(l), Message::Exec(req)) = (self.exec_log.get(), &msg) {
+                                l.exec_started(gid, req);
+                            }
+                            self.send_to_guest(&Frame::new(gid, msg)).await
+                        }
                         None => {
                             let _ = reply(
                                 &tx,

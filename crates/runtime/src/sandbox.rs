@@ -121,7 +121,14 @@ impl Sandbox {
         // A new sandbox starts from nothing (files of an earlier one by that name go); a
         // restarted one keeps its writable disk.
         let stale: &[&str] = match cfg.mode {
-            Mode::Create => &["upper.ext4", "lower.ext4", "console.log", "qemu.log"],
+            Mode::Create => &[
+                "upper.ext4",
+                "lower.ext4",
+                "console.log",
+                "qemu.log",
+                crate::exec_log::FILE_NAME,
+                crate::exec_log::PREVIOUS_FILE_NAME,
+            ],
             Mode::Start => &["console.log", "qemu.log"],
         };
         for f in stale {
