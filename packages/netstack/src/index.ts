@@ -343,6 +343,7 @@ function copyRule(r: Rule): Rule {
 /** `NetworkPolicy.builder().defaultDeny().egress(r => r.tcp().port(443).allowPublic()).build()`. Default action: deny. */
 export class NetworkPolicyBuilder {
   #defaultAction: Action = "deny";
+  #defaultIngress: Action = "allow";
   readonly #egress: Rule[] = [];
   readonly #ingress: Rule[] = [];
 
@@ -352,6 +353,16 @@ export class NetworkPolicyBuilder {
   }
   defaultDeny(): this {
     this.#defaultAction = "deny";
+    return this;
+  }
+  /** The reference SDK's per-direction default: the egress default action (the same as defaultAllow/defaultDeny). */
+  defaultEgress(action: Action): this {
+    this.#defaultAction = check(z.enum(["allow", "deny"], { error: 'must be "allow" or "deny"' }), "network.defaultEgress", action);
+    return this;
+  }
+  /** The ingress default (default "allow"): "deny" adds a last ingress rule denying every connection to a published port. */
+  defaultIngress(action: Action): this {
+    this.#defaultIngress = check(z.enum(["allow", "deny"], { error: 'must be "allow" or "deny"' }), "network.defaultIngress", action);
     return this;
   }
   /** Rules for connections the guest opens (ordered, first match wins). Repeatable. */
@@ -369,7 +380,8 @@ export class NetworkPolicyBuilder {
     return this;
   }
   build(): NetworkPolicy {
-    return new NetworkPolicy({ defaultAction: this.#defaultAction, egress: this.#egress, ingress: this.#ingress });
+    const ingress = this.#defaultIngress === "deny" ? [...this.#ingress, { action: "deny" as const, target: { group: "any" as const } }] : this.#ingress;
+    return new NetworkPolicy({ defaultAction: this.#defaultAction, egress: this.#egress, ingress });
   }
 }
 

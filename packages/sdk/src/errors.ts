@@ -238,10 +238,19 @@ export class SandboxFsOpsError extends MicrosandboxError {
   readonly errno: string;
   readonly path: string;
 
-  constructor(errno: string, path: string, message?: string, options?: { cause?: unknown }) {
-    super("sandboxFsOps", message ?? `${path}: ${errno}`, options);
-    this.errno = errno;
-    this.path = path;
+  constructor(errno: string, path: string, message?: string, options?: { cause?: unknown });
+  /** The reference SDK's form: `errno` is then the message's first `E...` word (else `EIO`), `path` empty. */
+  constructor(message: string, options?: { cause?: unknown });
+  constructor(a: string, b?: string | { cause?: unknown }, message?: string, options?: { cause?: unknown }) {
+    if (typeof b === "string") {
+      super("sandboxFsOps", message ?? `${b}: ${a}`, options);
+      this.errno = a;
+      this.path = b;
+    } else {
+      super("sandboxFsOps", a, b);
+      this.errno = /\b(E[A-Z0-9]{1,15})\b/.exec(a)?.[1] ?? "EIO";
+      this.path = "";
+    }
   }
 }
 

@@ -372,8 +372,8 @@ function fromCallOptions(o: object): ExecOptionsBuilder {
   }
   const r = b.raw;
   if (opts.args !== undefined) {
-    if (Array.isArray(opts.args)) r.args.push(...(opts.args as unknown[]));
-    else r.args.push(opts.args);
+    if (!Array.isArray(opts.args)) throw new InvalidConfigError("args", "invalid args: must be an array of strings");
+    r.args.push(...(opts.args as unknown[]));
   }
   if (opts.cwd !== undefined) r.cwd = opts.cwd;
   if (opts.user !== undefined) r.user = opts.user;

@@ -151,6 +151,10 @@ export {
   type PolicyProtocol,
   type PolicyRule,
   type PolicySpec,
+  type Action,
+  type Protocol,
+  type Group as DestinationGroup,
+  GROUPS as DestinationGroups,
 } from "@microsandbox/netstack";
 import { PolicyRules as _PolicyRules, type PolicyRule as _PolicyRule } from "@microsandbox/netstack";
 /** The reference SDK's `Rule` factory (`Rule.allowEgress("1.1.1.1")`); the type is one rule of a `PolicySpec`. */
