@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ImageError,
+  ImageInUseError,
   ImageNotFoundError,
   Images,
   RegistryAuthError,
@@ -13,7 +14,7 @@ import {
   type PullProgress,
 } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
-import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+import { cleanup, removeAllSandboxes, useTempMsbHome } from "./e2e-helpers.js";
 
 const home = useTempMsbHome();
 
@@ -173,6 +174,9 @@ describe("sandboxes from OCI images", () => {
   it("Images.list and Images.remove see what the sandboxes pulled", async () => {
     const refs = (await Images.list()).map((i) => i.reference);
     expect(refs).toContain(`${plain.host}/busybox:latest`);
+    // the (stopped) sandboxes of the tests above were made from it
+    await expect(Images.remove(`${plain.host}/busybox:latest`)).rejects.toBeInstanceOf(ImageInUseError);
+    await removeAllSandboxes();
     await Images.remove(`${plain.host}/busybox:latest`);
     expect((await Images.list()).map((i) => i.reference)).not.toContain(`${plain.host}/busybox:latest`);
     await expect(Images.remove(`${plain.host}/busybox:latest`)).rejects.toBeInstanceOf(ImageNotFoundError);
