@@ -88,6 +88,13 @@ export interface HostEntry {
 export declare function hostListDir(dirfd: number, max: number): Array<string>
 
 /**
+ * The directory `name` in `dirfd`, opened, created with `mode` if missing. Unlike
+ * `hostMkdirAt` nothing in the way is replaced: a link there is `ELOOP`, another kind
+ * of file `ENOTDIR` (the open refuses to follow either).
+ */
+export declare function hostMakeDirAt(dirfd: number, name: string, mode: number): number
+
+/**
  * A real directory `name` in `dirfd`, opened: a missing one is created (mode 0700), a
  * symbolic link in the way is removed first (never followed), another kind of file is
  * `ENOTDIR`. The open itself refuses a link, so a guest swapping the new directory for a
@@ -116,8 +123,42 @@ export interface HostParent {
   name: string
 }
 
+/**
+ * `renameat(fromfd, from, tofd, to)`: the entry itself moves (a link stays a link); an
+ * entry at `to` is replaced as rename(2) does. With `noreplace`, an existing `to` is
+ * `EEXIST` (`RENAME_NOREPLACE`).
+ */
+export declare function hostRenameAt(fromfd: number, from: string, tofd: number, to: string, noreplace: boolean): void
+
+/** What `hostStatAt` found (`statx` with `AT_SYMLINK_NOFOLLOW`: a link is described, not followed).  */
+export interface HostStat {
+  /** "file" | "dir" | "symlink" | "other" */
+  kind: string
+  /** `st_mode & 0o7777`. */
+  mode: number
+  uid: number
+  gid: number
+  /** Length in bytes (a link: the length of its target). */
+  size: number
+  /** Bytes allocated on the host disk (`st_blocks * 512`). */
+  allocated: number
+  /** Modification time, ms since the epoch. */
+  mtimeMs: number
+  /** Birth time, ms since the epoch, where the host filesystem records it. */
+  btimeMs?: number
+}
+
+/** Describe `name` in `dirfd` without following it; `""` describes `dirfd` itself. */
+export declare function hostStatAt(dirfd: number, name: string): HostStat
+
 /** A symbolic link `name` -> `target` in `dirfd`, replacing a non-directory in the way. */
 export declare function hostSymlinkAt(dirfd: number, target: string, name: string): void
+
+/**
+ * Remove `name` from `dirfd` (`unlinkat`; with `dir`, an empty directory). A link is
+ * removed itself, never what it points to.
+ */
+export declare function hostUnlinkAt(dirfd: number, name: string, dir: boolean): void
 
 /**
  * End a sandbox's VM at once: through its runtime when it answers, else by killing the

@@ -6,6 +6,7 @@
 import { GROUPS } from "@microsandbox/contract";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
+import { registerVolumeCommands, type VolumeCli } from "./volumes.js";
 import { registerImageCommands, type ImageCli } from "./images.js";
 
 /** A volume from `-v` / `--tmpfs`. */
@@ -148,6 +149,7 @@ export type ParsedCli =
   | { kind: "pull"; image: string; registry: RegistryFlags }
   | { kind: "images"; json: boolean }
   | { kind: "rmi"; images: string[]; force?: boolean }
+  | VolumeCli
   | ImageCli
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
   | { kind: "exit"; code: number };
@@ -492,6 +494,8 @@ interface Handlers {
   pull(image: string, opts: RawRegistryOpts): void;
   images(opts: { json?: boolean }): void;
   rmi(images: string[], opts?: { force?: boolean }): void;
+  volume(r: VolumeCli): void;
+  volumeUsage(message: string): void;
   image(r: ImageCli): void;
 }
 
@@ -650,6 +654,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .option(...JSON_ERRORS)
     .option("-f, --force", "remove even when sandboxes use the image")
     .action((images: string[], opts: { force?: boolean }) => on.rmi(images, opts));
+  registerVolumeCommands(program, (r) => on.volume(r), (m) => on.volumeUsage(m));
   registerImageCommands(program, (r) => on.image(r));
 
   return program;
@@ -782,6 +787,12 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     rmi(images, opts) {
       result = { kind: "rmi", images, ...(opts?.force ? { force: true } : {}) };
+    },
+    volume(r) {
+      result = sep !== -1 ? usage("msb volume takes no command after --") : r;
+    },
+    volumeUsage(message) {
+      result = usage(message);
     },
     image(r) {
       result = sep !== -1 ? usage("msb image takes no command after --") : r;

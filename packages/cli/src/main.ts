@@ -5,6 +5,7 @@ import { processTerminal, type TerminalIO } from "./attach.js";
 import { imageCommand, imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
+import { volumeCommand } from "./volumes.js";
 import {
   cpCommand,
   createCommand,
@@ -107,6 +108,11 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return imagesCommand(parsed.json, imagesIO);
     case "rmi":
       return rmiCommand(parsed.images, imagesIO, parsed.force === true);
+    case "volumeCreate":
+    case "volumeLs":
+    case "volumeInspect":
+    case "volumeRm":
+      return volumeCommand(parsed, { out: io.out, err: io.err, json });
     case "imageSave":
     case "imageLoad":
     case "imageInspect":

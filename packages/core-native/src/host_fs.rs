@@ -382,3 +382,131 @@ pub fn host_list_dir(dirfd: i32, max: u32) -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+// ---------------------------------------------------------------------------------------
+// VolumeFs (packages/sdk/src/volume-fs.ts): the same rules for a named volume's directory,
+// which every sandbox that mounts the volume can shape. Each call names one component
+// relative to an open directory fd and never follows a link.
+// ---------------------------------------------------------------------------------------
+
+/** What `hostStatAt` found (`statx` with `AT_SYMLINK_NOFOLLOW`: a link is described, not followed). */
+#[napi(object)]
+pub struct HostStat {
+    /// "file" | "dir" | "symlink" | "other"
+    pub kind: String,
+    /// `st_mode & 0o7777`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Length in bytes (a link: the length of its target).
+    pub size: f64,
+    /// Bytes allocated on the host disk (`st_blocks * 512`).
+    pub allocated: f64,
+    /// Modification time, ms since the epoch.
+    pub mtime_ms: f64,
+    /// Birth time, ms since the epoch, where the host filesystem records it.
+    pub btime_ms: Option<f64>,
+}
+
+fn ms(t: &libc::statx_timestamp) -> f64 {
+    t.tv_sec as f64 * 1000.0 + f64::from(t.tv_nsec / 1_000_000)
+}
+
+/// Describe `name` in `dirfd` without following it; `""` describes `dirfd` itself.
+#[napi]
+pub fn host_stat_at(dirfd: i32, name: String) -> Result<HostStat> {
+    let (c, flags) = if name.is_empty() {
+        (
+            CString::default(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        )
+    } else {
+        (component(&name)?, libc::AT_SYMLINK_NOFOLLOW)
+    };
+    // SAFETY: zeroed statx is a valid out-parameter.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated name, valid out pointer; the kernel checks the fd.
+    cvt(unsafe {
+        libc::statx(
+            dirfd,
+            c.as_ptr(),
+            flags,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut st,
+        )
+    })
+    .map_err(|e| fail(&name, e))?;
+    let fmt = libc::mode_t::from(st.stx_mode) & libc::S_IFMT;
+    let kind = match fmt {
+        libc::S_IFREG => "file",
+        libc::S_IFDIR => "dir",
+        libc::S_IFLNK => "symlink",
+        _ => "other",
+    };
+    Ok(HostStat {
+        kind: kind.into(),
+        mode: u32::from(st.stx_mode) & 0o7777,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        size: st.stx_size as f64,
+        allocated: st.stx_blocks as f64 * 512.0,
+        mtime_ms: ms(&st.stx_mtime),
+        btime_ms: (st.stx_mask & libc::STATX_BTIME != 0).then(|| ms(&st.stx_btime)),
+    })
+}
+
+/// The directory `name` in `dirfd`, opened, created with `mode` if missing. Unlike
+/// `hostMkdirAt` nothing in the way is replaced: a link there is `ELOOP`, another kind
+/// of file `ENOTDIR` (the open refuses to follow either).
+#[napi]
+pub fn host_make_dir_at(dirfd: i32, name: String, mode: u32) -> Result<i32> {
+    let c = component(&name)?;
+    // SAFETY: NUL-terminated name.
+    match cvt(unsafe { libc::mkdirat(dirfd, c.as_ptr(), (mode & 0o7777) as libc::mode_t) }) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(fail(&name, e)),
+    }
+    openat(dirfd, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
+        // O_DIRECTORY reports a link as ENOTDIR: say what it is.
+        match lstatat(dirfd, &c) {
+            Ok(Some(st)) if is(&st, libc::S_IFLNK) => fail(
+                &format!("{name} is a symbolic link"),
+                io::Error::from_raw_os_error(libc::ELOOP),
+            ),
+            _ => fail(&name, e),
+        }
+    })
+}
+
+/// Remove `name` from `dirfd` (`unlinkat`; with `dir`, an empty directory). A link is
+/// removed itself, never what it points to.
+#[napi]
+pub fn host_unlink_at(dirfd: i32, name: String, dir: bool) -> Result<()> {
+    let c = component(&name)?;
+    let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: NUL-terminated name.
+    cvt(unsafe { libc::unlinkat(dirfd, c.as_ptr(), flags) })
+        .map(|_| ())
+        .map_err(|e| fail(&name, e))
+}
+
+/// `renameat(fromfd, from, tofd, to)`: the entry itself moves (a link stays a link); an
+/// entry at `to` is replaced as rename(2) does. With `noreplace`, an existing `to` is
+/// `EEXIST` (`RENAME_NOREPLACE`).
+#[napi]
+pub fn host_rename_at(
+    fromfd: i32,
+    from: String,
+    tofd: i32,
+    to: String,
+    noreplace: bool,
+) -> Result<()> {
+    let f = component(&from)?;
+    let t = component(&to)?;
+    let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+    // SAFETY: NUL-terminated names; the kernel checks the fds.
+    cvt(unsafe { libc::renameat2(fromfd, f.as_ptr(), tofd, t.as_ptr(), flags) })
+        .map(|_| ())
+        .map_err(|e| fail(&format!("{from} -> {to}"), e))
+}

@@ -15,6 +15,7 @@ pub use host_fs::{
     host_create_file_at, host_list_dir, host_mkdir_at, host_open_at, host_open_parent,
     host_symlink_at, HostEntry, HostParent,
 };
+pub use host_fs::{host_make_dir_at, host_rename_at, host_stat_at, host_unlink_at, HostStat};
 pub use lock::{lock_file, FileLock};
 pub use spawn::{release_attachment, start_sandbox};
 pub use state::{

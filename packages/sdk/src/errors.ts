@@ -254,6 +254,20 @@ export class SandboxFsOpsError extends MicrosandboxError {
   }
 }
 
+/** No volume of that name exists (`Volume.get`, `Volume.remove`, a volume's `fs()`). */
+export class VolumeNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("volumeNotFound", message, options);
+  }
+}
+
+/** A volume of that name exists already (`Volume.builder(name).create()`). */
+export class VolumeAlreadyExistsError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("volumeAlreadyExists", message, options);
+  }
+}
+
 type Ctor = new (message: string, options?: { cause?: unknown }) => MicrosandboxError;
 
 // Every native code but invalidConfig (which carries a field) has its class: the

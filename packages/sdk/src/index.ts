@@ -105,6 +105,8 @@ export {
   OutputLimitError,
   StdinUnavailableError,
   SandboxFsOpsError,
+  VolumeNotFoundError,
+  VolumeAlreadyExistsError,
   fromNative,
   fromOci,
 } from "./errors.js";
@@ -160,3 +162,20 @@ import { PolicyRules as _PolicyRules, type PolicyRule as _PolicyRule } from "@mi
 /** The reference SDK's `Rule` factory (`Rule.allowEgress("1.1.1.1")`); the type is one rule of a `PolicySpec`. */
 export const Rule = _PolicyRules;
 export type Rule = _PolicyRule;
+export {
+  Volume,
+  VolumeBuilder,
+  VolumeHandle,
+  VolumeFs,
+  VolumeFsReadStream,
+  VolumeFsWriteSink,
+  MAX_VOLUME_LABELS,
+  MAX_DISK_VOLUME_MIB,
+  type VolumeConfig,
+  type VolumeKind,
+  type VolumeDiskFormat,
+  type VolumeFsEntry,
+  type VolumeFsEntryKind,
+  type VolumeFsMetadata,
+  type VolumeFsReadOptions,
+} from "./volume.js";

@@ -26,6 +26,7 @@ import { checkBootstrapSizes } from "./input-limits.js";
 import { findRecord, isLive, readRecord, removeWhenStopped, stopByName } from "./lifecycle.js";
 import { callNative, native, type NativeAgentClient, type NativeBinding, type NativeSandboxConfig } from "./native.js";
 import { resolveRootfs } from "./rootfs.js";
+import { checkNamedVolumesMountable } from "./volume.js";
 import { applyPatches, installScripts } from "./setup.js";
 // Type only (erased): sandbox.ts imports this module, see provideSandbox.
 import type { Sandbox } from "./sandbox.js";
@@ -71,6 +72,8 @@ export interface LaunchOptions {
 export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> {
   // Host directories may have gone since the configuration was made (a restart).
   for (const v of given.volumes) if (v.kind === "bind") checkBindSource(v.source ?? "", v.guestPath);
+  // Disk volumes cannot be mounted yet (volume.ts): refused before anything starts.
+  await checkNamedVolumesMountable(given.volumes);
   const home = msbHome();
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
