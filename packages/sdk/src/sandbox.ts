@@ -194,6 +194,7 @@ export class Sandbox implements AsyncDisposable {
       },
     };
     return new ExecHandle(() => client.next(session), {
+      id: String(session),
       controls,
       stdin: o.stdin,
       stdinBytes: o.stdinBytes,
@@ -224,7 +225,6 @@ export class Sandbox implements AsyncDisposable {
    * Files in the sandbox: read, write, list, stat, copy to and from the host...
    * See {@link SandboxFs}.
    */
-      id: String(session),
   fs(): SandboxFs {
     return new SandboxFs({
       client: () => {

@@ -77,7 +77,7 @@ value("Stdin", sdk.Stdin, ["null", "pipe", "bytes"]);
 cls(
   "Sandbox",
   sdk.Sandbox,
-  ["exec", "execWith", "execStream", "execStreamWith", "shell", "shellStream", "fs", "config", "metrics", "metricsStream", "stop", "stopWithTimeout", "kill", "detach", "ownsLifecycle"],
+  ["exec", "execWith", "execStream", "execStreamWith", "shell", "shellStream", "fs", "config", "metrics", "metricsStream", "stop", "kill", "detach", "ownsLifecycle"],
   ["builder", "start", "startDetached", "get", "list", "remove"],
   ["asyncDispose"],
 );
@@ -253,7 +253,7 @@ interface Pending extends Entry {
 }
 const PENDING: Pending[] = [
   // Sandbox and handle: ping/touch, request*, modify, labels and list filtering
-  { probe: "Sandbox.prototype.ping", name: "Sandbox", kind: "class", methods: ["ping", "touch", "modify", "requestStop", "requestKill"], statics: ["listWith"] },
+  { probe: "Sandbox.prototype.ping", name: "Sandbox", kind: "class", methods: ["ping", "touch", "modify", "requestStop", "requestKill", "stopWithTimeout"], statics: ["listWith"] },
   { probe: "SandboxHandle.prototype.ping", name: "SandboxHandle", kind: "class", methods: ["ping", "touch", "modify", "requestStop", "requestKill"] },
   {
     probe: "SandboxBuilder.prototype.label",
