@@ -8,6 +8,7 @@ import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
 import { registerVolumeCommands, type VolumeCli } from "./volumes.js";
 import { registerImageCommands, type ImageCli } from "./images.js";
+import { addLogsCommand, logsOptions, type LogsCliOptions, type RawLogsOpts } from "./logs.js";
 
 /** A volume from `-v` / `--tmpfs`. */
 export type VolumeSpec =
@@ -149,6 +150,7 @@ export type ParsedCli =
   | { kind: "pull"; image: string; registry: RegistryFlags }
   | { kind: "images"; json: boolean }
   | { kind: "rmi"; images: string[]; force?: boolean }
+  | { kind: "logs"; options: LogsCliOptions }
   | VolumeCli
   | ImageCli
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
@@ -494,6 +496,7 @@ interface Handlers {
   pull(image: string, opts: RawRegistryOpts): void;
   images(opts: { json?: boolean }): void;
   rmi(images: string[], opts?: { force?: boolean }): void;
+  logs(name: string, opts: RawLogsOpts): void;
   volume(r: VolumeCli): void;
   volumeUsage(message: string): void;
   image(r: ImageCli): void;
@@ -657,6 +660,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
   registerVolumeCommands(program, (r) => on.volume(r), (m) => on.volumeUsage(m));
   registerImageCommands(program, (r) => on.image(r));
 
+  addLogsCommand(program, (name, opts) => on.logs(name, opts));
+
   return program;
 }
 
@@ -787,6 +792,9 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     rmi(images, opts) {
       result = { kind: "rmi", images, ...(opts?.force ? { force: true } : {}) };
+    },
+    logs(name, opts) {
+      result = sep !== -1 ? usage("msb logs takes no command after --") : { kind: "logs", options: logsOptions(name, opts) };
     },
     volume(r) {
       result = sep !== -1 ? usage("msb volume takes no command after --") : r;

@@ -5,6 +5,7 @@ import { processTerminal, type TerminalIO } from "./attach.js";
 import { imageCommand, imagesCommand, pullCommand, rmiCommand, type ImagesIO } from "./images.js";
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
+import { logsCommand } from "./logs.js";
 import { volumeCommand } from "./volumes.js";
 import {
   cpCommand,
@@ -108,6 +109,8 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return imagesCommand(parsed.json, imagesIO);
     case "rmi":
       return rmiCommand(parsed.images, imagesIO, parsed.force === true);
+    case "logs":
+      return logsCommand(parsed.options, cmdIO);
     case "volumeCreate":
     case "volumeLs":
     case "volumeInspect":

@@ -268,6 +268,33 @@ export class VolumeAlreadyExistsError extends MicrosandboxError {
   }
 }
 
+/**
+ * A log cursor given as `fromCursor` that cannot be used here (`field: "fromCursor"`):
+ * `reason` is `"malformed"` (not a cursor, or one pointing where no entry starts) or
+ * `"otherSandbox"` (taken from another sandbox's logs, or from an earlier sandbox that
+ * had the same name).
+ */
+export class InvalidCursorError extends MicrosandboxError {
+  readonly field = "fromCursor";
+  readonly reason: "malformed" | "otherSandbox";
+
+  constructor(reason: "malformed" | "otherSandbox", message: string, options?: { cause?: unknown }) {
+    super("invalidCursor", message, options);
+    this.reason = reason;
+  }
+}
+
+/**
+ * A log position is no longer on disk: the sandbox's exec log rotated past it (one
+ * previous file is kept), so a cursor or a follower that fell that far behind cannot
+ * resume exactly. Start again without a cursor (or from `since`).
+ */
+export class MissedRotationError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("missedRotation", message, options);
+  }
+}
+
 type Ctor = new (message: string, options?: { cause?: unknown }) => MicrosandboxError;
 
 // Every native code but invalidConfig (which carries a field) has its class: the

@@ -1,10 +1,12 @@
 import "./polyfill.js";
+import { join } from "node:path";
 import { check, msbHome, nameSchema, parseStoredConfig, timeoutMsSchema, type SandboxConfig } from "./config.js";
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { SandboxNotRunningError } from "./errors.js";
 import { connectRecord, startExisting, type StartOptions } from "./launch.js";
 import { closeQuietly, isLive, readRecord, stopByName, type SandboxRecord, type SandboxStatus } from "./lifecycle.js";
 import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
+import { openLogStream, readLogs, type LogEntry, type LogReadOptions, type LogStream, type LogStreamOptions } from "./logs.js";
 import { callNative, native } from "./native.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.get() and Sandbox.list().
 import type { Sandbox } from "./sandbox.js";
@@ -155,6 +157,16 @@ export class SandboxHandle {
       throw new SandboxNotRunningError(`sandbox ${rec.name} is ${rec.status}`);
     }
     return rec;
+  }
+
+  /** The sandbox's logs, running or stopped (as `Sandbox.logs`). */
+  async logs(options?: LogReadOptions): Promise<LogEntry[]> {
+    return readLogs(join(this.#home, "sandboxes", this.name), this.name, options);
+  }
+
+  /** The sandbox's logs as a stream, running or stopped (as `Sandbox.logStream`). */
+  async logStream(options?: LogStreamOptions): Promise<LogStream> {
+    return openLogStream(join(this.#home, "sandboxes", this.name), this.name, options);
   }
 }
 

@@ -8,6 +8,16 @@ export { SandboxHandle } from "./handle.js";
 export type { StartOptions } from "./launch.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
+export {
+  LogEntry,
+  LogStream,
+  LOG_SOURCES,
+  DEFAULT_LOG_SOURCES,
+  type LogSource,
+  type LogReadSource,
+  type LogReadOptions,
+  type LogStreamOptions,
+} from "./logs.js";
 export { ExecHandle, ExecOutput, ExecStdin, type ExecEvent, type ExitStatus } from "./exec.js";
 export {
   DEFAULT_MAX_OUTPUT_BYTES,
@@ -105,6 +115,8 @@ export {
   OutputLimitError,
   StdinUnavailableError,
   SandboxFsOpsError,
+  InvalidCursorError,
+  MissedRotationError,
   VolumeNotFoundError,
   VolumeAlreadyExistsError,
   fromNative,

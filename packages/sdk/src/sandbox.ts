@@ -11,6 +11,7 @@ import { checkScript } from "./input-limits.js";
 import { provideSandbox, startExisting, type StartOptions } from "./launch.js";
 import { closeQuietly, finalExit, readRecord, removeWhenStopped, stopByName, toRecord } from "./lifecycle.js";
 import { MetricsStream, toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
+import { openLogStream, readLogs, type LogEntry, type LogReadOptions, type LogStream, type LogStreamOptions } from "./logs.js";
 import { callNative, native, type NativeAgentClient, type NativeRuntimeInfo } from "./native.js";
 
 type State = "running" | "stopping" | "stopped" | "closed";
@@ -451,6 +452,25 @@ export class Sandbox implements AsyncDisposable {
       default:
         throw new SandboxNotRunningError(`sandbox ${this.name} is ${this.#state === "stopping" ? "stopping" : "stopped"}`);
     }
+  }
+
+  /**
+   * The sandbox's logs (read from its directory on the host, no guest traffic): the
+   * commands' output (`stdout`, `stderr`, `output` for a TTY) and, with `sources`
+   * naming `"system"` (or `"all"`), markers and the guest's console. Time order;
+   * `{ tail, since, until, sources }` filter. See {@link LogEntry}.
+   */
+  async logs(options?: LogReadOptions): Promise<LogEntry[]> {
+    return readLogs(this.sandboxDir, this.name, options);
+  }
+
+  /**
+   * The logs as a stream: `{ follow: true }` keeps it open for new entries; `fromCursor`
+   * (an entry's `cursor`) resumes right after that entry (`InvalidCursorError` for a
+   * cursor of another sandbox). See {@link LogStream}.
+   */
+  async logStream(options?: LogStreamOptions): Promise<LogStream> {
+    return openLogStream(this.sandboxDir, this.name, options);
   }
 }
 
