@@ -3,7 +3,7 @@
  * plain lines, one per step (resolving, each layer done, unpacking, building, complete),
  * so logs stay readable.
  */
-import type { PullProgress } from "@microsandbox/sdk";
+import type { ImagePullProgress as PullProgress } from "@microsandbox/sdk";
 
 export interface ProgressSink {
   write(text: string): void;

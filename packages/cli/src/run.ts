@@ -20,7 +20,7 @@ import {
   SandboxStillRunningError,
   type ExecEvent,
   type PullPolicy,
-  type PullProgress,
+  type ImagePullProgress as PullProgress,
   type SandboxBuilder,
   type TargetBuilder,
 } from "@microsandbox/sdk";

@@ -11,7 +11,7 @@ import {
   SandboxFsOpsError,
   SandboxNotRunningError,
   type PullPolicy,
-  type PullProgress,
+  type ImagePullProgress as PullProgress,
   type SandboxConfig,
   type SandboxHandle,
   type SandboxMetrics,

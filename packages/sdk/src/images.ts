@@ -8,7 +8,7 @@ import { check, imageSchema, msbHome, pullPolicySchema, registryAuthSchema, type
 import { fromOci } from "./errors.js";
 import { Image, removeCached, type ImageDetail, type ImageHandle, type ImageLoadOptions, type ImagePruneReport, type ImageRemoveOptions, type ImageSaveOptions } from "./image.js";
 
-export type { ImageInfo, PulledImage, PullProgress };
+export type { ImageInfo, PulledImage };
 /** The puller's progress events (`phase`), as `onPullProgress` and `Images.pull` report them. */
 export type ImagePullProgress = PullProgress;
 

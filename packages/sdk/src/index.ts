@@ -79,7 +79,7 @@ export type {
   PatchRecord,
   PatchKind,
 } from "./config.js";
-export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type PullProgress, type ImagePullProgress } from "./images.js";
+export { Images, type ImagePullOptions, type ImageInfo, type PulledImage, type ImagePullProgress } from "./images.js";
 export {
   Image,
   ImageHandle,
@@ -91,7 +91,7 @@ export {
   type ImageSaveOptions,
   type ImageLoadOptions,
 } from "./image.js";
-export { PullProgressCreate, PullProgressStream, type PullProgressEvent, type ReferencePullProgress } from "./pull-progress.js";
+export { PullProgressCreate, PullProgressStream, type PullProgress, type PullProgressEvent, type ReferencePullProgress } from "./pull-progress.js";
 export {
   MicrosandboxError,
   InvalidConfigError,

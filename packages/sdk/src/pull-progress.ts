@@ -1,5 +1,5 @@
 /**
- * Pull progress in the reference SDK's shape: the `PullProgressEvent` events (`kind`) and the
+ * Pull progress in the reference SDK's shape: the `PullProgress` events (`kind`) and the
  * create-with-progress session `PullProgressCreate` that
  * `Sandbox.builder(name)....createWithPullProgress()` returns: a `progress` stream
  * (`recv()` or `for await`), closed once the pull is done, and `awaitSandbox()`, which
@@ -12,8 +12,8 @@ import type { Sandbox } from "./sandbox.js";
 
 /**
  * Image-pull progress event of `createWithPullProgress()`, as the reference SDK defines
- * it (its `PullProgressEvent` union; here `PullProgressEvent` stays the name of the puller's
- * `phase` events that `onPullProgress` receives).
+ * it (its `PullProgress` union, exported under both names). The puller's own events
+ * (`phase`), which `onPullProgress` and `Images.pull` report, are `ImagePullProgress`.
  */
 export type PullProgressEvent =
   | { kind: "resolving"; reference: string }
@@ -31,7 +31,9 @@ export type PullProgressEvent =
   | { kind: "stitchComplete" }
   | { kind: "complete"; reference: string; layerCount: number };
 
-/** The reference's name for the union (its `PullProgressEvent`). */
+/** The reference's name for the union. */
+export type PullProgress = PullProgressEvent;
+/** {@link PullProgress}. */
 export type ReferencePullProgress = PullProgressEvent;
 
 /**

@@ -15,7 +15,7 @@ import {
   Images,
   InvalidConfigError,
   Sandbox,
-  type PullProgressEvent,
+  type PullProgress,
 } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
 import { cleanup, removeAllSandboxes, useTempMsbHome } from "./e2e-helpers.js";
@@ -44,7 +44,7 @@ afterAll(async () => {
 describe("Image and pull progress (reference parity)", () => {
   it("createWithPullProgress: resolving, resolved with manifestDigest and layerCount, complete; awaitSandbox once", async () => {
     const session = await Sandbox.builder("img-progress").image(ref).pullPolicy("always").createWithPullProgress();
-    const events: PullProgressEvent[] = [];
+    const events: PullProgress[] = [];
     let ev = await session.progress.recv();
     while (ev !== null) {
       events.push(ev);
@@ -60,6 +60,8 @@ describe("Image and pull progress (reference parity)", () => {
       digest = resolved.manifestDigest;
       const last = events.at(-1);
       expect(last).toEqual({ kind: "complete", reference: ref, layerCount: resolved.layerCount });
+      const idx = (k: PullProgress["kind"]) => events.findIndex((e) => e.kind === k);
+      expect(idx("resolved")).toBeLessThan(idx("complete"));
       const kinds = events.map((e) => e.kind);
       expect(kinds.indexOf("resolving")).toBeLessThan(kinds.indexOf("resolved"));
       // a fresh pull downloads and materializes every layer, then stitches the root disk

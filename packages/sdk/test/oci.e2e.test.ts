@@ -11,7 +11,7 @@ import {
   Images,
   RegistryAuthError,
   Sandbox,
-  type PullProgress,
+  type ImagePullProgress as PullProgress,
 } from "@microsandbox/sdk";
 import { pushFixtures, startRegistry, type Registry } from "../../../test-vms/registry/index.js";
 import { cleanup, removeAllSandboxes, useTempMsbHome } from "./e2e-helpers.js";
