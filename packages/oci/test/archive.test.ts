@@ -221,6 +221,25 @@ describe("hostile archives", () => {
     expectCacheEmpty();
   });
 
+  it("a docker manifest.json naming host paths reads nothing from the host", async () => {
+    const secret = join(work, "secret.tar");
+    writeFileSync(secret, await tarOf([{ name: "stolen", content: "host file" }]));
+    for (const [config, layer] of [
+      ["cfg.json", secret],
+      ["cfg.json", "../secret.tar"],
+      [join(work, "cfg.json"), "l.tar"],
+    ]) {
+      writeFileSync(join(work, "cfg.json"), "{}");
+      const archive = await tarOf([
+        { name: "cfg.json", content: JSON.stringify({ os: "linux", rootfs: { type: "layers", diff_ids: [sha256("x")] } }) },
+        { name: "l.tar", content: "x" },
+        { name: "manifest.json", content: JSON.stringify([{ Config: config, RepoTags: ["a:1"], Layers: [layer] }]) },
+      ]);
+      await loadErr(writeArchive(archive), "image", /missing from the archive/);
+    }
+    expectCacheEmpty();
+  });
+
   it("refuses huge headers, special files and too many entries", async () => {
     const pack = async (extra: TarEntry[]) => writeArchive(await ociLayout([[REF, img]], extra));
     await loadErr(await pack([{ name: "big", content: "x", pax: { comment: "c".repeat(2 << 20) } }]), "image", /pax header of \d+ bytes is larger than the limit/);
