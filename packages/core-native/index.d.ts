@@ -51,6 +51,23 @@ export declare class AgentClient {
   drain(): Promise<void>
   /** Make the runtime stop watching its creator (attached -> detached). */
   detach(): Promise<void>
+  /**
+   * One round trip to the guest agent through the runtime. Does not count as activity
+   * for the idle timeout.
+   */
+  ping(): Promise<void>
+  /**
+   * Count as activity for the idle timeout (its clock restarts); resolves to the
+   * sandbox's activity sequence after this touch.
+   */
+  touch(): Promise<number>
+  /**
+   * Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
+   * is sent, without waiting for the VM to end.
+   */
+  requestStop(timeoutMs: number): Promise<void>
+  /** Ask for the VM to be killed and resolve once the request is sent. */
+  requestKill(): Promise<void>
   /** Resolves when the VM is gone, without asking it to stop. */
   wait(): Promise<void>
 }
@@ -210,3 +227,12 @@ export declare function startSandbox(configJson: string /* JSON of RuntimeConfig
  * trusted while the sandbox's lock is held, so a recycled pid is never hit.
  */
 export declare function terminateSandbox(msbHome: string, name: string): Promise<void>
+
+/**
+ * Replace a stopped (or crashed) sandbox's stored configuration (`modify`). Its lock is
+ * held meanwhile, so it cannot start halfway through; a running one is
+ * `sandboxStillRunning`, unless `while_running` (policy next_start: a running or draining
+ * sandbox keeps its VM as booted, and its runtime never writes the configuration after
+ * its start, so the next start takes the new one). A starting one is always refused.
+ */
+export declare function updateSandboxConfig(msbHome: string, name: string, configJson: string, whileRunning: boolean): Promise<void>

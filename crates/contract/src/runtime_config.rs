@@ -43,8 +43,9 @@ pub struct RuntimeConfig {
     /// false: detached (msb-runtime calls setsid and outlives the creating process).
     #[serde(default)]
     pub attached: bool,
-    /// Attached only: when the creator exits without stopping the sandbox (a crash,
-    /// SIGKILL), remove it (row, disks, logs) instead of leaving it stopped.
+    /// When the VM ends, however it ends (a stop, kill, drain, idle timeout, the creator
+    /// exiting, a crash of the guest), remove the sandbox (row, disks, logs) instead of
+    /// leaving it stopped. Attached or detached.
     #[serde(default)]
     pub ephemeral: bool,
     #[serde(default = "default_boot_timeout")]

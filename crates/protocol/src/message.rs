@@ -92,6 +92,18 @@ pub enum Message {
         errno: String,
         message: String,
     },
+    /// Client -> msb-runtime (control flag): is the guest agent answering? The runtime
+    /// makes one round trip to the guest and answers `Done` (or `Error`). Not activity:
+    /// the idle clock keeps running.
+    Ping,
+    /// Client -> msb-runtime (control flag): count as activity, restarting the idle
+    /// timeout's clock. Answered by `Touched`.
+    Touch,
+    /// msb-runtime -> client: answer to `Touch`, with the sandbox's activity sequence
+    /// (how many times activity was recorded since boot, this touch included).
+    Touched {
+        activity_seq: u64,
+    },
 }
 
 /// Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
@@ -257,6 +269,8 @@ impl Message {
                 | Message::Drain
                 | Message::Detach
                 | Message::Metrics
+                | Message::Ping
+                | Message::Touch
                 | Message::Stdin(_)
                 | Message::StdinClose
                 | Message::Signal { .. }

@@ -179,6 +179,9 @@ fn samples() -> Vec<Message> {
             errno: "ENOENT".into(),
             message: "/a".into(),
         },
+        Message::Ping,
+        Message::Touch,
+        Message::Touched { activity_seq: 3 },
     ]
 }
 
@@ -218,9 +221,12 @@ fn variant(m: &Message) -> usize {
         Message::FsExists(_) => 29,
         Message::FsDone => 30,
         Message::FsError { .. } => 31,
+        Message::Ping => 32,
+        Message::Touch => 33,
+        Message::Touched { .. } => 34,
     }
 }
-const VARIANTS: usize = 32;
+const VARIANTS: usize = 35;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

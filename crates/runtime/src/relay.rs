@@ -37,6 +37,8 @@ pub enum Control {
     Protocol(String),
     /// A secret's block-and-terminate violation: kill the VM at once.
     SecretViolation,
+    /// Count as activity (the idle clock restarts); answered with the activity sequence.
+    Touch(oneshot::Sender<u64>),
 }
 
 const CLIENT_QUEUE: usize = 256;
@@ -323,6 +325,20 @@ impl Relay {
         })
     }
 
+    /// One round trip to the guest agent (it answers a metrics request), for `Ping`.
+    async fn ping_guest(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.routes(|r| r.add_pending(tx));
+        self.send_to_guest(&Frame::new(id, Message::Metrics)).await;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                self.routes(|r| r.cancel_pending(id));
+                Err("the guest agent did not answer within 5 s".into())
+            }
+        }
+    }
+
     pub async fn send_to_guest(&self, frame: &Frame) {
         if let Ok(buf) = frame.encode() {
             let _ = self.to_guest.send(buf).await;
@@ -461,6 +477,25 @@ impl Relay {
                         };
                         let _ = reply(&tx, id, msg).await;
                     });
+                }
+                Message::Ping if frame.flags & FLAG_CONTROL != 0 => {
+                    let (relay, tx, id) = (self.clone(), tx.clone(), frame.id);
+                    tokio::spawn(async move {
+                        let msg = match relay.ping_guest().await {
+                            Ok(()) => Message::Done,
+                            Err(e) => error(ErrorCode::Runtime, e),
+                        };
+                        let _ = reply(&tx, id, msg).await;
+                    });
+                }
+                Message::Touch if frame.flags & FLAG_CONTROL != 0 => {
+                    let (seq_tx, seq_rx) = oneshot::channel();
+                    let _ = self.control.send(Control::Touch(seq_tx)).await;
+                    let msg = match seq_rx.await {
+                        Ok(activity_seq) => Message::Touched { activity_seq },
+                        Err(_) => error(ErrorCode::SandboxNotRunning, "the sandbox is stopping"),
+                    };
+                    let _ = reply(&tx, frame.id, msg).await;
                 }
                 Message::Exec(_) if self.draining.load(Ordering::SeqCst) => {
                     let msg = error(
@@ -884,6 +919,31 @@ mod tests {
         );
         c.send(Frame::control(CHANNEL_ID, Message::Kill)).await;
         assert!(matches!(rig.ctl.recv().await, Some(Control::Kill)));
+    }
+
+    #[tokio::test]
+    async fn ping_goes_to_the_guest_and_touch_to_the_main_loop() {
+        let mut rig = Rig::new();
+        let mut c = rig.client().await;
+        c.send(Frame::control(4, Message::Ping)).await;
+        let asked = rig.guest_sent().await;
+        assert_eq!(asked.message, Message::Metrics, "a round trip to the guest");
+        rig.guest_sends(asked.id, Message::GuestStats(GuestStats::default()))
+            .await;
+        assert_eq!(c.recv().await, Frame::new(4, Message::Done));
+
+        c.send(Frame::control(5, Message::Touch)).await;
+        match rig.ctl.recv().await {
+            Some(Control::Touch(seq)) => seq.send(7).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.recv().await,
+            Frame::new(5, Message::Touched { activity_seq: 7 })
+        );
+        // Without the control flag neither is carried out.
+        c.send(Frame::new(6, Message::Touch)).await;
+        assert!(matches!(c.recv().await.message, Message::Error { .. }));
     }
 
     #[tokio::test]

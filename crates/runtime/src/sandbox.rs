@@ -184,6 +184,11 @@ impl Sandbox {
     /// started or removed). A fresh upper disk may be half formatted: it goes, and the
     /// next start makes a new one (nothing was written to it: the guest never got ready).
     pub fn boot_cancelled(&self) {
+        if self.cfg.ephemeral {
+            // A throwaway sandbox goes however its VM ends, a stop during boot included.
+            self.forget_ephemeral();
+            return;
+        }
         if self.created {
             let _ = fs::remove_file(self.dir.join("upper.ext4"));
         }
@@ -208,6 +213,8 @@ impl Sandbox {
                 let _ = fs::remove_file(self.dir.join(f));
             }
             let _ = self.store.delete(&self.cfg.name);
+        } else if self.cfg.ephemeral {
+            self.forget_ephemeral();
         } else {
             let _ = self.store.set_exited(
                 &self.cfg.name,
@@ -215,6 +222,15 @@ impl Sandbox {
                 1,
                 &format!("start failed: {}", e.message),
             );
+        }
+    }
+}
+
+impl Sandbox {
+    /// An ephemeral sandbox whose VM ended: its row, disks and logs go.
+    fn forget_ephemeral(&self) {
+        if let Err(e) = msb_store::remove_sandbox_state(&self.store, &self.cfg.name) {
+            crate::log_error(&format!("removing the ephemeral sandbox: {e}"));
         }
     }
 }

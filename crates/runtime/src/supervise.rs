@@ -115,6 +115,9 @@ impl Sandbox {
                         detached = true;
                         let _ = done.send(());
                     }
+                    Control::Touch(done) => {
+                        let _ = done.send(policies.touch(Instant::now()));
+                    }
                     Control::CreatorGone => {
                         if !detached && !shutdown_sent {
                             log("creator went away: stopping");
@@ -177,9 +180,10 @@ impl Sandbox {
         if let Err(e) = self.store.set_exited(&self.cfg.name, state, code, &reason) {
             log_error(&format!("recording the exit: {e}"));
         }
-        if self.cfg.ephemeral && matches!(ending, Some(Ending::Stop(CREATOR_EXITED))) {
-            // Nobody is left to remove it: a throwaway sandbox goes with its creator.
-            log("ephemeral sandbox whose creator exited: removing it");
+        if self.cfg.ephemeral {
+            // A throwaway sandbox goes when its VM ends, however it ends (a stop, kill,
+            // drain, idle timeout, its creator exiting, a crash of the guest).
+            log("ephemeral sandbox: removing it");
             if let Err(e) = msb_store::remove_sandbox_state(&self.store, &self.cfg.name) {
                 log_error(&format!("removing the ephemeral sandbox: {e}"));
             }
@@ -244,6 +248,8 @@ struct Policies {
     idle_since: Instant,
     /// Refusing new execs; stop once the running ones finished.
     draining: bool,
+    /// How many times activity was recorded (sessions starting or ending, touches).
+    activity_seq: u64,
 }
 
 impl Policies {
@@ -253,11 +259,21 @@ impl Policies {
             max_at: max_duration_secs.map(|s| now + Duration::from_secs(s)),
             idle_since: now,
             draining: false,
+            activity_seq: 0,
         }
+    }
+
+    /// An explicit touch: activity now, as if a session had just ended. Returns the
+    /// activity sequence, this touch included.
+    fn touch(&mut self, now: Instant) -> u64 {
+        self.idle_since = now;
+        self.activity_seq += 1;
+        self.activity_seq
     }
 
     /// The number of sessions in flight changed: the last one ending starts the idle time.
     fn sessions_changed(&mut self, active: usize, now: Instant) {
+        self.activity_seq += 1;
         if active == 0 {
             self.idle_since = now;
         }
@@ -354,6 +370,20 @@ mod tests {
         let mut p = Policies::new(None, None, Instant::now());
         advance(365 * 24 * 3600 * S).await;
         assert_eq!(p.tick(0, Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_touch_restarts_the_idle_clock() {
+        let mut p = Policies::new(Some(10), None, Instant::now());
+        advance(8 * S).await;
+        assert_eq!(p.touch(Instant::now()), 1);
+        advance(9 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), None, "9 s since the touch");
+        p.sessions_changed(1, Instant::now());
+        p.sessions_changed(0, Instant::now());
+        assert_eq!(p.touch(Instant::now()), 4, "sessions count as activity too");
+        advance(10 * S).await;
+        assert_eq!(p.tick(0, Instant::now()), Some(PolicyStop::IdleTimeout));
     }
 
     #[tokio::test(start_paused = true)]

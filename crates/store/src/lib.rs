@@ -305,6 +305,15 @@ impl Store {
         Ok(())
     }
 
+    /// Replace a sandbox's stored configuration (`modify` of a stopped sandbox; the caller
+    /// holds its lock). Nothing else changes. False when there is no such row.
+    pub fn set_config(&self, name: &str, config_json: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE sandboxes SET config = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, config_json, now_ms()],
+        )? == 1)
+    }
+
     pub fn delete(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn

@@ -17,6 +17,7 @@ import {
   NetworkPolicy,
   Sandbox,
   SandboxAlreadyExistsError,
+  SandboxNotFoundError,
   SandboxStillRunningError,
   type ExecEvent,
   type PullPolicy,
@@ -100,7 +101,11 @@ export function sdkDeps(
         kill: () => sb.kill(),
       };
     },
-    remove: (name) => Sandbox.remove(name),
+    // Ephemeral: its runtime may have removed it already, when the VM ended.
+    remove: (name) =>
+      Sandbox.remove(name).catch((e: unknown) => {
+        if (!(e instanceof SandboxNotFoundError)) throw e;
+      }),
   };
 }
 

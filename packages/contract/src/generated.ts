@@ -183,8 +183,9 @@ user: string | null, hostname: string | null,
  */
 attached: boolean, 
 /**
- * Attached only: when the creator exits without stopping the sandbox (a crash,
- * SIGKILL), remove it (row, disks, logs) instead of leaving it stopped.
+ * When the VM ends, however it ends (a stop, kill, drain, idle timeout, the creator
+ * exiting, a crash of the guest), remove the sandbox (row, disks, logs) instead of
+ * leaving it stopped. Attached or detached.
  */
 ephemeral: boolean, bootTimeoutMs: number, mode: Mode, idleTimeoutSecs: number | null, maxDurationSecs: number | null, 
 /**

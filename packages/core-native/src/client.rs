@@ -345,6 +345,54 @@ impl AgentClient {
         }
     }
 
+    /// One round trip to the guest agent through the runtime. Does not count as activity
+    /// for the idle timeout.
+    #[napi]
+    pub async fn ping(&self) -> Result<()> {
+        match self.control(Message::Ping).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Count as activity for the idle timeout (its clock restarts); resolves to the
+    /// sandbox's activity sequence after this touch.
+    #[napi]
+    pub async fn touch(&self) -> Result<f64> {
+        match self.control(Message::Touch).await? {
+            Message::Touched { activity_seq } => Ok(activity_seq as f64),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
+    /// is sent, without waiting for the VM to end.
+    #[napi]
+    pub async fn request_stop(&self, timeout_ms: u32) -> Result<()> {
+        if let Some(reason) = self.inner.closed.borrow().clone() {
+            return Err(err(ErrorCode::SandboxNotRunning, reason));
+        }
+        write(
+            &self.inner,
+            Frame::control(
+                CHANNEL_ID,
+                Message::Stop {
+                    timeout_ms: timeout_ms as u64,
+                },
+            ),
+        )
+        .await
+    }
+
+    /// Ask for the VM to be killed and resolve once the request is sent.
+    #[napi]
+    pub async fn request_kill(&self) -> Result<()> {
+        if let Some(reason) = self.inner.closed.borrow().clone() {
+            return Err(err(ErrorCode::SandboxNotRunning, reason));
+        }
+        write(&self.inner, Frame::control(CHANNEL_ID, Message::Kill)).await
+    }
+
     /// Resolves when the VM is gone, without asking it to stop.
     #[napi]
     pub async fn wait(&self) -> Result<()> {

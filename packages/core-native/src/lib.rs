@@ -19,7 +19,8 @@ pub use host_fs::{host_make_dir_at, host_rename_at, host_stat_at, host_unlink_at
 pub use lock::{lock_file, FileLock};
 pub use spawn::{release_attachment, start_sandbox};
 pub use state::{
-    get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, terminate_sandbox, SandboxRecord,
+    get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, terminate_sandbox,
+    update_sandbox_config, SandboxRecord,
 };
 
 pub(crate) fn err(code: msb_contract::ErrorCode, msg: impl std::fmt::Display) -> napi::Error {

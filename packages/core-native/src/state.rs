@@ -132,6 +132,68 @@ pub async fn remove_sandbox(msb_home: String, name: String) -> Result<()> {
     .await
 }
 
+/// Largest stored configuration `updateSandboxConfig` takes.
+const MAX_CONFIG_BYTES: usize = 16 << 20;
+
+/// Replace a stopped (or crashed) sandbox's stored configuration (`modify`). Its lock is
+/// held meanwhile, so it cannot start halfway through; a running one is
+/// `sandboxStillRunning`, unless `while_running` (policy next_start: a running or draining
+/// sandbox keeps its VM as booted, and its runtime never writes the configuration after
+/// its start, so the next start takes the new one). A starting one is always refused.
+#[napi]
+pub async fn update_sandbox_config(
+    msb_home: String,
+    name: String,
+    config_json: String,
+    while_running: bool,
+) -> Result<()> {
+    check_name(&name)?;
+    if config_json.len() > MAX_CONFIG_BYTES {
+        return Err(err(
+            ErrorCode::InvalidConfig,
+            format!("config: more than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    blocking(move || {
+        let store = open(&msb_home)?;
+        let still_running = || {
+            err(
+                ErrorCode::SandboxStillRunning,
+                format!("sandbox '{name}' is running: stop it first"),
+            )
+        };
+        // Read (and reconcile) before taking the lock: a reader holding it would see
+        // its own lock as a live runtime.
+        let rec = store
+            .get(&name)
+            .map_err(|e| err(ErrorCode::Runtime, e))?
+            .ok_or_else(|| not_found(&name))?;
+        if rec.is_live() {
+            if !while_running || rec.status == msb_store::STARTING {
+                return Err(still_running());
+            }
+            return match store.set_config(&name, &config_json) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(not_found(&name)),
+                Err(e) => Err(err(ErrorCode::Runtime, e)),
+            };
+        }
+        let Some(_lock) =
+            try_lock(store.layout(), &name).map_err(|e| err(ErrorCode::Runtime, e))?
+        else {
+            return Err(still_running());
+        };
+        if !store
+            .set_config(&name, &config_json)
+            .map_err(|e| err(ErrorCode::Runtime, e))?
+        {
+            return Err(not_found(&name));
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// End a sandbox's VM at once: through its runtime when it answers, else by killing the
 /// runtime (QEMU dies with it). Nothing to do for a stopped sandbox.
 #[napi]

@@ -2,12 +2,65 @@ import "./polyfill.js";
 import type { PullProgress } from "@microsandbox/oci";
 import { NetworkBuilder, type SecretBuilder } from "@microsandbox/netstack";
 import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
-import { copyConfig, validateAll, validateConfig, type LogLevel, type PullPolicy, type RawSandboxConfig, type RegistryAuth, type SandboxConfig } from "./config.js";
-import { InvalidConfigError } from "./errors.js";
+import {
+  check,
+  copyConfig,
+  MAX_TIMEOUT_MS,
+  validateAll,
+  validateConfig,
+  type LogLevel,
+  type PullPolicy,
+  type RawSandboxConfig,
+  type RegistryAuth,
+  type SandboxConfig,
+  type ThpPolicy,
+} from "./config.js";
+import { z } from "zod";
+import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { launch } from "./launch.js";
 import { PullProgressCreate } from "./pull-progress.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.builder().
 import type { Sandbox } from "./sandbox.js";
+
+const replaceRule = `must be an integer number of milliseconds from 0 to ${MAX_TIMEOUT_MS}`;
+const replaceTimeoutSchema = z
+  .number({ error: replaceRule })
+  .int({ error: replaceRule })
+  .min(0, { error: replaceRule })
+  .max(MAX_TIMEOUT_MS, { error: replaceRule });
+
+/** The args and env of `.initWith(cmd, i => ...)`. */
+export class InitOptionsBuilder {
+  /** @internal */
+  readonly args_: unknown[] = [];
+  /** @internal */
+  readonly env_: [unknown, unknown][] = [];
+
+  /** Append one argument. */
+  arg(arg: string): this {
+    this.args_.push(arg);
+    return this;
+  }
+
+  /** Append arguments. */
+  args(args: readonly string[]): this {
+    if (Array.isArray(args)) this.args_.push(...(args as unknown[]));
+    else this.args_.push(args);
+    return this;
+  }
+
+  /** An environment variable of the init process (a later value for the key wins). */
+  env(key: string, value: string): this {
+    this.env_.push([key, value]);
+    return this;
+  }
+
+  /** {@link env} for each entry. */
+  envs(vars: Record<string, string>): this {
+    for (const [k, v] of Object.entries(vars ?? {})) this.env_.push([k, v]);
+    return this;
+  }
+}
 
 /**
  * Configures a sandbox. Setters only record their argument; {@link create}
@@ -18,7 +71,8 @@ export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
   #onPullProgress: ((p: PullProgress) => void) | undefined;
   #replace = false;
-  #ephemeral = false;
+  /** `.replaceWithTimeout(ms)`: how long the old sandbox gets to stop (0: killed at once). */
+  #replaceTimeoutMs: unknown = DEFAULT_STOP_TIMEOUT_MS;
   readonly #net = new NetworkBuilder();
 
   /** @internal Use {@link Sandbox.builder}. */
@@ -269,13 +323,97 @@ export class SandboxBuilder {
   }
 
   /**
-   * A throwaway sandbox: when the process that created it exits without stopping it
-   * (a crash, SIGKILL), its runtime removes it (state, disks, logs) instead of leaving
-   * it stopped. A sandbox stopped by its creator is kept until removed, as usual. Only
-   * for {@link create} (attached); `msb run` uses it.
+   * Like {@link replace}, with the time the old sandbox gets to stop gracefully before it
+   * is killed, in milliseconds (`0`: killed at once, no graceful stop). Implies
+   * `replace()`. An expired timeout kills the old sandbox; `create()` still proceeds.
+   */
+  replaceWithTimeout(timeoutMs: number): this {
+    this.#replace = true;
+    this.#replaceTimeoutMs = timeoutMs;
+    return this;
+  }
+
+  /**
+   * A throwaway sandbox: when its VM ends, however it ends (`stop()`, `kill()`, a drain,
+   * the idle timeout or max duration, its creator exiting, a guest crash), its runtime
+   * removes it (state, disks, logs) instead of leaving it stopped. Attached or detached;
+   * `msb run` uses it. (Only a runtime that is itself killed leaves it behind, as
+   * "crashed".)
    */
   ephemeral(ephemeral = true): this {
-    this.#ephemeral = ephemeral;
+    this.#raw.ephemeral = ephemeral;
+    return this;
+  }
+
+  /**
+   * A label (`key`: 1-253 bytes, no `=`, not starting with `sandbox.`, `microsandbox.` or
+   * `service.`; `value`: up to 4096 bytes, may be empty), stored in the sandbox's
+   * configuration: `Sandbox.listWith(l => l.label(key, value))` finds it. Repeatable (a
+   * later value for the same key wins); at most 64.
+   */
+  label(key: string, value: string): this {
+    this.#raw.labels ??= [];
+    this.#raw.labels.push([key, value]);
+    return this;
+  }
+
+  /** {@link label} for each entry of `labels`. */
+  labels(labels: Record<string, string>): this {
+    this.#raw.labels ??= [];
+    if (labels === null || typeof labels !== "object") {
+      this.#raw.labels.push([labels, ""]);
+      return this;
+    }
+    for (const [k, v] of Object.entries(labels)) this.#raw.labels.push([k, v]);
+    return this;
+  }
+
+  /**
+   * Upper bound for the sandbox's vCPUs, 1-255 and at least {@link cpus}: `modify({ cpus })`
+   * may raise `cpus` up to it (QEMU's microvm boots a fixed CPU count, so a change applies
+   * at the next start). Default: no bound below 255.
+   */
+  maxCpus(count: number): this {
+    this.#raw.maxCpus = count;
+    return this;
+  }
+
+  /** Upper bound for the guest memory in MiB, at least {@link memory}: `modify({ memory })` may raise memory up to it (at the next start). */
+  maxMemory(mib: number): this {
+    this.#raw.maxMemory = mib;
+    return this;
+  }
+
+  /**
+   * Transparent huge pages in the guest: `"always"`, `"madvise"` or `"never"`, written to
+   * `/sys/kernel/mm/transparent_hugepage/enabled` at every boot before `create()` resolves.
+   * Default: the guest kernel's own (`madvise` for the bundled kernel).
+   */
+  thp(policy: ThpPolicy): this {
+    this.#raw.thp = policy;
+    return this;
+  }
+
+  /**
+   * An init for the guest. In this implementation the guest agent is always PID 1 and
+   * does an init's work itself (it reaps every orphan and, at shutdown, SIGTERMs every
+   * process, waits, SIGKILLs and syncs), so there is no PID 1 handoff: `"auto"` needs
+   * nothing more, and an absolute path (e.g. a service supervisor such as `runsvdir`,
+   * `s6-svscan` or `supervisord`) is started at every boot, before `create()` resolves, as
+   * a background process of the agent (stdio on /dev/null; needs the sandbox's shell, and
+   * the program must exist: otherwise `create()` rejects with `InvalidConfigError`,
+   * field `init`). An init that insists on being PID 1 (systemd) does not work here.
+   */
+  init(cmd: string, args: readonly string[] = []): this {
+    this.#raw.init = { cmd, args: Array.isArray(args) ? [...args] : args, env: [] };
+    return this;
+  }
+
+  /** {@link init} with a builder for its args and env: `.initWith("/sbin/runsvdir", i => i.args(["/etc/service"]).env("K", "v"))`. */
+  initWith(cmd: string, configure: (i: InitOptionsBuilder) => InitOptionsBuilder | void): this {
+    const b = new InitOptionsBuilder();
+    if (typeof configure === "function") configure(b);
+    this.#raw.init = { cmd, args: [...b.args_], env: [...b.env_] };
     return this;
   }
 
@@ -336,14 +474,13 @@ export class SandboxBuilder {
 
   async #create(attached: boolean): Promise<Sandbox> {
     const { config, patches } = validateAll(this.#raw);
-    if (this.#ephemeral && !attached) {
-      throw new InvalidConfigError("ephemeral", "invalid ephemeral: a detached sandbox has no creator to follow; use create()");
-    }
+    const replaceTimeoutMs = this.#replace ? check(replaceTimeoutSchema, "replaceWithTimeout", this.#replaceTimeoutMs, "replace timeout") : 0;
     return launch(config, {
       mode: "create",
       attached,
-      ephemeral: this.#ephemeral,
+      ephemeral: config.ephemeral,
       replace: this.#replace,
+      replaceTimeoutMs,
       patches,
       ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
     });

@@ -187,6 +187,64 @@ export const sizeMiBSchema = z
   .min(1, { error: sizeRule })
   .max(MAX_MEMORY_MIB * 1024, { error: sizeRule });
 
+/** Label key prefixes kept for the system (as the reference SDK reserves them). */
+export const RESERVED_LABEL_PREFIXES = ["sandbox.", "microsandbox.", "service."] as const;
+/** Longest label key and value, in UTF-8 bytes, and most labels per sandbox. */
+export const MAX_LABEL_KEY_BYTES = 253;
+export const MAX_LABEL_VALUE_BYTES = 4096;
+export const MAX_LABELS = 64;
+
+const utf8Len = (s: string): number => Buffer.byteLength(s, "utf8");
+
+/** A label key: non-empty, no reserved prefix, no `=` (so `KEY=VALUE` selectors stay unambiguous), no NUL. */
+export const labelKeySchema = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "must not be empty" })
+  .refine((k) => utf8Len(k) <= MAX_LABEL_KEY_BYTES, { error: `must be at most ${MAX_LABEL_KEY_BYTES} bytes` })
+  .refine((k) => !k.includes("="), { error: "must not contain '='" })
+  .refine(noNul, { error: "must not contain NUL" })
+  .refine((k) => !RESERVED_LABEL_PREFIXES.some((p) => k.startsWith(p)), {
+    error: `must not start with a reserved prefix (${RESERVED_LABEL_PREFIXES.join(", ")})`,
+  });
+
+/** A label value: any string (empty too) up to the limit, no NUL. */
+export const labelValueSchema = z
+  .string({ error: "must be a string" })
+  .refine((v) => utf8Len(v) <= MAX_LABEL_VALUE_BYTES, { error: `must be at most ${MAX_LABEL_VALUE_BYTES} bytes` })
+  .refine(noNul, { error: "must not contain NUL" });
+
+/**
+ * Check `[key, value]` pairs (later ones win) into a label record. Errors are
+ * `InvalidConfigError` with `field` (default `"label"`) and the key in the message.
+ */
+export function checkLabels(pairs: readonly (readonly [unknown, unknown])[], field = "label"): Record<string, string> {
+  const out = new Map<string, string>();
+  for (const [k, v] of pairs) {
+    const key = check(labelKeySchema, field, k, "label key");
+    out.set(key, check(labelValueSchema, field, v, `label value of ${key}`));
+  }
+  if (out.size > MAX_LABELS) throw new InvalidConfigError(field, `invalid labels: at most ${MAX_LABELS} labels per sandbox (got ${out.size})`);
+  return Object.fromEntries(out);
+}
+
+/** Transparent huge-page policy of the guest kernel (`/sys/kernel/mm/transparent_hugepage/enabled`). */
+export const thpSchema = z.enum(["always", "madvise", "never"], { error: 'must be "always", "madvise" or "never"' });
+export type ThpPolicy = z.infer<typeof thpSchema>;
+
+/** `.init(cmd)`: `"auto"` or an absolute guest path. */
+export const initCmdSchema = z
+  .string({ error: "must be a string" })
+  .refine((c) => c === "auto" || c.startsWith("/"), { error: 'must be "auto" or an absolute guest path' })
+  .refine(noNul, { error: "must not contain NUL" });
+
+/** What `.init()` / `.initWith()` recorded (see {@link SandboxConfig.init}). */
+export interface InitConfig {
+  /** `"auto"` or an absolute path in the guest. */
+  cmd: string;
+  args: string[];
+  env: [string, string][];
+}
+
 const hostPathSchema = z
   .string({ error: "must be a string" })
   .min(1, { error: "must not be empty" })
@@ -314,6 +372,13 @@ export interface RawSandboxConfig {
   networkError?: { field: string; message: string; cause: unknown };
   /** The values of `network.secrets` (`.secret()`, `.secretEnv()`), by env var. */
   secretValues?: SecretValue[];
+  /** `.label(k, v)` / `.labels({...})`, in order (later ones win). */
+  labels?: [unknown, unknown][];
+  maxCpus?: unknown;
+  maxMemory?: unknown;
+  thp?: unknown;
+  init?: { cmd: unknown; args: unknown; env: [unknown, unknown][] };
+  ephemeral?: unknown;
 }
 
 /**
@@ -382,6 +447,22 @@ export interface SandboxConfig {
    * `sb.config()`); absent from every configuration read back.
    */
   secretValues?: SecretValue[];
+  /** User labels (`.label(k, v)`): filter `Sandbox.listWith(l => l.label(k, v))`. `{}` when none. */
+  labels: Record<string, string>;
+  /** Upper bound for `modify({ cpus })` (`.maxCpus(n)`); `null`: none set (up to 255). */
+  maxCpus: number | null;
+  /** Upper bound for `modify({ memory })`, in MiB (`.maxMemory(mib)`); `null`: none set. */
+  maxMemoryMib: number | null;
+  /** Transparent huge pages of the guest kernel, set at every boot; `null`: the kernel's default. */
+  thp: ThpPolicy | null;
+  /**
+   * `.init(cmd, args)`: the agent stays PID 1 (it reaps orphans and stops every process
+   * at shutdown, as an init does). `"auto"` needs nothing more; a path is started at every
+   * boot as a background service of the agent, with its args and env. `null`: none.
+   */
+  init: InitConfig | null;
+  /** Removed when its VM ends, however it ends (`.ephemeral()`). */
+  ephemeral: boolean;
 }
 
 /**
@@ -442,6 +523,31 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     const sname = check(scriptNameSchema, "script", n, "script name");
     scriptMap.set(sname, check(scriptContentSchema, "script", c, `script content of ${sname}`));
   }
+  const labels = checkLabels(raw.labels ?? []);
+  const maxCpus = raw.maxCpus === undefined ? null : check(cpusSchema, "maxCpus", raw.maxCpus);
+  if (maxCpus !== null && maxCpus < cpus) throw new InvalidConfigError("maxCpus", `invalid maxCpus ${maxCpus}: maxCpus must be at least cpus (${cpus})`);
+  const maxMemoryMib = raw.maxMemory === undefined ? null : check(memorySchema, "maxMemory", raw.maxMemory);
+  if (maxMemoryMib !== null && maxMemoryMib < memoryMib) {
+    throw new InvalidConfigError("maxMemory", `invalid maxMemory ${maxMemoryMib}: maxMemory must be at least memory (${memoryMib} MiB)`);
+  }
+  const thp = raw.thp === undefined ? null : check(thpSchema, "thp", raw.thp);
+  let init: InitConfig | null = null;
+  if (raw.init !== undefined) {
+    const cmd = check(initCmdSchema, "init", raw.init.cmd, "init command");
+    const args = check(argsSchema, "init", raw.init.args, "init args");
+    const initEnv = new Map<string, string>();
+    for (const [k, v] of raw.init.env) {
+      const key = check(envKeySchema, "init", k, "init env key");
+      initEnv.set(key, check(envValueSchema, "init", v, `init env value of ${key}`));
+    }
+    if (cmd === "auto" && (args.length > 0 || initEnv.size > 0)) {
+      throw new InvalidConfigError("init", 'invalid init: "auto" takes no args or env (the agent itself is the init)');
+    }
+    checkBytes("init", "the init command", cmd, MAX_ARG_BYTES, "an argument may have (Linux's MAX_ARG_STRLEN)");
+    args.forEach((a) => checkBytes("init", "an init argument", a, MAX_ARG_BYTES, "an argument may have (Linux's MAX_ARG_STRLEN)"));
+    init = { cmd, args, env: [...initEnv] };
+  }
+  const ephemeral = raw.ephemeral === undefined ? false : check(z.boolean({ error: "must be a boolean" }), "ephemeral", raw.ephemeral);
   const patches = validatePatches(raw.patches ?? [], cwd);
   const volumes = validateVolumes(raw.volumes ?? [], cwd);
   const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
@@ -490,6 +596,12 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     volumes,
     logLevel,
     network,
+    labels,
+    maxCpus,
+    maxMemoryMib,
+    thp,
+    init,
+    ephemeral,
   };
   const values = network === null ? [] : (raw.secretValues ?? []);
   if (values.length > 0) config.secretValues = values.map((v) => ({ envVar: v.envVar, value: v.value }));
@@ -664,6 +776,8 @@ export function copyConfig(config: SandboxConfig): SandboxConfig {
     patches: config.patches.map((p) => ({ ...p })),
     volumes: config.volumes.map((v) => ({ ...v })),
     network: config.network === null ? null : structuredClone(config.network),
+    labels: { ...config.labels },
+    init: config.init === null ? null : { cmd: config.init.cmd, args: [...config.init.args], env: config.init.env.map(([k, v]): [string, string] => [k, v]) },
     ...(config.entrypoint ? { entrypoint: [...config.entrypoint] } : {}),
     ...(config.cmd ? { cmd: [...config.cmd] } : {}),
   };
@@ -723,6 +837,16 @@ const storedConfigSchema = z.object({
   logLevel: logLevelSchema.nullable().default(null),
   // Sandboxes stored before networking existed had no NIC.
   network: z.record(z.string(), z.unknown()).nullable().default(null),
+  // Sandboxes stored before labels, bounds, thp, init and ephemeral existed had none.
+  labels: z.record(z.string(), z.string()).default({}),
+  maxCpus: cpusSchema.nullable().default(null),
+  maxMemoryMib: memorySchema.nullable().default(null),
+  thp: thpSchema.nullable().default(null),
+  init: z
+    .object({ cmd: z.string(), args: z.array(z.string()).default([]), env: z.array(z.tuple([z.string(), z.string()])).default([]) })
+    .nullable()
+    .default(null),
+  ephemeral: z.boolean().default(false),
 });
 
 /**
@@ -754,6 +878,7 @@ export function parseStoredConfig(configJson: string, sandbox: string): SandboxC
     network: d.network as NetConfig | null,
     env: d.env.map(([k, v]): [string, string] => [k, v]),
     scripts: d.scripts.map(([k, v]): [string, string] => [k, v]),
+    init: d.init === null ? null : { cmd: d.init.cmd, args: d.init.args, env: d.init.env.map(([k, v]): [string, string] => [k, v]) },
   };
   if (d.cmd === undefined) delete config.cmd;
   if (d.imageDigest === undefined) delete config.imageDigest;

@@ -4,10 +4,22 @@ import { check, msbHome, nameSchema, parseStoredConfig, timeoutMsSchema, type Sa
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
 import { SandboxNotRunningError } from "./errors.js";
 import { connectRecord, startExisting, type StartOptions } from "./launch.js";
-import { closeQuietly, isLive, readRecord, stopByName, type SandboxRecord, type SandboxStatus } from "./lifecycle.js";
+import {
+  closeQuietly,
+  isLive,
+  pingResult,
+  readRecord,
+  stopByName,
+  touchResult,
+  type SandboxPingResult,
+  type SandboxRecord,
+  type SandboxStatus,
+  type SandboxTouchResult,
+} from "./lifecycle.js";
+import { modifySandbox, type ModifyOptions, type SandboxModificationPlan } from "./modify.js";
 import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { openLogStream, readLogs, type LogEntry, type LogReadOptions, type LogStream, type LogStreamOptions } from "./logs.js";
-import { callNative, native } from "./native.js";
+import { callNative, native, type NativeAgentClient } from "./native.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.get() and Sandbox.list().
 import type { Sandbox } from "./sandbox.js";
 
@@ -144,6 +156,80 @@ export class SandboxHandle {
     const client = await callNative(() => binding.AgentClient.connect(socketPath));
     try {
       return toSandboxMetrics(await callNative(() => client.metrics()));
+    } finally {
+      closeQuietly(client);
+    }
+  }
+
+  /**
+   * Ask for a graceful stop (killed after `timeoutMs`, default 10 s) and resolve at once,
+   * without waiting for the VM to end. Does nothing when it is not running.
+   */
+  async requestStop(timeoutMs: number = DEFAULT_STOP_TIMEOUT_MS): Promise<void> {
+    const t = check(timeoutMsSchema, "timeoutMs", timeoutMs);
+    const binding = await callNative(() => native());
+    await this.refresh();
+    const rec = this.#rec;
+    if (!isLive(rec.status)) return;
+    if (rec.status === "starting" || rec.socketPath === null) {
+      // Still booting: its runtime cancels the boot on SIGTERM (not waited for).
+      void callNative(() => binding.terminateSandbox(this.#home, rec.name)).catch(() => undefined);
+      return;
+    }
+    await this.#control((c) => c.requestStop(t));
+  }
+
+  /** {@link stop} with an explicit timeout in milliseconds (the reference's name). */
+  async stopWithTimeout(timeoutMs: number): Promise<void> {
+    return this.stop(timeoutMs);
+  }
+
+  /** Ask for the VM to be killed and resolve at once, without waiting for it to end. Does nothing when it is not running. */
+  async requestKill(): Promise<void> {
+    const binding = await callNative(() => native());
+    await this.refresh();
+    const rec = this.#rec;
+    if (!isLive(rec.status)) return;
+    if (rec.status === "starting" || rec.socketPath === null) {
+      void callNative(() => binding.killSandbox(this.#home, rec.name)).catch(() => undefined);
+      return;
+    }
+    await this.#control((c) => c.requestKill());
+  }
+
+  /** Is the running sandbox's guest agent answering? (See `Sandbox.ping`; not activity.) Stopped -> `SandboxNotRunningError`. */
+  async ping(): Promise<SandboxPingResult> {
+    const t0 = performance.now();
+    await this.#control((c) => c.ping(), true);
+    return pingResult(this.name, performance.now() - t0);
+  }
+
+  /** Count as activity for the running sandbox's idle timeout (see `Sandbox.touch`). Stopped -> `SandboxNotRunningError`. */
+  async touch(): Promise<SandboxTouchResult> {
+    return touchResult(this.name, await this.#control((c) => c.touch(), true));
+  }
+
+  /** Plan and apply a change to the sandbox's stored configuration (see `Sandbox.modify`); the handle is refreshed afterwards. */
+  async modify(options?: ModifyOptions): Promise<SandboxModificationPlan> {
+    const plan = await modifySandbox(this.name, options);
+    await this.refresh().catch(() => undefined);
+    return plan;
+  }
+
+  /** One request on a fresh connection to the running sandbox's runtime. */
+  async #control<T>(f: (c: NativeAgentClient) => Promise<T>, mustRun = false): Promise<T | undefined> {
+    const binding = await callNative(() => native());
+    const rec = mustRun ? await this.#live() : this.#rec;
+    const socketPath = rec.socketPath as string;
+    let client: NativeAgentClient;
+    try {
+      client = await callNative(() => binding.AgentClient.connect(socketPath));
+    } catch (e) {
+      if (mustRun) throw e;
+      return undefined; // it went away meanwhile: nothing to stop
+    }
+    try {
+      return await callNative(() => f(client));
     } finally {
       closeQuietly(client);
     }

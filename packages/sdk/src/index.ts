@@ -8,6 +8,29 @@ export { SandboxHandle } from "./handle.js";
 export type { StartOptions } from "./launch.js";
 export type { SandboxStatus } from "./lifecycle.js";
 export { MetricsStream, type SandboxMetrics } from "./metrics.js";
+// Lifecycle parity (issue 14): labels and paged lists, ping/touch, modify, all metrics.
+export { allSandboxMetrics, ALL_METRICS_CONCURRENCY } from "./metrics.js";
+export { SandboxListBuilder, DEFAULT_SANDBOX_LIST_LIMIT, MAX_SANDBOX_LIST_LIMIT, type SandboxPage, type SandboxList } from "./list.js";
+export type { SandboxPingResult, SandboxTouchResult } from "./lifecycle.js";
+export { InitOptionsBuilder } from "./builder.js";
+export { RESERVED_LABEL_PREFIXES, MAX_LABELS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, type ThpPolicy, type InitConfig } from "./config.js";
+export type {
+  ChangeKind,
+  ConfigPlannedChange,
+  ModificationConflict,
+  ModificationDisposition,
+  ModificationPolicy,
+  ModificationWarning,
+  ModifyOptions,
+  PlannedChange,
+  ResourceConvergenceState,
+  ResourceKind,
+  ResourceResizeStatus,
+  SandboxModificationPlan,
+  SecretChangeKind,
+  SecretModifySpec,
+  SecretPlannedChange,
+} from "./modify.js";
 export {
   LogEntry,
   LogStream,

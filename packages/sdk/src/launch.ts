@@ -17,11 +17,14 @@ import {
   persistableConfig,
   placeholderEnv,
   startSecretValues,
+  type InitConfig,
   type PatchOp,
   type SandboxConfig,
+  type ThpPolicy,
 } from "./config.js";
-import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
-import { ExecFailedError, fromNative, InvalidConfigError, SandboxStillRunningError } from "./errors.js";
+import { DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
+import { ExecFailedError, fromNative, InvalidConfigError, SandboxFsOpsError, SandboxStillRunningError } from "./errors.js";
+import type { ExecOutput } from "./exec.js";
 import { checkBootstrapSizes } from "./input-limits.js";
 import { findRecord, isLive, readRecord, removeWhenStopped, stopByName } from "./lifecycle.js";
 import { callNative, native, type NativeAgentClient, type NativeBinding, type NativeSandboxConfig } from "./native.js";
@@ -56,6 +59,8 @@ export interface LaunchOptions {
   /** Removed by its runtime when its creator exits without stopping it. */
   ephemeral?: boolean;
   replace?: boolean;
+  /** With `replace`: how long the old sandbox gets to stop (0: killed at once). Default 10 s. */
+  replaceTimeoutMs?: number;
   /** mode "start": the stored configuration, as stored. */
   storedConfig?: unknown;
   onPullProgress?: (p: PullProgress) => void;
@@ -85,7 +90,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   // An image variable of a secret's name gives way to the placeholder.
   const env = config.env.filter(([k]) => !secretEnvs.has(k));
   checkBootstrapSizes({ ...config, env: [...env, ...placeholders] });
-  if (o.replace) await replaceExisting(binding, home, config.name);
+  if (o.replace) await replaceExisting(binding, home, config.name, o.replaceTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS);
   const nativeConfig: NativeSandboxConfig = {
     name: config.name,
     msbHome: home,
@@ -101,7 +106,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     user: config.user,
     mode: o.mode,
     attached: o.attached,
-    ephemeral: o.ephemeral === true,
+    ephemeral: o.ephemeral === true || config.ephemeral === true,
     bootTimeoutMs: bootTimeoutMs(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
@@ -137,12 +142,15 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   // Before anything of the caller's runs: the default user exists (a new sandbox), then
   // scripts (every boot) and patches (the first one).
   const checkUser = o.mode === "create" && config.user !== null;
-  if (checkUser || config.scripts.length > 0 || (o.patches?.length ?? 0) > 0) {
+  const init = config.init !== null && config.init.cmd !== "auto" ? config.init : null;
+  if (checkUser || config.scripts.length > 0 || (o.patches?.length ?? 0) > 0 || config.thp !== null || init !== null) {
     try {
       if (checkUser) await checkDefaultUser(sb, config.user as string);
       const fs = sb.fs();
       await installScripts(fs, config.scripts);
       if (o.mode === "create" && o.patches) await applyPatches(fs, o.patches);
+      if (config.thp !== null) await setThp(sb, config.thp);
+      if (init !== null) await startInit(sb, init, config.shell ?? DEFAULT_SHELL);
     } catch (e) {
       await sb.kill().catch(() => undefined);
       if (o.mode === "create") await removeWhenStopped(binding, home, config.name, { missingOk: true }).catch(() => undefined);
@@ -177,11 +185,57 @@ async function checkDefaultUser(sb: Sandbox, user: string): Promise<void> {
   }
 }
 
+const THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/** `.thp(policy)`: the guest kernel's transparent huge-page policy, at every boot. */
+async function setThp(sb: Sandbox, policy: ThpPolicy): Promise<void> {
+  try {
+    await sb.fs().write(THP_PATH, `${policy}\n`);
+  } catch (e) {
+    if (e instanceof SandboxFsOpsError) {
+      throw new InvalidConfigError("thp", `invalid thp ${JSON.stringify(policy)}: the guest kernel did not take it (${THP_PATH}: ${e.message})`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+/**
+ * `.init(path, args)`: the agent stays PID 1; the program is started as a background
+ * process of it (its own process, stdio on /dev/null), through the sandbox's shell so
+ * that the starting session ends at once (a session left open would keep the sandbox
+ * busy for the idle timeout and a drain).
+ */
+async function startInit(sb: Sandbox, init: InitConfig, shell: string): Promise<void> {
+  const fs = sb.fs();
+  if (!(await fs.exists(init.cmd))) {
+    throw new InvalidConfigError("init", `invalid init ${JSON.stringify(init.cmd)}: no such file in the guest`);
+  }
+  let out: ExecOutput;
+  try {
+    out = await sb.execWith(shell, (b) => {
+      b.args(["-c", 'exec "$0" "$@" </dev/null >/dev/null 2>&1 &', init.cmd, ...init.args]).user("0").maxOutputBytes(64 * 1024);
+      for (const [k, v] of init.env) b.env(k, v);
+      return b;
+    });
+  } catch (e) {
+    if (e instanceof ExecFailedError) {
+      throw new InvalidConfigError("init", `invalid init ${JSON.stringify(init.cmd)}: it is started through the sandbox's shell ${shell}, which could not run (${e.reason})`, {
+        cause: e,
+      });
+    }
+    throw e;
+  }
+  if (!out.success) throw new InvalidConfigError("init", `invalid init ${JSON.stringify(init.cmd)}: starting it failed (${out.stderr().trim() || `exit ${out.code}`})`);
+}
+
 /** `.replace()`: stop (or kill) and remove a sandbox of that name, if there is one. */
-async function replaceExisting(binding: NativeBinding, home: string, name: string): Promise<void> {
+async function replaceExisting(binding: NativeBinding, home: string, name: string, timeoutMs: number): Promise<void> {
   const rec = await findRecord(binding, home, name);
   if (rec === undefined) return;
-  if (isLive(rec.status)) await stopByName(binding, home, name, DEFAULT_STOP_TIMEOUT_MS);
+  if (isLive(rec.status)) {
+    if (timeoutMs === 0) await callNative(() => binding.killSandbox(home, name));
+    else await stopByName(binding, home, name, timeoutMs);
+  }
   await removeWhenStopped(binding, home, name, { missingOk: true });
 }
 
@@ -205,7 +259,7 @@ export async function startExisting(name: string, attached: boolean, options?: S
   const config = parseStoredConfig(rec.configJson, n);
   const values = startSecretValues(config, options);
   if (values.length > 0) config.secretValues = values;
-  return launch(config, { mode: "start", attached, storedConfig: JSON.parse(rec.configJson) as unknown });
+  return launch(config, { mode: "start", attached, ephemeral: config.ephemeral, storedConfig: JSON.parse(rec.configJson) as unknown });
 }
 
 /** @internal Boot a handle's sandbox from a record (`handle.connect()`). */

@@ -173,6 +173,31 @@ export async function finalExit(binding: NativeBinding, home: string, name: stri
   }
 }
 
+/** What `ping()` resolves to (the reference's shape). */
+export interface SandboxPingResult {
+  readonly name: string;
+  /** The round trip to the guest agent, in milliseconds, as measured by the caller. */
+  readonly latencyMs: number;
+}
+
+/** What `touch()` resolves to (the reference's shape). */
+export interface SandboxTouchResult {
+  readonly name: string;
+  /** Activity the sandbox's runtime recorded since boot (commands starting and ending, touches), this touch included. */
+  readonly activitySeq: number;
+}
+
+export function pingResult(name: string, latencyMs: number): SandboxPingResult {
+  return { name, latencyMs: Math.max(0, Math.round(latencyMs * 1000) / 1000) };
+}
+
+export function touchResult(name: string, activitySeq: unknown): SandboxTouchResult {
+  if (typeof activitySeq !== "number" || !Number.isSafeInteger(activitySeq) || activitySeq < 1) {
+    throw new ProtocolError(`touch: the runtime answered a bad activity sequence ${JSON.stringify(activitySeq)}`);
+  }
+  return { name, activitySeq };
+}
+
 /** Close a native client, ignoring errors (also asynchronous ones). */
 export function closeQuietly(client: { close(): void | Promise<void> }): void {
   try {

@@ -10,7 +10,9 @@ import "./polyfill.js";
 import { Observable } from "rxjs";
 import { ProtocolError } from "./errors.js";
 import type { Same } from "@microsandbox/contract";
-import type { NativeMetricsRecord } from "./native.js";
+import { msbHome } from "./config.js";
+import { closeQuietly, toRecord } from "./lifecycle.js";
+import { callNative, native, type NativeMetricsRecord } from "./native.js";
 
 /** A point-in-time snapshot of a sandbox's resource use. */
 export interface SandboxMetrics {
@@ -190,3 +192,40 @@ export class MetricsStream extends Observable<SandboxMetrics> implements AsyncIt
     return iterator;
   }
 }
+
+/**
+ * A metrics sample of every running (or draining) sandbox in `$MSB_HOME`, by name, each
+ * from its own runtime (the reference's `allSandboxMetrics()`). Sandboxes that stop while
+ * they are asked, or whose runtime does not answer, are left out. At most
+ * {@link ALL_METRICS_CONCURRENCY} are asked at once.
+ */
+export async function allSandboxMetrics(): Promise<Record<string, SandboxMetrics>> {
+  const home = msbHome();
+  const binding = await callNative(() => native());
+  const records = (await callNative(() => binding.listSandboxes(home))).map(toRecord);
+  const live = records.filter((r) => (r.status === "running" || r.status === "draining") && r.socketPath !== null);
+  const out = new Map<string, SandboxMetrics>();
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      const r = live[next++];
+      if (r === undefined) return;
+      const socketPath = r.socketPath as string;
+      try {
+        const client = await callNative(() => binding.AgentClient.connect(socketPath));
+        try {
+          out.set(r.name, toSandboxMetrics(await callNative(() => client.metrics())));
+        } finally {
+          closeQuietly(client);
+        }
+      } catch {
+        // stopped meanwhile, or not answering: not a running sandbox's sample
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(ALL_METRICS_CONCURRENCY, live.length) }, worker));
+  return Object.fromEntries([...out].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** How many sandboxes `allSandboxMetrics()` asks at once. */
+export const ALL_METRICS_CONCURRENCY = 8;

@@ -35,6 +35,8 @@ export type NativeHostEntry = Omit<Addon.HostEntry, "kind"> & { kind: "file" | "
 export type NativeBinding = Pick<
   typeof Addon,
   "startSandbox" | "removeSandbox" | "listSandboxes" | "getSandbox" | "killSandbox" | "terminateSandbox" | "releaseAttachment" | "assetPaths"
+  // modify() of a stored configuration (lifecycle parity)
+  | "updateSandboxConfig"
 > & { AgentClient: { connect(socketPath: string): Promise<NativeAgentClient> } };
 
 /** The addon's host-side file calls for copyToHost / copyFromHost (packages/core-native/src/host_fs.rs); errors are `"<ERRNO>: <text>"`. */

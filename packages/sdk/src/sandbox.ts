@@ -2,15 +2,28 @@ import "./polyfill.js";
 import { SandboxBuilder } from "./builder.js";
 import { check, cmdSchema, copyConfig, msbHome, nameSchema, timeoutMsSchema, type SandboxConfig } from "./config.js";
 import { DEFAULT_SHELL, DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
-import { fromNative, InvalidConfigError, SandboxDrainingError, SandboxNotRunningError } from "./errors.js";
+import { fromNative, InvalidConfigError, SandboxDrainingError, SandboxNotFoundError, SandboxNotRunningError } from "./errors.js";
 import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
 import { buildExecOptions, resolveExecOptions, withLeadingArgs, type ExecOptionsInput } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
 import { SandboxHandle, removeByName } from "./handle.js";
 import { checkScript } from "./input-limits.js";
 import { provideSandbox, startExisting, type StartOptions } from "./launch.js";
-import { closeQuietly, finalExit, readRecord, removeWhenStopped, stopByName, toRecord } from "./lifecycle.js";
+import {
+  closeQuietly,
+  finalExit,
+  pingResult,
+  readRecord,
+  removeWhenStopped,
+  stopByName,
+  toRecord,
+  touchResult,
+  type SandboxPingResult,
+  type SandboxTouchResult,
+} from "./lifecycle.js";
+import { asSandboxList, listSandboxPage, type SandboxList, type SandboxListBuilder, type SandboxPage } from "./list.js";
 import { MetricsStream, toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
+import { modifySandbox, type ModifyOptions, type SandboxModificationPlan } from "./modify.js";
 import { openLogStream, readLogs, type LogEntry, type LogReadOptions, type LogStream, type LogStreamOptions } from "./logs.js";
 import { callNative, native, type NativeAgentClient, type NativeRuntimeInfo } from "./native.js";
 
@@ -36,6 +49,8 @@ export class Sandbox implements AsyncDisposable {
   #ownsLifecycle: boolean;
   #state: State = "running";
   #draining = false;
+  /** kill() or requestKill() was called (an ephemeral sandbox's exit status, which is not kept). */
+  #killed = false;
   #stopping: Promise<void> | undefined;
   #waiting: Promise<void> | undefined;
 
@@ -63,12 +78,25 @@ export class Sandbox implements AsyncDisposable {
     return new SandboxHandle(await readRecord(binding, home, n), home);
   }
 
-  /** Every sandbox in `$MSB_HOME`: running, draining, stopped and crashed ones. */
-  static async list(): Promise<SandboxHandle[]> {
+  /**
+   * Every sandbox in `$MSB_HOME`: running, draining, stopped and crashed ones, by name.
+   * An array that is also a {@link SandboxPage} (`.sandboxes`, the only page: no
+   * `nextCursor`), so both this SDK's and the reference SDK's callers read it.
+   */
+  static async list(): Promise<SandboxList> {
     const home = msbHome();
     const binding = await callNative(() => native());
     const records = await callNative(() => binding.listSandboxes(home));
-    return records.map((r) => new SandboxHandle(toRecord(r), home));
+    return asSandboxList(records.map((r) => new SandboxHandle(toRecord(r), home)));
+  }
+
+  /**
+   * One page of sandboxes, newest first, filtered by labels (all must match):
+   * `Sandbox.listWith(l => l.label("team", "a").limit(10))`. Continue with
+   * `l.cursor(page.nextCursor)`; the last page has no `nextCursor`.
+   */
+  static async listWith(configure: (l: SandboxListBuilder) => SandboxListBuilder | void): Promise<SandboxPage> {
+    return listSandboxPage(configure);
   }
 
   /**
@@ -307,10 +335,83 @@ export class Sandbox implements AsyncDisposable {
     return this.#exitStatus();
   }
 
+  /**
+   * Ask for a graceful stop (killed after `timeoutMs`, default 10 s) and resolve at once,
+   * without waiting for the VM to end ({@link wait} waits). Does nothing once stopped.
+   */
+  async requestStop(timeoutMs: number = DEFAULT_STOP_TIMEOUT_MS): Promise<void> {
+    const t = check(timeoutMsSchema, "timeoutMs", timeoutMs);
+    if (this.#state === "stopped") return;
+    if (this.#state === "closed") this.#ensureRunning();
+    const client = this.#client;
+    if (client.closed) return this.#finish();
+    await this.#call(() => client.requestStop(t)).catch((e: unknown) => {
+      if (!client.closed) throw e;
+    });
+    if (this.#state === "running") this.#state = "stopping";
+  }
+
+  /** {@link stop} with an explicit timeout in milliseconds (the reference's name). */
+  async stopWithTimeout(timeoutMs: number): Promise<void> {
+    return this.stop(timeoutMs);
+  }
+
+  /** Ask for the VM to be killed and resolve at once, without waiting for it to end. */
+  async requestKill(): Promise<void> {
+    if (this.#state === "stopped") return;
+    if (this.#state === "closed") this.#ensureRunning();
+    const client = this.#client;
+    if (client.closed) return this.#finish();
+    this.#killed = true;
+    await this.#call(() => client.requestKill()).catch((e: unknown) => {
+      if (!client.closed) throw e;
+    });
+    if (this.#state === "running") this.#state = "stopping";
+  }
+
+  /**
+   * Is the guest agent answering? One round trip to it through the sandbox's runtime;
+   * `latencyMs` is the round trip as measured here. Does not count as activity for the
+   * idle timeout (see {@link touch}).
+   */
+  async ping(): Promise<SandboxPingResult> {
+    this.#ensureRunning();
+    const client = this.#client;
+    const t0 = performance.now();
+    await this.#call(() => client.ping());
+    return pingResult(this.name, performance.now() - t0);
+  }
+
+  /**
+   * Count as activity for the idle timeout: its clock starts again now, as when a command
+   * ends. `activitySeq` counts the activity the runtime recorded since boot (commands
+   * starting and ending, touches), this touch included.
+   */
+  async touch(): Promise<SandboxTouchResult> {
+    this.#ensureRunning();
+    const client = this.#client;
+    return touchResult(this.name, await this.#call(() => client.touch()));
+  }
+
+  /**
+   * Plan a change to the sandbox's stored configuration and apply it (`dryRun: true`:
+   * only plan). See {@link ModifyOptions}: cpus / memory (within `maxCpus` / `maxMemory`),
+   * env, labels, workdir, idle timeout. Nothing changes in a running VM: a change to a
+   * running sandbox "requires restart" and is refused with `SandboxStillRunningError`
+   * unless `policy` is `"next_start"` (stored for the next start; {@link config} keeps
+   * showing what this VM booted with) or `"restart"` (stopped, stored, started again
+   * detached). Conflicts (a bound exceeded, a field both set and removed) reject with
+   * `InvalidConfigError` naming the option.
+   */
+  async modify(options?: ModifyOptions): Promise<SandboxModificationPlan> {
+    return modifySandbox(this.name, options);
+  }
+
   /** Terminate the VM at once, without a graceful shutdown. Does nothing once the sandbox is stopped. */
   async kill(): Promise<void> {
     if (this.#state === "stopped") return;
     if (this.#state === "closed") this.#ensureRunning();
+    this.#killed = true;
     const client = this.#client;
     try {
       await callNative(() => client.kill());
@@ -351,6 +452,11 @@ export class Sandbox implements AsyncDisposable {
     this.#ownsLifecycle = false;
   }
 
+  /** {@link drain} (the reference's name: it resolves once the drain has begun). */
+  async requestDrain(): Promise<void> {
+    return this.drain();
+  }
+
   /** Stop the sandbox if it runs, then delete it and all its state from disk. */
   async removePersisted(): Promise<void> {
     if (this.#state !== "stopped") {
@@ -366,7 +472,8 @@ export class Sandbox implements AsyncDisposable {
       }
     }
     const binding = await callNative(() => native());
-    await removeWhenStopped(binding, this.#home, this.name);
+    // An ephemeral sandbox is gone already: its runtime removed it.
+    await removeWhenStopped(binding, this.#home, this.name, { missingOk: this.#config.ephemeral === true });
   }
 
   /** A snapshot of the sandbox's resource use (see {@link SandboxMetrics} for each field). */
@@ -430,7 +537,17 @@ export class Sandbox implements AsyncDisposable {
 
   async #exitStatus(): Promise<ExitStatus> {
     const binding = await callNative(() => native());
-    return finalExit(binding, this.#home, this.name);
+    try {
+      return await finalExit(binding, this.#home, this.name);
+    } catch (e) {
+      // An ephemeral sandbox's runtime removed it, exit code and all: what this handle
+      // did is all that is known (137 after a kill, else a graceful end).
+      if (e instanceof SandboxNotFoundError && this.#config.ephemeral === true) {
+        const code = this.#killed ? 137 : 0;
+        return { code, success: code === 0 };
+      }
+      throw e;
+    }
   }
 
   #finish(): void {

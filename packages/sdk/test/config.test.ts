@@ -96,6 +96,12 @@ describe("SandboxBuilder validation", () => {
       volumes: [],
       logLevel: null,
       network: defaultNetConfig(),
+      labels: {},
+      maxCpus: null,
+      maxMemoryMib: null,
+      thp: null,
+      init: null,
+      ephemeral: false,
     });
     expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");

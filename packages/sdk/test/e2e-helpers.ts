@@ -11,7 +11,7 @@ import { Sandbox } from "../src/index.js";
  * test process otherwise). Never throws.
  */
 export async function removeAllSandboxes(): Promise<void> {
-  let all: Awaited<ReturnType<typeof Sandbox.list>> = [];
+  let all: Awaited<ReturnType<typeof Sandbox.list>>[number][] = [];
   try {
     all = await Sandbox.list();
   } catch {

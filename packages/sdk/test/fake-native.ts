@@ -497,6 +497,26 @@ export class FakeClient implements NativeAgentClient {
     this.fake.endVm(this.sandbox, { code: 137, reason: "killed" });
   }
 
+  /** Activity sequence of `touch()` (lifecycle-parity tests). */
+  touches = 0;
+  async ping(): Promise<void> {
+    this.calls.push("ping");
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
+  async touch(): Promise<number> {
+    this.calls.push("touch");
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+    return ++this.touches;
+  }
+  /** The VM ends later (as the real one does), when the test calls `fake.endVm`. */
+  async requestStop(timeoutMs: number): Promise<void> {
+    this.calls.push(`requestStop:${timeoutMs}`);
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
+  async requestKill(): Promise<void> {
+    this.calls.push("requestKill");
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
   async metrics(): Promise<NativeMetricsRecord> {
     this.calls.push("metrics");
     if (this.closed) throw new Error("runtime: connection closed");
@@ -733,6 +753,14 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
       if (rec.status === "starting") {
         fake.records.set(name, { ...rec, status: "stopped", runtimePid: undefined, socketPath: undefined, exitCode: 0, exitReason: "stopped while booting" });
       } else if (live(rec)) fake.endVm(name, { code: 0, reason: "stopped" });
+    },
+
+    async updateSandboxConfig(_msbHome: string, name: string, configJson: string, whileRunning: boolean): Promise<void> {
+      const rec = fake.records.get(name);
+      if (!rec) throw notFound(name);
+      if (live(rec) && (!whileRunning || rec.status === "starting")) throw new Error(`sandboxStillRunning: sandbox '${name}' is running: stop it first`);
+      rec.configJson = configJson;
+      rec.updatedAt = Date.now();
     },
 
     releaseAttachment(pid: number): boolean {

@@ -40,13 +40,16 @@ describe("Symbol.asyncDispose", () => {
 });
 
 describe("ephemeral()", () => {
-  it("asks the runtime to remove the sandbox if its creator dies; detached ones are refused", async () => {
+  it("asks the runtime to remove the sandbox when its VM ends, attached or detached", async () => {
     await Sandbox.builder("tmp1").ephemeral().create();
     expect(fake.configs[0]).toMatchObject({ name: "tmp1", attached: true, ephemeral: true });
-    const e = await Sandbox.builder("tmp2").ephemeral().createDetached().catch((x: unknown) => x);
+    await Sandbox.builder("tmp2").ephemeral().createDetached();
+    expect(fake.configs[1]).toMatchObject({ name: "tmp2", attached: false, ephemeral: true });
+    expect(fake.configs[1]?.sdkConfig).toMatchObject({ ephemeral: true });
+    const e = await Sandbox.builder("tmp3").ephemeral("yes" as unknown as boolean).create().catch((x: unknown) => x);
     expect(e).toBeInstanceOf(InvalidConfigError);
     expect(e).toMatchObject({ field: "ephemeral" });
-    expect(fake.configs).toHaveLength(1);
+    expect(fake.configs).toHaveLength(2);
   });
 });
 
@@ -101,6 +104,12 @@ describe("Sandbox.create", () => {
           volumes: [],
           logLevel: null,
           network: defaultNetConfig(),
+          labels: {},
+          maxCpus: null,
+          maxMemoryMib: null,
+          thp: null,
+          init: null,
+          ephemeral: false,
         },
       },
     ]);
