@@ -496,13 +496,17 @@ struct Line<'a> {
     e: Option<&'static str>,
 }
 
-/// One JSON line: `d` is the bytes as text when they are UTF-8, else base64 (`"e":"b64"`).
+/// One JSON line: `d` is the bytes as text when they are UTF-8 and that is not longer
+/// than base64 would be (JSON writes most control bytes as 6), else base64 (`"e":"b64"`).
 fn encode(e: &Entry) -> Vec<u8> {
     let t = rfc3339(e.ms);
     let b64;
-    let (d, enc) = match std::str::from_utf8(&e.data) {
-        Ok(s) => (s, None),
-        Err(_) => {
+    let text = std::str::from_utf8(&e.data)
+        .ok()
+        .filter(|_| json_len(&e.data) <= e.data.len().div_ceil(3) * 4);
+    let (d, enc) = match text {
+        Some(s) => (s, None),
+        None => {
             b64 = base64(&e.data);
             (b64.as_str(), Some("b64"))
         }
@@ -517,6 +521,17 @@ fn encode(e: &Entry) -> Vec<u8> {
     .unwrap_or_default();
     out.push(b'\n');
     out
+}
+
+/// Length of `data` as a JSON string's contents (serde_json's escapes).
+fn json_len(data: &[u8]) -> usize {
+    data.iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 fn line(text: &str) -> Vec<u8> {
@@ -840,6 +855,27 @@ mod tests {
             .sum();
         assert_eq!(written + dropped, 48, "every chunk written or counted");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn text_when_it_is_not_longer_than_base64() {
+        let entry = |data: &[u8]| Entry {
+            ms: 0,
+            source: Source::Stdout,
+            session: Some(1),
+            data: data.to_vec(),
+        };
+        let v = |data: &[u8]| -> serde_json::Value {
+            serde_json::from_slice(encode(&entry(data)).trim_ascii_end()).unwrap()
+        };
+        let plain = v(b"hello \"world\"\n");
+        assert_eq!(plain["d"], "hello \"world\"\n");
+        assert!(plain.get("e").is_none());
+        // NUL bytes are valid UTF-8 but 6 bytes each in JSON: base64 is shorter.
+        let zeros = v(&[0u8; 300]);
+        assert_eq!(zeros["e"], "b64");
+        assert_eq!(zeros["d"].as_str().unwrap().len(), 400);
+        assert_eq!(json_len(b"a\x01\n\\"), 1 + 6 + 2 + 2);
     }
 
     #[test]
