@@ -85,6 +85,41 @@ cls("SandboxHandle", sdk.SandboxHandle, ["config", "refresh", "metrics", "start"
 cls("SandboxBuilder", sdk.SandboxBuilder, ["image", "imageWith", "cpus", "memory", "logLevel", "workdir", "shell", "replace", "entrypoint", "hostname", "user", "pullPolicy", "disableNetwork", "network", "port", "portUdp", "secret", "secretEnv", "env", "script", "maxDuration", "idleTimeout", "volume", "patch", "create"]);
 cls("MetricsStream", sdk.MetricsStream, []); // ours is an Observable (subscribe/forEach), not recv()
 
+// ---------------------------------------------------------------- Sandbox and handle lifecycle (landed)
+cls(
+  "Sandbox",
+  sdk.Sandbox,
+  ["ping", "touch", "modify", "requestStop", "requestKill", "stopWithTimeout", "requestDrain", "stopAndWait", "wait", "drain", "removePersisted"],
+  ["listWith"],
+);
+cls("SandboxHandle", sdk.SandboxHandle, ["ping", "touch", "modify", "requestStop", "requestKill", "stopWithTimeout"]);
+cls("SandboxBuilder", sdk.SandboxBuilder, ["label", "labels", "maxCpus", "maxMemory", "thp", "init", "initWith", "ephemeral", "replaceWithTimeout", "createDetached"]);
+cls("SandboxListBuilder", sdk.SandboxListBuilder, ["limit", "cursor", "label", "labels"]);
+cls("InitOptionsBuilder", sdk.InitOptionsBuilder, ["arg", "args", "env", "envs"]);
+fn("allSandboxMetrics", sdk.allSandboxMetrics);
+type _LifecycleTypes = [
+  sdk.SandboxPage,
+  sdk.SandboxPingResult,
+  sdk.SandboxTouchResult,
+  sdk.ChangeKind,
+  sdk.ConfigPlannedChange,
+  sdk.ModificationConflict,
+  sdk.ModificationDisposition,
+  sdk.ModificationPolicy,
+  sdk.ModificationWarning,
+  sdk.ModifyOptions,
+  sdk.PlannedChange,
+  sdk.ResourceConvergenceState,
+  sdk.ResourceKind,
+  sdk.ResourceResizeStatus,
+  sdk.SandboxModificationPlan,
+  sdk.SecretChangeKind,
+  sdk.SecretModifySpec,
+  sdk.SecretPlannedChange,
+];
+const _lifecycleTypesCompile: _LifecycleTypes | undefined = undefined;
+void _lifecycleTypesCompile;
+
 // ---------------------------------------------------------------- Filesystem
 cls("SandboxFsOps", sdk.SandboxFsOps, [
   "read",
@@ -252,18 +287,6 @@ interface Pending extends Entry {
   probe: string;
 }
 const PENDING: Pending[] = [
-  // Sandbox and handle: ping/touch, request*, modify, labels and list filtering
-  { probe: "Sandbox.prototype.ping", name: "Sandbox", kind: "class", methods: ["ping", "touch", "modify", "requestStop", "requestKill", "stopWithTimeout"], statics: ["listWith"] },
-  { probe: "SandboxHandle.prototype.ping", name: "SandboxHandle", kind: "class", methods: ["ping", "touch", "modify", "requestStop", "requestKill"] },
-  {
-    probe: "SandboxBuilder.prototype.label",
-    name: "SandboxBuilder",
-    kind: "class",
-    methods: ["label", "labels", "maxCpus", "maxMemory", "thp", "init", "initWith", "ephemeral", "replaceWithTimeout"],
-  },
-  { probe: "SandboxListBuilder", name: "SandboxListBuilder", kind: "class", methods: ["limit", "cursor", "label", "labels"] },
-  { probe: "allSandboxMetrics", name: "allSandboxMetrics", kind: "function" },
-  { probe: "InitOptionsBuilder", name: "InitOptionsBuilder", kind: "class" },
   // Logs
   { probe: "Sandbox.prototype.logs", name: "Sandbox", kind: "class", methods: ["logs", "logStream"] },
   { probe: "SandboxHandle.prototype.logs", name: "SandboxHandle", kind: "class", methods: ["logs", "logStream"] },
