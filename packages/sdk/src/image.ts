@@ -96,7 +96,7 @@ export class ImageHandle {
   readonly architecture: string | null;
   readonly os: string | null;
   readonly layerCount: number;
-  /** Not tracked here: always null. */
+  /** When a sandbox made from this image last changed state (created, started, stopped); null when none exists. */
   readonly lastUsedAt: Date | null;
   /** The image config's `created`. */
   readonly createdAt: Date | null;
@@ -116,6 +116,7 @@ export class ImageHandle {
     architecture?: string | null;
     createdAt?: Date | null;
     pulledAt?: Date | null;
+    lastUsedAt?: Date | null;
   }) {
     this.reference = raw.reference;
     this.sizeBytes = raw.sizeBytes;
@@ -124,7 +125,7 @@ export class ImageHandle {
     this.os = raw.os ?? (os || null);
     this.architecture = raw.architecture ?? (arch || null);
     this.layerCount = raw.layerCount;
-    this.lastUsedAt = null;
+    this.lastUsedAt = raw.lastUsedAt ?? null;
     this.createdAt = raw.createdAt ?? null;
     this.pulledAt = raw.pulledAt ?? null;
     this.platform = raw.platform || null;
@@ -163,8 +164,9 @@ function checkOptions<T extends object>(schema: z.ZodType<T>, value: unknown, fi
   return check(field === "options" ? schema : (schema as unknown as z.ZodObject).shape[field] as z.ZodType<T>, field, v) as T;
 }
 
-function handleOf(i: CachedImage | ImageInfo | LoadedImage): ImageHandle {
+function handleOf(i: CachedImage | ImageInfo | LoadedImage, lastUse?: ReadonlyMap<string, Date>): ImageHandle {
   return new ImageHandle({
+    lastUsedAt: lastUse?.get(i.digest) ?? null,
     reference: i.reference,
     digest: i.digest,
     sizeBytes: i.sizeBytes,
@@ -179,7 +181,7 @@ function handleOf(i: CachedImage | ImageInfo | LoadedImage): ImageHandle {
  * Names of the sandboxes (any status) whose image is one of `digests`, from their
  * stored configuration (`imageDigest`, recorded when the sandbox was created).
  */
-export async function sandboxesUsing(home: string, digests: ReadonlySet<string> | null): Promise<Map<string, string[]>> {
+export async function sandboxesUsing(home: string, digests: ReadonlySet<string> | null, lastUse?: Map<string, Date>): Promise<Map<string, string[]>> {
   const binding = await callNative(() => native());
   const records = await callNative(() => binding.listSandboxes(home));
   const out = new Map<string, string[]>();
@@ -194,8 +196,17 @@ export async function sandboxesUsing(home: string, digests: ReadonlySet<string> 
     }
     if (typeof digest !== "string" || (digests && !digests.has(digest))) continue;
     out.set(digest, [...(out.get(digest) ?? []), r.name]);
+    const prev = lastUse?.get(digest);
+    if (lastUse && (!prev || prev < r.updatedAt)) lastUse.set(digest, r.updatedAt);
   }
   return out;
+}
+
+/** Digest -> when a sandbox of it last changed state (best effort: empty when the store cannot be read). */
+async function lastUses(home: string): Promise<Map<string, Date>> {
+  const m = new Map<string, Date>();
+  await sandboxesUsing(home, null, m).catch(() => undefined);
+  return m;
 }
 
 async function inUse(home: string, digests: ReadonlySet<string>): Promise<string[]> {
@@ -219,7 +230,8 @@ export class Image {
   static async get(reference: string): Promise<ImageHandle> {
     const ref = check(referenceSchema, "reference", reference);
     try {
-      return handleOf(await getImage(msbHome(), ref));
+      const home = msbHome();
+      return handleOf(await getImage(home, ref), await lastUses(home));
     } catch (e) {
       throw fromOci(e);
     }
@@ -228,8 +240,10 @@ export class Image {
   /** Every cached image: one handle per reference and platform, newest first. */
   static async list(): Promise<ImageHandle[]> {
     try {
-      const all = await listImages(msbHome());
-      return all.sort((a, b) => b.pulledAt.getTime() - a.pulledAt.getTime()).map(handleOf);
+      const home = msbHome();
+      const all = await listImages(home);
+      const uses = await lastUses(home);
+      return all.sort((a, b) => b.pulledAt.getTime() - a.pulledAt.getTime()).map((i) => handleOf(i, uses));
     } catch (e) {
       throw fromOci(e);
     }
@@ -239,9 +253,10 @@ export class Image {
   static async inspect(reference: string): Promise<ImageDetail> {
     const ref = check(referenceSchema, "reference", reference);
     try {
-      const d = await inspectImage(msbHome(), ref);
+      const home = msbHome();
+      const d = await inspectImage(home, ref);
       return {
-        handle: handleOf(d),
+        handle: handleOf(d, await lastUses(home)),
         config: { ...d.config },
         layers: d.layers.map((l) => ({ ...l, erofsSizeBytes: null })),
       };
@@ -287,7 +302,7 @@ export class Image {
     const path = check(z.string({ error: "must be a file path (string)" }).min(1, { error: "must not be empty" }), "inputPath", inputPath);
     const o = checkOptions(loadOptionsSchema, opts, ["tag"]);
     try {
-      return (await loadImages(msbHome(), path, o.tag !== undefined ? { tag: o.tag } : {})).map(handleOf);
+      return (await loadImages(msbHome(), path, o.tag !== undefined ? { tag: o.tag } : {})).map((i) => handleOf(i));
     } catch (e) {
       throw fromOci(e);
     }

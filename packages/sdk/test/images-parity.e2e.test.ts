@@ -93,6 +93,7 @@ describe("Image and pull progress (reference parity)", () => {
     expect(h).toBeInstanceOf(ImageHandle);
     expect(h).toMatchObject({ reference: ref, manifestDigest: digest, os: "linux" });
     expect(h.layerCount).toBeGreaterThan(0);
+    expect(h.lastUsedAt).toBeInstanceOf(Date); // the stopped img-progress sandbox
     expect((await Image.list()).map((i) => i.reference)).toContain(ref);
     const d = await Image.inspect(ref);
     expect(d.handle.layerCount).toBe(h.layerCount);
