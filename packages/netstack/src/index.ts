@@ -155,6 +155,9 @@ export type RuleDestinationBuilder = TargetBuilder;
 export class RuleBuilder {
   /** @internal */
   readonly rules: Rule[] = [];
+  /** @internal The direction each rule was added under (`NetworkPolicyBuilder.rule()`). */
+  readonly directions: (Direction | undefined)[] = [];
+  #direction: Direction | undefined;
   #protocol: Protocol | undefined;
   #ports: [number, number] | undefined;
 
@@ -193,8 +196,31 @@ export class RuleBuilder {
     return this;
   }
 
+  /** @internal Preset by `NetworkPolicyBuilder.egress/ingress/any`. */
+  static withDirection(d: Direction): RuleBuilder {
+    const r = new RuleBuilder();
+    r.#direction = d;
+    return r;
+  }
+  /** The reference SDK's direction setters (inside `NetworkPolicyBuilder.rule()`): the rules added after it are for connections the guest opens. */
+  egress(): this {
+    this.#direction = "egress";
+    return this;
+  }
+  /** Rules added after it filter connections to published ports. */
+  ingress(): this {
+    this.#direction = "ingress";
+    return this;
+  }
+  /** Rules added after it apply in both directions. */
+  any(): this {
+    this.#direction = "any";
+    return this;
+  }
+
   #add(action: Action, target: Target): this {
     const rule: Rule = { action, target };
+    this.directions.push(this.#direction);
     if (this.#protocol !== undefined) rule.protocol = this.#protocol;
     if (this.#ports !== undefined) rule.ports = [this.#ports[0], this.#ports[1]];
     this.rules.push(rule);
@@ -367,16 +393,34 @@ export class NetworkPolicyBuilder {
   }
   /** Rules for connections the guest opens (ordered, first match wins). Repeatable. */
   egress(configure: (r: RuleBuilder) => RuleBuilder | void): this {
-    const r = new RuleBuilder();
-    if (typeof configure === "function") configure(r);
-    this.#egress.push(...r.rules);
-    return this;
+    return this.#collect("egress", configure);
   }
   /** Rules filtering connections to published ports (no match: allowed). Repeatable. */
   ingress(configure: (r: RuleBuilder) => RuleBuilder | void): this {
-    const r = new RuleBuilder();
+    return this.#collect("ingress", configure);
+  }
+  /** Rules for both directions (the reference SDK's `any`). */
+  any(configure: (r: RuleBuilder) => RuleBuilder | void): this {
+    return this.#collect("any", configure);
+  }
+  /**
+   * The reference SDK's `rule()`: the direction is set inside, before the rules it applies
+   * to: `rule(r => r.egress().tcp().port(443).allowPublic().ingress().denyPrivate())`.
+   */
+  rule(configure: (r: RuleBuilder) => RuleBuilder | void): this {
+    return this.#collect(undefined, configure);
+  }
+  #collect(preset: Direction | undefined, configure: (r: RuleBuilder) => RuleBuilder | void): this {
+    const r = preset === undefined ? new RuleBuilder() : RuleBuilder.withDirection(preset);
     if (typeof configure === "function") configure(r);
-    this.#ingress.push(...r.rules);
+    r.rules.forEach((rule, i) => {
+      const d = r.directions[i];
+      if (d === undefined) {
+        throw new NetworkConfigError("network.direction", "invalid network.direction: in rule(), call r.egress(), r.ingress() or r.any() before adding a rule");
+      }
+      if (d !== "ingress") this.#egress.push(rule);
+      if (d !== "egress") this.#ingress.push(copyRule(rule));
+    });
     return this;
   }
   build(): NetworkPolicy {
@@ -658,7 +702,7 @@ function destinationTarget(d: unknown): Target {
 const actionSchema = z.enum(["allow", "deny"], { error: 'must be "allow" or "deny"' });
 const directionSchema = z.enum(["egress", "ingress", "any"], { error: 'must be "egress", "ingress" or "any"' });
 const policyProtocolSchema = z.enum(["tcp", "udp", "icmpv4", "icmp"], { error: 'must be "tcp", "udp" or "icmpv4" (this network is IPv4 only)' });
-/** At most this many rules in one policy (each expands to one per protocol and port range). */
+/** At most this many rules in one policy, and in what they expand to (one rule per protocol and port range). */
 export const MAX_POLICY_RULES = 4096;
 
 function isPolicySpec(v: unknown): v is PolicySpec {
@@ -689,6 +733,9 @@ export function policyFromSpec(spec: PolicySpec): NetworkPolicy {
     const ports = r.ports ?? [];
     if (!Array.isArray(protos)) throw new NetworkConfigError("network.protocols", "invalid network.protocols: must be an array");
     if (!Array.isArray(ports)) throw new NetworkConfigError("network.ports", "invalid network.ports: must be an array of { start, end }");
+    if (protos.length > 4 || ports.length > MAX_POLICY_RULES) {
+      throw new NetworkConfigError("network.ports", `invalid network.ports: a rule expands to more than ${MAX_POLICY_RULES} rules`);
+    }
     const protocols = protos.map((p) => (check(policyProtocolSchema, "network.protocols", p) === "udp" ? "udp" : p === "tcp" ? "tcp" : "icmp") as Protocol);
     const ranges = ports.map((pr: PortRange) => {
       const a = check(portSchema, "network.port", pr?.start);
@@ -710,6 +757,9 @@ export function policyFromSpec(spec: PolicySpec): NetworkPolicy {
     }
     if (direction !== "ingress") egress.push(...out);
     if (direction !== "egress") ingress.push(...out.map(copyRule));
+    if (egress.length + ingress.length > MAX_POLICY_RULES) {
+      throw new NetworkConfigError("network.rules", `invalid network.rules: they expand to more than ${MAX_POLICY_RULES} rules (one per direction, protocol and port range)`);
+    }
   }
   if (defaultIngress === "deny") ingress.push({ action: "deny", target: { group: "any" } });
   return new NetworkPolicy({ defaultAction, egress, ingress });

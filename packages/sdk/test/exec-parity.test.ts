@@ -317,6 +317,27 @@ describe("network rules with bare-string destinations", () => {
       { action: "deny", protocol: "tcp", ports: [443, 443], target: { domain: "evil.example" } },
     ]);
     expect(b.ingress).toEqual([{ action: "deny", target: { group: "any" } }]);
+    // the reference's rule() with the direction set inside, and any()
+    const r = NetworkPolicy.builder()
+      .rule((x) => x.egress().tcp().port(443).allowPublic().ingress().deny("10.0.0.0/8"))
+      .any((x) => x.allow("*.internal.example"))
+      .build()
+      .toJSON();
+    expect(r.egress).toEqual([
+      { action: "allow", protocol: "tcp", ports: [443, 443], target: { group: "public" } },
+      { action: "allow", target: { domainSuffix: "internal.example" } },
+    ]);
+    expect(r.ingress).toEqual([
+      { action: "deny", protocol: "tcp", ports: [443, 443], target: { cidr: "10.0.0.0/8" } },
+      { action: "allow", target: { domainSuffix: "internal.example" } },
+    ]);
+    let e: unknown;
+    try {
+      NetworkPolicy.builder().rule((x) => x.allowPublic());
+    } catch (x) {
+      e = x;
+    }
+    expect((e as NetworkConfigError).field).toBe("network.direction");
   });
 
   it("bad rules name their field", () => {
@@ -336,5 +357,8 @@ describe("network rules with bare-string destinations", () => {
     expect(bad({ rules: [Rule.allowEgress({ kind: "planet" } as never)] })).toBe("network.destination");
     expect(bad({ rules: "all" })).toBe("network.rules");
     expect(bad({ rules: Array.from({ length: 5000 }, () => Rule.allowEgress("1.1.1.1")) })).toBe("network.rules");
+    const manyPorts = Array.from({ length: 3000 }, (_, i) => PortRange.single(i + 1));
+    expect(bad({ rules: [{ ...Rule.allowAny("1.1.1.1"), ports: manyPorts }] })).toBe("network.rules"); // 6000 once expanded
+    expect(bad({ rules: [{ ...Rule.allowEgress("1.1.1.1"), ports: Array.from({ length: 5000 }, () => PortRange.single(1)) }] })).toBe("network.ports");
   });
 });

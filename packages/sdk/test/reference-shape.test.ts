@@ -146,8 +146,11 @@ value("Destination", sdk.Destination, ["any", "cidr", "domain", "domainSuffix", 
 value("PortRange", sdk.PortRange, ["single", "range"]);
 value("Rule", sdk.Rule, ["allowEgress", "denyEgress", "allowIngress", "denyIngress", "allowAny", "denyAny", "allowDns", "denyDns"]);
 cls("NetworkPolicy", sdk.NetworkPolicy, [], ["none", "allowAll", "fromProfiles", "builder"]);
-cls("NetworkPolicyBuilder", sdk.NetworkPolicyBuilder, ["defaultAllow", "defaultDeny", "defaultEgress", "defaultIngress", "egress", "ingress", "build"]);
+cls("NetworkPolicyBuilder", sdk.NetworkPolicyBuilder, ["defaultAllow", "defaultDeny", "defaultEgress", "defaultIngress", "rule", "egress", "ingress", "any", "build"]);
 cls("RuleBuilder", sdk.RuleBuilder, [
+  "egress",
+  "ingress",
+  "any",
   "tcp",
   "udp",
   "icmpv4",
