@@ -1,13 +1,17 @@
 // End-to-end: msb-runtime records the commands' output in exec.log, and the SDK reads it
-// back (snapshot, follow, resume from a cursor), on real VMs (two boots of the default
-// busybox image).
+// back (snapshot, follow, resume from a cursor, across a restart), on real VMs (two
+// sandboxes of the default busybox image, one restarted), and `msb logs` prints them.
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, expect, it } from "vitest";
 import { InvalidCursorError, Sandbox, type LogEntry } from "../src/index.js";
 import { useTempMsbHome } from "./e2e-helpers.js";
 
 useTempMsbHome();
+
+const cliBin = fileURLToPath(new URL("../../cli/dist/bin.js", import.meta.url));
 
 let a: Sandbox | undefined;
 let b: Sandbox | undefined;
@@ -91,6 +95,20 @@ it("records each command's stdout, stderr and TTY output with its session; follo
   expect(texts(await h.logs({ tail: 2 }))).toEqual(["after-1\n", "after-2\n"]);
   expect(texts(await h.logs({ sources: ["system"] })).at(-1)).toBe("--- sandbox stopped ---\n");
   expect(existsSync(join(a.sandboxDir, "exec.log"))).toBe(true);
+
+  // msb logs, the built CLI, on the stopped sandbox: stdout to stdout, stderr to stderr.
+  const cli = spawnSync(process.execPath, [cliBin, "logs", "--tail", "2", "logs-a"], { env: process.env, encoding: "utf8" });
+  expect([cli.status, cli.stdout, cli.stderr]).toEqual([0, "after-1\n", "after-2\n"]);
+
+  // A restart appends to the same log: a cursor of before the stop resumes after it.
+  const stoppedAt = (await h.logs()).at(-1) as LogEntry;
+  a = await Sandbox.start("logs-a");
+  await a.shell("echo again");
+  const resumed: LogEntry[] = [];
+  for await (const e of await a.logStream({ fromCursor: stoppedAt.cursor })) resumed.push(e);
+  expect(texts(resumed)).toEqual(["again\n"]);
+  expect(texts(await a.logs({ sources: ["system"] })).filter((t) => t === "--- sandbox started ---\n")).toHaveLength(2);
+  await a.stop();
 });
 
 it("refuses a cursor of another sandbox with InvalidCursorError", async () => {
