@@ -155,7 +155,8 @@ fn mount_any(dev: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> Res
     ))
 }
 
-/// A volume: virtiofs share or tmpfs, at an absolute guest path created if missing.
+/// A volume: virtiofs share, tmpfs, or a disk volume (any other fstype: the virtio disk
+/// whose serial is `source`), at an absolute guest path created if missing.
 fn mount_extra(m: &GuestMount) -> Result<(), String> {
     if !m.target.starts_with('/') || m.target.split('/').any(|c| c == "..") {
         return Err(format!(
@@ -167,6 +168,19 @@ fn mount_extra(m: &GuestMount) -> Result<(), String> {
     let flags = if m.readonly { libc::MS_RDONLY } else { 0 } | libc::MS_NOSUID | libc::MS_NODEV;
     match m.fstype.as_str() {
         "virtiofs" | "tmpfs" => sys::mount(&m.source, &m.target, &m.fstype, flags, &m.options),
+        fstype
+            if !fstype.is_empty()
+                && fstype
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            let dev = find_disk(&DiskSpec {
+                serial: m.source.clone(),
+                fstype: fstype.to_string(),
+            })?;
+            mount_any(&dev, &m.target, fstype, flags)
+                .map_err(|e| format!("volume {}: {e}", m.target))
+        }
         other => Err(format!("volume {}: unsupported type {other}", m.target)),
     }
 }

@@ -54,6 +54,8 @@ pub struct Disks {
 pub struct Shares {
     shares: Vec<Share>,
     mounts: Vec<GuestMount>,
+    /// Disk volumes, attached as extra virtio disks.
+    disks: Vec<shares::VolumeDisk>,
 }
 
 impl Sandbox {
@@ -67,7 +69,7 @@ impl Sandbox {
         let disks = self.attach_disks().await?;
         let shares = self.attach_shares(&disks.lower).await?;
         let net = self.attach_network().await?;
-        let formatting = self.start_vmm(&vmm, &disks, &shares.shares, net.as_ref())?;
+        let formatting = self.start_vmm(&vmm, &disks, &shares, net.as_ref())?;
         let mut link = self.handshake(formatting).await?;
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
@@ -108,13 +110,17 @@ impl Sandbox {
 
     /// Boot step "attach shares": one virtiofsd per shared directory, the guest's mounts.
     async fn attach_shares(&mut self, lower: &Lower) -> Result<Shares, ShareError> {
-        let (shares, mounts) =
+        let (shares, mounts, disks) =
             shares::plan(&self.cfg, &self.run_dir, lower).map_err(ShareError::Volume)?;
         let children = shares::start(&shares, &self.dir.join("virtiofsd.log"))
             .await
             .map_err(ShareError::Virtiofsd)?;
         self.helpers.extend(children);
-        Ok(Shares { shares, mounts })
+        Ok(Shares {
+            shares,
+            mounts,
+            disks,
+        })
     }
 
     /// Boot step "start VMM": make the upper disk if it is new, start QEMU, and format the
@@ -123,7 +129,7 @@ impl Sandbox {
         &mut self,
         vmm: &Vmm,
         disks: &Disks,
-        shares: &[Share],
+        shares: &Shares,
         net: Option<&Network>,
     ) -> Result<JoinHandle<Result<(), RtError>>, VmmError> {
         if disks.fresh_upper {
@@ -140,8 +146,14 @@ impl Sandbox {
             },
             upper: &disks.upper,
             shares: shares
+                .shares
                 .iter()
                 .map(|s| (s.tag.as_str(), s.socket.as_path()))
+                .collect(),
+            volume_disks: shares
+                .disks
+                .iter()
+                .map(|d| (d.serial.as_str(), d.path.as_path(), d.format, d.readonly))
                 .collect(),
             net: net.map(|n| n.nic(&self.net_sock)),
         };

@@ -18,6 +18,8 @@ pub struct VmPaths<'a> {
     pub upper: &'a Path,
     /// virtiofs shares: (tag, vhost-user socket).
     pub shares: Vec<(&'a str, &'a Path)>,
+    /// Disk volumes: (serial, image, format, read-only).
+    pub volume_disks: Vec<(&'a str, &'a Path, &'a str, bool)>,
     /// The NIC: (backend, guest MAC, MTU).
     pub net: Option<(NetBackend<'a>, String, u16)>,
 }
@@ -256,6 +258,17 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         qemu_path(p.upper)
     ));
     c.args(["-device", "virtio-blk-device,drive=upper,serial=upper"]);
+    for (i, (serial, path, format, readonly)) in p.volume_disks.iter().enumerate() {
+        // Read-only: the guest's writes (ext4 replaying a journal left by a VM that was
+        // killed) go to a throwaway overlay; the image itself is never written.
+        let ro = if *readonly { ",snapshot=on" } else { "" };
+        c.arg("-drive").arg(format!(
+            "id=vol{i},file={},format={format},if=none{ro}",
+            qemu_path(path)
+        ));
+        c.arg("-device")
+            .arg(format!("virtio-blk-device,drive=vol{i},serial={serial}"));
+    }
     if let Some((backend, mac, mtu)) = &p.net {
         match backend {
             // The virtqueues are served by msb-runtime's userspace stack.

@@ -77,8 +77,8 @@ export interface LaunchOptions {
 export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sandbox> {
   // Host directories may have gone since the configuration was made (a restart).
   for (const v of given.volumes) if (v.kind === "bind") checkBindSource(v.source ?? "", v.guestPath);
-  // Disk volumes cannot be mounted yet (volume.ts): refused before anything starts.
-  await checkNamedVolumesMountable(given.volumes);
+  // A disk volume needs its image and no other user (volume.ts): checked before anything starts.
+  await checkNamedVolumesMountable(given.volumes, msbHome(), given.name);
   const home = msbHome();
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());

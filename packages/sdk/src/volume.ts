@@ -19,7 +19,7 @@
 import "./polyfill.js";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, rename, rm, unlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
@@ -233,18 +233,33 @@ async function sandboxesUsing(home: string, name: string): Promise<string[]> {
 }
 
 /**
- * Refuse to mount disk volumes: attaching an image as an extra disk of the VM is not
- * built yet. Called before a sandbox boots with the names of its named volumes. @internal
+ * Before a sandbox boots: each disk volume it mounts must still have its image (msb-runtime
+ * attaches it as one more virtio disk, which the guest mounts by its serial), and no other
+ * live sandbox may be using it (`sandbox`: the one booting, e.g. replacing itself). @internal
  */
-export async function checkNamedVolumesMountable(volumes: readonly { kind: string; source: string | null; guestPath: string }[], home: string = msbHome()): Promise<void> {
+export async function checkNamedVolumesMountable(
+  volumes: readonly { kind: string; source: string | null; guestPath: string }[],
+  home: string = msbHome(),
+  sandbox?: string,
+): Promise<void> {
   for (const v of volumes) {
     if (v.kind !== "named" || v.source === null) continue;
     const meta = await readMeta(home, v.source);
-    if (meta?.kind === "disk") {
-      throw new InvalidConfigError(
-        "volume",
-        `volume ${v.source} (mounted at ${v.guestPath}) is a disk volume; mounting disk volumes into a sandbox is not supported yet (use a directory volume)`,
-      );
+    if (meta?.kind !== "disk") continue;
+    const image = join(volumesDir(home), v.source, diskFile(meta.diskFormat ?? "raw"));
+    let ok = false;
+    try {
+      ok = (await lstat(image)).isFile();
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      throw new InvalidConfigError("volume", `volume ${v.source} (mounted at ${v.guestPath}) is a disk volume whose image ${image} is missing`);
+    }
+    // One ext4 image, one kernel: two VMs using it at once would corrupt it.
+    const users = (await sandboxesUsing(home, v.source)).filter((u) => u !== sandbox);
+    if (users.length > 0) {
+      throw new InvalidConfigError("volume", `disk volume ${v.source} is in use by sandbox ${users.join(", ")}; a disk volume is mounted by one running sandbox at a time`);
     }
   }
 }
@@ -305,7 +320,7 @@ export class VolumeBuilder {
     return this;
   }
 
-  /** A disk volume: an ext4 disk image of `.size(mib)` (required). Mounting disk volumes is not supported yet. */
+  /** A disk volume: an ext4 disk image of `.size(mib)` (required), attached to a sandbox that mounts it as a virtio disk. */
   disk(): this {
     this.#kind = "disk";
     return this;

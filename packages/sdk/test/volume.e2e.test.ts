@@ -1,7 +1,7 @@
-// End-to-end: the Volume API with a real VM (one sandbox). Files written from the host
-// through VolumeFs are read in the guest, files the guest writes are read back through
-// VolumeFs, a link the guest plants pointing outside is never followed from the host,
-// and a disk volume is refused with a typed error before anything boots.
+// End-to-end: the Volume API with real VMs. Files written from the host through VolumeFs
+// are read in the guest, files the guest writes are read back through VolumeFs, a link
+// the guest plants pointing outside is never followed from the host; a disk volume is an
+// ext4 virtio disk in the guest whose files outlive the sandbox.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -71,15 +71,24 @@ describe("Volume + VolumeFs with a sandbox", () => {
     expect(readdirSync(outside)).toEqual(["secret"]);
   });
 
-  it("a disk volume is refused as a mount with InvalidConfigError before anything boots", async () => {
-    await Volume.builder("e2e-disk").disk().size(16).create();
-    const e = await Sandbox.builder("e2e-diskvol")
-      .volume("/disk", (m) => m.named("e2e-disk"))
-      .create()
-      .catch((x: unknown) => x);
-    expect(e).toBeInstanceOf(InvalidConfigError);
-    expect((e as InvalidConfigError).field).toBe("volume");
-    expect((await Sandbox.list()).map((h) => h.name)).not.toContain("e2e-diskvol");
+  it("a disk volume is an ext4 virtio disk in the guest, kept across sandboxes", async () => {
+    await Volume.builder("e2e-disk").disk().size(32).create();
+    const one = await Sandbox.builder("e2e-disk1").volume("/disk", (m) => m.named("e2e-disk")).create();
+    made.push(one);
+    const mounts = (await one.exec("cat", ["/proc/mounts"])).stdout();
+    expect(mounts).toMatch(/^\/dev\/vd[a-z] \/disk ext4 rw/m);
+    expect((await one.shell("df -k /disk | tail -1")).stdout()).toMatch(/\s\/disk$/m);
+    await one.shell("echo kept > /disk/state.txt && sync");
+    await one.stop();
+    await one.removePersisted();
+
+    const two = await Sandbox.builder("e2e-disk2").volume("/ro", (m) => m.named("e2e-disk").readonly()).create();
+    made.push(two);
+    expect((await two.exec("cat", ["/ro/state.txt"])).stdout()).toBe("kept\n");
+    expect((await two.shell("touch /ro/x 2>&1; echo $?")).stdout()).toMatch(/Read-only file system\n1\n$/);
+    expect(await Volume.remove("e2e-disk").catch((e: unknown) => e)).toBeInstanceOf(InvalidConfigError);
+    await two.stop();
+    await two.removePersisted();
     await Volume.remove("e2e-disk");
   });
 });

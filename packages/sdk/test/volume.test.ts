@@ -159,7 +159,7 @@ describe("Volume lifecycle", () => {
     expect(await Volume.getDefault().catch((e: { code: string }) => e.code)).toBe("unsupported");
   });
 
-  it("disk volumes: a raw or qcow2 image with ext4 inside, metadata, and no mounting", async () => {
+  it("disk volumes: a raw or qcow2 image with ext4 inside, metadata; mounting needs the image", async () => {
     const raw = await Volume.builder("disk1").disk().size(16).label("k", "v").create();
     const img = join(home, "volumes", "disk1", "disk.raw");
     expect(raw.kind).toBe("disk");
@@ -181,15 +181,19 @@ describe("Volume lifecycle", () => {
     expect(await rejection(Volume.builder("disk1").disk().size(8).create())).toBeInstanceOf(VolumeAlreadyExistsError);
     expect(await rejection(Volume.builder("disk1").create())).toBeInstanceOf(VolumeAlreadyExistsError);
 
-    const mount = await rejection(checkNamedVolumesMountable([{ kind: "named", source: "disk1", guestPath: "/data" }]));
-    expect(mount).toBeInstanceOf(InvalidConfigError);
-    expect((mount as InvalidConfigError).field).toBe("volume");
-    expect((mount as Error).message).toMatch(/disk volume/);
     await Volume.builder("dirvol").create();
     await checkNamedVolumesMountable([
+      { kind: "named", source: "disk1", guestPath: "/d" },
       { kind: "named", source: "dirvol", guestPath: "/a" },
       { kind: "named", source: "not-made-yet", guestPath: "/b" },
     ]);
+    // A disk volume whose image is gone (or was swapped for a link) is refused before boot.
+    rmSync(img);
+    symlinkSync(join(outside, "secret"), img);
+    const mount = await rejection(checkNamedVolumesMountable([{ kind: "named", source: "disk1", guestPath: "/data" }]));
+    expect(mount).toBeInstanceOf(InvalidConfigError);
+    expect((mount as InvalidConfigError).field).toBe("volume");
+    expect((mount as Error).message).toMatch(/disk volume whose image .* is missing/);
 
     await Volume.remove("disk1");
     await Volume.remove("disk2");
@@ -211,6 +215,14 @@ describe("Volume lifecycle", () => {
     expect(e).toBeInstanceOf(InvalidConfigError);
     expect((e as Error).message).toMatch(/mounted by sandbox sb1/);
     expect(existsSync(join(home, "volumes", "busy"))).toBe(true);
+    // A disk volume is mounted by one live sandbox at a time (the booting one itself excepted).
+    await Volume.builder("busy-disk").disk().size(8).create();
+    const diskRecord = { ...record("sb2", "running"), configJson: JSON.stringify({ volumes: [{ guestPath: "/d", kind: "named", source: "busy-disk" }] }) };
+    setNativeBinding({ listSandboxes: async () => [diskRecord] } as unknown as NativeBinding);
+    const inUse = await rejection(checkNamedVolumesMountable([{ kind: "named", source: "busy-disk", guestPath: "/x" }], home, "sb3"));
+    expect(inUse).toBeInstanceOf(InvalidConfigError);
+    expect((inUse as Error).message).toMatch(/in use by sandbox sb2/);
+    await checkNamedVolumesMountable([{ kind: "named", source: "busy-disk", guestPath: "/x" }], home, "sb2");
     setNativeBinding({ listSandboxes: async () => [record("old", "stopped")] } as unknown as NativeBinding);
     await Volume.remove("busy");
     expect(existsSync(join(home, "volumes", "busy"))).toBe(false);
