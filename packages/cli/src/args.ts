@@ -122,6 +122,8 @@ export interface CreateOptions extends SandboxFlags {
   idleTimeoutSecs?: number;
   maxDurationSecs?: number;
   replace?: boolean;
+  /** `--label KEY=VALUE`, in order (checked by the SDK). */
+  labels?: [string, string][];
 }
 
 /** `msb metrics`. */
@@ -142,7 +144,7 @@ export type ParsedCli =
   | { kind: "stop"; names: string[]; timeoutMs?: number }
   | { kind: "kill"; names: string[] }
   | { kind: "rm"; names: string[]; force: boolean }
-  | { kind: "ls"; json: boolean }
+  | { kind: "ls"; json: boolean; labels?: [string, string][] }
   | { kind: "inspect"; name: string }
   | { kind: "exec"; name: string; command: string[]; options: ExecCliOptions }
   | { kind: "cp"; src: CpEndpoint; dst: CpEndpoint }
@@ -192,6 +194,13 @@ function envPair(value: string, previous: [string, string][] | undefined): [stri
   if (eq <= 0) {
     throw new InvalidArgumentError(`env must be KEY=VALUE with a non-empty KEY (got ${JSON.stringify(value)}).`);
   }
+  return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
+}
+
+/** `--label KEY=VALUE` (the value may be empty: `KEY=`); the SDK checks the key. */
+function labelPair(value: string, previous: [string, string][] | undefined): [string, string][] {
+  const eq = value.indexOf("=");
+  if (eq <= 0) throw new InvalidArgumentError(`label must be KEY=VALUE with a non-empty KEY (got ${JSON.stringify(value)}).`);
   return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
 }
 
@@ -479,6 +488,7 @@ interface RawCreateOpts extends RawRunOpts {
   idleTimeout?: number;
   maxDuration?: number;
   replace?: boolean;
+  label?: [string, string][];
 }
 
 interface Handlers {
@@ -488,7 +498,7 @@ interface Handlers {
   start(names: string[], opts: { secret?: string[]; secretFile?: string[] }): void;
   stop(names: string[], opts: { timeout?: number }): void;
   rm(names: string[], opts: { force?: boolean }): void;
-  ls(opts: { json?: boolean }): void;
+  ls(opts: { json?: boolean; label?: [string, string][] }): void;
   inspect(name: string): void;
   exec(name: string, opts: RawExecOpts): void;
   cp(src: string, dst: string): void;
@@ -558,7 +568,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy)
     .option("--idle-timeout <secs>", "stop the sandbox after this many seconds without a running command", positiveInteger("idle-timeout"))
     .option("--max-duration <secs>", "stop the sandbox at this age in seconds, whatever runs in it", positiveInteger("max-duration"))
-    .option("--replace", "stop and remove a sandbox of the same name first");
+    .option("--replace", "stop and remove a sandbox of the same name first")
+    .option("-l, --label <KEY=VALUE>", "a label, stored with the sandbox (msb ls --label KEY=VALUE finds it); repeatable", labelPair);
   guestOptions(create);
   jsonErrors(create);
   registryOptions(create)
@@ -598,7 +609,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .alias("ps")
     .description("list sandboxes (running, draining, stopped, crashed)")
     .option("--json", "print JSON instead of a table")
-    .action((opts: { json?: boolean }) => on.ls(opts));
+    .option("-l, --label <KEY=VALUE>", "only sandboxes with this label (repeatable: all must match)", labelPair)
+    .action((opts: { json?: boolean; label?: [string, string][] }) => on.ls(opts));
   program
     .command("inspect")
     .description("print a sandbox's state and configuration as JSON")
@@ -725,6 +737,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
       if (opts.idleTimeout !== undefined) options.idleTimeoutSecs = opts.idleTimeout;
       if (opts.maxDuration !== undefined) options.maxDurationSecs = opts.maxDuration;
       if (opts.replace) options.replace = true;
+      if (opts.label !== undefined) options.labels = opts.label;
       result = { kind: "create", options };
     },
     lifecycle(kind, names) {
@@ -748,7 +761,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
       result = { kind: "rm", names, force: opts.force === true };
     },
     ls(opts) {
-      result = { kind: "ls", json: opts.json === true };
+      result = opts.label === undefined ? { kind: "ls", json: opts.json === true } : { kind: "ls", json: opts.json === true, labels: opts.label };
     },
     inspect(name) {
       result = { kind: "inspect", name };

@@ -94,7 +94,7 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "rm":
       return rmCommand(parsed.names, parsed.force, cmdIO);
     case "ls":
-      return lsCommand(parsed.json, cmdIO);
+      return lsCommand(parsed.json, cmdIO, parsed.labels);
     case "inspect":
       return inspectCommand(parsed.name, cmdIO);
     case "exec":

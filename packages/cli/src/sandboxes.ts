@@ -7,6 +7,7 @@ import { lstat } from "node:fs/promises";
 import { basename, join, posix } from "node:path";
 import { constants } from "node:os";
 import {
+  MAX_SANDBOX_LIST_LIMIT,
   Sandbox,
   SandboxFsOpsError,
   SandboxNotRunningError,
@@ -61,6 +62,23 @@ async function eachName(io: CommandIO, names: readonly string[], f: (name: strin
   return code;
 }
 
+/** Every sandbox carrying all of `labels`, page by page. */
+async function listLabelled(labels: [string, string][]): Promise<SandboxHandle[]> {
+  const out: SandboxHandle[] = [];
+  let cursor: string | undefined;
+  do {
+    const c = cursor;
+    const page = await Sandbox.listWith((l) => {
+      for (const [k, v] of labels) l.label(k, v);
+      l.limit(MAX_SANDBOX_LIST_LIMIT);
+      if (c !== undefined) l.cursor(c);
+    });
+    out.push(...page.sandboxes);
+    cursor = page.nextCursor;
+  } while (cursor !== undefined);
+  return out;
+}
+
 /** `msb create`: a detached sandbox; prints its name. */
 export async function createCommand(o: CreateOptions, io: CommandIO): Promise<number> {
   const name = o.name ?? defaultName("sb");
@@ -75,6 +93,7 @@ export async function createCommand(o: CreateOptions, io: CommandIO): Promise<nu
     if (o.idleTimeoutSecs !== undefined) b.idleTimeout(o.idleTimeoutSecs);
     if (o.maxDurationSecs !== undefined) b.maxDuration(o.maxDurationSecs);
     if (o.replace) b.replace();
+    for (const [k, v] of o.labels ?? []) b.label(k, v);
     applyGuestFlags(b, o);
     applyRegistryFlags(b, o.registry);
     if (io.onPullProgress) b.onPullProgress(io.onPullProgress);
@@ -164,9 +183,9 @@ export function formatSandboxes(handles: readonly SandboxHandle[], json: boolean
   );
 }
 
-export async function lsCommand(json: boolean, io: CommandIO): Promise<number> {
+export async function lsCommand(json: boolean, io: CommandIO, labels?: [string, string][]): Promise<number> {
   try {
-    const all = await Sandbox.list();
+    const all = labels === undefined ? await Sandbox.list() : await listLabelled(labels);
     all.sort((a, b) => a.name.localeCompare(b.name));
     io.out(formatSandboxes(all, json));
     return 0;
