@@ -251,6 +251,18 @@ const _errorClasses: Record<keyof typeof ERROR_CODES & string, Ctor> = {
 };
 for (const name of Object.keys(ERROR_CODES)) entries.push({ name, kind: "class" });
 
+// ---------------------------------------------------------------- Volumes
+cls("Volume", sdk.Volume, ["name", "path", "fs"], ["builder", "get", "getDefault", "list", "remove"]);
+cls("VolumeBuilder", sdk.VolumeBuilder, ["directory", "disk", "quota", "size", "label", "build", "create"]);
+cls("VolumeHandle", sdk.VolumeHandle, ["remove", "fs"]);
+// Its data are readonly fields (as the reference's TS class), checked at compile time.
+const _volumeHandleFields: readonly (keyof sdk.VolumeHandle)[] = ["name", "isDefault", "kind", "quotaMib", "usedBytes", "capacityBytes", "diskFormat", "diskFstype", "labels", "createdAt"];
+cls("VolumeFs", sdk.VolumeFs, ["read", "readToString", "readStream", "write", "writeStream", "list", "mkdir", "removeDir", "remove", "copy", "rename", "stat", "exists"]);
+cls("VolumeFsReadStream", sdk.VolumeFsReadStream, ["recv", "collect"], [], ["asyncIterator", "asyncDispose"]);
+cls("VolumeFsWriteSink", sdk.VolumeFsWriteSink, ["write", "close"], [], ["asyncDispose"]);
+cls("VolumeNotFoundError", sdk.VolumeNotFoundError, []);
+cls("VolumeAlreadyExistsError", sdk.VolumeAlreadyExistsError, []);
+
 // ---------------------------------------------------------------- types (compile time only)
 type _ReferenceTypes = [
   sdk.ExecEvent,
@@ -295,20 +307,6 @@ const PENDING: Pending[] = [
   { probe: "SandboxHandle.prototype.logs", name: "SandboxHandle", kind: "class", methods: ["logs", "logStream"] },
   { probe: "LogEntry", name: "LogEntry", kind: "class", methods: ["text"] },
   { probe: "LogStream", name: "LogStream", kind: "class", methods: ["recv"], symbols: ["asyncIterator"] },
-  // Volumes
-  { probe: "Volume", name: "Volume", kind: "class", methods: ["fs"], statics: ["builder", "get", "list", "remove"] },
-  { probe: "VolumeBuilder", name: "VolumeBuilder", kind: "class", methods: ["create"] },
-  { probe: "VolumeHandle", name: "VolumeHandle", kind: "class", methods: ["remove", "fs"] },
-  {
-    probe: "VolumeFs",
-    name: "VolumeFs",
-    kind: "class",
-    methods: ["read", "readToString", "readStream", "write", "writeStream", "list", "mkdir", "removeDir", "remove", "copy", "rename", "stat", "exists"],
-  },
-  { probe: "VolumeFsReadStream", name: "VolumeFsReadStream", kind: "class", methods: ["recv", "collect"], symbols: ["asyncIterator"] },
-  { probe: "VolumeFsWriteSink", name: "VolumeFsWriteSink", kind: "class", methods: ["write", "close"] },
-  { probe: "VolumeNotFoundError", name: "VolumeNotFoundError", kind: "class" },
-  { probe: "VolumeAlreadyExistsError", name: "VolumeAlreadyExistsError", kind: "class" },
   // Images and pull progress
   { probe: "Image", name: "Image", kind: "class", statics: ["get", "list", "inspect", "remove", "prune", "load", "save"] },
   { probe: "ImageHandle", name: "ImageHandle", kind: "class" },
