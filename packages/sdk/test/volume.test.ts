@@ -201,6 +201,18 @@ describe("Volume lifecycle", () => {
     expect(readdirSync(join(home, "volumes", ".tmp"))).toEqual([]);
   });
 
+  it("of two creates of one name at once, exactly one wins", async () => {
+    for (const disk of [false, true]) {
+      const name = disk ? "race-disk" : "race-dir";
+      const make = () => (disk ? Volume.builder(name).disk().size(8) : Volume.builder(name)).create();
+      const results = await Promise.allSettled([make(), make(), make()]);
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+      for (const r of results) if (r.status === "rejected") expect(r.reason).toBeInstanceOf(VolumeAlreadyExistsError);
+      expect((await Volume.get(name)).kind).toBe(disk ? "disk" : "dir");
+    }
+    expect(readdirSync(join(home, "volumes", ".tmp"))).toEqual([]);
+  });
+
   it("refuses to remove a volume a live sandbox mounts", async () => {
     await Volume.builder("busy").create();
     const record = (name: string, status: string) => ({
