@@ -45,6 +45,13 @@ const READ_CHUNK = 1024 * 1024;
 /** A longer line is skipped (msb-runtime's longest is ~6.3 MiB: a 1 MiB frame, escaped). */
 const MAX_LINE_BYTES = 8 * 1024 * 1024;
 const MAX_CURSOR_LENGTH = 1024;
+/**
+ * The console is the guest's to fill (QEMU writes it unbounded): a read that does not
+ * resume from a cursor starts at most this far before its end.
+ */
+export const MAX_CONSOLE_READ_BYTES = 16 * 1024 * 1024;
+/** A snapshot reads what was there when it began, plus at most this while it reads. */
+const SNAPSHOT_SLACK_BYTES = 1024 * 1024;
 const CURSOR_PREFIX = "msbl1_";
 
 /** One captured log entry. `data` holds the bytes; `text()` decodes them (UTF-8, lossy). */
@@ -416,6 +423,9 @@ export class LogReader {
   #wake: (() => void) | undefined;
   /** Where the console starts: the cursor's console offset if it is still that file. */
   #consoleStart: { id: string; offset: number } | undefined;
+  /** Not following: bytes left to read (what was there at the start), so that a log
+   * written faster than it is read cannot keep a snapshot going. */
+  #budget: number | undefined;
 
   private constructor(dir: string, name: string, opts: ResolvedLogOptions) {
     this.#dir = dir;
@@ -453,6 +463,17 @@ export class LogReader {
       for (const f of [prev, cur]) if (f !== start) await closeFile(f);
     }
     this.#exec = start;
+    if (!this.#opts.follow) {
+      const size = async (name: string) => {
+        try {
+          return (await stat(join(this.#dir, name))).size;
+        } catch {
+          return 0;
+        }
+      };
+      const consoleBytes = this.#opts.sources.has("system") ? Math.min(await size(CONSOLE_LOG_FILE), MAX_CONSOLE_READ_BYTES) : 0;
+      this.#budget = (await size(EXEC_LOG_PREVIOUS_FILE)) + (await size(EXEC_LOG_FILE)) + consoleBytes + SNAPSHOT_SLACK_BYTES;
+    }
   }
 
   /** Where the exec log is read from: the cursor's file and offset, else the oldest file's start. */
@@ -499,6 +520,7 @@ export class LogReader {
       if (r !== undefined) return r;
       if (this.#ended || this.#closed) return null;
       const got = await this.#poll();
+      if (this.#budget !== undefined && this.#budget < 0) this.#ended = true;
       if (got > 0 || this.#ended) continue;
       if (!this.#opts.follow) {
         this.#ended = true;
@@ -587,6 +609,7 @@ export class LogReader {
   async #readExec(f: ExecFile): Promise<Raw[]> {
     const out: Raw[] = [];
     for (const { line, end } of await f.reader.readLines()) {
+      if (this.#budget !== undefined) this.#budget -= line.length + 1;
       this.#pos.offset = end;
       this.#execSeq++;
       const p = parseExecLogLine(line);
@@ -603,9 +626,11 @@ export class LogReader {
         if (f === null) return [];
         const start = this.#consoleStart;
         this.#consoleStart = undefined;
-        if (start !== undefined && start.id === f.id) {
-          const size = (await f.fh.stat()).size;
-          if (start.offset <= size && (await endsLine(f.fh, start.offset))) f.reader.offset = start.offset;
+        const size = (await f.fh.stat()).size;
+        if (start !== undefined && start.id === f.id && start.offset <= size && (await endsLine(f.fh, start.offset))) {
+          f.reader.offset = start.offset;
+        } else if (size > MAX_CONSOLE_READ_BYTES) {
+          f.reader.offset = await nextLineStart(f.fh, size - MAX_CONSOLE_READ_BYTES, size);
         }
         this.#console = f;
         this.#pos.console = f.id;
@@ -631,6 +656,7 @@ export class LogReader {
     c.mtimeMs = Math.max(c.mtimeMs, (await c.fh.stat()).mtimeMs);
     const out: Raw[] = [];
     for (const { line, end } of lines) {
+      if (this.#budget !== undefined) this.#budget -= line.length + 1;
       this.#pos.consoleOffset = end;
       this.#consoleSeq++;
       const { timestamp, data } = parseConsoleLine(line, c.bootMs, c.lastMs, c.mtimeMs);
@@ -673,6 +699,19 @@ async function endsLine(fh: FileHandle, offset: number): Promise<boolean> {
   const b = Buffer.alloc(1);
   const { bytesRead } = await fh.read(b, 0, 1, offset - 1);
   return bytesRead === 1 && b[0] === 10;
+}
+
+/** The offset after the first newline at or after `from` (`size` when there is none). */
+async function nextLineStart(fh: FileHandle, from: number, size: number): Promise<number> {
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (let at = from; at < size && at - from <= MAX_LINE_BYTES; ) {
+    const { bytesRead } = await fh.read(buf, 0, buf.length, at);
+    if (bytesRead === 0) break;
+    const nl = buf.subarray(0, bytesRead).indexOf(10);
+    if (nl >= 0) return at + nl + 1;
+    at += bytesRead;
+  }
+  return size;
 }
 
 function consoleId(ino: number, birthtimeMs: number): string {

@@ -237,6 +237,28 @@ describe("readLogs", () => {
     expect(times.every((t) => t <= T0 + 5000)).toBe(true);
   });
 
+  it("reads at most the last 16 MiB of a huge console, and a snapshot ends though the log grows", async () => {
+    const lineOf = (i: number) => `[    1.000000] console line ${String(i).padStart(8, "0")} ${"x".repeat(990)}\n`;
+    const n = 17 * 1024; // 17 MiB of 1 KiB lines
+    writeFileSync(join(dir, "console.log"), Array.from({ length: n }, (_, i) => lineOf(i)).join(""));
+    const sys = await readLogs(dir, NAME, { sources: ["system"] });
+    const fit = Math.floor((16 * 1024 * 1024) / lineOf(0).length);
+    expect(sys.length).toBeGreaterThanOrEqual(fit - 1);
+    expect(sys.length).toBeLessThanOrEqual(fit);
+    expect(sys.at(-1)?.text()).toBe(lineOf(n - 1));
+    expect(sys[0]?.text()).toMatch(/^\[    1\.000000\] console line \d{8} x+\n$/);
+
+    // Not following: what was there when it began, plus at most 1 MiB written meanwhile.
+    writeFileSync(join(dir, "exec.log"), header(NAME, GEN1) + line(T0, "stdout", "first\n", 1));
+    const s = await openLogStream(dir, NAME, {});
+    const chunk = Array.from({ length: 1024 }, (_, i) => line(T0 + 1, "stdout", `${"y".repeat(1000)}${i}\n`, 1)).join("");
+    for (let i = 0; i < 3; i++) appendFileSync(join(dir, "exec.log"), chunk);
+    const got: LogEntry[] = [];
+    for await (const e of s) got.push(e);
+    expect(got[0]?.text()).toBe("first\n");
+    expect(got.length).toBeLessThan(3 * 1024);
+  });
+
   it("does not follow a link in place of a log file", async () => {
     const outside = join(home, "secret.txt");
     writeFileSync(outside, header(NAME, GEN1) + line(T0, "stdout", "outside\n", 1));
