@@ -407,6 +407,19 @@ mod tests {
     }
 
     #[test]
+    fn set_config_replaces_only_the_configuration() {
+        let home = tempfile::tempdir().unwrap();
+        let s = Store::open(home.path()).unwrap();
+        s.insert_new("m", "{\"cpus\":1}", 1).unwrap();
+        s.set_exited("m", STOPPED, 0, "stopped").unwrap();
+        assert!(s.set_config("m", "{\"cpus\":2}").unwrap());
+        let r = s.get_raw("m").unwrap().unwrap();
+        assert_eq!(r.config_json, "{\"cpus\":2}");
+        assert_eq!((r.status.as_str(), r.exit_code), (STOPPED, Some(0)));
+        assert!(!s.set_config("nope", "{}").unwrap(), "no such row");
+    }
+
+    #[test]
     fn a_running_row_without_a_lock_holder_is_crashed() {
         let home = tempfile::tempdir().unwrap();
         let s = Store::open(home.path()).unwrap();
