@@ -61,10 +61,9 @@ export class ExecOptionsBuilder {
     return this;
   }
 
-  /** Append arguments. */
-  args(args: readonly string[]): this {
-    if (Array.isArray(args)) this.raw.args.push(...args);
-    else this.raw.args.push(args as unknown);
+  /** Append arguments (an array, or any iterable of strings as the reference SDK's `exec(cmd, args)` takes). */
+  args(args: Iterable<string>): this {
+    this.raw.args.push(...argList(args));
     return this;
   }
 
@@ -403,7 +402,27 @@ function fromCallOptions(o: object): ExecOptionsBuilder {
 export function withLeadingArgs(args: unknown, options: ExecOptionsInput | undefined): ExecOptionsBuilder {
   const b = buildExecOptions(options);
   if (args === undefined) return b;
-  if (Array.isArray(args)) b.raw.args.unshift(...(args as unknown[]));
-  else b.raw.args.unshift(args);
+  b.raw.args.unshift(...argList(args));
   return b;
+}
+
+/** Most arguments taken from a non-array iterable (an endless generator is refused, not drained). */
+export const MAX_ITERABLE_ARGS = 100_000;
+
+/**
+ * Arguments as given: an array as is, another iterable (a Set, a generator) read up to
+ * {@link MAX_ITERABLE_ARGS} items; anything else (a bare string too) is `InvalidConfigError`
+ * (`field: "args"`). The items themselves are checked by the schema.
+ */
+function argList(args: unknown): unknown[] {
+  if (Array.isArray(args)) return args;
+  if (args !== null && typeof args === "object" && typeof (args as Iterable<unknown>)[Symbol.iterator] === "function") {
+    const out: unknown[] = [];
+    for (const a of args as Iterable<unknown>) {
+      if (out.length >= MAX_ITERABLE_ARGS) throw new InvalidConfigError("args", `invalid args: more than ${MAX_ITERABLE_ARGS} arguments`);
+      out.push(a);
+    }
+    return out;
+  }
+  throw new InvalidConfigError("args", "invalid args: must be an array (or an iterable) of strings");
 }

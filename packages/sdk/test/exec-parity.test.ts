@@ -82,6 +82,22 @@ describe("per-call options (the reference's ExecOptions shape)", () => {
     await sb.stop();
   });
 
+  it("args may be any iterable, as the reference's exec(cmd, args?: Iterable<string>); an endless one is refused", async () => {
+    const sb = await box();
+    expect((await sb.exec("echo", new Set(["a", "b"]) as unknown as string[])).stdout()).toBe("echo a b||\n");
+    function* gen() {
+      yield "x";
+      yield "y";
+    }
+    expect((await sb.exec("echo", gen() as unknown as string[], { cwd: "/" })).stdout()).toBe("echo x y|/|\n");
+    function* endless() {
+      for (;;) yield "z";
+    }
+    expect((await invalid(sb.exec("echo", endless() as unknown as string[]))).field).toBe("args");
+    expect((await invalid(sb.exec("echo", "notarray" as unknown as string[]))).field).toBe("args");
+    await sb.stop();
+  });
+
   it("stdin from the options: Stdin.bytes(), a string, Stdin.pipe() with takeStdin()", async () => {
     const sb = await box();
     expect((await sb.exec("cat", [], { stdin: Stdin.bytes("in put") })).stdout()).toBe("in put");
