@@ -149,7 +149,7 @@ export class Sandbox implements AsyncDisposable {
    * (`{ cwd, user, env, timeoutMs, stdin, tty, rlimits, maxOutputBytes }`) or a callback
    * (see {@link execWith}).
    */
-  async exec(cmd: string, args: readonly string[] = [], options?: ExecOptionsInput): Promise<ExecOutput> {
+  async exec(cmd: string, args: Iterable<string> = [], options?: ExecOptionsInput): Promise<ExecOutput> {
     if (options === undefined) return (await this.execStream(cmd, args)).collect();
     return this.execWith(cmd, () => withLeadingArgs(args, options));
   }
