@@ -197,7 +197,7 @@ export class Sandbox implements AsyncDisposable {
    * Rejects with `SandboxDrainingError` while the sandbox drains and
    * `SandboxNotRunningError` once it stopped.
    */
-  async execStream(cmd: string, args: readonly string[] = [], options?: ExecOptionsInput): Promise<ExecHandle> {
+  async execStream(cmd: string, args: Iterable<string> = [], options?: ExecOptionsInput): Promise<ExecHandle> {
     if (options !== undefined) return this.execStreamWith(cmd, () => withLeadingArgs(args, options));
     return this.execStreamWith(cmd, (b) => b.args(args));
   }
