@@ -26,7 +26,7 @@ import { promisify } from "node:util";
 import { z } from "zod";
 import { check, msbHome, sizeMiBSchema, volumeNameSchema } from "./config.js";
 import { InvalidConfigError, MicrosandboxError, SandboxFsOpsError, VolumeAlreadyExistsError, VolumeNotFoundError } from "./errors.js";
-import { HostFd, openParent } from "./host-fs.js";
+import { HostFd, listDir, openParent } from "./host-fs.js";
 import { callNative, native } from "./native.js";
 import { VolumeFs, allocatedBytes, nat, openVolumeDir, removeTree } from "./volume-fs.js";
 
@@ -409,7 +409,7 @@ export class VolumeBuilder {
     }
     // A disk: made in a scratch directory, then moved into the volume's new directory.
     if (volumeEntryKind(home, config.name) !== "missing") throw exists();
-    const scratch = join(vols, ".tmp", randomBytes(8).toString("hex"));
+    const scratch = join(vols, ".tmp", `${Date.now()}.${randomBytes(6).toString("hex")}.scratch`);
     await mkdir(scratch, { recursive: true, mode: 0o700 });
     try {
       const file = diskFile(config.format ?? "raw");
@@ -542,18 +542,37 @@ async function removeVolume(home: string, name: string): Promise<void> {
     // Unpublish the name at once (a rename), then delete the tree through directory fds.
     const trash = join(vols, ".tmp");
     await mkdir(trash, { recursive: true, mode: 0o700 });
-    const gone = `${name}.${randomBytes(6).toString("hex")}.removed`;
+    const gone = `${Date.now()}.${randomBytes(6).toString("hex")}.${name}.removed`;
     await rename(join(vols, name), join(trash, gone));
     await unlink(metaPath(home, name)).catch(() => undefined);
     const parent = openVolumeDir("remove volume", trash, () => notFound(name));
     try {
       await removeTree("remove volume", parent, gone, `volumes/${name}`, 0, { entries: 0 });
+      await sweepTrash(parent);
     } finally {
       await parent.close();
     }
     return;
   }
   await unlink(metaPath(home, name)).catch(() => undefined);
+}
+
+/** Leftovers in `volumes/.tmp` older than this are swept by the next remove (a crash mid-remove or mid-create). */
+export const STALE_TMP_MS = 60 * 60 * 1000;
+
+/** Remove what a crashed remove or create left in `volumes/.tmp` (the open `trash`), never following a link. */
+async function sweepTrash(trash: HostFd): Promise<void> {
+  const now = Date.now();
+  for (const entry of listDir("sweep volumes/.tmp", trash)) {
+    // Entries are named "<ms since the epoch>.<random>.<...>" when they are made.
+    const made = /^([0-9]{13})\./.exec(entry);
+    if (!made || now - Number(made[1]) < STALE_TMP_MS) continue;
+    try {
+      await removeTree("sweep volumes/.tmp", trash, entry, `volumes/.tmp/${entry}`, 0, { entries: 0 });
+    } catch {
+      // gone meanwhile, or unremovable: left for the next sweep
+    }
+  }
 }
 
 /**

@@ -213,6 +213,20 @@ describe("Volume lifecycle", () => {
     expect(readdirSync(join(home, "volumes", ".tmp"))).toEqual([]);
   });
 
+  it("a remove sweeps stale leftovers of a crashed remove or create from volumes/.tmp (links inside not followed)", async () => {
+    const tmp = join(home, "volumes", ".tmp");
+    const stale = `${Date.now() - 2 * 60 * 60 * 1000}.abc.old.removed`;
+    const fresh = `${Date.now() - 60_000}.def.scratch`;
+    mkdirSync(join(tmp, stale, "sub"), { recursive: true });
+    symlinkSync(outside, join(tmp, stale, "sub", "out"));
+    mkdirSync(join(tmp, fresh));
+    mkdirSync(join(tmp, "not-ours"));
+    await Volume.builder("v1").create();
+    await Volume.remove("v1");
+    expect(readdirSync(tmp).sort()).toEqual([fresh, "not-ours"]); // recent: maybe a create at work
+    outsideUntouched();
+  });
+
   it("refuses to remove a volume a live sandbox mounts", async () => {
     await Volume.builder("busy").create();
     const record = (name: string, status: string) => ({
