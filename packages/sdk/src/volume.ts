@@ -25,7 +25,7 @@ import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
 import { z } from "zod";
 import { check, msbHome, sizeMiBSchema, volumeNameSchema } from "./config.js";
-import { InvalidConfigError, MicrosandboxError, SandboxFsOpsError, VolumeAlreadyExistsError, VolumeNotFoundError } from "./errors.js";
+import { InvalidConfigError, IoError, SandboxFsOpsError, UnsupportedError, VolumeAlreadyExistsError, VolumeNotFoundError } from "./errors.js";
 import { HostFd, listDir, openParent } from "./host-fs.js";
 import { callNative, native } from "./native.js";
 import { VolumeFs, allocatedBytes, nat, openVolumeDir, removeTree } from "./volume-fs.js";
@@ -270,7 +270,7 @@ function tool(name: string, pkg: string): string {
     const p = join(d, name);
     if (existsSync(p)) return p;
   }
-  throw new MicrosandboxError("io", `${name} was not found: install ${pkg} (apt-get install ${pkg})`);
+  throw new IoError(`${name} was not found: install ${pkg} (apt-get install ${pkg})`);
 }
 
 /** Make a disk image of `mib` MiB with an empty ext4 inside, at `path`. */
@@ -285,13 +285,13 @@ async function makeDisk(path: string, mib: number, format: VolumeDiskFormat, scr
   try {
     await run(tool("mke2fs", "e2fsprogs"), ["-q", "-F", "-t", "ext4", "-L", "msbvol", raw], { timeout: 120_000 });
   } catch (e) {
-    throw new MicrosandboxError("io", `creating the disk volume's ext4 filesystem failed (mke2fs): ${(e as Error).message}`, { cause: e });
+    throw new IoError(`creating the disk volume's ext4 filesystem failed (mke2fs): ${(e as Error).message}`, { cause: e });
   }
   if (format === "qcow2") {
     try {
       await run(tool("qemu-img", "qemu-utils"), ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, path], { timeout: 300_000 });
     } catch (e) {
-      throw new MicrosandboxError("io", `converting the disk volume to qcow2 failed (qemu-img): ${(e as Error).message}`, { cause: e });
+      throw new IoError(`converting the disk volume to qcow2 failed (qemu-img): ${(e as Error).message}`, { cause: e });
     }
     await unlink(raw).catch(() => undefined);
   }
@@ -466,7 +466,7 @@ export class Volume {
 
   /** The cloud's default volume: not available with a local backend (rejects, code `"unsupported"`). */
   static async getDefault(): Promise<VolumeHandle> {
-    throw new MicrosandboxError("unsupported", "Volume.getDefault() needs the cloud backend; there is no default volume locally");
+    throw new UnsupportedError("Volume.getDefault() needs the cloud backend; there is no default volume locally");
   }
 
   /** Every volume, newest first. */

@@ -9,6 +9,7 @@ import {
   InvalidConfigError,
   OutputLimitError,
   SandboxFsOpsError,
+  UnsupportedError,
   Volume,
   VolumeAlreadyExistsError,
   VolumeBuilder,
@@ -156,7 +157,9 @@ describe("Volume lifecycle", () => {
     expect(await rejection(v.fs().read("a.txt"))).toBeInstanceOf(VolumeNotFoundError);
     // The name is free again.
     await Volume.builder("data").create();
-    expect(await Volume.getDefault().catch((e: { code: string }) => e.code)).toBe("unsupported");
+    const def = await rejection(Volume.getDefault());
+    expect(def).toBeInstanceOf(UnsupportedError);
+    expect((def as UnsupportedError).code).toBe("unsupported");
   });
 
   it("disk volumes: a raw or qcow2 image with ext4 inside, metadata; mounting needs the image", async () => {
