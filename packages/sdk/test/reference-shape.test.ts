@@ -8,11 +8,6 @@
  * Checked twice: at compile time (`nx typecheck` compiles this file: each listed method
  * must be a key of our type, each listed type must exist) and at run time (each name is
  * exported with its kind, each method is on the class, its prototype or the factory).
- *
- * PENDING entries are parts other engineers were adding while this was written. Each
- * has a `probe` (one of its names): while the probe is missing the entry is reported as
- * a todo; once it exists the entry is checked in full. Move an entry out of PENDING (into
- * the typed lists) when it has landed; the list must shrink to nothing.
  */
 import { describe, expect, it } from "vitest";
 import * as sdk from "../src/index.js";
@@ -292,37 +287,38 @@ type _ReferenceTypes = [
   sdk.Protocol,
   sdk.DestinationGroup,
   sdk.ViolationAction,
+  sdk.LogSource,
+  sdk.LogReadSource,
+  sdk.LogReadOptions,
+  sdk.LogStreamOptions,
+  sdk.ImageDetail,
+  sdk.ImageConfigDetail,
+  sdk.ImageLayerDetail,
+  sdk.ImagePruneReport,
+  sdk.SandboxPage,
+  sdk.SandboxPingResult,
+  sdk.SandboxTouchResult,
+  sdk.SandboxModificationPlan,
+  sdk.ModifyOptions,
+  sdk.PlannedChange,
 ];
 const _typesCompile: _ReferenceTypes | undefined = undefined;
 fn("fromNative", sdk.fromNative); // ours, kept: the error mapper the SDK's own code uses
 
-// ---------------------------------------------------------------- PENDING (other engineers' parts)
-interface Pending extends Entry {
-  /** `Name` or `Name.method` / `Name.prototype.method`: once it exists, the entry is checked in full. */
-  probe: string;
-}
-const PENDING: Pending[] = [
-  // Logs
-  { probe: "Sandbox.prototype.logs", name: "Sandbox", kind: "class", methods: ["logs", "logStream"] },
-  { probe: "SandboxHandle.prototype.logs", name: "SandboxHandle", kind: "class", methods: ["logs", "logStream"] },
-  { probe: "LogEntry", name: "LogEntry", kind: "class", methods: ["text"] },
-  { probe: "LogStream", name: "LogStream", kind: "class", methods: ["recv"], symbols: ["asyncIterator"] },
-  // Images and pull progress
-  { probe: "Image", name: "Image", kind: "class", statics: ["get", "list", "inspect", "remove", "prune", "load", "save"] },
-  { probe: "ImageHandle", name: "ImageHandle", kind: "class" },
-  { probe: "PullProgressCreate", name: "PullProgressCreate", kind: "class", methods: ["progress", "awaitSandbox"], symbols: ["asyncIterator"] },
-  { probe: "SandboxBuilder.prototype.createWithPullProgress", name: "SandboxBuilder", kind: "class", methods: ["createWithPullProgress"] },
-];
+// ---------------------------------------------------------------- Logs
+cls("Sandbox", sdk.Sandbox, ["logs", "logStream"]);
+cls("SandboxHandle", sdk.SandboxHandle, ["logs", "logStream"]);
+cls("LogEntry", sdk.LogEntry, ["text"]);
+cls("LogStream", sdk.LogStream, ["recv"], [], ["asyncIterator"]);
+
+// ---------------------------------------------------------------- Images and pull progress
+cls("Image", sdk.Image, [], ["get", "list", "inspect", "remove", "prune", "load", "save"]);
+cls("ImageHandle", sdk.ImageHandle, []);
+cls("PullProgressCreate", sdk.PullProgressCreate, ["progress", "awaitSandbox"], [], ["asyncIterator"]);
+cls("SandboxBuilder", sdk.SandboxBuilder, ["createWithPullProgress"]);
 
 // ---------------------------------------------------------------- run-time checks
 const exported = sdk as unknown as Record<string, unknown>;
-
-function lookup(path: string): unknown {
-  const [name, ...rest] = path.split(".");
-  let v: unknown = exported[name as string];
-  for (const k of rest) v = v === undefined || v === null ? undefined : (v as Record<string, unknown>)[k];
-  return v;
-}
 
 function has(obj: unknown, key: string): boolean {
   return obj !== null && obj !== undefined && key in (obj as object);
@@ -376,11 +372,4 @@ describe("reference SDK shape (microsandbox 0.6.14)", () => {
     expect(_typesCompile).toBeUndefined();
   });
 
-  describe("pending (other engineers' parts: checked once their probe exists)", () => {
-    for (const p of PENDING) {
-      const present = lookup(p.probe) !== undefined;
-      if (present) it(`${p.name} (${p.probe})`, () => checkEntry(p));
-      else it.todo(`${p.name} (${p.probe}) has not landed`);
-    }
-  });
 });
