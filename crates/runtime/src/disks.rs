@@ -159,7 +159,7 @@ async fn run_mke2fs(
     }
     let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
         RtError::runtime(format!(
-            "cannot run mke2fs ({e}); install e2fsprogs (apt-get install e2fsprogs)"
+            "cannot run mke2fs ({e}); install e2fsprogs (apt-get install e2fsprogs); run `msb doctor` to check the host"
         ))
     })?;
     if !out.status.success() {

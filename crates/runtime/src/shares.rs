@@ -29,7 +29,7 @@ fn virtiofsd() -> Result<PathBuf, RtError> {
         Ok(p)
     } else {
         Err(RtError::runtime(format!(
-            "virtiofsd not found at {} (needed for volumes and directory images): install qemu-system-common",
+            "virtiofsd not found at {} (needed for volumes and directory images): install qemu-system-common, or set MSB_VIRTIOFSD; run `msb doctor` to check the host",
             p.display()
         )))
     }

@@ -143,7 +143,7 @@ pub fn find_qemu() -> Result<PathBuf, RtError> {
         }
         return Err(RtError::new(
             ErrorCode::QemuNotFound,
-            format!("MSB_QEMU points at {}, which does not exist. Unset it, or install QEMU with `sudo apt-get install qemu-system-x86`.", p.display()),
+            format!("MSB_QEMU points at {}, which does not exist. Unset it, or install QEMU with `sudo apt-get install qemu-system-x86`. Run `msb doctor` to check the host.", p.display()),
         ));
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
@@ -156,7 +156,8 @@ pub fn find_qemu() -> Result<PathBuf, RtError> {
     Err(RtError::new(
         ErrorCode::QemuNotFound,
         "QEMU is not installed: qemu-system-x86_64 was not found on PATH. Install it with \
-         `sudo apt-get install qemu-system-x86` (Debian/Ubuntu), or set MSB_QEMU to its path.",
+         `sudo apt-get install qemu-system-x86` (Debian/Ubuntu), or set MSB_QEMU to its path. \
+         Run `msb doctor` to check the host.",
     ))
 }
 

@@ -153,6 +153,7 @@ export type ParsedCli =
   | { kind: "images"; json: boolean }
   | { kind: "rmi"; images: string[]; force?: boolean }
   | { kind: "logs"; options: LogsCliOptions }
+  | { kind: "doctor"; json: boolean }
   | VolumeCli
   | ImageCli
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
@@ -507,6 +508,7 @@ interface Handlers {
   images(opts: { json?: boolean }): void;
   rmi(images: string[], opts?: { force?: boolean }): void;
   logs(name: string, opts: RawLogsOpts): void;
+  doctor(opts: { json?: boolean }): void;
   volume(r: VolumeCli): void;
   volumeUsage(message: string): void;
   image(r: ImageCli): void;
@@ -673,6 +675,12 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
   registerImageCommands(program, (r) => on.image(r));
 
   addLogsCommand(program, (name, opts) => on.logs(name, opts));
+  program
+    .command("doctor")
+    .description("check that this host can run sandboxes (QEMU, KVM, e2fsprogs, virtiofsd, disk space, msb's own files) and say how to fix what is missing")
+    .option("--json", 'print JSON: {"ok": boolean, "checks": [{name, status, detail, ...}]}')
+    .addHelpText("after", "\nExit code 0 when a sandbox can start here (warnings allowed), 1 when a check failed.\n")
+    .action((opts: { json?: boolean }) => on.doctor(opts));
 
   return program;
 }
@@ -808,6 +816,9 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     logs(name, opts) {
       result = sep !== -1 ? usage("msb logs takes no command after --") : { kind: "logs", options: logsOptions(name, opts) };
+    },
+    doctor(opts) {
+      result = sep !== -1 ? usage("msb doctor takes no command after --") : { kind: "doctor", json: opts.json === true };
     },
     volume(r) {
       result = sep !== -1 ? usage("msb volume takes no command after --") : r;

@@ -6,6 +6,7 @@ import { imageCommand, imagesCommand, pullCommand, rmiCommand, type ImagesIO } f
 import { PullProgressView } from "./progress.js";
 import { runCommand, sdkDeps, type RunDeps } from "./run.js";
 import { logsCommand } from "./logs.js";
+import { doctorCommand } from "./doctor.js";
 import { volumeCommand } from "./volumes.js";
 import {
   cpCommand,
@@ -111,6 +112,8 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return rmiCommand(parsed.images, imagesIO, parsed.force === true);
     case "logs":
       return logsCommand(parsed.options, cmdIO);
+    case "doctor":
+      return doctorCommand(parsed.json, { out: io.out, err: io.err });
     case "volumeCreate":
     case "volumeLs":
     case "volumeInspect":

@@ -58,7 +58,7 @@ fn start_blocking(config_json: String) -> Result<RuntimeInfo> {
         return Err(err(
             ErrorCode::Runtime,
             format!(
-                "msb-runtime not found at {}: run `npm run setup` to build it",
+                "msb-runtime not found at {}: run `npm run setup` to build it (`msb doctor` checks the host)",
                 f.runtime_path.display()
             ),
         ));

@@ -19,7 +19,7 @@ export function findTool(name: string): string {
     const p = join(d, name);
     if (existsSync(p)) return p;
   }
-  throw new OciError("image", `${name} was not found: install e2fsprogs (apt-get install e2fsprogs)`);
+  throw new OciError("image", `${name} was not found: install e2fsprogs (apt-get install e2fsprogs); run \`msb doctor\` to check the host`);
 }
 
 /** Quote a path for debugfs's command parser: double quotes, a quote inside is doubled. */

@@ -214,3 +214,4 @@ export {
   type VolumeFsMetadata,
   type VolumeFsReadOptions,
 } from "./volume.js";
+export { doctor, doctorExitCode, MIN_QEMU_VERSION, MIN_E2FSPROGS_VERSION, DOCTOR_INSTALL_ALL, type DoctorCheck, type DoctorReport, type DoctorStatus, type DoctorOptions, type DoctorAssets } from "./doctor.js";

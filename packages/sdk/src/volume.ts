@@ -270,7 +270,7 @@ function tool(name: string, pkg: string): string {
     const p = join(d, name);
     if (existsSync(p)) return p;
   }
-  throw new IoError(`${name} was not found: install ${pkg} (apt-get install ${pkg})`);
+  throw new IoError(`${name} was not found: install ${pkg} (apt-get install ${pkg}); run \`msb doctor\` to check the host`);
 }
 
 /** Make a disk image of `mib` MiB with an empty ext4 inside, at `path`. */
