@@ -147,12 +147,23 @@ pub async fn format_upper(path: &Path) -> Result<(), RtError> {
     .await
 }
 
+/// mke2fs from PATH, else from the sbin directories (a non-root user's PATH often has
+/// none of them, and Debian puts mke2fs in /usr/sbin).
+fn mke2fs_path() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join("mke2fs"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "mke2fs".into())
+}
+
 async fn run_mke2fs(
     flags: &[&str],
     paths: &[&std::ffi::OsStr],
     size_mib: Option<u64>,
 ) -> Result<(), RtError> {
-    let mut cmd = Command::new("mke2fs");
+    let mut cmd = Command::new(mke2fs_path());
     cmd.args(flags).args(paths);
     if let Some(s) = size_mib {
         cmd.arg(format!("{s}M"));

@@ -20,11 +20,24 @@ use crate::error::RtError;
 /// virtiofs tag of a directory image.
 pub const ROOT_TAG: &str = "msbroot";
 
-/// virtiofsd from Debian's qemu-system-common (MSB_VIRTIOFSD overrides).
+/// Where virtiofsd is installed when MSB_VIRTIOFSD does not say: Debian 12's
+/// qemu-system-common, then the standalone (Rust) virtiofsd of newer distros.
+pub const VIRTIOFSD_PATHS: [&str; 3] = [
+    "/usr/lib/qemu/virtiofsd",
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/virtiofsd",
+];
+
+/// virtiofsd: MSB_VIRTIOFSD, else the first of [`VIRTIOFSD_PATHS`] that exists.
 fn virtiofsd() -> Result<PathBuf, RtError> {
-    let p = std::env::var("MSB_VIRTIOFSD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| "/usr/lib/qemu/virtiofsd".into());
+    let p = match std::env::var("MSB_VIRTIOFSD") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => VIRTIOFSD_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| VIRTIOFSD_PATHS[0].into()),
+    };
     if p.is_file() {
         Ok(p)
     } else {

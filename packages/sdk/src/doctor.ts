@@ -3,7 +3,7 @@
  * missing (`msb doctor` prints it). Each check looks where the runtime itself looks:
  * QEMU as crates/runtime/src/vm.rs `find_qemu` (MSB_QEMU, else PATH, /usr/bin,
  * /usr/local/bin), virtiofsd as crates/runtime/src/shares.rs (MSB_VIRTIOFSD, else
- * /usr/lib/qemu/virtiofsd), mke2fs from PATH (msb-runtime runs `mke2fs` by name), the
+ * /usr/lib/qemu/virtiofsd, /usr/libexec/virtiofsd, /usr/lib/virtiofsd), mke2fs from PATH or the sbin directories, the
  * addon's assets through its `assetPaths()` (MSB_RUNTIME, MSB_KERNEL, ...).
  */
 import { execFile } from "node:child_process";
@@ -250,23 +250,25 @@ async function checkE2fsprogs(env: NodeJS.ProcessEnv, sbin: string[]): Promise<D
   const text = await output(anywhere, ["-V"], env);
   const version = text === undefined ? undefined : /mke2fs\s+(\d+\.\d+(?:\.\d+)?)/.exec(text)?.[1] ?? parseVersion(text);
   const v = version !== undefined ? { version } : {};
-  if (onPath === undefined) {
-    return {
-      name: "e2fsprogs",
-      status: "fail",
-      path: anywhere,
-      ...v,
-      detail: `mke2fs is at ${anywhere}, which is not on PATH: msb-runtime runs mke2fs from PATH to format each sandbox's disk`,
-      fix: `add ${dirname(anywhere)} to PATH (export PATH="$PATH:${dirname(anywhere)}")`,
-    };
-  }
+  // msb-runtime and the SDK look on PATH, then in the sbin directories.
+  const where = onPath === undefined ? ` (not on PATH; found in ${dirname(anywhere)})` : "";
   if (version !== undefined && compareVersions(version, MIN_E2FSPROGS_VERSION) < 0) {
-    return { name: "e2fsprogs", status: "fail", path: onPath, version, detail: `mke2fs ${version} is too old: ${MIN_E2FSPROGS_VERSION} or newer is needed (mke2fs -d)`, install: INSTALL.e2fsprogs };
+    return { name: "e2fsprogs", status: "fail", path: anywhere, version, detail: `mke2fs ${version} is too old: ${MIN_E2FSPROGS_VERSION} or newer is needed (mke2fs -d)`, install: INSTALL.e2fsprogs };
   }
   if ((await firstFile([...pathDirs(env), ...sbin], "debugfs")) === undefined) {
-    return { name: "e2fsprogs", status: "warn", path: onPath, ...v, detail: `mke2fs ${version ?? "(version unknown)"} at ${onPath}, but debugfs was not found: OCI images cannot be built`, install: INSTALL.e2fsprogs };
+    return { name: "e2fsprogs", status: "warn", path: anywhere, ...v, detail: `mke2fs ${version ?? "(version unknown)"} at ${anywhere}${where}, but debugfs was not found: OCI images cannot be built`, install: INSTALL.e2fsprogs };
   }
-  return { name: "e2fsprogs", status: "ok", path: onPath, ...v, detail: `mke2fs ${version ?? "(version unknown)"} at ${onPath}` };
+  return { name: "e2fsprogs", status: "ok", path: anywhere, ...v, detail: `mke2fs ${version ?? "(version unknown)"} at ${anywhere}${where}` };
+}
+
+function notRoot(path: string): DoctorCheck {
+  return {
+    name: "virtiofsd",
+    status: "warn",
+    path,
+    detail: `virtiofsd at ${path}, but virtiofs needs root here: host-directory volumes are not available (directory images are copied into a disk instead)`,
+    fix: "run as root for host-directory volumes, or use disk volumes / tmpfs",
+  };
 }
 
 async function checkVirtiofsd(env: NodeJS.ProcessEnv, def: string, other: string[], uid: number): Promise<DoctorCheck> {
@@ -275,14 +277,9 @@ async function checkVirtiofsd(env: NodeJS.ProcessEnv, def: string, other: string
   const why = "needed only for host-directory volumes and directory images";
   if (!(await isFile(path))) {
     const found = (await Promise.all(other.map(async (o) => ((await isFile(o)) ? o : undefined)))).find((x) => x !== undefined);
-    if (found !== undefined) {
-      return {
-        name: "virtiofsd",
-        status: "warn",
-        path,
-        detail: `virtiofsd is at ${found}, but msb looks at ${path} (${why})`,
-        fix: `export MSB_VIRTIOFSD=${found}`,
-      };
+    // Without MSB_VIRTIOFSD, msb-runtime looks in these places too (shares.rs VIRTIOFSD_PATHS).
+    if (found !== undefined && (override === undefined || override === "")) {
+      return uid !== 0 ? notRoot(found) : { name: "virtiofsd", status: "ok", path: found, detail: `virtiofsd at ${found} (${why})` };
     }
     return {
       name: "virtiofsd",
@@ -293,15 +290,7 @@ async function checkVirtiofsd(env: NodeJS.ProcessEnv, def: string, other: string
       install: INSTALL.virtiofsd,
     };
   }
-  if (uid !== 0) {
-    return {
-      name: "virtiofsd",
-      status: "warn",
-      path,
-      detail: `virtiofsd at ${path}, but virtiofs needs root here: host-directory volumes are not available (directory images are copied into a disk instead)`,
-      fix: "run as root for host-directory volumes, or use disk volumes / tmpfs",
-    };
-  }
+  if (uid !== 0) return notRoot(path);
   return { name: "virtiofsd", status: "ok", path, detail: `virtiofsd at ${path} (${why})` };
 }
 

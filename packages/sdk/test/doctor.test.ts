@@ -229,12 +229,12 @@ describe("doctor: e2fsprogs", () => {
     });
   });
 
-  it("only in an sbin directory, not on PATH: fail (msb-runtime runs mke2fs from PATH)", async () => {
+  it("only in an sbin directory, not on PATH: ok (msb-runtime and the SDK look there too), and says so", async () => {
     rmSync(join(bin, "mke2fs"));
     script(sbin, "mke2fs", 'echo "mke2fs 1.46.5 (30-Dec-2021)" >&2');
     const c = await check("e2fsprogs");
-    expect(c).toMatchObject({ status: "fail", path: join(sbin, "mke2fs"), version: "1.46.5" });
-    expect(c.fix).toBe(`add ${sbin} to PATH (export PATH="$PATH:${sbin}")`);
+    expect(c).toMatchObject({ status: "ok", path: join(sbin, "mke2fs"), version: "1.46.5" });
+    expect(c.detail).toBe(`mke2fs 1.46.5 at ${join(sbin, "mke2fs")} (not on PATH; found in ${sbin})`);
   });
 
   it("missing: fail with the install commands; too old: fail", async () => {
@@ -264,9 +264,10 @@ describe("doctor: virtiofsd, qemu-img, passt", () => {
     expect(r.ok).toBe(true);
   });
 
-  it("virtiofsd installed elsewhere: says which MSB_VIRTIOFSD to set", async () => {
+  it("virtiofsd in another place msb-runtime also looks (e.g. /usr/libexec): ok; as non-root the root warning", async () => {
     const libexec = file(join(dir, "libexec-virtiofsd"), 0o755);
-    expect(await check("virtiofsd", { virtiofsdOther: [libexec] }, { MSB_VIRTIOFSD: "" })).toMatchObject({ status: "warn", fix: `export MSB_VIRTIOFSD=${libexec}` });
+    expect(await check("virtiofsd", { virtiofsdOther: [libexec] }, { MSB_VIRTIOFSD: "" })).toMatchObject({ status: "ok", path: libexec });
+    expect(await check("virtiofsd", { virtiofsdOther: [libexec], uid: 1000 }, { MSB_VIRTIOFSD: "" })).toMatchObject({ status: "warn", path: libexec, detail: expect.stringContaining("needs root") });
   });
 
   it("qemu-img: version; missing is a warning with the install commands", async () => {
