@@ -11,9 +11,10 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-const require = createRequire(join(process.cwd(), "package.json"));
+import { Sandbox } from "@microsandbox/sdk";
+
+const require = createRequire(import.meta.url);
 const { assetPaths } = require("@microsandbox/core-native");
-const { Sandbox } = await import(require.resolve("@microsandbox/sdk"));
 
 const own = resolve(process.argv[2] ?? "");
 const runs = Number(process.argv[3] ?? 5);
