@@ -144,6 +144,38 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The guest-to-host half of a pump: write what the stack hands over on `cmd`, confirm
+/// each chunk (`TcpWritten`), half-close on `Shutdown`; a failed write resets the flow.
+async fn write_guest_data<W: AsyncWrite + Unpin>(
+    id: u64,
+    wr: &mut W,
+    cmd: &mut mpsc::Receiver<Cmd>,
+    ev: &mpsc::Sender<Event>,
+) {
+    while let Some(c) = cmd.recv().await {
+        match c {
+            Cmd::Data(d) => {
+                if wr.write_all(&d).await.is_err() {
+                    let _ = ev.send(Event::TcpHostReset(id)).await;
+                    return;
+                }
+                let _ = ev.send(Event::TcpWritten).await;
+            }
+            Cmd::Shutdown => {
+                let _ = wr.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Resolves when the stack asks for the flow to be reset; never when it only dropped the
+/// sender (the flow then ends by itself).
+async fn abort_requested(abort: oneshot::Receiver<()>) {
+    if abort.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// [`tcp_pump`] for an in-process stream (the interceptor's end of a duplex): the same
 /// channels, credit and abort; the stream is dropped on abort (the interceptor sees the
 /// guest go away).
@@ -181,28 +213,8 @@ async fn stream_pump<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let writing = async {
-        while let Some(c) = cmd.recv().await {
-            match c {
-                Cmd::Data(d) => {
-                    if wr.write_all(&d).await.is_err() {
-                        let _ = ev.send(Event::TcpHostReset(id)).await;
-                        return;
-                    }
-                    let _ = ev.send(Event::TcpWritten).await;
-                }
-                Cmd::Shutdown => {
-                    let _ = wr.shutdown().await;
-                }
-            }
-        }
-    };
-    let aborted = async {
-        match abort.await {
-            Ok(()) => (),
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let writing = write_guest_data(id, &mut wr, &mut cmd, &ev);
+    let aborted = abort_requested(abort);
     tokio::select! {
         _ = async { tokio::join!(reading, writing) } => {}
         _ = aborted => {}
@@ -261,28 +273,8 @@ pub(crate) async fn tcp_pump(
             }
         }
     };
-    let writing = async {
-        while let Some(c) = cmd.recv().await {
-            match c {
-                Cmd::Data(d) => {
-                    if wr.write_all(&d).await.is_err() {
-                        let _ = ev.send(Event::TcpHostReset(id)).await;
-                        return;
-                    }
-                    let _ = ev.send(Event::TcpWritten).await;
-                }
-                Cmd::Shutdown => {
-                    let _ = wr.shutdown().await;
-                }
-            }
-        }
-    };
-    let aborted = async {
-        match abort.await {
-            Ok(()) => (),
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let writing = write_guest_data(id, &mut wr, &mut cmd, &ev);
+    let aborted = abort_requested(abort);
     let reset = tokio::select! {
         _ = async { tokio::join!(reading, writing) } => false,
         _ = aborted => true,
