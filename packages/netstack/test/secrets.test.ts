@@ -1,6 +1,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   MAX_PLACEHOLDER_LEN,
@@ -224,7 +224,8 @@ describe("TlsBuilder", () => {
     expect(new TlsBuilder().build()).toEqual({ bypass: [], verifyUpstream: true, interceptedPorts: [443], blockQuic: true, upstreamCaCertPaths: [] });
   });
   it("takes every option; the CA path is stored absolute", () => {
-    const rel = join("..", "..", caFile);
+    // relative to wherever the tests run from (CI clones at any depth)
+    const rel = relative(process.cwd(), caFile);
     const t = new TlsBuilder()
       .bypass("pinned.example.com")
       .bypass("*.Apple.com")
