@@ -30,7 +30,7 @@ export default defineConfig({
       {
         test: {
           name: "e2e",
-          include: ["packages/*/test/**/*.e2e.test.ts", "test-vms/registry/**/*.e2e.test.ts"],
+          include: ["packages/*/test/**/*.e2e.test.ts", "test-vms/registry/**/*.e2e.test.ts", "test-vms/install/**/*.e2e.test.ts"],
           exclude: ["**/node_modules/**", "**/dist/**"],
           environment: "node",
           globalSetup: ["./vitest.e2e-setup.ts"],

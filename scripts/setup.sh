@@ -8,7 +8,7 @@ ROOT=$PWD
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 # --- host packages --------------------------------------------------------------------
-APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev tmux openssl)
+APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev binutils tmux openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,16 +33,25 @@ say "building msb-agent (static)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p msb-agent --target x86_64-unknown-linux-gnu
 say "building msb-runtime"
 cargo build --quiet --release -p msb-runtime
-mkdir -p packages/core-native/bin
-cp -p target/release/msb-runtime packages/core-native/bin/msb-runtime.tmp
-mv packages/core-native/bin/msb-runtime.tmp packages/core-native/bin/msb-runtime
+# The platform package (@microsandbox/core-native-linux-x64-gnu) holds the addon and a
+# stripped msb-runtime; @microsandbox/core-native keeps the loader and index.d.ts.
+NATIVE_PKG=packages/core-native-linux-x64-gnu
+mkdir -p "$NATIVE_PKG/bin"
+strip -o "$NATIVE_PKG/bin/msb-runtime.tmp" target/release/msb-runtime
+mv "$NATIVE_PKG/bin/msb-runtime.tmp" "$NATIVE_PKG/bin/msb-runtime"
 say "building the Node addon"
-(cd packages/core-native && npx napi build --platform --release --js index.js --dts index.d.ts >/dev/null 2>&1) \
-  || (cd packages/core-native && npx napi build --platform --release --js index.js --dts index.d.ts)
+NAPI_ARGS=(--platform --release --no-js --output-dir "../${NATIVE_PKG#packages/}" --dts ../core-native/index.d.ts)
+(cd packages/core-native && npx napi build "${NAPI_ARGS[@]}" >/dev/null 2>&1) \
+  || (cd packages/core-native && npx napi build "${NAPI_ARGS[@]}")
+strip --strip-unneeded "$NATIVE_PKG/core-native.linux-x64-gnu.node"
 
 # --- guest kernel, initramfs, default image ---------------------------------------------
-say "guest assets (test-vms/build.sh)"
+say "guest assets (test-vms/build.sh: own kernel, initramfs, default image)"
 MSB_AGENT_BIN="$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent" bash test-vms/build.sh
+# Every published package carries the license (the guest package its own, see its LICENSE).
+for d in packages/*/; do
+  [[ $d == packages/guest-* ]] || cp -p LICENSE "$d/LICENSE"
+done
 
 # --- registry fixtures for the image tests (docker-registry, skopeo, umoci) ------------
 say "registry test fixtures (test-vms/registry)"
@@ -50,6 +59,8 @@ bash test-vms/registry/install-deps.sh
 bash test-vms/registry/build-images.sh
 # The slower tier's Debian+python image (debootstrap; ~20 s once, a no-op afterwards).
 bash test-vms/registry/build-debian-python.sh
+# Verdaccio for the install test (test-vms/install: a no-op once installed).
+bash test-vms/install/install-deps.sh
 
 # --- TypeScript ---------------------------------------------------------------------------
 say "building TypeScript packages"

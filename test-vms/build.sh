@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Builds the guest assets for microsandbox (see README.md):
-#   vmlinux, kernel-version  Debian cloud kernel, uncompressed (PVH entry)
-#   initramfs.cpio           msb-agent as /init + the virtio/overlay modules
+# Builds the guest assets for microsandbox (see README.md), the contents of the
+# @microsandbox/guest-linux-x64 package:
+#   vmlinux, kernel-version  our own kernel (test-vms/kernel: Debian's linux-source,
+#                            everything built in), uncompressed (PVH entry); or, with
+#                            MSB_GUEST_KERNEL=debian, Debian's cloud kernel
+#   initramfs.cpio           msb-agent as /init (+ the virtio/overlay modules with
+#                            Debian's kernel; our own needs none)
 #   rootfs.ext4              default image: busybox root filesystem
-#   floor.cpio               bench floor: tiny /init that prints a line and reboots
+#   floor.cpio               tiny /init that prints a line and powers off: msb-runtime's
+#                            KVM probe (vm.rs pick_accel) and the bench's floor
+#   manifest.json            size and sha256 of each file (checked before a boot)
+#   NOTICE, licenses/        the exact source packages and their license texts
 #
-# Usage: test-vms/build.sh [OUT_DIR]   (default: packages/core-native/guest)
+# Usage: test-vms/build.sh [OUT_DIR]   (default: packages/guest-linux-x64)
 # Env:   MSB_AGENT_BIN    agent binary (default: target/x86_64-unknown-linux-gnu/release/msb-agent)
-#        MSB_KERNEL_PKG   pin a versioned kernel package (default: what linux-image-cloud-amd64 depends on)
+#        MSB_GUEST_KERNEL own (default) | debian (bench/coldstart compares the two)
+#        MSB_KERNEL_PKG   with debian: pin a versioned kernel package (default: what linux-image-cloud-amd64 depends on)
 #        SOURCE_DATE_EPOCH  timestamp for every file in the outputs
 #
 # Idempotent: each step records a key (hash of this script + its inputs) under
@@ -16,7 +24,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-OUT=${1:-$ROOT/packages/core-native/guest}
+OUT=${1:-$ROOT/packages/guest-linux-x64}
+KERNEL_KIND=${MSB_GUEST_KERNEL:-own}
+[[ $KERNEL_KIND == own || $KERNEL_KIND == debian ]] || { echo "build.sh: MSB_GUEST_KERNEL must be own or debian" >&2; exit 1; }
 WORK=$HERE/build
 AGENT=${MSB_AGENT_BIN:-$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent}
 EPOCH=${SOURCE_DATE_EPOCH:-1704067200} # 2024-01-01, fixed for reproducible outputs
@@ -99,7 +109,7 @@ resolve_packages() {
     [[ -z $KPKG_VER || -z $BB_VER ]] || break
     ((try == 2)) || apt_update_once
   done
-  if [[ -z $KPKG ]]; then # offline and no lists: fall back to a kernel downloaded earlier
+  if [[ -z $KPKG && $KERNEL_KIND == debian ]]; then # offline and no lists: fall back to a kernel downloaded earlier
     KPKG=$(cd "$WORK/debs" 2>/dev/null && ls linux-image-[0-9]*.deb 2>/dev/null | sort -V | tail -n1 | cut -d_ -f1) || true
     [[ -n $KPKG ]] || die "cannot resolve the package behind linux-image-cloud-amd64 (no apt lists, no cached .deb)"
   fi
@@ -192,32 +202,51 @@ flock 9 # one build at a time per work folder
 SELF=$(hash_files "$0" "$HERE/cpio.sh") # editing the scripts rebuilds everything
 OID=out-$(echo "$OUT" | sha256sum | cut -c1-8) # per-output-dir stamps
 
-# --- 1. kernel package -> build/kernel (extracted, depmod'ed; never /boot)
-resolve_packages
-KVER=${KPKG#linux-image-}
-KDEB=$(fetch_deb "$KPKG" "$KPKG_VER")
-KTREE=$WORK/kernel
-KKEY="$SELF $(basename "$KDEB")"
-if ! is_fresh kernel-tree "$KKEY" "$KTREE/boot/vmlinuz-$KVER" "$KTREE/lib/modules/$KVER/modules.dep"; then
-  log "extracting $(basename "$KDEB")"
-  rm -rf "$KTREE"
-  dpkg-deb -x "$KDEB" "$KTREE"
-  # depmod/modprobe -b/-d expect <tree>/lib/modules; newer packages use /usr/lib.
-  if [[ ! -d $KTREE/lib/modules && -d $KTREE/usr/lib/modules ]]; then ln -s usr/lib "$KTREE/lib"; fi
-  depmod -b "$KTREE" "$KVER"
-  mark kernel-tree "$KKEY"
-fi
-check_kernel_config "$KTREE/boot/config-$KVER"
+# --- 1. kernel
+resolve_packages # busybox-static's version (and the Debian kernel package's)
+if [[ $KERNEL_KIND == own ]]; then
+  # test-vms/kernel/build-kernel.sh: cached by the hash of its config, so this is a
+  # no-op unless guest.fragment, the linux-source version or that script changed.
+  VMLINUX=$(bash "$HERE/kernel/build-kernel.sh")
+  KDIR=$(dirname "$VMLINUX")
+  KVER="$(sed -n 's/^# Linux\/[^ ]* \([^ ]*\) Kernel Configuration$/\1/p' "$KDIR/config") (own: $(cat "$KDIR/source-version"), config $(basename "$KDIR"))"
+  KKEY="$SELF own $(basename "$KDIR")"
+  if ! is_fresh "$OID-vmlinux" "$KKEY" "$OUT/vmlinux" "$OUT/kernel-version"; then
+    log "installing vmlinux from $KDIR"
+    # Symbols are not needed to boot: strip them (the PVH note is an allocated section).
+    objcopy --strip-all "$VMLINUX" "$OUT/.vmlinux"
+    readelf -n "$OUT/.vmlinux" | grep -q 'Xen .*(0x00000012)' || die "stripped vmlinux lost its PVH entry note"
+    mv "$OUT/.vmlinux" "$OUT/vmlinux"
+    echo "$KVER" >"$OUT/kernel-version"
+    mark "$OID-vmlinux" "$KKEY"
+  fi
+else
+  # Debian's cloud kernel package -> build/kernel (extracted, depmod'ed; never /boot)
+  KVER=${KPKG#linux-image-}
+  KDEB=$(fetch_deb "$KPKG" "$KPKG_VER")
+  KTREE=$WORK/kernel
+  KKEY="$SELF $(basename "$KDEB")"
+  if ! is_fresh kernel-tree "$KKEY" "$KTREE/boot/vmlinuz-$KVER" "$KTREE/lib/modules/$KVER/modules.dep"; then
+    log "extracting $(basename "$KDEB")"
+    rm -rf "$KTREE"
+    dpkg-deb -x "$KDEB" "$KTREE"
+    # depmod/modprobe -b/-d expect <tree>/lib/modules; newer packages use /usr/lib.
+    if [[ ! -d $KTREE/lib/modules && -d $KTREE/usr/lib/modules ]]; then ln -s usr/lib "$KTREE/lib"; fi
+    depmod -b "$KTREE" "$KVER"
+    mark kernel-tree "$KKEY"
+  fi
+  check_kernel_config "$KTREE/boot/config-$KVER"
 
-if ! is_fresh "$OID-vmlinux" "$KKEY" "$OUT/vmlinux" "$OUT/kernel-version"; then
-  log "extracting vmlinux from vmlinuz-$KVER"
-  extract_vmlinux "$KTREE/boot/vmlinuz-$KVER" "$OUT/.vmlinux"
-  # QEMU boots an ELF kernel only through its PVH entry: the Xen ELF note
-  # XEN_ELFNOTE_PHYS32_ENTRY (type 0x12).
-  readelf -n "$OUT/.vmlinux" | grep -q 'Xen .*(0x00000012)' || die "vmlinux has no PVH entry note"
-  mv "$OUT/.vmlinux" "$OUT/vmlinux"
-  echo "$KVER" >"$OUT/kernel-version"
-  mark "$OID-vmlinux" "$KKEY"
+  if ! is_fresh "$OID-vmlinux" "$KKEY" "$OUT/vmlinux" "$OUT/kernel-version"; then
+    log "extracting vmlinux from vmlinuz-$KVER"
+    extract_vmlinux "$KTREE/boot/vmlinuz-$KVER" "$OUT/.vmlinux"
+    # QEMU boots an ELF kernel only through its PVH entry: the Xen ELF note
+    # XEN_ELFNOTE_PHYS32_ENTRY (type 0x12).
+    readelf -n "$OUT/.vmlinux" | grep -q 'Xen .*(0x00000012)' || die "vmlinux has no PVH entry note"
+    mv "$OUT/.vmlinux" "$OUT/vmlinux"
+    echo "$KVER" >"$OUT/kernel-version"
+    mark "$OID-vmlinux" "$KKEY"
+  fi
 fi
 
 # --- 2. default image: busybox root filesystem as ext4
@@ -322,14 +351,70 @@ if ! is_fresh "$OID-initramfs" "$IKEY" "$OUT/initramfs.cpio"; then
       done <<<"$deps"
     done
   }
-  add_modules "$IROOT/etc/msb/modules" "${WANT_MODULES[@]}"
-  add_modules "$IROOT/etc/msb/modules.virtiofs" "${VIRTIOFS_MODULES[@]}"
-  add_modules "$IROOT/etc/msb/modules.net" "${NET_MODULES[@]}"
-  log "  modules: $(xargs -n1 basename <"$IROOT/etc/msb/modules" | tr '\n' ' ')"
-  log "  on demand (virtiofs): $(xargs -n1 basename <"$IROOT/etc/msb/modules.virtiofs" | tr '\n' ' ')"
-  log "  on demand (network): $(xargs -n1 basename <"$IROOT/etc/msb/modules.net" | tr '\n' ' ')"
+  if [[ $KERNEL_KIND == own ]]; then
+    # Everything is built in: no module lists, so the agent loads none.
+    log "  no modules (own kernel, everything built in)"
+  else
+    add_modules "$IROOT/etc/msb/modules" "${WANT_MODULES[@]}"
+    add_modules "$IROOT/etc/msb/modules.virtiofs" "${VIRTIOFS_MODULES[@]}"
+    add_modules "$IROOT/etc/msb/modules.net" "${NET_MODULES[@]}"
+    log "  modules: $(xargs -n1 basename <"$IROOT/etc/msb/modules" | tr '\n' ' ')"
+    log "  on demand (virtiofs): $(xargs -n1 basename <"$IROOT/etc/msb/modules.virtiofs" | tr '\n' ' ')"
+    log "  on demand (network): $(xargs -n1 basename <"$IROOT/etc/msb/modules.net" | tr '\n' ' ')"
+  fi
   make_cpio "$IROOT" "$OUT/initramfs.cpio"
   mark "$OID-initramfs" "$IKEY"
 fi
+
+# --- 5. NOTICE, license texts, manifest.json (what the package ships, and the sizes
+# and sha256s the loader checks before a boot: packages/core-native/main.cjs)
+AGENT_VER=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/crates/agent/Cargo.toml" | head -n1)
+GLIBC_VER=$(dpkg-query -W -f '${Version}' libc6-dev 2>/dev/null || echo unknown)
+if [[ $KERNEL_KIND == own ]]; then
+  KSRC="Debian source package linux, binary package $(cat "$KDIR/source-version") (/usr/src/linux-source-6.1.tar.xz), configured with test-vms/kernel/guest.fragment on top of tinyconfig, built without modules; config hash $(basename "$KDIR")"
+  KCOPY=/usr/share/doc/linux-source-6.1/copyright
+else
+  KSRC="Debian binary package $KPKG $KPKG_VER (vmlinux extracted from its vmlinuz; modules in initramfs.cpio)"
+  KCOPY=$KTREE/usr/share/doc/$KPKG/copyright
+fi
+mkdir -p "$OUT/licenses"
+cp /usr/share/common-licenses/GPL-2 "$OUT/licenses/GPL-2.0.txt"
+cp /usr/share/common-licenses/LGPL-2.1 "$OUT/licenses/LGPL-2.1.txt"
+cp /usr/share/common-licenses/Apache-2.0 "$OUT/licenses/Apache-2.0.txt"
+[[ ! -f $KCOPY ]] || cp "$KCOPY" "$OUT/licenses/linux.copyright"
+dpkg-deb --fsys-tarfile "$BDEB" | tar -xO ./usr/share/doc/busybox-static/copyright >"$OUT/licenses/busybox.copyright" 2>/dev/null ||
+  rm -f "$OUT/licenses/busybox.copyright"
+[[ ! -f /usr/share/doc/libc6/copyright ]] || cp /usr/share/doc/libc6/copyright "$OUT/licenses/glibc.copyright"
+cat >"$OUT/NOTICE" <<NOTICE
+@microsandbox/guest-linux-x64: the files a microsandbox guest boots. Each file, what it
+is built from, and its license (texts in licenses/):
+
+vmlinux          Linux $KVER
+                 $KSRC.
+                 License: GPL-2.0-only (licenses/GPL-2.0.txt, licenses/linux.copyright).
+                 Source: Debian's linux source package of that version.
+rootfs.ext4      The default image: BusyBox from Debian binary package busybox-static $BB_VER.
+                 License: GPL-2.0-only (licenses/GPL-2.0.txt, licenses/busybox.copyright).
+                 Source: Debian's busybox source package of that version.
+initramfs.cpio   msb-agent $AGENT_VER (crates/agent of microsandbox for TypeScript) as /init,
+                 statically linked with the GNU C Library from Debian's libc6-dev $GLIBC_VER
+                 and Rust crates under MIT or Apache-2.0 (their Cargo.lock entries).
+$( [[ $KERNEL_KIND == own ]] && echo "                 No kernel modules (everything is built into vmlinux)." || echo "                 Kernel modules of the kernel above (GPL-2.0-only)." )
+                 License: Apache-2.0 (licenses/Apache-2.0.txt); the C library LGPL-2.1-or-later
+                 (licenses/LGPL-2.1.txt, licenses/glibc.copyright).
+floor.cpio       A static /init of test-vms/floor-init.c (Apache-2.0) with the same C library:
+                 msb-runtime boots it once per host boot to check that KVM works.
+NOTICE
+( cd "$OUT"
+  first=1
+  printf '{\n  "kernel": "%s",\n  "files": {' "$KVER"
+  for f in vmlinux initramfs.cpio rootfs.ext4 floor.cpio; do
+    ((first)) || printf ','
+    first=0
+    printf '\n    "%s": { "size": %s, "sha256": "%s" }' "$f" "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -d' ' -f1)"
+  done
+  printf '\n  }\n}\n'
+) >"$OUT/.manifest.json"
+mv "$OUT/.manifest.json" "$OUT/manifest.json"
 
 log "up to date: $OUT (kernel $KVER)"

@@ -12,7 +12,7 @@ set -euo pipefail
 PATH=$PATH:/usr/sbin:/sbin # mke2fs
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-OUT=$(cd "${1:-$HERE/../packages/core-native/guest}" && pwd)
+OUT=$(cd "${1:-$HERE/../packages/guest-linux-x64}" && pwd)
 RUNS=${2:-3}
 WORK=$HERE/build
 MACHINE=${MSB_MACHINE:-microvm}

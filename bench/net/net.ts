@@ -12,7 +12,7 @@
 // the feature and put it where the addon finds it (as scripts/setup.sh does):
 //
 //   cargo build --release -p msb-runtime --features bench-backends
-//   cp target/release/msb-runtime packages/core-native/bin/msb-runtime
+//   cp target/release/msb-runtime packages/core-native-linux-x64-gnu/bin/msb-runtime
 //
 // and afterwards rebuild the product runtime (npm run setup, or the same two commands
 // without --features).

@@ -4,15 +4,6 @@
  * @microsandbox/contract). */
 import type { ExecRequest, FsOp, MetricsReport, SandboxStatus, SessionEvent } from "@microsandbox/contract";
 
-
-/**
- * Which binding artifact the generated loader actually loaded: `'native'` for
- * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
- * flavor napi-rs can build is listed, because `NAPI_RS_NATIVE_LIBRARY_PATH`
- * can point the loader at a WASI artifact this package does not build itself.
- */
-export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
-
 export declare class AgentClient {
   /** Connect to a runtime's agent socket and exchange hellos. */
   static connect(socketPath: string): Promise<AgentClient>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds our own guest kernel (opt-in; the default is still Debian's cloud kernel,
+# Builds our own guest kernel (the default guest kernel: test-vms/build.sh installs it;
 # see README.md in this folder): Debian's linux-source-6.1, `make tinyconfig` plus
 # guest.fragment, everything built in (no modules), uncompressed vmlinux with the
 # PVH entry note, as QEMU boots it with -kernel.

@@ -61,7 +61,7 @@ export interface DoctorOptions {
   /** The KVM device (default /dev/kvm). */
   kvmDevice?: string;
   /** Load the addon and return its assets; default: require `@microsandbox/core-native`. */
-  loadAssets?: () => { assets: DoctorAssets; addonPath?: string };
+  loadAssets?: () => { assets: DoctorAssets; addonPath?: string; verify?: () => void };
   /** Effective user id (virtiofs needs root). */
   uid?: number;
   platform?: string;
@@ -362,16 +362,22 @@ async function checkHome(home: string, statfs: StatFs): Promise<DoctorCheck[]> {
   return checks;
 }
 
-function realAssets(): { assets: DoctorAssets; addonPath?: string } {
+/** A message of @microsandbox/core-native's loader is "<code>: <text>": the text alone. */
+const loaderText = (e: unknown) => (e instanceof Error ? e.message : String(e)).split("\n")[0]!.replace(/^[a-zA-Z]+: /, "");
+
+function realAssets(): { assets: DoctorAssets; addonPath?: string; verify?: () => void } {
   const req = createRequire(import.meta.url);
-  const addon = req("@microsandbox/core-native") as { assetPaths(): DoctorAssets };
+  const addon = req("@microsandbox/core-native") as { assetPaths(): DoctorAssets; verifyGuestAssets(): void; startSandbox: unknown };
+  // The loader loads this platform's addon on first use: touch it, so that a missing or
+  // mismatched platform package is this check's failure.
+  void addon.startSandbox;
   let addonPath: string | undefined;
   try {
     addonPath = dirname(req.resolve("@microsandbox/core-native"));
   } catch {
     /* loaded anyway */
   }
-  return { assets: addon.assetPaths(), ...(addonPath !== undefined ? { addonPath } : {}) };
+  return { assets: addon.assetPaths(), ...(addonPath !== undefined ? { addonPath } : {}), verify: () => addon.verifyGuestAssets() };
 }
 
 const REINSTALL = "reinstall @microsandbox/sdk (npm install), or run `npm run setup` in the microsandbox repository";
@@ -400,12 +406,12 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       : { name: "platform", status: "fail", detail: `${platform} ${arch}: sandboxes run on Linux x86_64 only` },
   );
 
-  let loaded: { assets: DoctorAssets; addonPath?: string } | undefined;
+  let loaded: { assets: DoctorAssets; addonPath?: string; verify?: () => void } | undefined;
   let addonError: string | undefined;
   try {
     loaded = (options.loadAssets ?? realAssets)();
   } catch (e) {
-    addonError = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+    addonError = loaderText(e);
   }
 
   checks.push(await checkQemu(env, options.qemuFallbackDirs ?? ["/usr/bin", "/usr/local/bin"]));
@@ -417,7 +423,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
   checks.push(...(await checkHome(msbHome(env), options.statfs ?? ((p) => fsp.statfs(p)))));
 
   if (loaded === undefined) {
-    checks.push({ name: "native-addon", status: "fail", detail: `cannot load @microsandbox/core-native (${addonError})`, fix: REINSTALL });
+    checks.push({ name: "native-addon", status: "fail", detail: `cannot load the native addon: ${addonError}`, fix: REINSTALL });
   } else {
     const a = loaded.assets;
     checks.push({ name: "native-addon", status: "ok", ...(loaded.addonPath ? { path: loaded.addonPath } : {}), detail: `@microsandbox/core-native loaded${loaded.addonPath ? ` from ${loaded.addonPath}` : ""}` });
@@ -426,6 +432,14 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     checks.push(await checkAsset("guest-initramfs", "the guest initramfs", a.initramfs, "fail", "MSB_INITRAMFS"));
     // Only sandboxes without an image boot the embedded default image.
     checks.push(await checkAsset("default-image", "the default image (sandboxes without an image)", a.defaultImage, "warn", "MSB_DEFAULT_IMAGE"));
+    if (loaded.verify) {
+      try {
+        loaded.verify();
+        checks.push({ name: "guest-manifest", status: "ok", detail: "the guest files match the sizes and sha256s of their package's manifest.json" });
+      } catch (e) {
+        checks.push({ name: "guest-manifest", status: "fail", detail: loaderText(e), fix: REINSTALL });
+      }
+    }
   }
   return { ok: checks.every((c) => c.status !== "fail"), checks };
 }

@@ -82,6 +82,8 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   const home = msbHome();
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
+  // A truncated or altered kernel would hang the boot: check the guest files first.
+  await callNative(() => binding.verifyGuestAssets());
   const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
   // The image's environment is merged in now: the bootstrap must still fit its frame
   // (with the secrets' placeholders, which msb-runtime adds to it).

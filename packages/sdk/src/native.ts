@@ -34,7 +34,7 @@ export type NativeHostEntry = Omit<Addon.HostEntry, "kind"> & { kind: "file" | "
 /** The addon calls the SDK makes for sandboxes (a test double may stand in for them). */
 export type NativeBinding = Pick<
   typeof Addon,
-  "startSandbox" | "removeSandbox" | "listSandboxes" | "getSandbox" | "killSandbox" | "terminateSandbox" | "releaseAttachment" | "assetPaths"
+  "startSandbox" | "removeSandbox" | "listSandboxes" | "getSandbox" | "killSandbox" | "terminateSandbox" | "releaseAttachment" | "assetPaths" | "verifyGuestAssets"
   // modify() of a stored configuration (lifecycle parity)
   | "updateSandboxConfig"
 > & { AgentClient: { connect(socketPath: string): Promise<NativeAgentClient> } };
@@ -49,14 +49,22 @@ const ADDON = "@microsandbox/core-native";
 let binding: NativeBinding | undefined;
 let hostFs: NativeHostFs | undefined;
 
-/** Load the real addon. Throws a {@link RuntimeError} saying how to build it when it cannot be loaded. */
+/**
+ * Load the real addon. Its loader names what is wrong with an installation (this
+ * platform's package missing or of another version, an unsupported platform) in an error
+ * of code `ERR_MSB_INSTALL`, mapped to a typed error as is; anything else is a
+ * {@link RuntimeError} saying how to build it.
+ */
 function loadAddon(): unknown {
   try {
-    return createRequire(import.meta.url)(ADDON);
+    const addon = createRequire(import.meta.url)(ADDON) as { startSandbox: unknown };
+    void addon.startSandbox; // the loader loads the platform's addon on first use
+    return addon;
   } catch (e) {
+    if ((e as { code?: unknown })?.code === "ERR_MSB_INSTALL") throw fromNative(e);
     const detail = (e instanceof Error ? e.message : String(e)).split("\n")[0];
     throw new RuntimeError(
-      `cannot load the native addon ${ADDON} (${detail}); build it with "npm run setup" at the repository root`,
+      `cannot load the native addon ${ADDON} (${detail}); reinstall @microsandbox/sdk, or build it with "npm run setup" at the repository root`,
       { cause: e },
     );
   }

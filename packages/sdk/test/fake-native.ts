@@ -567,6 +567,8 @@ export interface FakeNative extends NativeBinding {
   clients: FakeClient[];
   records: Map<string, NativeSandboxRecord>;
   startError: Error | undefined;
+  /** What verifyGuestAssets throws (a corrupt guest file). */
+  verifyError: Error | undefined;
   removeError: Error | undefined;
   connectError: Error | undefined;
   /** Metrics the runtime of `name` reports (scriptable). */
@@ -632,6 +634,7 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
     clients: [],
     records: new Map(),
     startError: undefined,
+    verifyError: undefined,
     removeError: undefined,
     connectError: undefined,
     metricsOf: () => defaultMetrics(),
@@ -788,6 +791,9 @@ export function fakeNative(script: Script = (req) => run(`${req.cmd} ${req.args.
         defaultImage: "/assets/rootfs.ext4",
         floorInitramfs: "/assets/floor.cpio",
       };
+    },
+    verifyGuestAssets() {
+      if (fake.verifyError) throw fake.verifyError;
     },
   };
   return fake;

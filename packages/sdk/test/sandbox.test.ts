@@ -4,6 +4,7 @@ import {
   ImageNotFoundError,
   InvalidConfigError,
   QemuNotFoundError,
+  KernelNotFoundError,
   Sandbox,
   SandboxAlreadyExistsError,
   SandboxNotFoundError,
@@ -141,6 +142,16 @@ describe("Sandbox.create", () => {
     expect((e as Error).message).toBe("/nope does not exist");
     fake.startError = new Error("qemuNotFound: qemu-system-x86_64 not found; install it with: apt-get install qemu-system-x86");
     await expect(Sandbox.builder("w1").create()).rejects.toBeInstanceOf(QemuNotFoundError);
+  });
+
+  it("a guest file that fails its manifest check rejects create() before anything starts", async () => {
+    fake.startError = undefined;
+    fake.verifyError = Object.assign(new Error("kernelNotFound: @microsandbox/guest-linux-x64: vmlinux is 3 bytes, its manifest says 12 (truncated or replaced). Fix: reinstall it"), { code: "ERR_MSB_INSTALL" });
+    const e = await Sandbox.builder("w1").create().catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(KernelNotFoundError);
+    expect((e as Error).message).toBe("@microsandbox/guest-linux-x64: vmlinux is 3 bytes, its manifest says 12 (truncated or replaced). Fix: reinstall it");
+    expect(fake.configs).toHaveLength(0);
+    fake.verifyError = undefined;
   });
 });
 
