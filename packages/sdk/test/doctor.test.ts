@@ -377,7 +377,7 @@ describe("doctor: the addon and its assets", () => {
   // Built by `npm run setup` (which `npm test` runs first); a bare unit run without it skips.
   const built = existsSync(fileURLToPath(new URL("../../core-native-linux-x64-gnu/core-native.linux-x64-gnu.node", import.meta.url)));
   it.skipIf(!built)("the real addon's assets (this checkout, after npm run setup): addon, runtime and guest files ok", async () => {
-    const env = { ...process.env, MSB_HOME: home };
+    const env: NodeJS.ProcessEnv = { ...process.env, MSB_HOME: home };
     for (const v of ["MSB_RUNTIME", "MSB_GUEST_DIR", "MSB_KERNEL", "MSB_INITRAMFS", "MSB_DEFAULT_IMAGE"]) delete env[v];
     const r = await doctor({ env });
     const by = (n: string) => r.checks.find((c) => c.name === n);
