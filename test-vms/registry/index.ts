@@ -242,7 +242,7 @@ export function buildFixtures(): Promise<void> {
 export async function pushFixtures(reg: Registry, images: string[] = DEFAULT_FIXTURES): Promise<void> {
   await buildFixtures();
   const auth = reg.username ? ["--dest-creds", `${reg.username}:${reg.password}`] : [];
-  const jobs = images.map((name) => {
+  const copies = images.map((name) => {
     const f = FIXTURES[name];
     if (!f) throw new Error(`unknown fixture image ${name} (known: ${ALL_FIXTURES.join(", ")})`);
     const layout = join(OCI_DIR, f.layout);
@@ -257,7 +257,18 @@ export async function pushFixtures(reg: Registry, images: string[] = DEFAULT_FIX
         `oci:${layout}:${f.srcTag}`, `docker://${reg.host}/${name}`,
       ], { timeoutMs: 300_000 });
   });
-  // Two at a time: the machines have 2 cores and skopeo is mostly waiting on I/O.
+  // Copies into one repository run one after another: Distribution 2.8's filesystem
+  // driver answers 500 when two uploads of the same blob into one repository race
+  // (multi:latest and multi:v2list share their config and layers). Repositories go
+  // two at a time: the machines have 2 cores and skopeo is mostly waiting on I/O.
+  const byRepo = new Map<string, (() => Promise<string>)[]>();
+  images.forEach((name, i) => {
+    const repo = name.slice(0, name.lastIndexOf(":"));
+    byRepo.set(repo, [...(byRepo.get(repo) ?? []), copies[i]!]);
+  });
+  const jobs = [...byRepo.values()].map((chain) => async () => {
+    for (const copy of chain) await copy();
+  });
   let next = 0;
   const worker = async () => {
     while (next < jobs.length) await jobs[next++]!();
