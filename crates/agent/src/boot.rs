@@ -91,6 +91,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         "mode=1777",
     );
     let _ = fs::create_dir_all("/tmp");
+    crate::memcg::setup();
 
     for m in &b.mounts {
         mount_extra(m)?;

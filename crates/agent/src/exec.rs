@@ -211,10 +211,14 @@ impl Sessions {
             .stderr(Stdio::piped());
         }
         let tty = req.tty.is_some();
-        if tty || !rlimits.is_empty() {
+        let cgroup = crate::memcg::procs();
+        if tty || !rlimits.is_empty() || cgroup.is_some() {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
+                    if let Some(procs) = cgroup {
+                        crate::memcg::join_in_child(procs);
+                    }
                     for &(res, n) in &rlimits {
                         let lim = libc::rlimit {
                             rlim_cur: n,

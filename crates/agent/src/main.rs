@@ -9,6 +9,7 @@ mod boot;
 mod env;
 mod exec;
 mod fsops;
+mod memcg;
 mod net;
 mod port;
 mod sys;

@@ -1,0 +1,130 @@
+//! A memory reserve for the agent.
+//!
+//! Every command runs in one cgroup (`/sys/fs/cgroup/msb-commands`) whose `memory.max`
+//! is the memory available at bootstrap less a reserve; the agent (PID 1) stays in the
+//! root cgroup.
+//! Without it, a command filling a tmpfs past RAM (pages no kill gives back) leaves the
+//! OOM killer nothing but PID 1 at the agent's next allocation, and the kernel panics
+//! ("System is deadlocked on memory"): the sandbox dies instead of the command. With
+//! it, the cgroup's own OOM killer picks among the commands and the agent keeps serving.
+//!
+//! A command joins the cgroup between fork and exec (exec.rs), so nothing it does runs
+//! outside it; this costs the agent its vfork fast path (about 1 ms a command here).
+
+use std::ffi::CString;
+use std::fs;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const GROUP: &str = "/sys/fs/cgroup/msb-commands";
+const MIB: u64 = 1 << 20;
+
+/// Set once bootstrap made the cgroup; unset (commands stay in the root) otherwise.
+static PROCS: OnceLock<CString> = OnceLock::new();
+
+/// Memory kept out of the commands' reach: 1/16 of the guest's, 16 to 64 MiB.
+pub fn reserve_bytes(mem_total: u64) -> u64 {
+    (mem_total / 16).clamp(16 * MIB, 64 * MIB)
+}
+
+/// `memory.max` for the commands' cgroup, from /proc/meminfo at bootstrap: what is
+/// available then (the kernel, the agent and the initramfs already took theirs) less
+/// the reserve (from MemTotal).
+pub fn commands_max(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    let (total, available) = (field("MemTotal")?, field("MemAvailable")?);
+    available
+        .checked_sub(reserve_bytes(total))
+        .filter(|&m| m > 0)
+}
+
+/// Mounts cgroup2 (after the switch to the sandbox's root) and makes the commands'
+/// cgroup. A kernel without the memory controller leaves commands where they are.
+pub fn setup() {
+    if let Err(e) = try_setup() {
+        crate::log(&format!("no memory reserve for the agent: {e}"));
+    }
+}
+
+fn try_setup() -> Result<(), String> {
+    if !Path::new(ROOT).join("cgroup.controllers").exists() {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        crate::sys::mount("cgroup2", ROOT, "cgroup2", flags, "")?;
+    }
+    let controllers = fs::read_to_string(format!("{ROOT}/cgroup.controllers"))
+        .map_err(|e| format!("cgroup.controllers: {e}"))?;
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err("the kernel has no memory controller".into());
+    }
+    fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory")
+        .map_err(|e| format!("cgroup.subtree_control: {e}"))?;
+    let meminfo = fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string())?;
+    let max = commands_max(&meminfo).ok_or("no MemTotal/MemAvailable in /proc/meminfo")?;
+    match fs::create_dir(GROUP) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("mkdir {GROUP}: {e}")),
+    }
+    fs::write(format!("{GROUP}/memory.max"), max.to_string())
+        .map_err(|e| format!("memory.max: {e}"))?;
+    let procs = CString::new(format!("{GROUP}/cgroup.procs")).map_err(|e| e.to_string())?;
+    let _ = PROCS.set(procs);
+    Ok(())
+}
+
+/// The commands' `cgroup.procs`, once bootstrap made the cgroup.
+pub fn procs() -> Option<&'static CString> {
+    PROCS.get()
+}
+
+/// Joins the cgroup whose `cgroup.procs` this is: for a forked child before exec, so
+/// only async-signal-safe calls. A failure leaves the command in the root cgroup.
+pub fn join_in_child(procs: &CString) {
+    // SAFETY: open/write/close on a NUL-terminated path and a static buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_a_sixteenth_within_16_and_64_mib() {
+        assert_eq!(reserve_bytes(128 * MIB), 16 * MIB);
+        assert_eq!(reserve_bytes(512 * MIB), 32 * MIB);
+        assert_eq!(reserve_bytes(4096 * MIB), 64 * MIB);
+    }
+
+    #[test]
+    fn commands_max_is_what_is_available_less_the_reserve() {
+        let m = "MemTotal:         245000 kB\nMemFree:          200000 kB\nMemAvailable:     220000 kB\n";
+        assert_eq!(commands_max(m), Some(220_000 * 1024 - 16 * MIB));
+        assert_eq!(commands_max("MemTotal: 245000 kB\n"), None);
+        // less available than the reserve
+        assert_eq!(
+            commands_max("MemTotal: 245000 kB\nMemAvailable: 1000 kB\n"),
+            None
+        );
+        assert_eq!(
+            commands_max("MemTotal: lots kB\nMemAvailable: 1000 kB\n"),
+            None
+        );
+    }
+}
