@@ -8,7 +8,9 @@ ROOT=$PWD
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 # --- host packages --------------------------------------------------------------------
-APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev binutils tmux openssl)
+# The second line builds the guest kernel (test-vms/kernel/build-kernel.sh checks it too).
+APT_PACKAGES=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod xz-utils zstd gcc libc6-dev binutils tmux openssl
+  linux-source-6.1 bc flex bison make libelf-dev libssl-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,7 +14,7 @@
 #
 # Usage: test-vms/build.sh [OUT_DIR]   (default: packages/guest-linux-x64)
 # Env:   MSB_AGENT_BIN    agent binary (default: target/x86_64-unknown-linux-gnu/release/msb-agent)
-#        MSB_GUEST_KERNEL debian (default) | own (test-vms/kernel; opt-in until every e2e test passes on it)
+#        MSB_GUEST_KERNEL own (default: test-vms/kernel) | debian (Debian's cloud kernel, the earlier guest)
 #        MSB_KERNEL_PKG   with debian: pin a versioned kernel package (default: what linux-image-cloud-amd64 depends on)
 #        SOURCE_DATE_EPOCH  timestamp for every file in the outputs
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 OUT=${1:-$ROOT/packages/guest-linux-x64}
-KERNEL_KIND=${MSB_GUEST_KERNEL:-debian}
+KERNEL_KIND=${MSB_GUEST_KERNEL:-own}
 [[ $KERNEL_KIND == own || $KERNEL_KIND == debian ]] || { echo "build.sh: MSB_GUEST_KERNEL must be own or debian" >&2; exit 1; }
 WORK=$HERE/build
 AGENT=${MSB_AGENT_BIN:-$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent}

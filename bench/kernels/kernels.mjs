@@ -23,8 +23,8 @@ const { assetPaths } = require("@microsandbox/core-native");
 const runs = Number(process.argv[2] ?? 5);
 for (const v of ["MSB_GUEST_DIR", "MSB_KERNEL", "MSB_INITRAMFS"]) delete process.env[v];
 const guests = {
-  own: fileURLToPath(new URL("../../test-vms/build/own-guest", import.meta.url)),
-  debian: fileURLToPath(new URL("../../packages/guest-linux-x64", import.meta.url)),
+  own: fileURLToPath(new URL("../../packages/guest-linux-x64", import.meta.url)),
+  debian: fileURLToPath(new URL("../../test-vms/build/debian-guest", import.meta.url)),
 };
 const home = mkdtempSync(join(tmpdir(), "msb-kcmp-"));
 process.env.MSB_HOME = home;
