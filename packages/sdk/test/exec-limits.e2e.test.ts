@@ -92,9 +92,13 @@ describe("timeout", () => {
     // single vCPU saturated, the bomb keeps forking, and a child in a session of its own
     // survives the process-group SIGKILL with stdout open, so the session never ends by
     // itself. The host's deadline must not care (it used to wait up to 5 s more).
+    // The setsid'd child says when it is in its own session: under a loaded host it
+    // could otherwise still be in the group when the deadline's SIGKILL comes.
     const script = [
       "trap '' TERM",
-      "setsid sh -c 'trap \"\" TERM; while :; do sleep 1; done' &",
+      "rm -f /tmp/setsid-ready",
+      "setsid sh -c 'trap \"\" TERM; : > /tmp/setsid-ready; while :; do sleep 1; done' &",
+      "while [ ! -e /tmp/setsid-ready ]; do :; done",
       "for i in 1 2 3 4; do (while :; do :; done) & done",
       "f() { f | f & }; f 2>/dev/null",
       "while :; do :; done",
