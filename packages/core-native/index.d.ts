@@ -68,6 +68,20 @@ export declare class FileLock {
   release(): void
 }
 
+/**
+ * Copies a stopped sandbox's writable disk (`sandboxes/<name>/upper.ext4`) to `dst`,
+ * holding the sandbox's lock for the whole copy, so that no runtime can start on it
+ * meanwhile. A sandbox whose runtime holds the lock is `sandboxStillRunning`.
+ */
+export declare function copySandboxUpper(msbHome: string, name: string, dst: string): Promise<number>
+
+/**
+ * Copies `src` to `dst` keeping holes (a reflink where the filesystem can); `dst` is
+ * replaced atomically. The source must be a regular file, not a link. Returns the
+ * apparent size in bytes.
+ */
+export declare function copySparse(src: string, dst: string): Promise<number>
+
 export declare function getSandbox(msbHome: string, name: string): Promise<SandboxRecord>
 
 /**
@@ -204,6 +218,12 @@ export interface SandboxRecord {
   exitCode?: number
   exitReason?: string
 }
+
+/**
+ * The content digest of a sparse file ("sha256:<hex>", algorithm
+ * `msb-sparse-sha256-v1`: holes and zero chunks are not hashed).
+ */
+export declare function sparseSha256(path: string): Promise<string>
 
 /**
  * Start msb-runtime for a sandbox and wait until the guest is ready. `config_json` is a

@@ -67,6 +67,10 @@ pub struct RuntimeConfig {
     /// Volumes (virtiofs for bind and named ones, tmpfs in the guest).
     #[serde(default)]
     pub mounts: Vec<MountConfig>,
+    /// Create mode only: the new sandbox's writable disk starts as a copy of this file (a
+    /// disk snapshot's `upper.ext4`, copied sparse or reflinked) instead of an empty one.
+    #[serde(default)]
+    pub upper_source: Option<PathBuf>,
     /// Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
     #[serde(default)]
     pub image_fstype: Option<String>,
@@ -231,6 +235,17 @@ impl RuntimeConfig {
         if !self.msb_home.is_absolute() {
             return bad("msbHome", "must be an absolute path");
         }
+        if let Some(u) = &self.upper_source {
+            if self.mode != Mode::Create {
+                return bad(
+                    "upperSource",
+                    "only a new sandbox (mode create) starts from a copy",
+                );
+            }
+            if !u.is_absolute() {
+                return bad("upperSource", "must be an absolute path");
+            }
+        }
         Ok(())
     }
 }
@@ -244,5 +259,42 @@ impl MountKind {
             MountKind::Named => "named",
             MountKind::Tmpfs => "tmpfs",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> RuntimeConfig {
+        let mut v = serde_json::json!({
+            "name": "w1", "msbHome": "/tmp/h", "kernel": "/k", "initramfs": "/i", "image": "/img",
+            "cpus": 1, "memoryMib": 256
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn upper_source_is_for_a_new_sandbox_and_an_absolute_path() {
+        assert_eq!(config(serde_json::json!({})).validate(), Ok(()));
+        assert_eq!(
+            config(serde_json::json!({"upperSource": "/s/upper.ext4"})).validate(),
+            Ok(())
+        );
+        let field = |e: Result<(), ConfigError>| e.unwrap_err().field;
+        assert_eq!(
+            field(config(serde_json::json!({"upperSource": "rel/upper.ext4"})).validate()),
+            "upperSource"
+        );
+        assert_eq!(
+            field(
+                config(serde_json::json!({"upperSource": "/s/upper.ext4", "mode": "start"}))
+                    .validate()
+            ),
+            "upperSource"
+        );
     }
 }

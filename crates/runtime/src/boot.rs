@@ -20,6 +20,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use msb_contract::ErrorCode;
 use msb_protocol::GuestMount;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -101,6 +102,22 @@ impl Sandbox {
                 .await
                 .map_err(DiskError::Lower)?;
         let upper = self.dir.join("upper.ext4");
+        if let (Some(src), false) = (&self.cfg.upper_source, upper.exists()) {
+            // A new sandbox from a disk snapshot: its writable disk is a copy of the
+            // snapshot's (reflinked where the filesystem can, holes kept otherwise).
+            let t0 = Instant::now();
+            let size = msb_store::sparse::copy_sparse(src, &upper).map_err(|e| {
+                DiskError::Upper(RtError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("upperSource: cannot copy {}: {e}", src.display()),
+                ))
+            })?;
+            log(&format!(
+                "upper disk copied from {} ({size} bytes apparent) in {} ms",
+                src.display(),
+                t0.elapsed().as_millis()
+            ));
+        }
         Ok(Disks {
             lower,
             fresh_upper: !upper.exists(),

@@ -7,6 +7,7 @@ import { GROUPS } from "@microsandbox/contract";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { USAGE, formatError, usageError, wantsJson } from "./errors.js";
 import { registerVolumeCommands, type VolumeCli } from "./volumes.js";
+import { registerSnapshotCommands, type SnapshotCli } from "./snapshots.js";
 import { registerImageCommands, type ImageCli } from "./images.js";
 import { addLogsCommand, logsOptions, type LogsCliOptions, type RawLogsOpts } from "./logs.js";
 
@@ -155,6 +156,7 @@ export type ParsedCli =
   | { kind: "logs"; options: LogsCliOptions }
   | { kind: "doctor"; json: boolean }
   | VolumeCli
+  | SnapshotCli
   | ImageCli
   /** Nothing to run: help or version was printed, or the arguments were bad (code 2). */
   | { kind: "exit"; code: number };
@@ -511,6 +513,7 @@ interface Handlers {
   doctor(opts: { json?: boolean }): void;
   volume(r: VolumeCli): void;
   volumeUsage(message: string): void;
+  snapshot(r: SnapshotCli): void;
   image(r: ImageCli): void;
 }
 
@@ -672,6 +675,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .option("-f, --force", "remove even when sandboxes use the image")
     .action((images: string[], opts: { force?: boolean }) => on.rmi(images, opts));
   registerVolumeCommands(program, (r) => on.volume(r), (m) => on.volumeUsage(m));
+  registerSnapshotCommands(program, (r) => on.snapshot(r));
   registerImageCommands(program, (r) => on.image(r));
 
   addLogsCommand(program, (name, opts) => on.logs(name, opts));
@@ -825,6 +829,9 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     volumeUsage(message) {
       result = usage(message);
+    },
+    snapshot(r) {
+      result = sep !== -1 ? usage("msb snapshot takes no command after --") : r;
     },
     image(r) {
       result = sep !== -1 ? usage("msb image takes no command after --") : r;

@@ -8,6 +8,7 @@ import { runCommand, sdkDeps, type RunDeps } from "./run.js";
 import { logsCommand } from "./logs.js";
 import { doctorCommand } from "./doctor.js";
 import { volumeCommand } from "./volumes.js";
+import { snapshotCommand } from "./snapshots.js";
 import {
   cpCommand,
   createCommand,
@@ -119,6 +120,12 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "volumeInspect":
     case "volumeRm":
       return volumeCommand(parsed, { out: io.out, err: io.err, json });
+    case "snapshotCreate":
+    case "snapshotLs":
+    case "snapshotInspect":
+    case "snapshotRm":
+    case "snapshotVerify":
+      return snapshotCommand(parsed, { out: io.out, err: io.err, json });
     case "imageSave":
     case "imageLoad":
     case "imageInspect":

@@ -198,6 +198,11 @@ sdkConfig: unknown,
  */
 mounts: Array<MountConfig>, 
 /**
+ * Create mode only: the new sandbox's writable disk starts as a copy of this file (a
+ * disk snapshot's `upper.ext4`, copied sparse or reflinked) instead of an empty one.
+ */
+upperSource: string | null, 
+/**
  * Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
  */
 imageFstype: string | null, 

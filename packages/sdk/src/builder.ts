@@ -1,5 +1,5 @@
 import "./polyfill.js";
-import type { PullProgress } from "@microsandbox/oci";
+import { parseReference, type PullProgress } from "@microsandbox/oci";
 import { NetworkBuilder, type SecretBuilder } from "@microsandbox/netstack";
 import { ImageBuilder, MountBuilder, PatchBuilder } from "./builders.js";
 import {
@@ -17,7 +17,9 @@ import {
 } from "./config.js";
 import { z } from "zod";
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
+import { InvalidConfigError } from "./errors.js";
 import { launch } from "./launch.js";
+import { Snapshot } from "./snapshot.js";
 import { PullProgressCreate } from "./pull-progress.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.builder().
 import type { Sandbox } from "./sandbox.js";
@@ -69,6 +71,7 @@ export class InitOptionsBuilder {
  */
 export class SandboxBuilder {
   readonly #raw: RawSandboxConfig;
+  #fromSnapshot: string | undefined;
   #onPullProgress: ((p: PullProgress) => void) | undefined;
   #replace = false;
   /** `.replaceWithTimeout(ms)`: how long the old sandbox gets to stop (0: killed at once). */
@@ -213,6 +216,17 @@ export class SandboxBuilder {
    * (ext4). Paths start with `/`, `./`, `../` or `~`, or name something that exists on
    * the host; anything else is pulled from its registry. Default: the embedded busybox image.
    */
+  /**
+   * Boot a new sandbox on a copy of a disk snapshot's writable disk (a bare name under
+   * `$MSB_HOME/snapshots`, or a path): the image is the snapshot's, pinned to the digest
+   * it was made on. Not with {@link image}: `create()` rejects with
+   * `InvalidConfigError` (field `fromSnapshot`).
+   */
+  fromSnapshot(pathOrName: string): this {
+    this.#fromSnapshot = pathOrName;
+    return this;
+  }
+
   image(image: string): this {
     this.#raw.image = image;
     delete this.#raw.imageIsDisk;
@@ -473,7 +487,18 @@ export class SandboxBuilder {
   }
 
   async #create(attached: boolean): Promise<Sandbox> {
-    const { config, patches } = validateAll(this.#raw);
+    let raw = this.#raw;
+    let upperSource: string | undefined;
+    if (this.#fromSnapshot !== undefined) {
+      if (raw.image !== undefined) {
+        throw new InvalidConfigError("fromSnapshot", "invalid fromSnapshot: the snapshot pins its image; do not set image() as well");
+      }
+      const snap = await Snapshot.open(this.#fromSnapshot);
+      const img = snap.image;
+      raw = { ...raw, ...(img.ref === null ? {} : { image: img.kind === "oci" && img.manifestDigest !== null ? pinnedImage(img.ref, img.manifestDigest) : img.ref }) };
+      upperSource = snap.upperPath;
+    }
+    const { config, patches } = validateAll(raw);
     const replaceTimeoutMs = this.#replace ? check(replaceTimeoutSchema, "replaceWithTimeout", this.#replaceTimeoutMs, "replace timeout") : 0;
     return launch(config, {
       mode: "create",
@@ -482,7 +507,18 @@ export class SandboxBuilder {
       replace: this.#replace,
       replaceTimeoutMs,
       patches,
+      ...(upperSource !== undefined ? { upperSource } : {}),
       ...(this.#onPullProgress ? { onPullProgress: this.#onPullProgress } : {}),
     });
+  }
+}
+
+/** `registry/repository@digest`: a snapshot's image, pinned to what its disk was made on. */
+function pinnedImage(ref: string, digest: string): string {
+  try {
+    const r = parseReference(ref);
+    return `${r.registry}/${r.repository}@${digest}`;
+  } catch {
+    return ref;
   }
 }

@@ -268,6 +268,27 @@ export class VolumeAlreadyExistsError extends MicrosandboxError {
   }
 }
 
+/** No snapshot of that name, digest or path (`Snapshot.open/get/remove`, `fromSnapshot`). */
+export class SnapshotNotFoundError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("snapshotNotFound", message, options);
+  }
+}
+
+/** A snapshot of that name exists already (`Snapshot.builder(name).create()` without `force()`). */
+export class SnapshotAlreadyExistsError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("snapshotAlreadyExists", message, options);
+  }
+}
+
+/** A snapshot artifact is damaged: its manifest unreadable, its disk missing, truncated, or not what `verify()` recorded. */
+export class SnapshotIntegrityError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("snapshotIntegrity", message, options);
+  }
+}
+
 /**
  * A log cursor given as `fromCursor` that cannot be used here (`field: "fromCursor"`):
  * `reason` is `"malformed"` (not a cursor, or one pointing where no entry starts) or
@@ -407,7 +428,10 @@ export type MicrosandboxErrorCode =
   | "outputLimit"
   | "stdinUnavailable"
   | "invalidCursor"
-  | "missedRotation";
+  | "missedRotation"
+  | "snapshotNotFound"
+  | "snapshotAlreadyExists"
+  | "snapshotIntegrity";
 
 /** A host I/O operation failed (the reference's `io`; ours mostly reports `runtime` or `sandboxFsOps`). */
 export class IoError extends MicrosandboxError {

@@ -20,6 +20,7 @@ import { modifySandbox, type ModifyOptions, type SandboxModificationPlan } from 
 import { toSandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { openLogStream, readLogs, type LogEntry, type LogReadOptions, type LogStream, type LogStreamOptions } from "./logs.js";
 import { callNative, native, type NativeAgentClient } from "./native.js";
+import { Snapshot } from "./snapshot.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.get() and Sandbox.list().
 import type { Sandbox } from "./sandbox.js";
 
@@ -141,6 +142,15 @@ export class SandboxHandle {
     const binding = await callNative(() => native());
     await callNative(() => binding.killSandbox(this.#home, this.name));
     await this.refresh().catch(() => undefined);
+  }
+
+  /**
+   * Snapshot this stopped sandbox's writable disk as `name` under `$MSB_HOME/snapshots`
+   * (`Snapshot.builder(name).fromSandbox(this.name).create()`). A running sandbox is
+   * `SandboxStillRunningError`; stop it first.
+   */
+  async snapshot(name: string): Promise<Snapshot> {
+    return Snapshot.builder(name).fromSandbox(this.name).create();
   }
 
   /** Delete the stopped sandbox and all its state. `SandboxStillRunningError` while it runs. */

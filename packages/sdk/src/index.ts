@@ -142,6 +142,9 @@ export {
   MissedRotationError,
   VolumeNotFoundError,
   VolumeAlreadyExistsError,
+  SnapshotNotFoundError,
+  SnapshotAlreadyExistsError,
+  SnapshotIntegrityError,
   fromNative,
   fromOci,
 } from "./errors.js";
@@ -214,4 +217,15 @@ export {
   type VolumeFsMetadata,
   type VolumeFsReadOptions,
 } from "./volume.js";
+export {
+  Snapshot,
+  SnapshotBuilder,
+  SnapshotHandle,
+  SPARSE_SHA256,
+  MAX_SNAPSHOT_LABELS,
+  type SnapshotConfig,
+  type SnapshotScope,
+  type SnapshotState,
+  type SnapshotVerifyReport,
+} from "./snapshot.js";
 export { doctor, doctorExitCode, MIN_QEMU_VERSION, MIN_E2FSPROGS_VERSION, DOCTOR_INSTALL_ALL, type DoctorCheck, type DoctorReport, type DoctorStatus, type DoctorOptions, type DoctorAssets } from "./doctor.js";

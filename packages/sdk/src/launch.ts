@@ -66,6 +66,8 @@ export interface LaunchOptions {
   onPullProgress?: (p: PullProgress) => void;
   /** mode "create": patch steps to apply after boot. */
   patches?: PatchOp[];
+  /** mode "create": the writable disk starts as a copy of this file (`fromSnapshot`). */
+  upperSource?: string;
 }
 
 /**
@@ -114,6 +116,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     maxDurationSecs: config.maxDurationSecs,
     mounts: config.volumes.map((v) => ({ guestPath: v.guestPath, kind: v.kind, source: v.source, readonly: v.readonly, sizeMiB: v.sizeMiB })),
     imageFstype: config.imageFstype,
+    upperSource: o.mode === "create" ? (o.upperSource ?? null) : null,
     logLevel: config.logLevel,
     network: config.network,
     // A restart stores back exactly what was stored.

@@ -44,6 +44,9 @@ export type NativeHostFs = Pick<typeof Addon, "hostOpenParent" | "hostMkdirAt" |
   hostOpenAt(dirfd: number, name: string): NativeHostEntry;
 };
 
+/** The addon's sparse-file calls for disk snapshots (packages/core-native/src/sparse.rs). */
+export type NativeSnapshots = Pick<typeof Addon, "copySandboxUpper" | "copySparse" | "sparseSha256">;
+
 const ADDON = "@microsandbox/core-native";
 
 let binding: NativeBinding | undefined;
@@ -83,6 +86,11 @@ export function native(): NativeBinding {
 export function hostFsNative(): NativeHostFs {
   hostFs ??= loadAddon() as NativeHostFs;
   return hostFs;
+}
+
+/** The addon's snapshot calls: always the real addon (they touch only the host's files). */
+export function snapshotNative(): NativeSnapshots {
+  return loadAddon() as NativeSnapshots;
 }
 
 /**

@@ -79,6 +79,7 @@ describe("Sandbox.create", () => {
         maxDurationSecs: null,
         mounts: [],
         imageFstype: null,
+        upperSource: null,
         logLevel: null,
         network: defaultNetConfig(),
         sdkConfig: {
