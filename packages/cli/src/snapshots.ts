@@ -1,9 +1,10 @@
 /** `msb snapshot create|ls|inspect|rm|verify` (and `msb snapshots`, short for `msb snapshot ls`). */
-import { InvalidArgumentError, type Command } from "commander";
+import type { Command } from "commander";
 import { Snapshot, type SnapshotHandle } from "@microsandbox/sdk";
 import { ago, table } from "./images.js";
 import { formatBytes } from "./progress.js";
 import { describeError } from "./run.js";
+import { JSON_ERRORS, labelPair } from "./volumes.js";
 
 /** A parsed `msb snapshot ...` command. */
 export type SnapshotCli =
@@ -18,14 +19,6 @@ export interface SnapshotsIO {
   err(text: string): void;
   json?: boolean;
 }
-
-function labelPair(value: string, previous: [string, string][] | undefined): [string, string][] {
-  const eq = value.indexOf("=");
-  if (eq <= 0) throw new InvalidArgumentError(`label must be KEY=VALUE with a non-empty KEY (got ${JSON.stringify(value)}).`);
-  return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
-}
-
-const JSON_ERRORS = ["--json", 'report errors as one JSON object on stderr: {"error":{"code","message"}}'] as const;
 
 /** Add `snapshot` (with its subcommands) and `snapshots` to `program`. */
 export function registerSnapshotCommands(program: Command, done: (r: SnapshotCli) => void): void {

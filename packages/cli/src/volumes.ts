@@ -43,7 +43,7 @@ export function parseSizeMiB(field: string) {
   };
 }
 
-function labelPair(value: string, previous: [string, string][] | undefined): [string, string][] {
+export function labelPair(value: string, previous: [string, string][] | undefined): [string, string][] {
   const eq = value.indexOf("=");
   if (eq <= 0) throw new InvalidArgumentError(`label must be KEY=VALUE with a non-empty KEY (got ${JSON.stringify(value)}).`);
   return [...(previous ?? []), [value.slice(0, eq), value.slice(eq + 1)]];
@@ -56,7 +56,7 @@ function oneOf<T extends string>(field: string, values: readonly T[]) {
   };
 }
 
-const JSON_ERRORS = ["--json", 'report errors as one JSON object on stderr: {"error":{"code","message"}}'] as const;
+export const JSON_ERRORS = ["--json", 'report errors as one JSON object on stderr: {"error":{"code","message"}}'] as const;
 
 /** Add `volume` (with its subcommands) and `volumes` to `program`; `done` receives the parsed command. */
 export function registerVolumeCommands(program: Command, done: (r: VolumeCli) => void, usage: (message: string) => void): void {

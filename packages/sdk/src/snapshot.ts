@@ -38,6 +38,8 @@ import {
 } from "./errors.js";
 import { isLive, readRecord } from "./lifecycle.js";
 import { callNative, native, snapshotNative } from "./native.js";
+// Labels follow the volumes' rules.
+import { labelKeySchema, labelValueSchema } from "./volume.js";
 
 /** Snapshot payload scope: `"disk"` (the writable disk); `"resumable"` is not supported yet. */
 export type SnapshotScope = "disk" | "resumable";
@@ -106,16 +108,6 @@ const manifestSchema = z.object({
 });
 type Manifest = z.infer<typeof manifestSchema>;
 
-const labelKeySchema = z
-  .string({ error: "must be a string" })
-  .min(1, { error: "must not be empty" })
-  .max(255, { error: "must be at most 255 characters" })
-  // eslint-disable-next-line no-control-regex
-  .refine((k) => !/[\u0000-\u001f\u007f=]/.test(k), { error: "must not contain control characters or '='" });
-const labelValueSchema = z
-  .string({ error: "must be a string" })
-  .max(4096, { error: "must be at most 4096 characters" })
-  .refine((v) => !v.includes("\0"), { error: "must not contain NUL" });
 const dirSchema = z
   .string({ error: "must be a path (string)" })
   .min(1, { error: "must not be empty" })

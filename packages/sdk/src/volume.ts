@@ -60,13 +60,13 @@ export const MAX_DISK_VOLUME_MIB = 1024 * 1024;
 /** Largest metadata file read back (a larger one is treated as missing). */
 const MAX_META_BYTES = 256 * 1024;
 
-const labelKeySchema = z
+export const labelKeySchema = z
   .string({ error: "must be a string" })
   .min(1, { error: "must not be empty" })
   .max(255, { error: "must be at most 255 characters" })
   // eslint-disable-next-line no-control-regex
   .refine((k) => !/[\u0000-\u001f\u007f=]/.test(k), { error: "must not contain control characters or '='" });
-const labelValueSchema = z
+export const labelValueSchema = z
   .string({ error: "must be a string" })
   .max(4096, { error: "must be at most 4096 characters" })
   .refine((v) => !v.includes("\0"), { error: "must not contain NUL" });
