@@ -219,6 +219,17 @@ export interface SandboxRecord {
   exitReason?: string
 }
 
+export declare function sparseExtents(path: string): Promise<SparseLayout>
+
+/**
+ * A sparse file's layout: its apparent size and data extents (`[offset, length]`, in
+ * order), for writing only its data into a snapshot archive.
+ */
+export interface SparseLayout {
+  size: number
+  extents: Array<Array<number>>
+}
+
 /**
  * The content digest of a sparse file ("sha256:<hex>", algorithm
  * `msb-sparse-sha256-v1`: holes and zero chunks are not hashed).

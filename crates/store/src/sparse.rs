@@ -61,7 +61,7 @@ pub fn open_regular_nofollow(path: &Path) -> Result<File> {
 
 /// The data extents of `f` (offset, length), from SEEK_DATA/SEEK_HOLE. A filesystem
 /// without them reports the whole file as data.
-fn data_extents(f: &File, size: u64) -> Result<Vec<(u64, u64)>> {
+pub fn data_extents(f: &File, size: u64) -> Result<Vec<(u64, u64)>> {
     let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: u64 = 0;
@@ -92,6 +92,13 @@ fn data_extents(f: &File, size: u64) -> Result<Vec<(u64, u64)>> {
         pos = hole;
     }
     Ok(out)
+}
+
+/// The data extents of the regular file at `path` (not a link), and its apparent size.
+pub fn file_extents(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
+    let f = open_regular_nofollow(path)?;
+    let size = f.metadata()?.size();
+    Ok((size, data_extents(&f, size)?))
 }
 
 /// Copies `src` to `dst` keeping holes: a reflink (FICLONE) where the filesystem can,

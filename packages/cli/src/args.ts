@@ -89,6 +89,8 @@ export interface SandboxFlags extends GuestFlags {
   env: [string, string][];
   workdir?: string;
   pullPolicy?: string;
+  /** `--snapshot NAME`: boot on a copy of a disk snapshot's writable disk (its image pinned). */
+  snapshot?: string;
   registry: RegistryFlags;
 }
 
@@ -376,6 +378,7 @@ interface RawRunOpts extends RawRegistryOpts, RawGuestOpts, RawAttachOpts {
   env?: [string, string][];
   workdir?: string;
   pullPolicy?: string;
+  snapshot?: string;
 }
 
 function pullPolicy(value: string): string {
@@ -549,7 +552,8 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .option("--memory <mib>", "guest memory in MiB (at least 64, default 512)", integer("memory"))
     .option("-e, --env <KEY=VALUE>", "environment variable for the command (repeatable)", envPair)
     .option("-w, --workdir <dir>", "working directory inside the sandbox (absolute)")
-    .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy);
+    .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy)
+    .option("--snapshot <NAME>", "start from a disk snapshot (msb snapshot create): its files, on its pinned image (no IMAGE then)");
   guestOptions(run);
   attachOptions(run);
   jsonErrors(run);
@@ -571,6 +575,7 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .option("-e, --env <KEY=VALUE>", "environment variable for every command (repeatable)", envPair)
     .option("-w, --workdir <dir>", "default working directory inside the sandbox (absolute)")
     .option("--pull-policy <policy>", "when to pull an OCI image: always, if-missing (default), never", pullPolicy)
+    .option("--snapshot <NAME>", "start from a disk snapshot (msb snapshot create): its files, on its pinned image (no IMAGE then)")
     .option("--idle-timeout <secs>", "stop the sandbox after this many seconds without a running command", positiveInteger("idle-timeout"))
     .option("--max-duration <secs>", "stop the sandbox at this age in seconds, whatever runs in it", positiveInteger("max-duration"))
     .option("--replace", "stop and remove a sandbox of the same name first")
@@ -727,6 +732,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
       if (opts.memory !== undefined) options.memory = opts.memory;
       if (opts.workdir !== undefined) options.workdir = opts.workdir;
       if (opts.pullPolicy !== undefined) options.pullPolicy = opts.pullPolicy;
+      if (opts.snapshot !== undefined) options.snapshot = opts.snapshot;
       result = { kind: "run", options };
     },
     create(image, opts) {
@@ -746,6 +752,7 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
       if (opts.memory !== undefined) options.memory = opts.memory;
       if (opts.workdir !== undefined) options.workdir = opts.workdir;
       if (opts.pullPolicy !== undefined) options.pullPolicy = opts.pullPolicy;
+      if (opts.snapshot !== undefined) options.snapshot = opts.snapshot;
       if (opts.idleTimeout !== undefined) options.idleTimeoutSecs = opts.idleTimeout;
       if (opts.maxDuration !== undefined) options.maxDurationSecs = opts.maxDuration;
       if (opts.replace) options.replace = true;

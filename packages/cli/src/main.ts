@@ -125,6 +125,8 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
     case "snapshotInspect":
     case "snapshotRm":
     case "snapshotVerify":
+    case "snapshotSave":
+    case "snapshotLoad":
       return snapshotCommand(parsed, { out: io.out, err: io.err, json });
     case "imageSave":
     case "imageLoad":

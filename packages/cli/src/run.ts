@@ -85,6 +85,7 @@ export function sdkDeps(
       for (const [k, v] of o.env) b.env(k, v);
       if (o.workdir !== undefined) b.workdir(o.workdir);
       if (o.pullPolicy !== undefined) b.pullPolicy(o.pullPolicy as PullPolicy);
+      if (o.snapshot !== undefined) b.fromSnapshot(o.snapshot);
       applyGuestFlags(b, o);
       applyRegistryFlags(b, o.registry);
       if (io.onPullProgress) b.onPullProgress(io.onPullProgress);

@@ -90,6 +90,7 @@ export async function createCommand(o: CreateOptions, io: CommandIO): Promise<nu
     for (const [k, v] of o.env) b.env(k, v);
     if (o.workdir !== undefined) b.workdir(o.workdir);
     if (o.pullPolicy !== undefined) b.pullPolicy(o.pullPolicy as PullPolicy);
+    if (o.snapshot !== undefined) b.fromSnapshot(o.snapshot);
     if (o.idleTimeoutSecs !== undefined) b.idleTimeout(o.idleTimeoutSecs);
     if (o.maxDurationSecs !== undefined) b.maxDuration(o.maxDurationSecs);
     if (o.replace) b.replace();

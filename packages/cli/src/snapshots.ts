@@ -1,4 +1,5 @@
-/** `msb snapshot create|ls|inspect|rm|verify` (and `msb snapshots`, short for `msb snapshot ls`). */
+/** `msb snapshot create|ls|inspect|rm|verify|save|load` (and `msb snapshots`, short for `msb snapshot ls`). */
+import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { Snapshot, type SnapshotHandle } from "@microsandbox/sdk";
 import { ago, table } from "./images.js";
@@ -12,7 +13,9 @@ export type SnapshotCli =
   | { kind: "snapshotLs"; json: boolean; quiet: boolean }
   | { kind: "snapshotInspect"; name: string }
   | { kind: "snapshotRm"; names: string[]; quiet: boolean }
-  | { kind: "snapshotVerify"; name: string; json: boolean };
+  | { kind: "snapshotVerify"; name: string; json: boolean }
+  | { kind: "snapshotSave"; name: string; out: string; withImage: boolean; quiet: boolean }
+  | { kind: "snapshotLoad"; archive: string; dest: string | undefined; json: boolean; quiet: boolean };
 
 export interface SnapshotsIO {
   out(text: string): void;
@@ -64,6 +67,24 @@ export function registerSnapshotCommands(program: Command, done: (r: SnapshotCli
     .argument("<NAME>", "snapshot name, digest or path")
     .option("--json", "print the report as JSON")
     .action((name: string, o: { json?: boolean }) => done({ kind: "snapshotVerify", name, json: o.json === true }));
+  snapshot
+    .command("save")
+    .description("write a snapshot to a portable archive (a tar of its manifest and the disk's data, holes left out)")
+    .argument("<NAME>", "snapshot name, digest or path")
+    .argument("<OUT>", "the archive to write (must not exist)")
+    .option("--with-image", "include the snapshot's OCI image, so that the archive boots on a host without its registry")
+    .option("-q, --quiet", "print nothing")
+    .option(...JSON_ERRORS)
+    .addHelpText("after", "\nExamples:\n  msb snapshot save clean clean.tar --with-image\n  scp clean.tar other: && ssh other msb snapshot load clean.tar\n")
+    .action((name: string, out: string, o: { withImage?: boolean; quiet?: boolean }) => done({ kind: "snapshotSave", name, out, withImage: o.withImage === true, quiet: o.quiet === true }));
+  snapshot
+    .command("load")
+    .description("unpack an archive made by msb snapshot save (checked before anything is written)")
+    .argument("<ARCHIVE>", "the archive")
+    .option("--dest <DIR>", "unpack under DIR instead of the snapshots directory")
+    .option("--json", "print the loaded snapshot as JSON")
+    .option("-q, --quiet", "print only the digest")
+    .action((archive: string, o: { dest?: string; json?: boolean; quiet?: boolean }) => done({ kind: "snapshotLoad", archive, dest: o.dest, json: o.json === true, quiet: o.quiet === true }));
 }
 
 function toJson(h: SnapshotHandle): Record<string, unknown> {
@@ -150,6 +171,17 @@ export async function snapshotCommand(r: SnapshotCli, io: SnapshotsIO): Promise<
         const report = await s.verify();
         if (r.json) io.out(JSON.stringify(report, null, 2) + "\n");
         else io.out(report.upper.kind === "verified" ? `${s.name}: verified ${report.upper.digest}\n` : `${s.name}: no digest recorded (create it with --integrity)\n`);
+        return 0;
+      }
+      case "snapshotSave": {
+        await Snapshot.save(r.name, r.out, { withImage: r.withImage });
+        if (!r.quiet) io.out(`saved ${r.name} to ${r.out} (${formatBytes((await stat(r.out)).size)})\n`);
+        return 0;
+      }
+      case "snapshotLoad": {
+        const h = await Snapshot.load(r.archive, r.dest);
+        if (r.json) io.out(JSON.stringify(toJson(h), null, 2) + "\n");
+        else io.out(r.quiet ? `${h.digest}\n` : `loaded ${h.name} ${h.digest}\n`);
         return 0;
       }
     }

@@ -18,7 +18,7 @@ pub use host_fs::{
 };
 pub use host_fs::{host_make_dir_at, host_rename_at, host_stat_at, host_unlink_at, HostStat};
 pub use lock::{lock_file, FileLock};
-pub use sparse::{copy_sandbox_upper, copy_sparse, sparse_sha256};
+pub use sparse::{copy_sandbox_upper, copy_sparse, sparse_extents, sparse_sha256, SparseLayout};
 pub use spawn::{release_attachment, start_sandbox};
 pub use state::{
     get_sandbox, kill_sandbox, list_sandboxes, remove_sandbox, terminate_sandbox,

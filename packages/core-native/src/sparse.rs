@@ -32,6 +32,28 @@ pub async fn sparse_sha256(path: String) -> Result<String> {
     blocking(move || msb_store::sparse::sparse_sha256(path.as_ref())).await
 }
 
+/// A sparse file's layout: its apparent size and data extents (`[offset, length]`, in
+/// order), for writing only its data into a snapshot archive.
+#[napi(object)]
+pub struct SparseLayout {
+    pub size: f64,
+    pub extents: Vec<Vec<f64>>,
+}
+
+#[napi]
+pub async fn sparse_extents(path: String) -> Result<SparseLayout> {
+    blocking(move || {
+        msb_store::sparse::file_extents(path.as_ref()).map(|(size, ex)| SparseLayout {
+            size: size as f64,
+            extents: ex
+                .into_iter()
+                .map(|(o, l)| vec![o as f64, l as f64])
+                .collect(),
+        })
+    })
+    .await
+}
+
 /// Copies a stopped sandbox's writable disk (`sandboxes/<name>/upper.ext4`) to `dst`,
 /// holding the sandbox's lock for the whole copy, so that no runtime can start on it
 /// meanwhile. A sandbox whose runtime holds the lock is `sandboxStillRunning`.

@@ -19,4 +19,5 @@ export {
 } from "./pull.js";
 export { type RemoveOptions } from "./pull.js";
 export { getImage, inspectImage, pruneImages, type CachedImage, type ImageInspection, type ImageConfigInfo, type ImageLayerInfo, type PruneReport } from "./inspect.js";
+export { indexTar, TAR_LIMITS, type TarIndex, type TarLimits, type TarFileEntry } from "./tar-reader.js";
 export { saveImages, loadImages, type ArchiveFormat, type SaveOptions, type LoadOptions, type LoadedImage } from "./archive.js";

@@ -17,9 +17,9 @@ import {
 } from "./config.js";
 import { z } from "zod";
 import { DEFAULT_STOP_TIMEOUT_MS } from "./defaults.js";
-import { InvalidConfigError } from "./errors.js";
+import { InvalidConfigError, SnapshotIntegrityError } from "./errors.js";
 import { launch } from "./launch.js";
-import { Snapshot } from "./snapshot.js";
+import { defaultImageSha256, Snapshot } from "./snapshot.js";
 import { PullProgressCreate } from "./pull-progress.js";
 // Type only (erased): sandbox.ts imports this module for Sandbox.builder().
 import type { Sandbox } from "./sandbox.js";
@@ -495,6 +495,14 @@ export class SandboxBuilder {
       }
       const snap = await Snapshot.open(this.#fromSnapshot);
       const img = snap.image;
+      if (img.ref === null && img.rootfsSha256 != null) {
+        const now = await defaultImageSha256();
+        if (now !== img.rootfsSha256) {
+          throw new SnapshotIntegrityError(
+            `snapshot ${snap.name} was made on another embedded default image (${img.rootfsSha256}; this install has ${now}): its disk would not match the image; recreate it here or install the @microsandbox/sdk version it was made with`,
+          );
+        }
+      }
       raw = { ...raw, ...(img.ref === null ? {} : { image: img.kind === "oci" && img.manifestDigest !== null ? pinnedImage(img.ref, img.manifestDigest) : img.ref }) };
       upperSource = snap.upperPath;
     }

@@ -228,4 +228,5 @@ export {
   type SnapshotState,
   type SnapshotVerifyReport,
 } from "./snapshot.js";
+export { type SaveOpts } from "./snapshot-archive.js";
 export { doctor, doctorExitCode, MIN_QEMU_VERSION, MIN_E2FSPROGS_VERSION, DOCTOR_INSTALL_ALL, type DoctorCheck, type DoctorReport, type DoctorStatus, type DoctorOptions, type DoctorAssets } from "./doctor.js";

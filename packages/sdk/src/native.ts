@@ -45,7 +45,7 @@ export type NativeHostFs = Pick<typeof Addon, "hostOpenParent" | "hostMkdirAt" |
 };
 
 /** The addon's sparse-file calls for disk snapshots (packages/core-native/src/sparse.rs). */
-export type NativeSnapshots = Pick<typeof Addon, "copySandboxUpper" | "copySparse" | "sparseSha256">;
+export type NativeSnapshots = Pick<typeof Addon, "copySandboxUpper" | "copySparse" | "sparseSha256" | "sparseExtents">;
 
 const ADDON = "@microsandbox/core-native";
 

@@ -1,8 +1,9 @@
 // End-to-end: disk snapshots on real VMs (default busybox image). A stopped sandbox's
 // writable disk is captured, new sandboxes boot on copies of it, and each copy is its
 // own from then on; a damaged artifact is refused before anything boots.
-import { existsSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { open, truncate } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -14,7 +15,9 @@ import {
   SnapshotIntegrityError,
   SnapshotNotFoundError,
 } from "../src/index.js";
-import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+import { pushFixtures, startRegistry } from "../../../test-vms/registry/index.js";
+import { cleanup, removeAllSandboxes, useTempMsbHome } from "./e2e-helpers.js";
+import { native } from "../src/native.js";
 
 const home = useTempMsbHome();
 let source: Sandbox | undefined;
@@ -116,6 +119,94 @@ describe("disk snapshots", () => {
     const both = await Sandbox.builder("both").image("/nonexistent").fromSnapshot("base").create().catch((x: unknown) => x);
     expect([both instanceof InvalidConfigError, (both as InvalidConfigError).field]).toEqual([true, "fromSnapshot"]);
     await expect(Sandbox.builder("nosnap").fromSnapshot("no-such-snapshot").create()).rejects.toBeInstanceOf(SnapshotNotFoundError);
+  });
+
+  it("save/load: a default-image snapshot boots on another MSB_HOME; another default image is refused before any boot", async () => {
+    const work = mkdtempSync(join(tmpdir(), "msb-snap-arc-"));
+    const savedHome = process.env.MSB_HOME;
+    try {
+      const snap = await Snapshot.open("base");
+      expect(snap.image.rootfsSha256).toMatch(/^sha256:[0-9a-f]{64}$/);
+      const out = join(work, "base.tar");
+      await Snapshot.save("base", out);
+      // The holes of the 4 GiB disk are not written out.
+      expect(statSync(out).size).toBeLessThan(256 << 20);
+      process.env.MSB_HOME = join(work, "home2");
+      const h = await Snapshot.load(out);
+      expect([h.name, h.digest]).toEqual(["base", snap.digest]);
+      expect((await (await h.open()).verify()).upper.kind).toBe("verified");
+      const sb = await Sandbox.builder("snap-moved").fromSnapshot("base").create();
+      try {
+        expect(await read(sb, "/root/state.txt")).toBe("after the snapshot\n");
+      } finally {
+        await cleanup(sb);
+      }
+      // The same snapshot on another default image (one byte changed in its boot block).
+      const other = join(work, "rootfs.ext4");
+      copyFileSync(native().assetPaths().defaultImage, other);
+      const fh = await open(other, "r+");
+      await fh.write(Buffer.from([0x42]), 0, 1, 0);
+      await fh.close();
+      process.env.MSB_DEFAULT_IMAGE = other;
+      const e = await Sandbox.builder("snap-other-image").fromSnapshot("base").create().catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(SnapshotIntegrityError);
+      expect((e as Error).message).toContain("another embedded default image");
+      await expect(Sandbox.get("snap-other-image")).rejects.toMatchObject({ code: "sandboxNotFound" });
+    } finally {
+      delete process.env.MSB_DEFAULT_IMAGE;
+      if (process.env.MSB_HOME !== savedHome) await removeAllSandboxes();
+      process.env.MSB_HOME = savedHome;
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  it("save withImage: an OCI snapshot loads and boots on another MSB_HOME after its registry is gone", async () => {
+    const work = mkdtempSync(join(tmpdir(), "msb-snap-oci-"));
+    const savedHome = process.env.MSB_HOME;
+    const reg = await startRegistry("plain");
+    let regStopped = false;
+    try {
+      await pushFixtures(reg, ["busybox:latest"]);
+      const sb = await Sandbox.builder("snap-oci").image(`${reg.host}/busybox:latest`).create();
+      try {
+        expect((await sb.shell("echo from-oci > /home/app/mark.txt")).code).toBe(0);
+      } finally {
+        await sb.stop();
+      }
+      const snap = await Snapshot.builder("oci-base").fromSandbox("snap-oci").recordIntegrity().create();
+      expect(snap.imageManifestDigest).toMatch(/^sha256:/);
+      const bare = join(work, "bare.tar");
+      const full = join(work, "full.tar");
+      await Snapshot.save("oci-base", bare);
+      await Snapshot.save("oci-base", full, { withImage: true });
+      expect(statSync(full).size).toBeGreaterThan(statSync(bare).size + 100_000); // the image's layers
+      await reg.stop();
+      regStopped = true;
+      process.env.MSB_HOME = join(work, "home2");
+      // Without its image, the new home cannot boot it (the registry is gone).
+      await Snapshot.load(bare);
+      const none = await Sandbox.builder("snap-oci-bare").fromSnapshot("oci-base").create().catch((x: unknown) => x);
+      if (none instanceof Sandbox) await cleanup(none);
+      expect(none).not.toBeInstanceOf(Sandbox);
+      await Snapshot.remove("oci-base");
+      await Sandbox.remove("snap-oci-bare").catch(() => undefined);
+      // With it: loaded into the image cache, booted offline, the file is there.
+      const h = await Snapshot.load(full);
+      expect((await (await h.open()).verify()).upper.kind).toBe("verified");
+      const moved = await Sandbox.builder("snap-oci-moved").fromSnapshot("oci-base").create();
+      try {
+        expect((await moved.exec("cat", ["/home/app/mark.txt"])).stdout()).toBe("from-oci\n");
+        expect((await moved.exec("id", ["-u"])).stdout()).toBe("1000\n");
+      } finally {
+        await cleanup(moved);
+      }
+    } finally {
+      if (!regStopped) await reg.stop();
+      if (process.env.MSB_HOME !== savedHome) await removeAllSandboxes();
+      process.env.MSB_HOME = savedHome;
+      rmSync(work, { recursive: true, force: true });
+      await Snapshot.remove("oci-base").catch(() => undefined);
+    }
   });
 
   it("a damaged artifact: a changed byte fails verify(); a truncated disk is refused by open() and fromSnapshot before any boot", async () => {
