@@ -53,6 +53,13 @@ export declare class AgentClient {
    */
   touch(): Promise<number>
   /**
+   * Stop the VM's vCPUs (it then uses no CPU; memory and disks stay). Resolves once
+   * paused; commands are refused (`sandboxPaused`) until `resume`.
+   */
+  pause(): Promise<void>
+  /** Let a paused VM run again. Resolves once it runs. */
+  resume(): Promise<void>
+  /**
    * Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
    * is sent, without waiting for the VM to end.
    */

@@ -144,6 +144,7 @@ fn run() -> Result<(), String> {
                 frame.id,
                 Message::GuestStats(sys::guest_stats()),
             ))?,
+            Message::SetClock { unix_ms } => sys::set_time(unix_ms),
             Message::Shutdown => {
                 sys::shutdown();
                 return Ok(());

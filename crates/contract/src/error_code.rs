@@ -16,6 +16,8 @@ pub enum ErrorCode {
     SandboxNotRunning,
     /// The sandbox is draining: it refuses new commands.
     SandboxDraining,
+    /// The sandbox is paused (`pause()`): resume it first.
+    SandboxPaused,
     ImageNotFound,
     Image,
     RegistryAuth,
@@ -30,13 +32,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidConfig,
         ErrorCode::SandboxNotFound,
         ErrorCode::SandboxAlreadyExists,
         ErrorCode::SandboxStillRunning,
         ErrorCode::SandboxNotRunning,
         ErrorCode::SandboxDraining,
+        ErrorCode::SandboxPaused,
         ErrorCode::ImageNotFound,
         ErrorCode::Image,
         ErrorCode::RegistryAuth,
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::SandboxStillRunning => "sandboxStillRunning",
             ErrorCode::SandboxNotRunning => "sandboxNotRunning",
             ErrorCode::SandboxDraining => "sandboxDraining",
+            ErrorCode::SandboxPaused => "sandboxPaused",
             ErrorCode::ImageNotFound => "imageNotFound",
             ErrorCode::Image => "image",
             ErrorCode::RegistryAuth => "registryAuth",
@@ -95,6 +99,7 @@ mod tests {
                 | ErrorCode::SandboxStillRunning
                 | ErrorCode::SandboxNotRunning
                 | ErrorCode::SandboxDraining
+                | ErrorCode::SandboxPaused
                 | ErrorCode::ImageNotFound
                 | ErrorCode::Image
                 | ErrorCode::RegistryAuth

@@ -113,6 +113,7 @@ impl SessionEvent {
 pub fn trusted_code(code: &str) -> ErrorCode {
     match code {
         "sandboxDraining" => ErrorCode::SandboxDraining,
+        "sandboxPaused" => ErrorCode::SandboxPaused,
         "runtime" => ErrorCode::Runtime,
         _ => ErrorCode::Protocol,
     }

@@ -179,8 +179,9 @@ mod tests {
             SandboxStatus::Draining => 2,
             SandboxStatus::Stopped => 3,
             SandboxStatus::Crashed => 4,
+            SandboxStatus::Paused => 5,
         };
-        assert!(covers(SandboxStatus::ALL.iter().map(status), 5));
+        assert!(covers(SandboxStatus::ALL.iter().map(status), 6));
         let kind = |k: &MountKind| match k {
             MountKind::Bind => 0,
             MountKind::Named => 1,

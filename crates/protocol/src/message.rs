@@ -104,6 +104,17 @@ pub enum Message {
     Touched {
         activity_seq: u64,
     },
+    /// Client -> msb-runtime (control flag): stop the VM's vCPUs (it uses no CPU; its
+    /// memory stays). Answered `Done` once paused. Commands are refused meanwhile
+    /// (`sandboxPaused`); a stop or kill still works.
+    Pause,
+    /// Client -> msb-runtime (control flag): let a paused VM run again. Answered `Done`.
+    Resume,
+    /// msb-runtime -> guest: set the wall clock to the host's (after a resume the guest's
+    /// clock is behind by the pause). Not answered; frames after it see the new time.
+    SetClock {
+        unix_ms: u64,
+    },
 }
 
 /// Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
@@ -271,6 +282,8 @@ impl Message {
                 | Message::Metrics
                 | Message::Ping
                 | Message::Touch
+                | Message::Pause
+                | Message::Resume
                 | Message::Stdin(_)
                 | Message::StdinClose
                 | Message::Signal { .. }

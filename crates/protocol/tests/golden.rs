@@ -182,6 +182,11 @@ fn samples() -> Vec<Message> {
         Message::Ping,
         Message::Touch,
         Message::Touched { activity_seq: 3 },
+        Message::Pause,
+        Message::Resume,
+        Message::SetClock {
+            unix_ms: 1_700_000_000_123,
+        },
     ]
 }
 
@@ -224,9 +229,12 @@ fn variant(m: &Message) -> usize {
         Message::Ping => 32,
         Message::Touch => 33,
         Message::Touched { .. } => 34,
+        Message::Pause => 35,
+        Message::Resume => 36,
+        Message::SetClock { .. } => 37,
     }
 }
-const VARIANTS: usize = 35;
+const VARIANTS: usize = 38;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -157,6 +157,7 @@ impl Sandbox {
             console_log: &self.dir.join("console.log"),
             qemu_log: &self.dir.join("qemu.log"),
             agent_chardev: &self.vm_sock,
+            qmp: &self.qmp_sock,
             lower: match &disks.lower {
                 Lower::Disk { path, format, .. } => Some((path.as_path(), *format)),
                 Lower::Dir(_) => None,

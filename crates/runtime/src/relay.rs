@@ -39,6 +39,10 @@ pub enum Control {
     SecretViolation,
     /// Count as activity (the idle clock restarts); answered with the activity sequence.
     Touch(oneshot::Sender<u64>),
+    /// Stop the vCPUs (QMP `stop`); answered once paused, or with why not.
+    Pause(oneshot::Sender<Result<(), String>>),
+    /// Let a paused VM run again (QMP `cont`).
+    Resume(oneshot::Sender<Result<(), String>>),
 }
 
 const CLIENT_QUEUE: usize = 256;
@@ -208,6 +212,8 @@ pub struct Relay {
     to_guest: mpsc::Sender<Vec<u8>>,
     control: mpsc::Sender<Control>,
     draining: Arc<AtomicBool>,
+    /// The VM is paused: new commands, file operations, pings and metrics are refused.
+    paused: Arc<AtomicBool>,
     /// Number of exec sessions in flight.
     active: Arc<watch::Sender<usize>>,
     metrics: Arc<Mutex<Option<MetricsSource>>>,
@@ -240,6 +246,7 @@ impl Relay {
             to_guest,
             control,
             draining: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
             active: Arc::new(watch::channel(0).0),
             metrics: Arc::new(Mutex::new(None)),
             exec_log: Arc::default(),
@@ -256,6 +263,10 @@ impl Relay {
     /// Record the execs' output from now on (set once, before clients are served).
     pub fn set_exec_log(&self, log: crate::exec_log::ExecLog) {
         let _ = self.exec_log.set(log);
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
     }
 
     pub fn set_draining(&self) {
@@ -467,6 +478,30 @@ impl Relay {
                     let _ = self.control.send(Control::Detach(done_tx)).await;
                     let _ = done_rx.await;
                     let _ = reply(&tx, frame.id, Message::Done).await;
+                }
+                m @ (Message::Pause | Message::Resume) if frame.flags & FLAG_CONTROL != 0 => {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let ctl = if matches!(m, Message::Pause) {
+                        Control::Pause(done_tx)
+                    } else {
+                        Control::Resume(done_tx)
+                    };
+                    let _ = self.control.send(ctl).await;
+                    let msg = match done_rx.await {
+                        Ok(Ok(())) => Message::Done,
+                        Ok(Err(e)) => error(ErrorCode::Runtime, e),
+                        Err(_) => error(ErrorCode::SandboxNotRunning, "the sandbox is stopping"),
+                    };
+                    let _ = reply(&tx, frame.id, msg).await;
+                }
+                Message::Exec(_) | Message::Fs(_) | Message::Ping | Message::Metrics
+                    if self.paused.load(Ordering::SeqCst) =>
+                {
+                    let msg = error(
+                        ErrorCode::SandboxPaused,
+                        "the sandbox is paused: resume() it first",
+                    );
+                    let _ = reply(&tx, frame.id, msg).await;
                 }
                 Message::Metrics if frame.flags & FLAG_CONTROL != 0 => {
                     let (relay, tx, id) = (self.clone(), tx.clone(), frame.id);
@@ -943,6 +978,51 @@ mod tests {
         );
         // Without the control flag neither is carried out.
         c.send(Frame::new(6, Message::Touch)).await;
+        assert!(matches!(c.recv().await.message, Message::Error { .. }));
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_go_to_the_main_loop_and_paused_refuses_guest_work() {
+        let mut rig = Rig::new();
+        let mut c = rig.client().await;
+        c.send(Frame::control(4, Message::Pause)).await;
+        match rig.ctl.recv().await {
+            Some(Control::Pause(done)) => {
+                rig.relay.set_paused(true);
+                done.send(Ok(())).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.recv().await, Frame::new(4, Message::Done));
+        // Paused: commands, file operations, pings and metrics are refused by the
+        // runtime at once and never reach the (stopped) guest.
+        let fs = Message::Fs(msb_protocol::FsOp::Read { path: "/".into() });
+        for (id, m) in [(5, exec()), (6, fs)] {
+            c.send(Frame::new(id, m)).await;
+            match c.recv().await.message {
+                Message::Error { code, .. } => assert_eq!(code, "sandboxPaused"),
+                other => panic!("{other:?}"),
+            }
+        }
+        for (id, m) in [(7, Message::Ping), (8, Message::Metrics)] {
+            c.send(Frame::control(id, m)).await;
+            match c.recv().await.message {
+                Message::Error { code, .. } => assert_eq!(code, "sandboxPaused"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A failed resume says why.
+        c.send(Frame::control(9, Message::Resume)).await;
+        match rig.ctl.recv().await {
+            Some(Control::Resume(done)) => done.send(Err("QMP cont: boom".into())).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.recv().await,
+            Frame::new(9, error(ErrorCode::Runtime, "QMP cont: boom"))
+        );
+        // Without the control flag, no pause.
+        c.send(Frame::new(10, Message::Pause)).await;
         assert!(matches!(c.recv().await.message, Message::Error { .. }));
     }
 

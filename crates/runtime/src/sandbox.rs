@@ -25,6 +25,8 @@ pub struct Sandbox {
     pub(crate) agent_sock: PathBuf,
     pub(crate) net_sock: PathBuf,
     pub(crate) vm_sock: PathBuf,
+    /// QEMU's QMP socket (pause/resume).
+    pub(crate) qmp_sock: PathBuf,
     /// Held for the life of the process: the sandbox name is in use while it is.
     _lock: fs::File,
     pub(crate) qemu: Option<Child>,
@@ -140,6 +142,7 @@ impl Sandbox {
         let agent_sock = run_dir.join("agent.sock");
         let net_sock = run_dir.join("net.sock");
         let vm_sock = run_dir.join("vm.sock");
+        let qmp_sock = run_dir.join("qmp.sock");
         if agent_sock.as_os_str().len() > 100 {
             return Err(RtError::new(
                 ErrorCode::InvalidConfig,
@@ -162,6 +165,7 @@ impl Sandbox {
             agent_sock,
             net_sock,
             vm_sock,
+            qmp_sock,
             _lock: lock,
             qemu: None,
         })

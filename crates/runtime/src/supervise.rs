@@ -9,12 +9,13 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use msb_protocol::{Frame, Message, CHANNEL_ID};
-use msb_store::{CRASHED, DRAINING, STOPPED};
+use msb_store::{CRASHED, DRAINING, PAUSED, RUNNING, STOPPED};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::diagnose::tail;
+use crate::qmp::Qmp;
 use crate::relay::Control;
 use crate::sandbox::{Running, Sandbox};
 use crate::{log, log_error};
@@ -63,6 +64,9 @@ impl Sandbox {
             Instant::now(),
         );
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // QEMU's control socket, connected on the first pause.
+        let mut qmp: Option<Qmp> = None;
+        let mut paused = false;
 
         let status = loop {
             let kill_sleep = async {
@@ -118,6 +122,58 @@ impl Sandbox {
                     Control::Touch(done) => {
                         let _ = done.send(policies.touch(Instant::now()));
                     }
+                    Control::Pause(done) => {
+                        let r = if ending.is_some() || shutdown_sent {
+                            Err("the sandbox is stopping".to_string())
+                        } else if paused {
+                            Ok(())
+                        } else {
+                            // Commands are refused before the vCPUs stop: none starts half-way.
+                            running.relay.set_paused(true);
+                            match self.qmp_execute(&mut qmp, "stop").await {
+                                Ok(()) => {
+                                    paused = true;
+                                    log("paused");
+                                    let _ = self.store.set_status(&self.cfg.name, PAUSED);
+                                    Ok(())
+                                }
+                                Err(e) => {
+                                    running.relay.set_paused(false);
+                                    Err(e)
+                                }
+                            }
+                        };
+                        let _ = done.send(r);
+                    }
+                    Control::Resume(done) => {
+                        let r = if !paused {
+                            Ok(())
+                        } else {
+                            match self.qmp_execute(&mut qmp, "cont").await {
+                                Ok(()) => {
+                                    paused = false;
+                                    // The guest's clock stood still while paused: set it
+                                    // before any command runs again.
+                                    running
+                                        .relay
+                                        .send_to_guest(&Frame::new(
+                                            CHANNEL_ID,
+                                            Message::SetClock { unix_ms: unix_ms_now() },
+                                        ))
+                                        .await;
+                                    running.relay.set_paused(false);
+                                    // A resume is activity: the idle clock starts again.
+                                    policies.touch(Instant::now());
+                                    log("resumed");
+                                    let status = if policies.draining { DRAINING } else { RUNNING };
+                                    let _ = self.store.set_status(&self.cfg.name, status);
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        };
+                        let _ = done.send(r);
+                    }
                     Control::CreatorGone => {
                         if !detached && !shutdown_sent {
                             log("creator went away: stopping");
@@ -130,6 +186,10 @@ impl Sandbox {
                     policies.sessions_changed(*active.borrow(), Instant::now());
                 }
                 _ = tick.tick() => {
+                    if paused {
+                        // A paused sandbox is not idle: it waits for its resume.
+                        policies.idle_since = Instant::now();
+                    }
                     let due = policies.tick(*active.borrow(), Instant::now());
                     if ending.is_none() {
                         match due {
@@ -158,6 +218,16 @@ impl Sandbox {
             if let Some(Ending::Stop(reason)) = request {
                 if !shutdown_sent && ending.is_none() {
                     log(&format!("stopping: {reason}"));
+                    if paused {
+                        // The guest shuts itself down: it needs its vCPUs back.
+                        match self.qmp_execute(&mut qmp, "cont").await {
+                            Ok(()) => {
+                                paused = false;
+                                running.relay.set_paused(false);
+                            }
+                            Err(e) => log_error(&format!("resuming to stop: {e}")),
+                        }
+                    }
                     shutdown_sent = true;
                     ending = Some(Ending::Stop(reason));
                     kill_at.get_or_insert(Instant::now() + POLICY_STOP_GRACE);
@@ -186,6 +256,30 @@ impl Sandbox {
             log("ephemeral sandbox: removing it");
             if let Err(e) = msb_store::remove_sandbox_state(&self.store, &self.cfg.name) {
                 log_error(&format!("removing the ephemeral sandbox: {e}"));
+            }
+        }
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Sandbox {
+    /// One QMP command, connecting first if needed (a failed connection is retried next time).
+    async fn qmp_execute(&self, qmp: &mut Option<Qmp>, command: &str) -> Result<(), String> {
+        if qmp.is_none() {
+            *qmp = Some(Qmp::connect(&self.qmp_sock, Duration::from_secs(2)).await?);
+        }
+        let q = qmp.as_mut().expect("connected above");
+        match q.execute(command, None).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                *qmp = None;
+                Err(e)
             }
         }
     }

@@ -13,6 +13,8 @@ pub struct VmPaths<'a> {
     pub console_log: &'a Path,
     pub qemu_log: &'a Path,
     pub agent_chardev: &'a Path,
+    /// QEMU's QMP socket (msb-runtime connects to it to pause and resume the VM).
+    pub qmp: &'a Path,
     /// Read-only image disk and its format (raw, qcow2); None for a shared directory.
     pub lower: Option<(&'a Path, &'a str)>,
     pub upper: &'a Path,
@@ -240,6 +242,8 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
     c.args(["-append", &kernel_cmdline(accel)]);
     c.arg("-serial")
         .arg(format!("file:{}", p.console_log.display()));
+    c.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qemu_path(p.qmp)));
     // Fixed device order: agent port, lower disk, upper disk, shares.
     c.args(["-device", "virtio-serial-device"]);
     c.arg("-chardev").arg(format!(

@@ -36,16 +36,19 @@ pub enum SandboxStatus {
     Running,
     /// Running commands finish, new ones are refused, then it stops.
     Draining,
+    /// Its vCPUs are stopped (`pause()`); memory and disks stay, commands are refused.
+    Paused,
     Stopped,
     /// Its runtime died without recording an exit.
     Crashed,
 }
 
 impl SandboxStatus {
-    pub const ALL: [SandboxStatus; 5] = [
+    pub const ALL: [SandboxStatus; 6] = [
         SandboxStatus::Starting,
         SandboxStatus::Running,
         SandboxStatus::Draining,
+        SandboxStatus::Paused,
         SandboxStatus::Stopped,
         SandboxStatus::Crashed,
     ];
@@ -55,6 +58,7 @@ impl SandboxStatus {
             SandboxStatus::Starting => "starting",
             SandboxStatus::Running => "running",
             SandboxStatus::Draining => "draining",
+            SandboxStatus::Paused => "paused",
             SandboxStatus::Stopped => "stopped",
             SandboxStatus::Crashed => "crashed",
         }
@@ -64,6 +68,7 @@ impl SandboxStatus {
 pub const STARTING: &str = SandboxStatus::Starting.as_str();
 pub const RUNNING: &str = SandboxStatus::Running.as_str();
 pub const DRAINING: &str = SandboxStatus::Draining.as_str();
+pub const PAUSED: &str = SandboxStatus::Paused.as_str();
 pub const STOPPED: &str = SandboxStatus::Stopped.as_str();
 pub const CRASHED: &str = SandboxStatus::Crashed.as_str();
 
@@ -82,9 +87,12 @@ pub struct Record {
 }
 
 impl Record {
-    /// Its runtime is (or should be) alive: starting, running or draining.
+    /// Its runtime is (or should be) alive: starting, running, draining or paused.
     pub fn is_live(&self) -> bool {
-        self.status == STARTING || self.status == RUNNING || self.status == DRAINING
+        self.status == STARTING
+            || self.status == RUNNING
+            || self.status == DRAINING
+            || self.status == PAUSED
     }
 }
 
@@ -267,7 +275,7 @@ impl Store {
         };
         clean_run_dir(&self.layout, &r.name);
         self.conn.execute(
-            "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('starting', 'running', 'draining')",
+            "UPDATE sandboxes SET status = ?2, runtime_pid = NULL, socket_path = NULL, exit_code = 1, exit_reason = 'runtime died', updated_at = ?3 WHERE name = ?1 AND status IN ('starting', 'running', 'draining', 'paused')",
             params![r.name, CRASHED, now_ms()],
         )?;
         Ok(self.get_raw(&r.name)?.unwrap_or(r))

@@ -146,6 +146,8 @@ export type ParsedCli =
   | { kind: "start"; names: string[]; secrets?: SecretSpec[] }
   | { kind: "stop"; names: string[]; timeoutMs?: number }
   | { kind: "kill"; names: string[] }
+  | { kind: "pause"; names: string[] }
+  | { kind: "resume"; names: string[] }
   | { kind: "rm"; names: string[]; force: boolean }
   | { kind: "ls"; json: boolean; labels?: [string, string][] }
   | { kind: "inspect"; name: string }
@@ -500,7 +502,7 @@ interface RawCreateOpts extends RawRunOpts {
 interface Handlers {
   run(image: string | undefined, opts: RawRunOpts): void;
   create(image: string | undefined, opts: RawCreateOpts): void;
-  lifecycle(kind: "start" | "kill", names: string[]): void;
+  lifecycle(kind: "start" | "kill" | "pause" | "resume", names: string[]): void;
   start(names: string[], opts: { secret?: string[]; secretFile?: string[] }): void;
   stop(names: string[], opts: { timeout?: number }): void;
   rm(names: string[], opts: { force?: boolean }): void;
@@ -607,6 +609,18 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     .argument("<NAME...>", "sandbox names")
     .option(...JSON_ERRORS)
     .action((names: string[]) => on.lifecycle("kill", names));
+  program
+    .command("pause")
+    .description("pause sandboxes' VMs: their vCPUs stop (no CPU used), memory and disks stay; commands are refused until msb resume")
+    .argument("<NAME...>", "sandbox names")
+    .option(...JSON_ERRORS)
+    .action((names: string[]) => on.lifecycle("pause", names));
+  program
+    .command("resume")
+    .description("let paused sandboxes run again")
+    .argument("<NAME...>", "sandbox names")
+    .option(...JSON_ERRORS)
+    .action((names: string[]) => on.lifecycle("resume", names));
   program
     .command("rm")
     .description("remove stopped sandboxes and all their state")

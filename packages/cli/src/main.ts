@@ -14,7 +14,7 @@ import {
   createCommand,
   execCommand,
   inspectCommand,
-  killCommand,
+  killCommand, pauseCommand,
   lsCommand,
   metricsCommand,
   rmCommand,
@@ -93,6 +93,9 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return stopCommand(parsed.names, parsed.timeoutMs, cmdIO);
     case "kill":
       return killCommand(parsed.names, cmdIO);
+    case "pause":
+    case "resume":
+      return pauseCommand(parsed.names, parsed.kind === "resume", cmdIO);
     case "rm":
       return rmCommand(parsed.names, parsed.force, cmdIO);
     case "ls":

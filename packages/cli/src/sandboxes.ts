@@ -133,6 +133,14 @@ export function killCommand(names: readonly string[], io: CommandIO): Promise<nu
   });
 }
 
+/** `msb pause NAME...` / `msb resume NAME...`. */
+export function pauseCommand(names: readonly string[], resume: boolean, io: CommandIO): Promise<number> {
+  return eachName(io, names, async (name) => {
+    const h = await Sandbox.get(name);
+    await (resume ? h.resume() : h.pause());
+  });
+}
+
 /** `msb rm [-f] NAME...`. */
 export function rmCommand(names: readonly string[], force: boolean, io: CommandIO): Promise<number> {
   return eachName(io, names, async (name) => {

@@ -156,6 +156,10 @@ describe("sandbox lifecycle commands", () => {
     expect(parse("stop", "--timeout", "2500", "a").result).toEqual({ kind: "stop", names: ["a"], timeoutMs: 2500 });
     expect(parse("stop", "-t", "1", "a").result).toEqual({ kind: "stop", names: ["a"], timeoutMs: 1 });
     expect(parse("kill", "a", "b").result).toEqual({ kind: "kill", names: ["a", "b"] });
+    expect(parse("pause", "a", "b").result).toEqual({ kind: "pause", names: ["a", "b"] });
+    expect(parse("resume", "a").result).toEqual({ kind: "resume", names: ["a"] });
+    expect(parse("run", "--snapshot", "clean", "--", "true").result).toMatchObject({ kind: "run", options: { snapshot: "clean", command: ["true"] } });
+    expect(parse("create", "--snapshot", "clean").result).toMatchObject({ kind: "create", options: { snapshot: "clean" } });
     expect(parse("rm", "a", "b").result).toEqual({ kind: "rm", names: ["a", "b"], force: false });
     expect(parse("rm", "-f", "a").result).toEqual({ kind: "rm", names: ["a"], force: true });
   });
@@ -188,6 +192,8 @@ describe("sandbox lifecycle commands", () => {
     [["start"], "NAME"],
     [["stop"], "NAME"],
     [["kill"], "NAME"],
+    [["pause"], "NAME"],
+    [["resume"], "NAME"],
     [["rm"], "NAME"],
     [["inspect"], "NAME"],
     [["inspect", "a", "b"], "too many arguments"],

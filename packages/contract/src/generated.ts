@@ -4,7 +4,7 @@
 
 export type Action = "allow" | "deny";
 
-export type ErrorCode = "invalidConfig" | "sandboxNotFound" | "sandboxAlreadyExists" | "sandboxStillRunning" | "sandboxNotRunning" | "sandboxDraining" | "imageNotFound" | "image" | "registryAuth" | "kernelNotFound" | "qemuNotFound" | "agentTimeout" | "runtime" | "protocol";
+export type ErrorCode = "invalidConfig" | "sandboxNotFound" | "sandboxAlreadyExists" | "sandboxStillRunning" | "sandboxNotRunning" | "sandboxDraining" | "sandboxPaused" | "imageNotFound" | "image" | "registryAuth" | "kernelNotFound" | "qemuNotFound" | "agentTimeout" | "runtime" | "protocol";
 
 /**
  * A command to run. The SDK builds it; `AgentClient.exec` takes it as is.
@@ -225,7 +225,7 @@ secretValues?: Array<SecretValue>, };
  * The status values of a sandbox, as stored and as the SDK reports them. The one list:
  * the TypeScript union `SandboxStatus` is generated from it (crates/contract).
  */
-export type SandboxStatus = "starting" | "running" | "draining" | "stopped" | "crashed";
+export type SandboxStatus = "starting" | "running" | "draining" | "paused" | "stopped" | "crashed";
 
 /**
  * Where in a request a secret may be substituted.
@@ -337,9 +337,9 @@ passthroughHostPatterns: Array<string>, passthroughAllHosts: boolean, };
 export type ViolationKind = "block" | "block-and-log" | "block-and-terminate";
 
 /** Every error code of the native side. */
-export const ERROR_CODES = ["invalidConfig", "sandboxNotFound", "sandboxAlreadyExists", "sandboxStillRunning", "sandboxNotRunning", "sandboxDraining", "imageNotFound", "image", "registryAuth", "kernelNotFound", "qemuNotFound", "agentTimeout", "runtime", "protocol"] as const satisfies readonly ErrorCode[];
+export const ERROR_CODES = ["invalidConfig", "sandboxNotFound", "sandboxAlreadyExists", "sandboxStillRunning", "sandboxNotRunning", "sandboxDraining", "sandboxPaused", "imageNotFound", "image", "registryAuth", "kernelNotFound", "qemuNotFound", "agentTimeout", "runtime", "protocol"] as const satisfies readonly ErrorCode[];
 /** Every status a sandbox can have. */
-export const SANDBOX_STATUSES = ["starting", "running", "draining", "stopped", "crashed"] as const satisfies readonly SandboxStatus[];
+export const SANDBOX_STATUSES = ["starting", "running", "draining", "paused", "stopped", "crashed"] as const satisfies readonly SandboxStatus[];
 /** The address groups a network rule can name. */
 export const GROUPS = ["public", "private", "loopback", "link-local", "metadata", "host", "any"] as const satisfies readonly Group[];
 /** The volume kinds msb-runtime mounts. */
@@ -363,4 +363,4 @@ export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
 /** Smallest guest memory msb-runtime accepts, in MiB. */
 export const MIN_MEMORY_MIB = 128;
 /** Version of the host <-> guest protocol of this build. */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;

@@ -365,6 +365,25 @@ impl AgentClient {
         }
     }
 
+    /// Stop the VM's vCPUs (it then uses no CPU; memory and disks stay). Resolves once
+    /// paused; commands are refused (`sandboxPaused`) until `resume`.
+    #[napi]
+    pub async fn pause(&self) -> Result<()> {
+        match self.control(Message::Pause).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Let a paused VM run again. Resolves once it runs.
+    #[napi]
+    pub async fn resume(&self) -> Result<()> {
+        match self.control(Message::Resume).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
     /// is sent, without waiting for the VM to end.
     #[napi]

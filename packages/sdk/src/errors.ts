@@ -70,6 +70,13 @@ export class SandboxDrainingError extends MicrosandboxError {
   }
 }
 
+/** The sandbox is paused (`pause()`): commands, file operations, pings and metrics are refused until `resume()`. */
+export class SandboxPausedError extends MicrosandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("sandboxPaused", message, options);
+  }
+}
+
 /**
  * A sandbox's stored configuration cannot be read back (not JSON, or not a
  * configuration). Only that sandbox's `config()` (and what needs it: `start`,
@@ -326,6 +333,7 @@ const NATIVE_CODES: Record<Exclude<ErrorCode, "invalidConfig">, Ctor> = {
   sandboxStillRunning: SandboxStillRunningError,
   sandboxNotRunning: SandboxNotRunningError,
   sandboxDraining: SandboxDrainingError,
+  sandboxPaused: SandboxPausedError,
   imageNotFound: ImageNotFoundError,
   image: ImageError,
   registryAuth: RegistryAuthError,

@@ -49,7 +49,7 @@ export class SandboxHandle {
     return this.#rec.name;
   }
 
-  /** `"starting"` (booting), `"running"`, `"draining"` (finishing its commands, taking no new ones), `"stopped"` or `"crashed"`, as of the snapshot. */
+  /** `"starting"` (booting), `"running"`, `"draining"` (finishing its commands, taking no new ones), `"paused"` (`pause()`: its vCPUs stopped), `"stopped"` or `"crashed"`, as of the snapshot. */
   get status(): SandboxStatus {
     return this.#rec.status;
   }
@@ -217,6 +217,18 @@ export class SandboxHandle {
   /** Count as activity for the running sandbox's idle timeout (see `Sandbox.touch`). Stopped -> `SandboxNotRunningError`. */
   async touch(): Promise<SandboxTouchResult> {
     return touchResult(this.name, await this.#control((c) => c.touch(), true));
+  }
+
+  /** Pause the running sandbox's VM (see `Sandbox.pause`); the handle is refreshed afterwards. */
+  async pause(): Promise<void> {
+    await this.#control((c) => c.pause(), true);
+    await this.refresh().catch(() => undefined);
+  }
+
+  /** Resume the paused sandbox's VM (see `Sandbox.resume`); the handle is refreshed afterwards. */
+  async resume(): Promise<void> {
+    await this.#control((c) => c.resume(), true);
+    await this.refresh().catch(() => undefined);
   }
 
   /** Plan and apply a change to the sandbox's stored configuration (see `Sandbox.modify`); the handle is refreshed afterwards. */

@@ -123,6 +123,7 @@ export {
   SandboxStillRunningError,
   SandboxNotRunningError,
   SandboxDrainingError,
+  SandboxPausedError,
   CorruptConfigError,
   ImageNotFoundError,
   ImageError,

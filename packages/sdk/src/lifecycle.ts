@@ -33,9 +33,9 @@ export interface SandboxRecord {
   exitReason: string | null;
 }
 
-/** `true` while the sandbox's runtime and VM exist (starting, running or draining). */
+/** `true` while the sandbox's runtime and VM exist (starting, running, draining or paused). */
 export function isLive(status: SandboxStatus): boolean {
-  return status === "starting" || status === "running" || status === "draining";
+  return status === "starting" || status === "running" || status === "draining" || status === "paused";
 }
 
 function intOrNull(v: unknown, what: string, name: string): number | null {

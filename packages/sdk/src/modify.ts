@@ -242,7 +242,7 @@ export function checkModifyOptions(opts: unknown): Patch {
 type Kind = "stopped" | "running" | "transitional";
 
 function kindOf(status: SandboxStatus | string): Kind {
-  if (status === "running" || status === "draining") return "running";
+  if (status === "running" || status === "draining" || status === "paused") return "running";
   if (status === "starting") return "transitional";
   return "stopped";
 }

@@ -394,6 +394,27 @@ export class Sandbox implements AsyncDisposable {
   }
 
   /**
+   * Pause the VM: its vCPUs stop (it uses no CPU time), its memory, disks, network
+   * connections and running commands stay as they are, and the record's status is
+   * `"paused"`. While paused, new commands, file operations, `ping()` and `metrics()` are
+   * refused at once with {@link SandboxPausedError} (they do not wait); `stop()` and
+   * `kill()` still work (a stop resumes the guest so that it shuts down cleanly), and the
+   * idle timeout does not run. Pausing a paused sandbox does nothing.
+   */
+  async pause(): Promise<void> {
+    this.#ensureRunning();
+    const client = this.#client;
+    await this.#call(() => client.pause());
+  }
+
+  /** Let a paused VM run again (status back to `"running"`); its clock, which stood still, is set to the host's. Resuming a running sandbox does nothing. */
+  async resume(): Promise<void> {
+    this.#ensureRunning();
+    const client = this.#client;
+    await this.#call(() => client.resume());
+  }
+
+  /**
    * Plan a change to the sandbox's stored configuration and apply it (`dryRun: true`:
    * only plan). See {@link ModifyOptions}: cpus / memory (within `maxCpus` / `maxMemory`),
    * env, labels, workdir, idle timeout. Nothing changes in a running VM: a change to a

@@ -218,7 +218,7 @@ async function sandboxesUsing(home: string, name: string): Promise<string[]> {
   const records = await callNative(() => native().listSandboxes(home));
   const out: string[] = [];
   for (const r of records) {
-    if (r.status !== "starting" && r.status !== "running" && r.status !== "draining") continue;
+    if (r.status !== "starting" && r.status !== "running" && r.status !== "draining" && r.status !== "paused") continue;
     let cfg: unknown;
     try {
       cfg = JSON.parse(r.configJson);

@@ -508,6 +508,14 @@ export class FakeClient implements NativeAgentClient {
     if (this.closed) throw new Error("sandboxNotRunning: connection closed");
     return ++this.touches;
   }
+  async pause(): Promise<void> {
+    this.calls.push("pause");
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
+  async resume(): Promise<void> {
+    this.calls.push("resume");
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
   /** The VM ends later (as the real one does), when the test calls `fake.endVm`. */
   async requestStop(timeoutMs: number): Promise<void> {
     this.calls.push(`requestStop:${timeoutMs}`);
