@@ -3,15 +3,26 @@
 // guest), its status is "paused", commands are refused with SandboxPausedError, and
 // after resume the same processes and files are there. A stop works while paused.
 import { readFileSync } from "node:fs";
-import { afterAll, describe, expect, it } from "vitest";
-import { Sandbox, SandboxPausedError } from "../src/index.js";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NetworkPolicy, Sandbox, SandboxPausedError } from "../src/index.js";
 import { cleanup, qemuProcessesMentioning, useTempMsbHome } from "./e2e-helpers.js";
 
 useTempMsbHome();
 let sb: Sandbox | undefined;
+let server: Server | undefined;
+let port = 0;
+beforeAll(async () => {
+  server = createServer((_req, res) => res.end("from the host\n"));
+  await new Promise<void>((res) => server!.listen(0, "127.0.0.1", res));
+  port = (server.address() as AddressInfo).port;
+});
 afterAll(async () => {
   await cleanup(sb);
+  await new Promise<void>((res) => (server ? server.close(() => res()) : res()));
 });
+const fetchHost = async (s: Sandbox) => (await s.exec("wget", ["-q", "-O", "-", `http://host.microsandbox.internal:${port}/`])).stdout();
 
 /** utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14 and 15). */
 function cpuTicks(pid: number): number {
@@ -28,8 +39,11 @@ async function ticksOver(pid: number, ms: number): Promise<number> {
 
 describe("pause / resume", () => {
   it("a paused VM uses no CPU, refuses commands, and goes on where it was after resume", async () => {
-    sb = await Sandbox.builder("pause-me").create();
+    sb = await Sandbox.builder("pause-me")
+      .network((n) => n.policy(NetworkPolicy.builder().egress((r) => r.tcp().port(port).allowHost()).build()))
+      .create();
     await sb.fs().write("/root/before.txt", "kept\n");
+    expect(await fetchHost(sb)).toBe("from the host\n");
     // A busy loop, as a command that goes on running: the VM burns a full CPU meanwhile.
     const loop = await sb.execStream("sh", ["-c", "echo $$ > /tmp/loop.pid; while :; do :; done"]);
     let loopPid = "";
@@ -66,6 +80,8 @@ describe("pause / resume", () => {
     // QEMU's virtual clock stands still while paused: the runtime sets the guest's (-3 without).
     expect(Math.abs(off)).toBeLessThanOrEqual(1);
     expect((await sb.exec("cat", ["/root/before.txt"])).stdout()).toBe("kept\n");
+    // The NIC's vhost-user rings were stopped and started again: the network still works.
+    expect(await fetchHost(sb)).toBe("from the host\n");
     // The same busy loop is still there (the command went on across the pause).
     expect((await sb.shell(`kill -0 ${loopPid} && echo alive`)).stdout()).toBe("alive\n");
     expect(await ticksOver(qemu!.pid, 1000)).toBeGreaterThan(30);
