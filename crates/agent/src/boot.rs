@@ -14,8 +14,12 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Returns the base environment of every command.
 pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     sys::set_time(b.time_unix_ms);
-    if let Ok(mut f) = fs::OpenOptions::new().write(true).open("/dev/urandom") {
-        let _ = f.write_all(&b.entropy);
+    // Credited and reseeded at once: a guest restored from a memory template must not
+    // go on from the template's random state (writing to /dev/urandom only mixes).
+    if !sys::add_entropy_and_reseed(&b.entropy) {
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).open("/dev/urandom") {
+            let _ = f.write_all(&b.entropy);
+        }
     }
     if !b.hostname.is_empty() {
         sys::set_hostname(&b.hostname)?;

@@ -93,6 +93,28 @@ pub fn load_modules(list: &str) {
     }
 }
 
+/// Adds `seed` to the kernel's pool, credited (RNDADDENTROPY), then reseeds the CRNG from
+/// it at once (RNDRESEEDCRNG). False when either ioctl failed.
+pub fn add_entropy_and_reseed(seed: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") else {
+        return false;
+    };
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    info.resize(8 + seed.len().div_ceil(4) * 4, 0);
+    // SAFETY: the buffer is a valid rand_pool_info of buf_size bytes; the fd is open.
+    let added = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } == 0;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let reseeded = unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) } == 0;
+    added && reseeded
+}
+
 pub fn set_time(unix_ms: u64) {
     let ts = libc::timespec {
         tv_sec: (unix_ms / 1000) as libc::time_t,

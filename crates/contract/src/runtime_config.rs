@@ -48,6 +48,10 @@ pub struct RuntimeConfig {
     /// leaving it stopped. Attached or detached.
     #[serde(default)]
     pub ephemeral: bool,
+    /// Boot from a memory template of this sandbox's shape when there is one, and make
+    /// one when there is not (msb-runtime's `MSB_TEMPLATES=off` turns them off for all).
+    #[serde(default = "default_true")]
+    pub memory_template: bool,
     #[serde(default = "default_boot_timeout")]
     #[ts(type = "number")]
     pub boot_timeout_ms: u64,
@@ -130,6 +134,10 @@ pub enum Mode {
     Create,
     /// Boot a stopped sandbox again, keeping its writable disk.
     Start,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_boot_timeout() -> u64 {

@@ -4,7 +4,9 @@
 //! 2. [`attach_disks`](Sandbox::attach_disks): the image as the lower disk, the upper disk's place
 //! 3. [`attach_shares`](Sandbox::attach_shares): virtiofsd for a directory image and the volumes
 //! 4. [`attach_network`](Sandbox::attach_network): the userspace stack (or a bench baseline)
-//! 5. [`start_vmm`](Sandbox::start_vmm): QEMU, while the upper disk is formatted
+//! 5. [`start_vmm`](Sandbox::start_vmm): QEMU, while the upper disk is formatted; with a
+//!    memory template of this shape (crate::template), [`restore_template`](Sandbox::restore_template)
+//!    loads it instead of the kernel booting, else the cold boot saves one after step 6
 //! 6. [`handshake`](Sandbox::handshake): hello both ways on the agent channel
 //! 7. [`bootstrap`](Sandbox::bootstrap): root disks, mounts, network, identity; until Ready
 //! 8. [`start_relay`](Sandbox::start_relay): serve agent.sock, record the sandbox as running
@@ -18,7 +20,7 @@ mod network;
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use msb_contract::ErrorCode;
 use msb_protocol::GuestMount;
@@ -32,10 +34,11 @@ use self::network::Network;
 use crate::cpu::CpuSampler;
 use crate::disks::{self, Lower};
 use crate::error::RtError;
+use crate::qmp::Qmp;
 use crate::relay::{Control, MetricsSource, Relay};
 use crate::sandbox::{Running, Sandbox};
 use crate::shares::{self, Share};
-use crate::{log, vm};
+use crate::{log, template, vm};
 
 /// The VMM found by [`Sandbox::check_vmm`].
 pub struct Vmm {
@@ -49,6 +52,16 @@ pub struct Disks {
     /// The upper disk does not exist yet: it is made right before QEMU starts and
     /// formatted while the guest boots.
     fresh_upper: bool,
+}
+
+/// What this boot does with memory templates.
+pub enum TemplatePlan {
+    /// Templates off, or a layout that is never templated.
+    None,
+    /// Restore from this template (its directory).
+    Restore(template::Shape, PathBuf),
+    /// Boot cold and save the guest as this shape's template after the handshake.
+    Make(template::Shape),
 }
 
 /// The virtiofs shares (served by virtiofsd from now on) and the guest's mounts.
@@ -70,8 +83,14 @@ impl Sandbox {
         let disks = self.attach_disks().await?;
         let shares = self.attach_shares(&disks.lower).await?;
         let net = self.attach_network().await?;
-        let formatting = self.start_vmm(&vmm, &disks, &shares, net.as_ref())?;
+        let (formatting, plan) = self.start_vmm(&vmm, &disks, &shares, net.as_ref())?;
+        if let TemplatePlan::Restore(shape, dir) = &plan {
+            self.restore_template(shape, dir).await?;
+        }
         let mut link = self.handshake(formatting).await?;
+        if let TemplatePlan::Make(shape) = &plan {
+            self.make_template(shape).await;
+        }
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
         Ok(self.start_relay(link, net)?)
@@ -140,19 +159,143 @@ impl Sandbox {
         })
     }
 
-    /// Boot step "start VMM": make the upper disk if it is new, start QEMU, and format the
-    /// upper disk while the guest boots (the handshake waits for it).
+    /// The memory template this boot restores from or makes (crate::template): only for
+    /// layouts without shares or disk volumes, on our own network stack or none.
+    fn template_plan(
+        &self,
+        vmm: &Vmm,
+        accel: vm::Accel,
+        disks: &Disks,
+        shares: &Shares,
+        net: Option<&Network>,
+    ) -> TemplatePlan {
+        if !template::enabled()
+            || !self.cfg.memory_template
+            || !shares.shares.is_empty()
+            || !shares.disks.is_empty()
+            || self.baseline.is_some()
+        {
+            return TemplatePlan::None;
+        }
+        let Lower::Disk { path, format, .. } = &disks.lower else {
+            return TemplatePlan::None;
+        };
+        let ids = (
+            template::FileId::of(&self.cfg.kernel),
+            template::FileId::of(&self.cfg.initramfs),
+            template::FileId::of(&vmm.qemu),
+            fs::metadata(path).map(|m| m.len()),
+            fs::metadata(&disks.upper).map(|m| m.len()),
+        );
+        let (Some(kernel), Some(initramfs), Some(qemu), Ok(lower_bytes), Ok(upper_bytes)) = ids
+        else {
+            return TemplatePlan::None;
+        };
+        let shape = template::Shape {
+            kernel,
+            initramfs,
+            qemu,
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: msb_protocol::PROTOCOL_VERSION,
+            accel: format!("{accel:?}"),
+            cpus: self.cfg.cpus,
+            memory_mib: self.cfg.memory_mib,
+            cmdline: vm::kernel_cmdline(accel),
+            lower: (format.to_string(), lower_bytes),
+            upper_bytes,
+            nic_mtu: net.map(|n| n.nic(&self.net_sock).2),
+        };
+        match template::find(&self.cfg.msb_home, &shape) {
+            Ok(state) => TemplatePlan::Restore(shape, state),
+            Err(why) => {
+                log(&format!(
+                    "memory template {}: {why}: cold boot, making it meanwhile",
+                    shape.key()
+                ));
+                TemplatePlan::Make(shape)
+            }
+        }
+    }
+
+    /// Boot step "restore template": load the template's state into the QEMU just started
+    /// with `-incoming defer`; the guest then runs from where the template's agent had
+    /// said hello. A failure removes the template (the next sandbox boots cold).
+    async fn restore_template(
+        &mut self,
+        shape: &template::Shape,
+        state: &std::path::Path,
+    ) -> Result<(), VmmError> {
+        let t0 = Instant::now();
+        let r = async {
+            let pid = self
+                .qemu
+                .as_ref()
+                .and_then(|q| q.id())
+                .ok_or("QEMU is gone")?;
+            let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
+            template::load(&mut qmp, pid, state, shape.memory_mib as u64 * 1024 * 1024).await
+        }
+        .await;
+        match r {
+            Ok(l) => {
+                log(&format!(
+                    "memory template {}: restored ({} bytes of memory) in {} ms (memory {} ms, devices {} ms)",
+                    shape.key(),
+                    l.memory_bytes,
+                    t0.elapsed().as_millis(),
+                    l.memory_ms,
+                    l.devices_ms
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                template::remove(&template::dir(&self.cfg.msb_home, shape));
+                Err(VmmError::Template(format!(
+                    "{e} (the template was removed: the next sandbox boots cold)"
+                )))
+            }
+        }
+    }
+
+    /// After a cold boot's handshake, before anything sandbox-specific reaches the guest:
+    /// save it as the template of its shape. A failure is logged, never fatal.
+    async fn make_template(&mut self, shape: &template::Shape) {
+        let t0 = Instant::now();
+        let r = async {
+            let pid = self
+                .qemu
+                .as_ref()
+                .and_then(|q| q.id())
+                .ok_or("QEMU is gone")?;
+            let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
+            template::save(&mut qmp, pid, &self.cfg.msb_home, shape).await
+        }
+        .await;
+        match r {
+            Ok(bytes) => log(&format!(
+                "memory template {}: made ({bytes} bytes of memory) in {} ms",
+                shape.key(),
+                t0.elapsed().as_millis()
+            )),
+            Err(e) => log(&format!("memory template {}: not made: {e}", shape.key())),
+        }
+    }
+
+    /// Boot step "start VMM": make the upper disk if it is new, start QEMU (waiting for a
+    /// template's state when there is one), and format the upper disk while the guest
+    /// boots (the handshake waits for it).
     fn start_vmm(
         &mut self,
         vmm: &Vmm,
         disks: &Disks,
         shares: &Shares,
         net: Option<&Network>,
-    ) -> Result<JoinHandle<Result<(), RtError>>, VmmError> {
+    ) -> Result<(JoinHandle<Result<(), RtError>>, TemplatePlan), VmmError> {
         if disks.fresh_upper {
             disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
         }
         let accel = vm::pick_accel(&vmm.qemu, &self.cfg.kernel, &self.cfg.initramfs);
+        let plan = self.template_plan(vmm, accel, disks, shares, net);
         let paths = vm::VmPaths {
             console_log: &self.dir.join("console.log"),
             qemu_log: &self.dir.join("qemu.log"),
@@ -174,6 +317,7 @@ impl Sandbox {
                 .map(|d| (d.serial.as_str(), d.path.as_path(), d.format, d.readonly))
                 .collect(),
             net: net.map(|n| n.nic(&self.net_sock)),
+            incoming: matches!(plan, TemplatePlan::Restore(..)),
         };
         let cmd = vm::qemu_command(&vmm.qemu, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
@@ -187,13 +331,14 @@ impl Sandbox {
         self.qemu = Some(child);
         self.started = Instant::now();
         let (upper, fresh) = (disks.upper.clone(), disks.fresh_upper);
-        Ok(tokio::spawn(async move {
+        let formatting = tokio::spawn(async move {
             if fresh {
                 disks::format_upper(&upper).await
             } else {
                 Ok(())
             }
-        }))
+        });
+        Ok((formatting, plan))
     }
 
     /// Boot step "start relay": listen on agent.sock, relay clients to the guest, give the

@@ -15,6 +15,7 @@ mod relay;
 mod sandbox;
 mod shares;
 mod supervise;
+mod template;
 mod vm;
 
 use msb_contract::ErrorCode;

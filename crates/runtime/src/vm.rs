@@ -24,6 +24,8 @@ pub struct VmPaths<'a> {
     pub volume_disks: Vec<(&'a str, &'a Path, &'a str, bool)>,
     /// The NIC: (backend, guest MAC, MTU).
     pub net: Option<(NetBackend<'a>, String, u16)>,
+    /// Start paused, waiting for a memory template's state (`migrate-incoming` over QMP).
+    pub incoming: bool,
 }
 
 /// What the guest's virtio-net is connected to.
@@ -306,6 +308,9 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
             .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
     }
 
+    if p.incoming {
+        c.args(["-incoming", "defer"]);
+    }
     c.stdin(Stdio::null());
     if let Ok(f) = fs::File::create(p.qemu_log) {
         if let Ok(f2) = f.try_clone() {

@@ -187,7 +187,12 @@ attached: boolean,
  * exiting, a crash of the guest), remove the sandbox (row, disks, logs) instead of
  * leaving it stopped. Attached or detached.
  */
-ephemeral: boolean, bootTimeoutMs: number, mode: Mode, idleTimeoutSecs: number | null, maxDurationSecs: number | null, 
+ephemeral: boolean, 
+/**
+ * Boot from a memory template of this sandbox's shape when there is one, and make
+ * one when there is not (msb-runtime's `MSB_TEMPLATES=off` turns them off for all).
+ */
+memoryTemplate: boolean, bootTimeoutMs: number, mode: Mode, idleTimeoutSecs: number | null, maxDurationSecs: number | null, 
 /**
  * The SDK's view of the configuration, stored verbatim as the sandbox's config
  * (opaque here; never a registry password).

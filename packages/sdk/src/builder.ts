@@ -354,6 +354,17 @@ export class SandboxBuilder {
    * `msb run` uses it. (Only a runtime that is itself killed leaves it behind, as
    * "crashed".)
    */
+  /**
+   * Whether this sandbox may start from a memory template (default `true`): a saved,
+   * booted guest of the same shape restored instead of a kernel boot, made by the first
+   * cold boot of that shape. `false` always boots cold and makes none. `MSB_TEMPLATES=off`
+   * in the environment turns templates off for every sandbox.
+   */
+  memoryTemplate(enabled = true): this {
+    this.#raw.memoryTemplate = enabled;
+    return this;
+  }
+
   ephemeral(ephemeral = true): this {
     this.#raw.ephemeral = ephemeral;
     return this;

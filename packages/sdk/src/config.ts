@@ -379,6 +379,7 @@ export interface RawSandboxConfig {
   thp?: unknown;
   init?: { cmd: unknown; args: unknown; env: [unknown, unknown][] };
   ephemeral?: unknown;
+  memoryTemplate?: unknown;
 }
 
 /**
@@ -463,6 +464,8 @@ export interface SandboxConfig {
   init: InitConfig | null;
   /** Removed when its VM ends, however it ends (`.ephemeral()`). */
   ephemeral: boolean;
+  /** Start from a memory template when one matches (`.memoryTemplate(false)`: always boot cold). */
+  memoryTemplate: boolean;
 }
 
 /**
@@ -548,6 +551,7 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     init = { cmd, args, env: [...initEnv] };
   }
   const ephemeral = raw.ephemeral === undefined ? false : check(z.boolean({ error: "must be a boolean" }), "ephemeral", raw.ephemeral);
+  const memoryTemplate = raw.memoryTemplate === undefined ? true : check(z.boolean({ error: "must be a boolean" }), "memoryTemplate", raw.memoryTemplate);
   const patches = validatePatches(raw.patches ?? [], cwd);
   const volumes = validateVolumes(raw.volumes ?? [], cwd);
   const logLevel = raw.logLevel === undefined ? null : check(logLevelSchema, "logLevel", raw.logLevel);
@@ -602,6 +606,7 @@ export function validateAll(raw: RawSandboxConfig, cwd: string = process.cwd()):
     thp,
     init,
     ephemeral,
+    memoryTemplate,
   };
   const values = network === null ? [] : (raw.secretValues ?? []);
   if (values.length > 0) config.secretValues = values.map((v) => ({ envVar: v.envVar, value: v.value }));
@@ -847,6 +852,7 @@ const storedConfigSchema = z.object({
     .nullable()
     .default(null),
   ephemeral: z.boolean().default(false),
+  memoryTemplate: z.boolean().default(true),
 });
 
 /**

@@ -111,6 +111,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     mode: o.mode,
     attached: o.attached,
     ephemeral: o.ephemeral === true || config.ephemeral === true,
+    memoryTemplate: config.memoryTemplate,
     bootTimeoutMs: bootTimeoutMs(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,

@@ -40,6 +40,8 @@ pub enum VmmError {
     Upper(#[from] DiskError),
     #[error("cannot start {}: {source}", .qemu.display())]
     Spawn { qemu: PathBuf, source: io::Error },
+    #[error("restoring the memory template: {0}")]
+    Template(String),
 }
 
 /// The lower (image) and upper (writable) disks.
@@ -171,7 +173,7 @@ impl VmmError {
             VmmError::NotFound(e) => e.code,
             VmmError::GuestAsset { .. } => ErrorCode::KernelNotFound,
             VmmError::Upper(e) => e.code(),
-            VmmError::Spawn { .. } => RUNTIME,
+            VmmError::Spawn { .. } | VmmError::Template(_) => RUNTIME,
         }
     }
 }

@@ -1,0 +1,146 @@
+// End-to-end: memory templates on real VMs. The first cold boot of a shape saves the
+// guest (after its agent's hello, before anything sandbox-specific) under
+// $MSB_HOME/templates/<key>; later sandboxes of that shape are restored from it instead
+// of booting a kernel. Restores are independent sandboxes (files, network stack, entropy,
+// clock); a template of another shape, another agent build or a damaged one is not used
+// (cold boot, one log line); templates can be turned off per sandbox and per process.
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NetworkPolicy, Sandbox } from "../src/index.js";
+import { native } from "../src/native.js";
+import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+
+const home = useTempMsbHome();
+let server: Server | undefined;
+let port = 0;
+const live: Sandbox[] = [];
+beforeAll(async () => {
+  server = createServer((_req, res) => res.end("from the host\n"));
+  await new Promise<void>((res) => server!.listen(0, "127.0.0.1", res));
+  port = (server.address() as AddressInfo).port;
+});
+afterAll(async () => {
+  await cleanup(...live);
+  await new Promise<void>((res) => (server ? server.close(() => res()) : res()));
+});
+
+const templateLines = (name: string): string[] =>
+  readFileSync(join(home(), "sandboxes", name, "runtime.log"), "utf8")
+    .split("\n")
+    .filter((l) => l.includes("memory template"));
+const templates = (): string[] => (existsSync(join(home(), "templates")) ? readdirSync(join(home(), "templates")).filter((n) => !n.startsWith(".")) : []);
+const make = async (name: string, tweak: (b: ReturnType<typeof Sandbox.builder>) => ReturnType<typeof Sandbox.builder> = (b) => b): Promise<Sandbox> => {
+  const sb = await tweak(Sandbox.builder(name).network((n) => n.policy(NetworkPolicy.builder().egress((r) => r.tcp().port(port).allowHost()).build()))).create();
+  live.push(sb);
+  return sb;
+};
+const out = async (sb: Sandbox, script: string): Promise<string> => (await sb.shell(script)).stdout();
+
+describe("memory templates", () => {
+  it("the first boot makes the template; restores are sandboxes of their own (files, network, entropy, clock)", async () => {
+    const first = await make("tpl-first");
+    expect(templateLines("tpl-first")).toEqual([
+      expect.stringMatching(/memory template [0-9a-f]{16}: none made yet: cold boot, making it meanwhile$/),
+      expect.stringMatching(/memory template [0-9a-f]{16}: made \(\d+ bytes of memory\) in \d+ ms$/),
+    ]);
+    const [key] = templates();
+    expect(templates()).toEqual([key]);
+    const dir = join(home(), "templates", key!);
+    expect(readdirSync(dir).sort()).toEqual(["meta.json", "ram", "state"]);
+    // `ram` is sparse: the guest's used memory, not its 512 MiB.
+    expect(statSync(join(dir, "ram")).size).toBe(512 * 1024 * 1024);
+    expect(statSync(join(dir, "ram")).blocks * 512).toBeLessThan(200 * 1024 * 1024);
+    await first.stop();
+
+    // Two restores at once (two msb-runtime processes reading one template).
+    const [a, b] = await Promise.all([make("tpl-a"), make("tpl-b")]);
+    for (const n of ["tpl-a", "tpl-b"]) {
+      expect(templateLines(n)).toEqual([expect.stringMatching(new RegExp(`memory template ${key}: restored \\(\\d+ bytes of memory\\) in \\d+ ms \\(memory \\d+ ms, devices \\d+ ms\\)$`))]);
+    }
+    await a.fs().write("/root/mine.txt", "a\n");
+    expect(await out(b, "cat /root/mine.txt 2>/dev/null || echo none")).toBe("none\n");
+    expect(await out(a, "hostname")).toBe("tpl-a\n");
+    expect(await out(b, "hostname")).toBe("tpl-b\n");
+    // Each reaches the host through its own network stack.
+    const get = `wget -q -O - http://host.microsandbox.internal:${port}/`;
+    expect([await out(a, get), await out(b, get)]).toEqual(["from the host\n", "from the host\n"]);
+    // Reseeded at bootstrap: the two guests' random streams differ.
+    const rnd = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    const [ra, rb] = [await out(a, rnd), await out(b, rnd)];
+    expect(ra).toMatch(/^[0-9a-f]{64}$/);
+    expect(ra).not.toBe(rb);
+    const uuid = "cat /proc/sys/kernel/random/uuid";
+    expect(await out(a, uuid)).not.toBe(await out(b, uuid));
+    // The clock is the host's, not the template's.
+    for (const sb of [a, b]) {
+      const guest = Number((await out(sb, "date +%s")).trim());
+      expect(Math.abs(guest - Date.now() / 1000)).toBeLessThan(2);
+    }
+    // Stop and start a restored sandbox: its files are kept (the start restores too).
+    await a.stop();
+    const again = await Sandbox.start("tpl-a");
+    live.push(again);
+    expect(await out(again, "cat /root/mine.txt")).toBe("a\n");
+    expect(templateLines("tpl-a")).toEqual([expect.stringMatching(/: restored /)]);
+    // The template deleted while restored sandboxes run: they do not use it any more.
+    rmSync(join(home(), "templates"), { recursive: true });
+    expect(await out(b, "echo still here")).toBe("still here\n");
+    await again.stop();
+    await b.stop();
+  });
+
+  it("another shape, another agent build, a damaged template: not used (cold boot, one log line); off per sandbox and per process", async () => {
+    const base = await make("tpl-base");
+    await base.stop();
+    const [key] = templates();
+    expect(key).toMatch(/^[0-9a-f]{16}$/);
+
+    // Another memory size: a template of its own.
+    const big = await make("tpl-mem", (b) => b.memory(384));
+    expect(templateLines("tpl-mem")[0]).toMatch(/none made yet: cold boot/);
+    await big.stop();
+    expect(templates().length).toBe(2);
+
+    // Another build of the initramfs (with the agent): its own key; the old one is not used.
+    const work = mkdtempSync(join(tmpdir(), "msb-tpl-"));
+    try {
+      const initramfs = join(work, "initramfs.cpio");
+      copyFileSync(native().assetPaths().initramfs, initramfs);
+      process.env.MSB_INITRAMFS = initramfs;
+      const other = await make("tpl-agent");
+      expect(templateLines("tpl-agent")[0]).toMatch(/none made yet: cold boot/);
+      expect(await out(other, "echo ok")).toBe("ok\n");
+      await other.stop();
+    } finally {
+      delete process.env.MSB_INITRAMFS;
+      rmSync(work, { recursive: true, force: true });
+    }
+
+    // A truncated state file: removed, cold boot, made again.
+    truncateSync(join(home(), "templates", key!, "state"), 100);
+    const damaged = await make("tpl-damaged");
+    const lines = templateLines("tpl-damaged");
+    expect(lines[0]).toMatch(/was damaged: its state is 100 bytes .*truncated or replaced\); removed: cold boot/);
+    expect(lines[1]).toMatch(/: made /);
+    expect(await out(damaged, "echo ok")).toBe("ok\n");
+    await damaged.stop();
+
+    // Off for one sandbox, and for the process.
+    const off = await make("tpl-off", (b) => b.memoryTemplate(false));
+    expect(templateLines("tpl-off")).toEqual([]);
+    expect(off.config().memoryTemplate).toBe(false);
+    await off.stop();
+    process.env.MSB_TEMPLATES = "off";
+    try {
+      const envOff = await make("tpl-env-off");
+      expect(templateLines("tpl-env-off")).toEqual([]);
+      await envOff.stop();
+    } finally {
+      delete process.env.MSB_TEMPLATES;
+    }
+  });
+});
