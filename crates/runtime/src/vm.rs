@@ -212,19 +212,15 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    let vhost_net = matches!(p.net, Some((NetBackend::VhostUser(_), _, _)));
-    if p.shares.is_empty() && !vhost_net {
-        c.args(["-M", "microvm"]);
-    } else {
-        // vhost-user (virtiofsd, our network backend) needs guest memory the backend can
-        // map, and modern virtio-mmio.
-        c.args(["-M", "microvm,memory-backend=mem"]);
-        c.arg("-object").arg(format!(
-            "memory-backend-memfd,id=mem,size={}M,share=on",
-            cfg.memory_mib
-        ));
-        c.args(["-global", "virtio-mmio.force-legacy=false"]);
-    }
+    // Guest memory is a shared memfd for every sandbox: vhost-user backends (virtiofsd,
+    // our network stack) map it, and memory templates read and fill it through /proc.
+    // Modern virtio-mmio goes with it.
+    c.args(["-M", "microvm,memory-backend=mem"]);
+    c.arg("-object").arg(format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        cfg.memory_mib
+    ));
+    c.args(["-global", "virtio-mmio.force-legacy=false"]);
     c.args(["-accel", accel_arg, "-cpu", cpu]);
     c.args([
         "-smp",

@@ -147,6 +147,7 @@ export type ParsedCli =
   | { kind: "stop"; names: string[]; timeoutMs?: number }
   | { kind: "kill"; names: string[] }
   | { kind: "pause"; names: string[] }
+  | { kind: "warmup"; image?: string; cpus?: number; memory?: number; network: boolean; json: boolean }
   | { kind: "resume"; names: string[] }
   | { kind: "rm"; names: string[]; force: boolean }
   | { kind: "ls"; json: boolean; labels?: [string, string][] }
@@ -512,6 +513,7 @@ interface Handlers {
   cp(src: string, dst: string): void;
   metrics(name: string, opts: { watch?: boolean; json?: boolean; interval?: number }): void;
   pull(image: string, opts: RawRegistryOpts): void;
+  warmup(image: string | undefined, opts: { cpus?: number; memory?: number; net?: boolean; json?: boolean }): void;
   images(opts: { json?: boolean }): void;
   rmi(images: string[], opts?: { force?: boolean }): void;
   logs(name: string, opts: RawLogsOpts): void;
@@ -682,6 +684,15 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     (image: string, opts: RawRegistryOpts) => on.pull(image, opts),
   );
   program
+    .command("warmup")
+    .description("make the memory template of a sandbox shape, so that sandboxes of it start without a kernel boot")
+    .argument("[IMAGE]", "the image (default: the embedded busybox image)")
+    .option("--cpus <n>", "number of virtual CPUs (default 1)", integer("cpus"))
+    .option("--memory <mib>", "guest memory in MiB (default 512)", integer("memory"))
+    .option("--no-net", "the shape of sandboxes without a network")
+    .option("--json", "print the result as JSON")
+    .action((image: string | undefined, opts: { cpus?: number; memory?: number; net?: boolean; json?: boolean }) => on.warmup(image, opts));
+  program
     .command("images")
     .description("list cached images")
     .option("--json", "print JSON instead of a table")
@@ -832,6 +843,16 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     pull(image, opts) {
       result = { kind: "pull", image, registry: registryFlags(opts, env) };
+    },
+    warmup(image, opts) {
+      result = {
+        kind: "warmup",
+        ...(image !== undefined ? { image } : {}),
+        ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
+        ...(opts.memory !== undefined ? { memory: opts.memory } : {}),
+        network: opts.net !== false,
+        json: opts.json === true,
+      };
     },
     images(opts) {
       result = { kind: "images", json: opts.json === true };

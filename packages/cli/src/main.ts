@@ -14,7 +14,7 @@ import {
   createCommand,
   execCommand,
   inspectCommand,
-  killCommand, pauseCommand,
+  killCommand, pauseCommand, warmupCommand,
   lsCommand,
   metricsCommand,
   rmCommand,
@@ -93,6 +93,8 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return stopCommand(parsed.names, parsed.timeoutMs, cmdIO);
     case "kill":
       return killCommand(parsed.names, cmdIO);
+    case "warmup":
+      return warmupCommand(parsed, cmdIO);
     case "pause":
     case "resume":
       return pauseCommand(parsed.names, parsed.kind === "resume", cmdIO);

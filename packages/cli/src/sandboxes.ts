@@ -133,6 +133,26 @@ export function killCommand(names: readonly string[], io: CommandIO): Promise<nu
   });
 }
 
+/** `msb warmup [IMAGE] [--cpus N] [--memory MIB] [--no-net] [--json]`. */
+export async function warmupCommand(o: { image?: string; cpus?: number; memory?: number; network: boolean; json: boolean }, io: CommandIO): Promise<number> {
+  try {
+    const r = await Sandbox.warmup({
+      ...(o.image !== undefined ? { image: o.image } : {}),
+      ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
+      ...(o.memory !== undefined ? { memory: o.memory } : {}),
+      network: o.network,
+    });
+    if (o.json) io.out(`${JSON.stringify(r)}\n`);
+    else if (r.template === null) io.out(`no template: ${r.reason}\n`);
+    else io.out(`${r.made ? "made" : "already there:"} template ${r.template} (${r.ms} ms)\n`);
+    return r.template === null ? 1 : 0;
+  } catch (e) {
+    const d = describeError(e, o.json);
+    io.err(`${d.message}\n`);
+    return d.code;
+  }
+}
+
 /** `msb pause NAME...` / `msb resume NAME...`. */
 export function pauseCommand(names: readonly string[], resume: boolean, io: CommandIO): Promise<number> {
   return eachName(io, names, async (name) => {

@@ -158,6 +158,8 @@ describe("sandbox lifecycle commands", () => {
     expect(parse("kill", "a", "b").result).toEqual({ kind: "kill", names: ["a", "b"] });
     expect(parse("pause", "a", "b").result).toEqual({ kind: "pause", names: ["a", "b"] });
     expect(parse("resume", "a").result).toEqual({ kind: "resume", names: ["a"] });
+    expect(parse("warmup").result).toEqual({ kind: "warmup", network: true, json: false });
+    expect(parse("warmup", "alpine", "--cpus", "2", "--memory", "256", "--no-net", "--json").result).toEqual({ kind: "warmup", image: "alpine", cpus: 2, memory: 256, network: false, json: true });
     expect(parse("run", "--snapshot", "clean", "--", "true").result).toMatchObject({ kind: "run", options: { snapshot: "clean", command: ["true"] } });
     expect(parse("create", "--snapshot", "clean").result).toMatchObject({ kind: "create", options: { snapshot: "clean" } });
     expect(parse("rm", "a", "b").result).toEqual({ kind: "rm", names: ["a", "b"], force: false });

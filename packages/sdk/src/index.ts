@@ -230,4 +230,5 @@ export {
   type SnapshotVerifyReport,
 } from "./snapshot.js";
 export { type SaveOpts } from "./snapshot-archive.js";
+export { type WarmupOptions, type WarmupResult } from "./warmup.js";
 export { doctor, doctorExitCode, MIN_QEMU_VERSION, MIN_E2FSPROGS_VERSION, DOCTOR_INSTALL_ALL, type DoctorCheck, type DoctorReport, type DoctorStatus, type DoctorOptions, type DoctorAssets } from "./doctor.js";

@@ -6,6 +6,7 @@ import { fromNative, InvalidConfigError, SandboxDrainingError, SandboxNotFoundEr
 import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } from "./exec.js";
 import { buildExecOptions, resolveExecOptions, withLeadingArgs, type ExecOptionsInput } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
+import { warmup, type WarmupOptions, type WarmupResult } from "./warmup.js";
 import { SandboxHandle, removeByName } from "./handle.js";
 import { checkScript } from "./input-limits.js";
 import { provideSandbox, startExisting, type StartOptions } from "./launch.js";
@@ -115,6 +116,16 @@ export class Sandbox implements AsyncDisposable {
    * (a secret left out has its placeholder blocked; an env var that is not one of the
    * sandbox's secrets -> `InvalidConfigError`).
    */
+  /**
+   * Make sure a memory template exists for sandboxes of this shape (image, cpus, memory,
+   * network on/off), so that their `create()` restores a booted guest instead of booting
+   * a kernel: a throwaway sandbox of that shape is booted (cold, saving the template) and
+   * removed. Resolves to the template's key and whether this call made it.
+   */
+  static async warmup(options?: WarmupOptions): Promise<WarmupResult> {
+    return warmup((n) => Sandbox.builder(n), options);
+  }
+
   static async start(name: string, options?: StartOptions): Promise<Sandbox> {
     return startExisting(name, true, options);
   }

@@ -102,6 +102,7 @@ describe("SandboxBuilder validation", () => {
       thp: null,
       init: null,
       ephemeral: false,
+      memoryTemplate: true,
     });
     expect(validateConfig({ name: "w1", image: "./rootfs", env: [] }, "/home/u").image).toBe("/home/u/rootfs");
     expect(validateConfig({ name: "w1", image: "/abs/disk.ext4", env: [] }, "/home/u").image).toBe("/abs/disk.ext4");

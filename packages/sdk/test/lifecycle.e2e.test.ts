@@ -264,6 +264,9 @@ describe("crashes", () => {
       expect(await waitFor(() => qemuProcessesMentioning(dir).length === 0, 10_000), "QEMU outlived its runtime").toBe(true);
 
       expect(existsSync(runDir), "the killed runtime's sockets are still there").toBe(true);
+      // The kernel releases a dead process's flock in deferred work, a moment after it
+      // is a zombie: under load, its lock can still be held right after.
+      expect(await waitForAsync(async () => (await Sandbox.get("e2e-crash")).status === "crashed", 5_000)).toBe(true);
       const h = await Sandbox.get("e2e-crash");
       expect(h.status).toBe("crashed");
       // Whoever found it crashed removed its run directory (sockets).

@@ -74,6 +74,7 @@ describe("Sandbox.create", () => {
         mode: "create",
         attached: true,
         ephemeral: false,
+        memoryTemplate: true,
         bootTimeoutMs: 60000,
         idleTimeoutSecs: null,
         maxDurationSecs: null,
@@ -112,6 +113,7 @@ describe("Sandbox.create", () => {
           thp: null,
           init: null,
           ephemeral: false,
+          memoryTemplate: true,
         },
       },
     ]);

@@ -129,6 +129,22 @@ describe("memory templates", () => {
     expect(await out(damaged, "echo ok")).toBe("ok\n");
     await damaged.stop();
 
+    // warmup(): makes the template of a shape ahead of time (here 256 MiB, no network),
+    // or says it is there already; the next sandbox of that shape is a restore.
+    const w1 = await Sandbox.warmup({ memory: 256, network: false });
+    expect([w1.made, w1.reason]).toEqual([true, null]);
+    expect(w1.template).toMatch(/^[0-9a-f]{16}$/);
+    expect(templates()).toContain(w1.template);
+    const w2 = await Sandbox.warmup({ memory: 256, network: false });
+    expect([w2.template, w2.made]).toEqual([w1.template, false]);
+    const warm = await Sandbox.builder("tpl-warm").memory(256).disableNetwork().create();
+    live.push(warm);
+    expect(templateLines("tpl-warm")).toEqual([expect.stringMatching(new RegExp(`memory template ${w1.template}: restored `))]);
+    expect(await out(warm, "ip -o link show 2>/dev/null | grep -c eth || true")).toBe("0\n");
+    await warm.stop();
+    // A shape that is never templated: no template, and why.
+    await expect(Sandbox.warmup({ memory: "lots" as never })).rejects.toMatchObject({ code: "invalidConfig" });
+
     // Off for one sandbox, and for the process.
     const off = await make("tpl-off", (b) => b.memoryTemplate(false));
     expect(templateLines("tpl-off")).toEqual([]);
@@ -139,6 +155,8 @@ describe("memory templates", () => {
       const envOff = await make("tpl-env-off");
       expect(templateLines("tpl-env-off")).toEqual([]);
       await envOff.stop();
+      const w = await Sandbox.warmup();
+      expect([w.template, w.made, w.reason]).toEqual([null, false, expect.stringContaining("MSB_TEMPLATES=off")]);
     } finally {
       delete process.env.MSB_TEMPLATES;
     }
