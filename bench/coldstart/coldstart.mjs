@@ -7,6 +7,7 @@
 //   (d) as (b), restored from a memory template (made by a warm-up boot first), with
 //       (b) measured with `.memoryTemplate(false)` in the same loop: d/b is the ratio.
 //   (e) PSS of QEMU and msb-runtime per idle sandbox, 10 sandboxes from one template.
+//   (f) sb.fork() of the running warm sandbox until the fork's first exec("true") returned.
 // Runs of (a), (b) and (d) are interleaved so that background load hits them alike.
 // Usage: node bench/coldstart/coldstart.mjs [runs=7] [warmExecs=100] [idle=10]
 import { spawn, execFileSync } from "node:child_process";
@@ -85,6 +86,14 @@ try {
     await sb.exec("true");
     warm.push(performance.now() - t0);
   }
+  const forked = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    const child = await sb.fork(`fork-${i}`);
+    await child.exec("true");
+    forked.push(performance.now() - t0);
+    await child.stop();
+  }
   await sb.stop();
 
   // PSS (proportional set size: shared pages split between their users) of each idle
@@ -127,6 +136,7 @@ try {
   console.log(`(d) restored + first exec median ${d.toFixed(0)} ms   [${fmt(restored)}]`);
   console.log(`b/a = ${(b / a).toFixed(2)}   (target <= 1.3; warm exec target < 5 ms)`);
   console.log(`d/b = ${(d / b).toFixed(2)}   (target <= 0.25, and d <= 300 ms on a quiet machine)`);
+  console.log(`(f) fork + first exec      median ${median(forked).toFixed(0)} ms   [${fmt(forked)}]   (target <= 500 ms)`);
   console.log(`(e) PSS per idle sandbox, ${idleCount} from one template: ${(totalPss / idleCount).toFixed(1)} MiB (QEMU ${(qemuPss / idleCount).toFixed(1)} MiB; ${mine.length} processes; target <= 60 MiB)`);
 } finally {
   rmSync(home, { recursive: true, force: true });

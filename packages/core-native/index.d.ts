@@ -60,6 +60,12 @@ export declare class AgentClient {
   /** Let a paused VM run again. Resolves once it runs. */
   resume(): Promise<void>
   /**
+   * Save the running sandbox for a fork into `dir` (`$MSB_HOME/forks/<name>`): its
+   * memory, device state and a copy of its writable disk. The sandbox runs on; its
+   * vCPUs stop for the time of the copy. Resolves once saved.
+   */
+  fork(dir: string): Promise<void>
+  /**
    * Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
    * is sent, without waiting for the VM to end.
    */

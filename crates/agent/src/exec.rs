@@ -39,7 +39,8 @@ pub struct Control {
 
 pub struct Sessions {
     port: Arc<Port>,
-    env: Vec<(String, String)>,
+    /// The base environment (a fork changes its HOSTNAME).
+    env: Mutex<Vec<(String, String)>>,
     workdir: Option<String>,
     user: Option<String>,
     waiters: Mutex<Waiters>,
@@ -59,7 +60,7 @@ impl Sessions {
     ) -> Arc<Sessions> {
         let s = Arc::new(Sessions {
             port,
-            env,
+            env: Mutex::new(env),
             workdir,
             user,
             waiters: Mutex::new(HashMap::new()),
@@ -69,6 +70,25 @@ impl Sessions {
         let reaper = s.clone();
         std::thread::spawn(move || reaper.reap());
         s
+    }
+
+    /// A fork: later commands see `HOSTNAME` = `hostname`; the parent's sessions (ids
+    /// below `first_id`) lose their stdin and their output goes nowhere (crate::port).
+    pub fn forked(&self, hostname: &str, first_id: u32) {
+        {
+            let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+            env.retain(|(k, _)| k != "HOSTNAME");
+            env.push(("HOSTNAME".into(), hostname.into()));
+        }
+        self.port.forget_ids_below(first_id);
+        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        controls.retain(|&id, c| {
+            if id < first_id {
+                // Output nobody reads: let it flow (to nowhere) rather than block the process.
+                c.window.grant(u32::MAX);
+            }
+            id >= first_id
+        });
     }
 
     pub fn port(&self) -> &Arc<Port> {
@@ -174,7 +194,8 @@ impl Sessions {
     }
 
     fn try_spawn(self: &Arc<Self>, id: u32, req: &ExecRequest) -> Result<(), String> {
-        let mut env = crate::env::merge(&self.env, &req.env);
+        let base = self.env.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut env = crate::env::merge(&base, &req.env);
         add_scripts_to_path(&mut env);
         let cwd = working_dir(req.cwd.as_deref(), self.workdir.as_deref())?;
         // Resolving the program here (not in std) keeps std on its posix_spawn path, which

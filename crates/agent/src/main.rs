@@ -145,6 +145,28 @@ fn run() -> Result<(), String> {
                 Message::GuestStats(sys::guest_stats()),
             ))?,
             Message::SetClock { unix_ms } => sys::set_time(unix_ms),
+            Message::Forked {
+                entropy,
+                first_id,
+                hostname,
+                unix_ms,
+            } => {
+                // A new sandbox from a running one's memory: its own random state, the
+                // host's time, its own name; the parent's sessions are not ours.
+                sys::set_time(unix_ms);
+                if !sys::add_entropy_and_reseed(&entropy) {
+                    log("fork: reseeding the RNG failed");
+                }
+                if !hostname.is_empty() {
+                    if let Err(e) = sys::set_hostname(&hostname) {
+                        log(&format!("fork: {e}"));
+                    }
+                }
+                match &sessions {
+                    Some(s) => s.forked(&hostname, first_id),
+                    None => port.forget_ids_below(first_id),
+                }
+            }
             Message::Shutdown => {
                 sys::shutdown();
                 return Ok(());

@@ -2,14 +2,17 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msb_protocol::{read_frame, write_frame, Frame, FrameError};
+use msb_protocol::{read_frame, write_frame, Frame, FrameError, CHANNEL_ID};
 
 pub struct Port {
     reader: Mutex<File>,
     writer: Mutex<File>,
+    /// In a fork: frames of sessions with a lower id (the parent's) are dropped.
+    forgotten_below: AtomicU32,
 }
 
 impl Port {
@@ -23,6 +26,7 @@ impl Port {
                     return Ok(Port {
                         reader: Mutex::new(f),
                         writer: Mutex::new(w),
+                        forgotten_below: AtomicU32::new(0),
                     });
                 }
             }
@@ -34,6 +38,9 @@ impl Port {
     }
 
     pub fn send(&self, frame: &Frame) -> Result<(), String> {
+        if forgotten(frame.id, self.forgotten_below.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         send_to(&mut *w, frame)
     }
@@ -48,6 +55,19 @@ impl Port {
             }
         }
     }
+}
+
+impl Port {
+    /// A fork: the sessions of ids below `first_id` belong to the parent, whose host side
+    /// is gone; their frames are dropped from now on.
+    pub fn forget_ids_below(&self, first_id: u32) {
+        self.forgotten_below.store(first_id, Ordering::Relaxed);
+    }
+}
+
+/// A session frame of a forgotten id (channel frames never are).
+fn forgotten(id: u32, below: u32) -> bool {
+    id != CHANNEL_ID && id < below
 }
 
 /// Write one whole frame with the protocol's codec. A frame that cannot be encoded
@@ -95,6 +115,14 @@ mod tests {
         assert_eq!(read_frame(&mut r).unwrap(), Some(a));
         assert_eq!(read_frame(&mut r).unwrap(), Some(b));
         assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_fork_forgets_the_parents_sessions_but_not_the_channel() {
+        assert!(!forgotten(5, 0), "not a fork");
+        assert!(forgotten(5, 65_536));
+        assert!(!forgotten(65_536, 65_536));
+        assert!(!forgotten(CHANNEL_ID, 65_536));
     }
 
     #[test]

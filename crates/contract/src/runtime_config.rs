@@ -75,6 +75,11 @@ pub struct RuntimeConfig {
     /// disk snapshot's `upper.ext4`, copied sparse or reflinked) instead of an empty one.
     #[serde(default)]
     pub upper_source: Option<PathBuf>,
+    /// Create mode only: a fork. The directory a running sandbox saved itself into
+    /// (`Fork`): the new sandbox restores that memory and device state instead of booting,
+    /// on `upper_source` (the parent's disk copied at the same moment).
+    #[serde(default)]
+    pub fork_from: Option<PathBuf>,
     /// Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
     #[serde(default)]
     pub image_fstype: Option<String>,
@@ -254,6 +259,20 @@ impl RuntimeConfig {
                 return bad("upperSource", "must be an absolute path");
             }
         }
+        if let Some(f) = &self.fork_from {
+            if self.mode != Mode::Create || !f.is_absolute() {
+                return bad(
+                    "forkFrom",
+                    "must be an absolute path, for a new sandbox (mode create)",
+                );
+            }
+            if self.upper_source.is_none() {
+                return bad("forkFrom", "a fork needs upperSource (its parent's disk)");
+            }
+            if !self.mounts.is_empty() {
+                return bad("forkFrom", "a fork has no volumes");
+            }
+        }
         Ok(())
     }
 }
@@ -303,6 +322,28 @@ mod tests {
                     .validate()
             ),
             "upperSource"
+        );
+    }
+
+    #[test]
+    fn a_fork_is_a_new_sandbox_with_its_parents_disk() {
+        let ok =
+            serde_json::json!({"forkFrom": "/h/forks/f", "upperSource": "/h/forks/f/upper.ext4"});
+        assert_eq!(config(ok).validate(), Ok(()));
+        let field = |v: serde_json::Value| config(v).validate().unwrap_err();
+        let e = field(serde_json::json!({"forkFrom": "/h/forks/f"}));
+        assert_eq!(e.field, "forkFrom");
+        assert!(e.why.contains("upperSource"), "{e}");
+        let e = field(serde_json::json!({"forkFrom": "rel", "upperSource": "/u"}));
+        assert_eq!(e.field, "forkFrom");
+        assert!(e.why.contains("absolute"), "{e}");
+        let e = field(serde_json::json!({
+            "forkFrom": "/f", "upperSource": "/u",
+            "mounts": [{"guestPath": "/t", "kind": "tmpfs"}]
+        }));
+        assert_eq!(
+            (e.field.as_str(), e.why.as_str()),
+            ("forkFrom", "a fork has no volumes")
         );
     }
 }

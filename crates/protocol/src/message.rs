@@ -115,6 +115,23 @@ pub enum Message {
     SetClock {
         unix_ms: u64,
     },
+    /// Client -> msb-runtime (control flag): save the running sandbox for a fork into the
+    /// host directory `dir` (its memory, device state and a copy of its writable disk);
+    /// the sandbox goes on. Answered `Done`, or `Error`.
+    Fork {
+        dir: String,
+    },
+    /// msb-runtime -> guest, the first frame after the hello of a forked guest: it is a
+    /// new sandbox from now on. The agent mixes `entropy` into the kernel's pool and
+    /// reseeds it, sets the clock and the hostname, and forgets every session of an id
+    /// below `first_id` (the parent's: their output goes nowhere). Not answered.
+    Forked {
+        #[serde(with = "serde_bytes")]
+        entropy: Vec<u8>,
+        first_id: u32,
+        hostname: String,
+        unix_ms: u64,
+    },
 }
 
 /// Filesystem operations of `sb.fs()`. Paths are guest paths, resolved in the guest.
@@ -284,6 +301,7 @@ impl Message {
                 | Message::Touch
                 | Message::Pause
                 | Message::Resume
+                | Message::Fork { .. }
                 | Message::Stdin(_)
                 | Message::StdinClose
                 | Message::Signal { .. }

@@ -187,6 +187,15 @@ fn samples() -> Vec<Message> {
         Message::SetClock {
             unix_ms: 1_700_000_000_123,
         },
+        Message::Fork {
+            dir: "/h/forks/f1".into(),
+        },
+        Message::Forked {
+            entropy: vec![1, 2, 3],
+            first_id: 65_536,
+            hostname: "f1".into(),
+            unix_ms: 1_700_000_000_123,
+        },
     ]
 }
 
@@ -232,9 +241,11 @@ fn variant(m: &Message) -> usize {
         Message::Pause => 35,
         Message::Resume => 36,
         Message::SetClock { .. } => 37,
+        Message::Fork { .. } => 38,
+        Message::Forked { .. } => 39,
     }
 }
-const VARIANTS: usize = 38;
+const VARIANTS: usize = 40;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -62,6 +62,8 @@ pub enum TemplatePlan {
     Restore(template::Shape, PathBuf),
     /// Boot cold and save the guest as this shape's template after the handshake.
     Make(template::Shape),
+    /// A fork (crate::fork): restore the parent's state saved in this directory.
+    Fork(PathBuf, crate::fork::ForkInfo),
 }
 
 /// The virtiofs shares (served by virtiofsd from now on) and the guest's mounts.
@@ -84,6 +86,13 @@ impl Sandbox {
         let shares = self.attach_shares(&disks.lower).await?;
         let net = self.attach_network().await?;
         let (formatting, plan) = self.start_vmm(&vmm, &disks, &shares, net.as_ref())?;
+        if let TemplatePlan::Fork(dir, info) = &plan {
+            let r = self.restore_fork(dir, info, formatting).await;
+            // Its memory is in the new QEMU, its disk ours: the directory has done its part.
+            let _ = fs::remove_dir_all(dir);
+            let link = r?;
+            return Ok(self.start_relay(link, net, info.first_id)?);
+        }
         if let TemplatePlan::Restore(shape, dir) = &plan {
             self.restore_template(shape, dir).await?;
         }
@@ -93,7 +102,7 @@ impl Sandbox {
         }
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
-        Ok(self.start_relay(link, net)?)
+        Ok(self.start_relay(link, net, 1)?)
     }
 
     /// Boot step "check VMM": QEMU, and the guest kernel and initramfs it boots.
@@ -121,6 +130,14 @@ impl Sandbox {
                 .await
                 .map_err(DiskError::Lower)?;
         let upper = self.dir.join("upper.ext4");
+        if let (Some(src), Some(_), false) =
+            (&self.cfg.upper_source, &self.cfg.fork_from, upper.exists())
+        {
+            // A fork's disk copy is its own: moved, not copied again.
+            if fs::rename(src, &upper).is_ok() {
+                log(&format!("upper disk moved from {}", src.display()));
+            }
+        }
         if let (Some(src), false) = (&self.cfg.upper_source, upper.exists()) {
             // A new sandbox from a disk snapshot: its writable disk is a copy of the
             // snapshot's (reflinked where the filesystem can, holes kept otherwise).
@@ -217,6 +234,64 @@ impl Sandbox {
         }
     }
 
+    /// A fork's plan: its parent's saved state, if this sandbox has the parent's layout.
+    fn fork_plan(
+        &self,
+        dir: &std::path::Path,
+        shares: &Shares,
+        net: Option<&Network>,
+    ) -> Result<TemplatePlan, VmmError> {
+        let fail = |e: String| VmmError::Fork(e);
+        crate::fork::check_dir(&self.cfg.msb_home, dir).map_err(fail)?;
+        let info = crate::fork::read_info(dir).map_err(fail)?;
+        if !shares.shares.is_empty() || !shares.disks.is_empty() || self.baseline.is_some() {
+            return Err(fail("a fork has no shares or volumes".into()));
+        }
+        let mine = crate::fork::ForkInfo {
+            parent: info.parent.clone(),
+            first_id: info.first_id,
+            image: self.cfg.image.clone(),
+            cpus: self.cfg.cpus,
+            memory_mib: self.cfg.memory_mib,
+            network: net.is_some(),
+        };
+        crate::fork::check_layout(&info, &mine).map_err(fail)?;
+        Ok(TemplatePlan::Fork(dir.to_path_buf(), info))
+    }
+
+    /// Boot steps of a fork, in place of restore/handshake/bootstrap: load the parent's
+    /// state into the QEMU just started with `-incoming defer`, say hello to its agent
+    /// (bootstrapped already), tell it it is a fork (crate::fork).
+    async fn restore_fork(
+        &mut self,
+        dir: &std::path::Path,
+        info: &crate::fork::ForkInfo,
+        formatting: JoinHandle<Result<(), RtError>>,
+    ) -> Result<GuestLink, BootError> {
+        let t0 = Instant::now();
+        let pid = self
+            .qemu
+            .as_ref()
+            .and_then(|q| q.id())
+            .ok_or_else(|| VmmError::Fork("QEMU is gone".into()))?;
+        let loaded = async {
+            let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
+            template::load(&mut qmp, pid, dir, info.memory_mib as u64 * 1024 * 1024).await
+        }
+        .await
+        .map_err(VmmError::Fork)?;
+        let link = self.handshake_fork(formatting, info).await?;
+        log(&format!(
+            "forked from {}: restored ({} bytes of memory) in {} ms (memory {} ms, devices {} ms)",
+            info.parent,
+            loaded.memory_bytes,
+            t0.elapsed().as_millis(),
+            loaded.memory_ms,
+            loaded.devices_ms
+        ));
+        Ok(link)
+    }
+
     /// Boot step "restore template": load the template's state into the QEMU just started
     /// with `-incoming defer`; the guest then runs from where the template's agent had
     /// said hello. A failure removes the template (the next sandbox boots cold).
@@ -295,7 +370,10 @@ impl Sandbox {
             disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
         }
         let accel = vm::pick_accel(&vmm.qemu, &self.cfg.kernel, &self.cfg.initramfs);
-        let plan = self.template_plan(vmm, accel, disks, shares, net);
+        let plan = match &self.cfg.fork_from {
+            Some(dir) => self.fork_plan(dir, shares, net)?,
+            None => self.template_plan(vmm, accel, disks, shares, net),
+        };
         let paths = vm::VmPaths {
             console_log: &self.dir.join("console.log"),
             qemu_log: &self.dir.join("qemu.log"),
@@ -317,7 +395,7 @@ impl Sandbox {
                 .map(|d| (d.serial.as_str(), d.path.as_path(), d.format, d.readonly))
                 .collect(),
             net: net.map(|n| n.nic(&self.net_sock)),
-            incoming: matches!(plan, TemplatePlan::Restore(..)),
+            incoming: matches!(plan, TemplatePlan::Restore(..) | TemplatePlan::Fork(..)),
         };
         let cmd = vm::qemu_command(&vmm.qemu, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
@@ -347,6 +425,7 @@ impl Sandbox {
         &mut self,
         link: GuestLink,
         net: Option<Network>,
+        first_id: u32,
     ) -> Result<Running, RelayError> {
         let _ = fs::remove_file(&self.agent_sock);
         let listener =
@@ -355,7 +434,7 @@ impl Sandbox {
                 source,
             })?;
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let relay = Relay::start(link.rd, link.wr, ctl_tx.clone());
+        let relay = Relay::start_from(link.rd, link.wr, ctl_tx.clone(), first_id);
         crate::exec_log::start(&self.dir, &relay);
         if let Some(i) = net.as_ref().and_then(Network::interceptor) {
             let ctl = ctl_tx.clone();

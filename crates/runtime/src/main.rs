@@ -10,6 +10,7 @@ mod diagnose;
 mod disks;
 mod error;
 mod exec_log;
+mod fork;
 mod qmp;
 mod relay;
 mod sandbox;

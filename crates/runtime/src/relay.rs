@@ -43,6 +43,8 @@ pub enum Control {
     Pause(oneshot::Sender<Result<(), String>>),
     /// Let a paused VM run again (QMP `cont`).
     Resume(oneshot::Sender<Result<(), String>>),
+    /// Save the running VM for a fork into this directory (supervise.rs, `fork_into`).
+    Fork(std::path::PathBuf, oneshot::Sender<Result<(), String>>),
 }
 
 const CLIENT_QUEUE: usize = 256;
@@ -64,6 +66,9 @@ struct Routes {
     clients: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     /// Runtime-owned requests to the guest (metrics), by guest id.
     pending: HashMap<u32, oneshot::Sender<GuestStats>>,
+    /// In a fork: ids below this are the parent's sessions; what the guest still sends on
+    /// them (output already on its way at the fork) is dropped, not a protocol error.
+    forgotten_below: u32,
 }
 
 /// What to do with one frame from the guest.
@@ -80,9 +85,16 @@ enum GuestRoute {
 }
 
 impl Routes {
+    #[cfg(test)]
     fn new() -> Routes {
+        Routes::starting_at(1)
+    }
+
+    /// The routes of a fork: guest ids start at `first_id`, lower ones are forgotten.
+    fn starting_at(first_id: u32) -> Routes {
         Routes {
-            next_guest_id: 1,
+            next_guest_id: first_id.max(1),
+            forgotten_below: first_id,
             ..Default::default()
         }
     }
@@ -166,6 +178,12 @@ impl Routes {
                 )),
             };
         }
+        if frame.id < self.forgotten_below
+            && !self.sessions.contains_key(&frame.id)
+            && !self.pending.contains_key(&frame.id)
+        {
+            return Ok(GuestRoute::Nothing);
+        }
         if let Message::GuestStats(stats) = frame.message {
             return match self.pending.remove(&frame.id) {
                 Some(tx) => Ok(GuestRoute::Stats(tx, stats)),
@@ -228,10 +246,23 @@ fn log(msg: &str) {
 impl Relay {
     /// Start the guest writer and reader; `guest_rd` must be past the handshake (it keeps
     /// whatever the guest sent after it).
+    #[cfg(test)]
     pub fn start(
+        guest_rd: FrameReader<OwnedReadHalf>,
+        guest_wr: OwnedWriteHalf,
+        control: mpsc::Sender<Control>,
+    ) -> Relay {
+        Relay::start_from(guest_rd, guest_wr, control, 1)
+    }
+
+    /// Start the guest writer and reader, handing out guest ids from `first_id` on: 1, or
+    /// in a fork the first id above its parent's (lower ones are dropped, see
+    /// `Routes::forgotten_below`). `guest_rd` must be past the handshake.
+    pub fn start_from(
         guest_rd: FrameReader<OwnedReadHalf>,
         mut guest_wr: OwnedWriteHalf,
         control: mpsc::Sender<Control>,
+        first_id: u32,
     ) -> Relay {
         let (to_guest, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
         tokio::spawn(async move {
@@ -242,7 +273,7 @@ impl Relay {
             }
         });
         let relay = Relay {
-            routes: Arc::new(Mutex::new(Routes::new())),
+            routes: Arc::new(Mutex::new(Routes::starting_at(first_id))),
             to_guest,
             control,
             draining: Arc::new(AtomicBool::new(false)),
@@ -267,6 +298,11 @@ impl Relay {
 
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// The next guest id the relay would hand out (a fork's children start above it).
+    pub fn next_guest_id(&self) -> u32 {
+        self.routes.lock().unwrap().next_guest_id
     }
 
     pub fn set_draining(&self) {
@@ -494,6 +530,16 @@ impl Relay {
                     };
                     let _ = reply(&tx, frame.id, msg).await;
                 }
+                Message::Fork { dir } if frame.flags & FLAG_CONTROL != 0 => {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let _ = self.control.send(Control::Fork(dir.into(), done_tx)).await;
+                    let msg = match done_rx.await {
+                        Ok(Ok(())) => Message::Done,
+                        Ok(Err(e)) => error(ErrorCode::Runtime, e),
+                        Err(_) => error(ErrorCode::SandboxNotRunning, "the sandbox is stopping"),
+                    };
+                    let _ = reply(&tx, frame.id, msg).await;
+                }
                 Message::Exec(_) | Message::Fs(_) | Message::Ping | Message::Metrics
                     if self.paused.load(Ordering::SeqCst) =>
                 {
@@ -664,6 +710,25 @@ mod tests {
         // The client may use its id again; it gets a new guest id.
         let again = r.open_session(a, 7).unwrap();
         assert_ne!(again, gid);
+    }
+
+    #[test]
+    fn a_fork_drops_its_parents_sessions_and_starts_above_them() {
+        let mut r = Routes::starting_at(65_536);
+        let (tx, _rx) = mpsc::channel(4);
+        let a = r.add_client(tx.clone());
+        // Output of a parent's session, on its way at the fork: dropped.
+        assert!(matches!(
+            r.route_guest_frame(raw(7, stdout(b"parent's"))),
+            Ok(GuestRoute::Nothing)
+        ));
+        let gid = r.open_session(a, 7).unwrap();
+        assert_eq!(gid, 65_536);
+        let (to, f) = delivered(r.route_guest_frame(raw(gid, stdout(b"mine"))).unwrap());
+        assert!(to.same_channel(&tx));
+        assert_eq!(f, Frame::new(7, stdout(b"mine")));
+        // Above the fork's first id an unknown id is still a violation.
+        assert!(r.route_guest_frame(raw(70_000, stdout(b"x"))).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::diagnose::tail;
 use crate::qmp::Qmp;
 use crate::relay::Control;
 use crate::sandbox::{Running, Sandbox};
+use crate::{fork, template};
 use crate::{log, log_error};
 
 /// fd on which an attached runtime receives the read end of its creator's pipe.
@@ -174,6 +175,19 @@ impl Sandbox {
                         };
                         let _ = done.send(r);
                     }
+                    Control::Fork(dir, done) => {
+                        let r = if ending.is_some() || shutdown_sent {
+                            Err("the sandbox is stopping".to_string())
+                        } else {
+                            let pid = qemu.id().unwrap_or(0);
+                            self.fork_into(&mut qmp, &running, pid, &dir, paused).await
+                        };
+                        if r.is_ok() {
+                            // The parent's time stood still meanwhile, as for a pause.
+                            policies.touch(Instant::now());
+                        }
+                        let _ = done.send(r);
+                    }
                     Control::CreatorGone => {
                         if !detached && !shutdown_sent {
                             log("creator went away: stopping");
@@ -269,12 +283,17 @@ fn unix_ms_now() -> u64 {
 }
 
 impl Sandbox {
-    /// One QMP command, connecting first if needed (a failed connection is retried next time).
-    async fn qmp_execute(&self, qmp: &mut Option<Qmp>, command: &str) -> Result<(), String> {
+    /// QEMU's control connection, connecting first if needed.
+    async fn qmp_conn<'a>(&self, qmp: &'a mut Option<Qmp>) -> Result<&'a mut Qmp, String> {
         if qmp.is_none() {
             *qmp = Some(Qmp::connect(&self.qmp_sock, Duration::from_secs(2)).await?);
         }
-        let q = qmp.as_mut().expect("connected above");
+        Ok(qmp.as_mut().expect("connected above"))
+    }
+
+    /// One QMP command, connecting first if needed (a failed connection is retried next time).
+    async fn qmp_execute(&self, qmp: &mut Option<Qmp>, command: &str) -> Result<(), String> {
+        let q = self.qmp_conn(qmp).await?;
         match q.execute(command, None).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -282,6 +301,75 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+}
+
+impl Sandbox {
+    /// Save this running sandbox for a fork into `dir` (crate::fork): vCPUs stopped (unless
+    /// paused already), memory and device state saved, the writable disk copied, then
+    /// running again with its clock set. Any failure leaves the parent running.
+    async fn fork_into(
+        &self,
+        qmp: &mut Option<Qmp>,
+        running: &Running,
+        qemu_pid: u32,
+        dir: &std::path::Path,
+        paused: bool,
+    ) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        fork::check_dir(&self.cfg.msb_home, dir)?;
+        if !self.cfg.mounts.is_empty() {
+            return Err("a sandbox with volumes cannot be forked".into());
+        }
+        if !paused {
+            self.qmp_execute(qmp, "stop").await?;
+        }
+        // Read once the vCPUs stopped: nothing the guest holds is above it after.
+        let first_id = fork::first_id(running.relay.next_guest_id());
+        let saved = async {
+            let q = self.qmp_conn(qmp).await?;
+            let ram_bytes = self.cfg.memory_mib as u64 * 1024 * 1024;
+            let used = template::save_stopped(q, qemu_pid, ram_bytes, dir).await?;
+            let t_mem = t0.elapsed();
+            let upper = msb_store::sparse::copy_sparse(
+                &self.dir.join("upper.ext4"),
+                &dir.join("upper.ext4"),
+            )
+            .map_err(|e| format!("copying the writable disk: {e}"))?;
+            fork::write_info(
+                dir,
+                &fork::ForkInfo {
+                    parent: self.cfg.name.clone(),
+                    first_id,
+                    image: self.cfg.image.clone(),
+                    cpus: self.cfg.cpus,
+                    memory_mib: self.cfg.memory_mib,
+                    network: self.cfg.network.is_some(),
+                },
+            )?;
+            Ok::<_, String>((used, upper, t_mem))
+        }
+        .await;
+        if !paused {
+            self.qmp_execute(qmp, "cont").await?;
+            running
+                .relay
+                .send_to_guest(&Frame::new(
+                    CHANNEL_ID,
+                    Message::SetClock {
+                        unix_ms: unix_ms_now(),
+                    },
+                ))
+                .await;
+        }
+        let (used, upper, t_mem) = saved.inspect_err(|e| log_error(&format!("fork: {e}")))?;
+        log(&format!(
+            "forked into {}: {used} bytes of memory, a {upper}-byte disk, stopped {} ms (memory and devices {} ms)",
+            dir.display(),
+            t0.elapsed().as_millis(),
+            t_mem.as_millis()
+        ));
+        Ok(())
     }
 }
 

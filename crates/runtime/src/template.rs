@@ -298,31 +298,13 @@ pub async fn save(qmp: &mut Qmp, qemu_pid: u32, home: &Path, shape: &Shape) -> R
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let state = tmp.join("state");
+    let ram_bytes = shape.memory_mib as u64 * 1024 * 1024;
     let result = async {
         qmp.execute("stop", None).await?;
-        let saved = async {
-            let ram_bytes = shape.memory_mib as u64 * 1024 * 1024;
-            let mem = qemu_memfd(qemu_pid, false)?;
-            let ram = fs::File::create(tmp.join("ram")).map_err(|e| format!("ram: {e}"))?;
-            ram.set_len(ram_bytes).map_err(|e| format!("ram: {e}"))?;
-            let used = copy_pages(&mem, ram_bytes, &ram)?;
-            // The memory is in `ram`: the stream has only the devices and vCPUs.
-            qmp.execute(
-                "migrate-set-capabilities",
-                Some(
-                    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
-                ),
-            )
-            .await?;
-            let uri = format!("exec:cat > {}", sh_quote(&state));
-            qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
-            wait_migration(qmp).await?;
-            Ok::<_, String>((used, ram_bytes))
-        }
-        .await;
+        let saved = save_stopped(qmp, qemu_pid, ram_bytes, &tmp).await;
         // The guest goes on booting this sandbox whatever happened to the save.
         qmp.execute("cont", None).await?;
-        let (used, ram_bytes) = saved?;
+        let used = saved?;
         let state_bytes = fs::metadata(&state)
             .map_err(|e| format!("{}: {e}", state.display()))?
             .len();
@@ -351,6 +333,32 @@ pub async fn save(qmp: &mut Qmp, qemu_pid: u32, home: &Path, shape: &Shape) -> R
     .await;
     let _ = fs::remove_dir_all(&tmp);
     result
+}
+
+/// Saves a stopped VM into `into`: its memory as the sparse file `ram` (zero pages left
+/// as holes), its devices and vCPUs as the migration stream `state` (without the RAM:
+/// `x-ignore-shared`). The VM stays stopped (in QEMU's `postmigrate`; `cont` runs it
+/// again). Returns the bytes of memory saved. Templates and forks both use it.
+pub async fn save_stopped(
+    qmp: &mut Qmp,
+    qemu_pid: u32,
+    ram_bytes: u64,
+    into: &Path,
+) -> Result<u64, String> {
+    let mem = qemu_memfd(qemu_pid, false)?;
+    let ram = fs::File::create(into.join("ram")).map_err(|e| format!("ram: {e}"))?;
+    ram.set_len(ram_bytes).map_err(|e| format!("ram: {e}"))?;
+    let used = copy_pages(&mem, ram_bytes, &ram)?;
+    // The memory is in `ram`: the stream has only the devices and vCPUs.
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+    )
+    .await?;
+    let uri = format!("exec:cat > {}", sh_quote(&into.join("state")));
+    qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+    wait_migration(qmp).await?;
+    Ok(used)
 }
 
 /// What a restore did, for the log.

@@ -147,6 +147,7 @@ export type ParsedCli =
   | { kind: "stop"; names: string[]; timeoutMs?: number }
   | { kind: "kill"; names: string[] }
   | { kind: "pause"; names: string[] }
+  | { kind: "fork"; source: string; name: string; json: boolean }
   | { kind: "warmup"; image?: string; cpus?: number; memory?: number; network: boolean; json: boolean }
   | { kind: "resume"; names: string[] }
   | { kind: "rm"; names: string[]; force: boolean }
@@ -514,6 +515,7 @@ interface Handlers {
   metrics(name: string, opts: { watch?: boolean; json?: boolean; interval?: number }): void;
   pull(image: string, opts: RawRegistryOpts): void;
   warmup(image: string | undefined, opts: { cpus?: number; memory?: number; net?: boolean; json?: boolean }): void;
+  fork(source: string, name: string, opts: { json?: boolean }): void;
   images(opts: { json?: boolean }): void;
   rmi(images: string[], opts?: { force?: boolean }): void;
   logs(name: string, opts: RawLogsOpts): void;
@@ -684,6 +686,13 @@ function buildProgram(version: string, out: CliOutput, on: Handlers, json: boole
     (image: string, opts: RawRegistryOpts) => on.pull(image, opts),
   );
   program
+    .command("fork")
+    .description("fork a running sandbox: a new (detached) sandbox with its memory and disk as they are now")
+    .argument("<SOURCE>", "the running sandbox")
+    .argument("<NAME>", "the new sandbox's name")
+    .option("--json", "print the result as JSON")
+    .action((source: string, name: string, opts: { json?: boolean }) => on.fork(source, name, opts));
+  program
     .command("warmup")
     .description("make the memory template of a sandbox shape, so that sandboxes of it start without a kernel boot")
     .argument("[IMAGE]", "the image (default: the embedded busybox image)")
@@ -843,6 +852,9 @@ export function parseCli(argv: readonly string[], version: string, out: CliOutpu
     },
     pull(image, opts) {
       result = { kind: "pull", image, registry: registryFlags(opts, env) };
+    },
+    fork(source, name, opts) {
+      result = { kind: "fork", source, name, json: opts.json === true };
     },
     warmup(image, opts) {
       result = {

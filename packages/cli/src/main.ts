@@ -14,7 +14,7 @@ import {
   createCommand,
   execCommand,
   inspectCommand,
-  killCommand, pauseCommand, warmupCommand,
+  killCommand, pauseCommand, warmupCommand, forkCommand,
   lsCommand,
   metricsCommand,
   rmCommand,
@@ -95,6 +95,8 @@ export async function main(argv: readonly string[], io: MainIO = processIO()): P
       return killCommand(parsed.names, cmdIO);
     case "warmup":
       return warmupCommand(parsed, cmdIO);
+    case "fork":
+      return forkCommand(parsed, cmdIO);
     case "pause":
     case "resume":
       return pauseCommand(parsed.names, parsed.kind === "resume", cmdIO);

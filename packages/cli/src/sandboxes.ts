@@ -153,6 +153,29 @@ export async function warmupCommand(o: { image?: string; cpus?: number; memory?:
   }
 }
 
+/** `msb fork SOURCE NAME [--json]`: the fork is detached (it outlives this command). */
+export async function forkCommand(o: { source: string; name: string; json: boolean }, io: CommandIO): Promise<number> {
+  try {
+    const t0 = performance.now();
+    const parent = await (await Sandbox.get(o.source)).connect();
+    try {
+      const child = await parent.fork(o.name, { detached: true });
+      const ms = Math.round(performance.now() - t0);
+      // Detached: closing this handle leaves the fork running.
+      await child[Symbol.asyncDispose]();
+      if (o.json) io.out(`${JSON.stringify({ name: child.name, parent: o.source, ms })}\n`);
+      else io.out(`forked ${o.source} into ${child.name} (${ms} ms)\n`);
+      return 0;
+    } finally {
+      await parent[Symbol.asyncDispose]();
+    }
+  } catch (e) {
+    const d = describeError(e, o.json);
+    io.err(`${d.message}\n`);
+    return d.code;
+  }
+}
+
 /** `msb pause NAME...` / `msb resume NAME...`. */
 export function pauseCommand(names: readonly string[], resume: boolean, io: CommandIO): Promise<number> {
   return eachName(io, names, async (name) => {

@@ -159,6 +159,8 @@ describe("sandbox lifecycle commands", () => {
     expect(parse("pause", "a", "b").result).toEqual({ kind: "pause", names: ["a", "b"] });
     expect(parse("resume", "a").result).toEqual({ kind: "resume", names: ["a"] });
     expect(parse("warmup").result).toEqual({ kind: "warmup", network: true, json: false });
+    expect(parse("fork", "w1", "w2").result).toEqual({ kind: "fork", source: "w1", name: "w2", json: false });
+    expect(parse("fork", "w1", "w2", "--json").result).toEqual({ kind: "fork", source: "w1", name: "w2", json: true });
     expect(parse("warmup", "alpine", "--cpus", "2", "--memory", "256", "--no-net", "--json").result).toEqual({ kind: "warmup", image: "alpine", cpus: 2, memory: 256, network: false, json: true });
     expect(parse("run", "--snapshot", "clean", "--", "true").result).toMatchObject({ kind: "run", options: { snapshot: "clean", command: ["true"] } });
     expect(parse("create", "--snapshot", "clean").result).toMatchObject({ kind: "create", options: { snapshot: "clean" } });

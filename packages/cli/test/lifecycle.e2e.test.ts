@@ -158,4 +158,22 @@ describe("msb lifecycle round trip", () => {
     expect(second.runtimePid).not.toBe(first.runtimePid);
     expect(await msb(["rm", "-f", "cli-rep"])).toMatchObject({ code: 0 });
   }, 180_000);
+
+  it("fork: a detached copy of a running sandbox that outlives msb; a taken name is refused", async () => {
+    expect((await msb(["create", "--name", "cli-src"])).code).toBe(0);
+    expect((await msb(["exec", "cli-src", "--", "sh", "-c", "echo forked-state > /root/s.txt"])).code).toBe(0);
+    const forked = await msb(["fork", "cli-src", "cli-dst", "--json"]);
+    expect(forked.stderr).toBe("");
+    expect(forked.code).toBe(0);
+    const j = JSON.parse(forked.stdout) as { name: string; parent: string; ms: number };
+    expect(j).toMatchObject({ name: "cli-dst", parent: "cli-src" });
+    expect(j.ms).toBeGreaterThan(0);
+    // The msb that forked it has exited: the fork runs on, with the parent's file.
+    expect((await ls()).find((e) => e.name === "cli-dst")).toMatchObject({ status: "running" });
+    expect(await msb(["exec", "cli-dst", "--", "cat", "/root/s.txt"])).toMatchObject({ code: 0, stdout: "forked-state\n" });
+    const taken = await msb(["fork", "cli-src", "cli-dst"]);
+    expect(taken.code).toBe(1);
+    expect(taken.stderr).toMatch(/already exists/);
+    expect(await msb(["rm", "-f", "cli-src", "cli-dst"])).toMatchObject({ code: 0 });
+  }, 180_000);
 });

@@ -208,6 +208,12 @@ mounts: Array<MountConfig>,
  */
 upperSource: string | null, 
 /**
+ * Create mode only: a fork. The directory a running sandbox saved itself into
+ * (`Fork`): the new sandbox restores that memory and device state instead of booting,
+ * on `upper_source` (the parent's disk copied at the same moment).
+ */
+forkFrom: string | null, 
+/**
  * Filesystem of a disk image when detection cannot tell (e.g. qcow2); None: detect.
  */
 imageFstype: string | null, 
@@ -368,4 +374,4 @@ export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
 /** Smallest guest memory msb-runtime accepts, in MiB. */
 export const MIN_MEMORY_MIB = 128;
 /** Version of the host <-> guest protocol of this build. */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;

@@ -384,6 +384,17 @@ impl AgentClient {
         }
     }
 
+    /// Save the running sandbox for a fork into `dir` (`$MSB_HOME/forks/<name>`): its
+    /// memory, device state and a copy of its writable disk. The sandbox runs on; its
+    /// vCPUs stop for the time of the copy. Resolves once saved.
+    #[napi]
+    pub async fn fork(&self, dir: String) -> Result<()> {
+        match self.control(Message::Fork { dir }).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Ask for a graceful stop (killed after `timeout_ms`) and resolve once the request
     /// is sent, without waiting for the VM to end.
     #[napi]

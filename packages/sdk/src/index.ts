@@ -231,4 +231,5 @@ export {
 } from "./snapshot.js";
 export { type SaveOpts } from "./snapshot-archive.js";
 export { type WarmupOptions, type WarmupResult } from "./warmup.js";
+export { type ForkOptions } from "./fork.js";
 export { doctor, doctorExitCode, MIN_QEMU_VERSION, MIN_E2FSPROGS_VERSION, DOCTOR_INSTALL_ALL, type DoctorCheck, type DoctorReport, type DoctorStatus, type DoctorOptions, type DoctorAssets } from "./doctor.js";

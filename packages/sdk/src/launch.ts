@@ -68,6 +68,8 @@ export interface LaunchOptions {
   patches?: PatchOp[];
   /** mode "create": the writable disk starts as a copy of this file (`fromSnapshot`). */
   upperSource?: string;
+  /** mode "create": a fork (fork.ts): restore the state its parent saved in this directory. */
+  forkFrom?: string;
 }
 
 /**
@@ -118,6 +120,7 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
     mounts: config.volumes.map((v) => ({ guestPath: v.guestPath, kind: v.kind, source: v.source, readonly: v.readonly, sizeMiB: v.sizeMiB })),
     imageFstype: config.imageFstype,
     upperSource: o.mode === "create" ? (o.upperSource ?? null) : null,
+    forkFrom: o.mode === "create" ? (o.forkFrom ?? null) : null,
     logLevel: config.logLevel,
     network: config.network,
     // A restart stores back exactly what was stored.
@@ -147,6 +150,9 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   const sb = new (sandboxClass())(copyConfig(config), info, client, o.attached, home);
   // Before anything of the caller's runs: the default user exists (a new sandbox), then
   // scripts (every boot) and patches (the first one).
+  // A fork is its parent's guest as it was: user checked, scripts, patches, thp and init
+  // all done there already.
+  if (o.forkFrom !== undefined) return sb;
   const checkUser = o.mode === "create" && config.user !== null;
   const init = config.init !== null && config.init.cmd !== "auto" ? config.init : null;
   if (checkUser || config.scripts.length > 0 || (o.patches?.length ?? 0) > 0 || config.thp !== null || init !== null) {

@@ -7,6 +7,7 @@ import { ExecHandle, type ExecOutput, type ExitStatus, type SessionControls } fr
 import { buildExecOptions, resolveExecOptions, withLeadingArgs, type ExecOptionsInput } from "./exec-options.js";
 import { SandboxFs } from "./fs.js";
 import { warmup, type WarmupOptions, type WarmupResult } from "./warmup.js";
+import { forkSandbox, type ForkOptions } from "./fork.js";
 import { SandboxHandle, removeByName } from "./handle.js";
 import { checkScript } from "./input-limits.js";
 import { provideSandbox, startExisting, type StartOptions } from "./launch.js";
@@ -423,6 +424,24 @@ export class Sandbox implements AsyncDisposable {
     this.#ensureRunning();
     const client = this.#client;
     await this.#call(() => client.resume());
+  }
+
+  /**
+   * Fork this running sandbox: a new sandbox named `name` with this one's memory (its
+   * processes, as they are) and disk at this moment, independent from then on: its own
+   * copy of the writable disk, its own network stack, its hostname its name, its RNG
+   * reseeded and its clock set before any command of it runs. This sandbox's vCPUs stop
+   * for the time of the copy (tens to hundreds of milliseconds) and it then runs on.
+   * Commands of this sandbox in flight at the fork go on here; in the fork, their
+   * processes exist but nobody reads their output. Attached unless `{ detached: true }`.
+   *
+   * Refused with `UnsupportedError` for a sandbox with volumes, published ports or
+   * secrets; `SandboxAlreadyExistsError` when the name is taken.
+   */
+  async fork(name: string, options?: ForkOptions): Promise<Sandbox> {
+    this.#ensureRunning();
+    const client = this.#client;
+    return forkSandbox(this.#config, (f) => this.#call(() => f(client)), name, options);
   }
 
   /**

@@ -516,6 +516,10 @@ export class FakeClient implements NativeAgentClient {
     this.calls.push("resume");
     if (this.closed) throw new Error("sandboxNotRunning: connection closed");
   }
+  async fork(dir: string): Promise<void> {
+    this.calls.push(`fork:${dir}`);
+    if (this.closed) throw new Error("sandboxNotRunning: connection closed");
+  }
   /** The VM ends later (as the real one does), when the test calls `fake.endVm`. */
   async requestStop(timeoutMs: number): Promise<void> {
     this.calls.push(`requestStop:${timeoutMs}`);

@@ -81,6 +81,7 @@ describe("Sandbox.create", () => {
         mounts: [],
         imageFstype: null,
         upperSource: null,
+        forkFrom: null,
         logLevel: null,
         network: defaultNetConfig(),
         sdkConfig: {

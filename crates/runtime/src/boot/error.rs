@@ -42,6 +42,8 @@ pub enum VmmError {
     Spawn { qemu: PathBuf, source: io::Error },
     #[error("restoring the memory template: {0}")]
     Template(String),
+    #[error("starting the fork: {0}")]
+    Fork(String),
 }
 
 /// The lower (image) and upper (writable) disks.
@@ -173,7 +175,7 @@ impl VmmError {
             VmmError::NotFound(e) => e.code,
             VmmError::GuestAsset { .. } => ErrorCode::KernelNotFound,
             VmmError::Upper(e) => e.code(),
-            VmmError::Spawn { .. } | VmmError::Template(_) => RUNTIME,
+            VmmError::Spawn { .. } | VmmError::Template(_) | VmmError::Fork(_) => RUNTIME,
         }
     }
 }

@@ -72,6 +72,56 @@ impl Sandbox {
         Ok(link)
     }
 
+    /// A fork's handshake: its agent is the parent's, bootstrapped and serving. Hello both
+    /// ways (what the parent's sessions still send before it is skipped), then `Forked`:
+    /// entropy, time, hostname and the first request id that is the fork's own.
+    pub(super) async fn handshake_fork(
+        &mut self,
+        formatting: JoinHandle<Result<(), RtError>>,
+        info: &crate::fork::ForkInfo,
+    ) -> Result<GuestLink, HandshakeError> {
+        formatting
+            .await
+            .map_err(DiskError::FormatTask)?
+            .map_err(DiskError::Upper)?;
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
+        let stream = self.connect_chardev(deadline).await?;
+        let (rd, wr) = stream.into_split();
+        let mut link = GuestLink {
+            rd: FrameReader::with_capacity(rd, GUEST_READ_SIZE),
+            wr,
+            deadline,
+        };
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        send(&mut link, &Frame::new(CHANNEL_ID, hello)).await?;
+        loop {
+            match self.next_guest_frame(&mut link).await? {
+                Message::Hello { version } if version == PROTOCOL_VERSION => break,
+                Message::Hello { version } => {
+                    return Err(HandshakeError::Version {
+                        guest: version,
+                        host: PROTOCOL_VERSION,
+                    })
+                }
+                _ => continue, // the parent's sessions' output, on its way at the fork
+            }
+        }
+        let forked = Message::Forked {
+            entropy: fresh_entropy(),
+            first_id: info.first_id,
+            hostname: self
+                .cfg
+                .hostname
+                .clone()
+                .unwrap_or_else(|| self.cfg.name.clone()),
+            unix_ms: unix_ms_now(),
+        };
+        send(&mut link, &Frame::new(CHANNEL_ID, forked)).await?;
+        Ok(link)
+    }
+
     /// Boot step "bootstrap": send the guest its root disks, mounts, network, identity,
     /// clock and entropy; wait until it is ready.
     pub(super) async fn bootstrap(
@@ -115,10 +165,7 @@ impl Sandbox {
         mounts: Vec<GuestMount>,
         net: Option<&Network>,
     ) -> Bootstrap {
-        let mut entropy = vec![0u8; 32];
-        if let Ok(mut f) = fs::File::open("/dev/urandom") {
-            let _ = f.read_exact(&mut entropy);
-        }
+        let entropy = fresh_entropy();
         Bootstrap {
             root: RootSpec {
                 lower: match &disks.lower {
@@ -143,10 +190,7 @@ impl Sandbox {
                 .hostname
                 .clone()
                 .unwrap_or_else(|| self.cfg.name.clone()),
-            time_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            time_unix_ms: unix_ms_now(),
             entropy,
             mounts,
             network: net.map(Network::guest),
@@ -234,6 +278,22 @@ impl Sandbox {
             console,
         }
     }
+}
+
+/// 32 bytes from the host's RNG for the guest's pool.
+fn fresh_entropy() -> Vec<u8> {
+    let mut entropy = vec![0u8; 32];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut entropy);
+    }
+    entropy
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn send(link: &mut GuestLink, frame: &Frame) -> Result<(), LinkError> {
