@@ -54,6 +54,10 @@ pub struct Disks {
     fresh_upper: bool,
 }
 
+/// How long a restored guest has to answer the hello before its template is given up
+/// for a cold boot (it answers in milliseconds when the template is sound).
+const RESTORED_HELLO: Duration = Duration::from_secs(10);
+
 /// What this boot does with memory templates.
 pub enum TemplatePlan {
     /// Templates off, or a layout that is never templated.
@@ -84,8 +88,37 @@ impl Sandbox {
         let vmm = self.check_vmm()?;
         let disks = self.attach_disks().await?;
         let shares = self.attach_shares(&disks.lower).await?;
-        let net = self.attach_network().await?;
-        let (formatting, plan) = self.start_vmm(&vmm, &disks, &shares, net.as_ref())?;
+        let fork = match self.cfg.fork_from.clone() {
+            Some(dir) => Some(self.fork_plan(dir, &shares)?),
+            None => None,
+        };
+        // A templated layout's restores map their memory private, which vhost-user cannot
+        // serve: its NIC is a frame stream, in the boot that makes the template too (the
+        // saved device state must match). A fork's NIC is its parent's.
+        let stream = match &fork {
+            Some(TemplatePlan::Fork(_, info)) => info.net_stream,
+            _ => self.templatable(&disks, &shares),
+        };
+        let mut net = self.attach_network(stream).await?;
+        self.net_stream = stream && net.is_some();
+        if disks.fresh_upper {
+            disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
+        }
+        let accel = vm::pick_accel(&vmm.qemu, &self.cfg.kernel, &self.cfg.initramfs);
+        let mut plan = match fork {
+            Some(p) => p,
+            None if stream => self.template_plan(&vmm, accel, &disks, net.as_ref()),
+            None => TemplatePlan::None,
+        };
+        let mut formatting = self.start_vmm(
+            &vmm,
+            accel,
+            &disks,
+            disks.fresh_upper,
+            &shares,
+            net.as_ref(),
+            &plan,
+        )?;
         if let TemplatePlan::Fork(dir, info) = &plan {
             let r = self.restore_fork(dir, info, formatting).await;
             // Its memory is in the new QEMU, its disk ours: the directory has done its part.
@@ -93,16 +126,62 @@ impl Sandbox {
             let link = r?;
             return Ok(self.start_relay(link, net, info.first_id)?);
         }
+        let mut restored = None;
         if let TemplatePlan::Restore(shape, dir) = &plan {
-            self.restore_template(shape, dir).await?;
+            // The disk is formatted first (mkfs must not outlive a QEMU that goes); the
+            // guest answers at once, so this costs the restore nothing.
+            formatting
+                .await
+                .map_err(DiskError::FormatTask)?
+                .map_err(DiskError::Upper)?;
+            formatting = tokio::spawn(async { Ok(()) });
+            let r = match self.restore_template(shape, dir).await {
+                Ok(()) => self
+                    .handshake(formatting, Some(RESTORED_HELLO))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(link) => restored = Some(link),
+                Err(e) => {
+                    // A template that does not load is no reason to fail the create: it
+                    // is removed, and this boot starts over cold (and makes a new one).
+                    log(&format!(
+                        "memory template {}: {e}; removed: cold boot instead",
+                        shape.key()
+                    ));
+                    template::remove(dir);
+                    self.end_qemu().await;
+                    net = self.restart_network(net).await?;
+                    plan = TemplatePlan::Make(shape.clone());
+                }
+            }
+            if restored.is_none() {
+                formatting =
+                    self.start_vmm(&vmm, accel, &disks, false, &shares, net.as_ref(), &plan)?;
+            } else {
+                formatting = tokio::spawn(async { Ok(()) });
+            }
         }
-        let mut link = self.handshake(formatting).await?;
+        let mut link = match restored {
+            Some(link) => link,
+            None => self.handshake(formatting, None).await?,
+        };
         if let TemplatePlan::Make(shape) = &plan {
             self.make_template(shape).await;
         }
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
         Ok(self.start_relay(link, net, 1)?)
+    }
+
+    /// Ends a QEMU that will not be used (its restore failed).
+    async fn end_qemu(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.start_kill();
+            let _ = q.wait().await;
+        }
     }
 
     /// Boot step "check VMM": QEMU, and the guest kernel and initramfs it boots.
@@ -176,24 +255,25 @@ impl Sandbox {
         })
     }
 
-    /// The memory template this boot restores from or makes (crate::template): only for
-    /// layouts without shares or disk volumes, on our own network stack or none.
+    /// Whether this boot's layout is templated (crate::template): templates on, no shares
+    /// or disk volumes, an image disk, our own network stack or none.
+    fn templatable(&self, disks: &Disks, shares: &Shares) -> bool {
+        template::enabled()
+            && self.cfg.memory_template
+            && shares.shares.is_empty()
+            && shares.disks.is_empty()
+            && self.baseline.is_none()
+            && matches!(disks.lower, Lower::Disk { .. })
+    }
+
+    /// The memory template a templated boot restores from or makes.
     fn template_plan(
         &self,
         vmm: &Vmm,
         accel: vm::Accel,
         disks: &Disks,
-        shares: &Shares,
         net: Option<&Network>,
     ) -> TemplatePlan {
-        if !template::enabled()
-            || !self.cfg.memory_template
-            || !shares.shares.is_empty()
-            || !shares.disks.is_empty()
-            || self.baseline.is_some()
-        {
-            return TemplatePlan::None;
-        }
         let Lower::Disk { path, format, .. } = &disks.lower else {
             return TemplatePlan::None;
         };
@@ -235,28 +315,22 @@ impl Sandbox {
     }
 
     /// A fork's plan: its parent's saved state, if this sandbox has the parent's layout.
-    fn fork_plan(
-        &self,
-        dir: &std::path::Path,
-        shares: &Shares,
-        net: Option<&Network>,
-    ) -> Result<TemplatePlan, VmmError> {
+    fn fork_plan(&self, dir: PathBuf, shares: &Shares) -> Result<TemplatePlan, VmmError> {
         let fail = |e: String| VmmError::Fork(e);
-        crate::fork::check_dir(&self.cfg.msb_home, dir).map_err(fail)?;
-        let info = crate::fork::read_info(dir).map_err(fail)?;
+        crate::fork::check_dir(&self.cfg.msb_home, &dir).map_err(fail)?;
+        let info = crate::fork::read_info(&dir).map_err(fail)?;
         if !shares.shares.is_empty() || !shares.disks.is_empty() || self.baseline.is_some() {
             return Err(fail("a fork has no shares or volumes".into()));
         }
         let mine = crate::fork::ForkInfo {
-            parent: info.parent.clone(),
-            first_id: info.first_id,
             image: self.cfg.image.clone(),
             cpus: self.cfg.cpus,
             memory_mib: self.cfg.memory_mib,
-            network: net.is_some(),
+            network: self.cfg.network.is_some(),
+            ..info.clone()
         };
         crate::fork::check_layout(&info, &mine).map_err(fail)?;
-        Ok(TemplatePlan::Fork(dir.to_path_buf(), info))
+        Ok(TemplatePlan::Fork(dir, info))
     }
 
     /// Boot steps of a fork, in place of restore/handshake/bootstrap: load the parent's
@@ -292,44 +366,25 @@ impl Sandbox {
         Ok(link)
     }
 
-    /// Boot step "restore template": load the template's state into the QEMU just started
-    /// with `-incoming defer`; the guest then runs from where the template's agent had
-    /// said hello. A failure removes the template (the next sandbox boots cold).
+    /// Boot step "restore template": QEMU was started with `-incoming defer` and the
+    /// template's `ram` as its (private, copy-on-write) memory; load the device state, and
+    /// the guest runs on from where the template's agent had said hello. A failure is the
+    /// caller's to handle (boot_steps: remove the template, boot cold).
     async fn restore_template(
         &mut self,
         shape: &template::Shape,
-        state: &std::path::Path,
-    ) -> Result<(), VmmError> {
+        dir: &std::path::Path,
+    ) -> Result<(), String> {
         let t0 = Instant::now();
-        let r = async {
-            let pid = self
-                .qemu
-                .as_ref()
-                .and_then(|q| q.id())
-                .ok_or("QEMU is gone")?;
-            let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
-            template::load(&mut qmp, pid, state, shape.memory_mib as u64 * 1024 * 1024).await
-        }
-        .await;
-        match r {
-            Ok(l) => {
-                log(&format!(
-                    "memory template {}: restored ({} bytes of memory) in {} ms (memory {} ms, devices {} ms)",
-                    shape.key(),
-                    l.memory_bytes,
-                    t0.elapsed().as_millis(),
-                    l.memory_ms,
-                    l.devices_ms
-                ));
-                Ok(())
-            }
-            Err(e) => {
-                template::remove(&template::dir(&self.cfg.msb_home, shape));
-                Err(VmmError::Template(format!(
-                    "{e} (the template was removed: the next sandbox boots cold)"
-                )))
-            }
-        }
+        let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
+        let devices_ms = template::load_mapped(&mut qmp, dir).await?;
+        log(&format!(
+            "memory template {}: restored (memory mapped copy-on-write from {}) in {} ms (devices {devices_ms} ms)",
+            shape.key(),
+            dir.join("ram").display(),
+            t0.elapsed().as_millis(),
+        ));
+        Ok(())
     }
 
     /// After a cold boot's handshake, before anything sandbox-specific reaches the guest:
@@ -356,23 +411,23 @@ impl Sandbox {
         }
     }
 
-    /// Boot step "start VMM": make the upper disk if it is new, start QEMU (waiting for a
-    /// template's state when there is one), and format the upper disk while the guest
-    /// boots (the handshake waits for it).
+    /// Boot step "start VMM": start QEMU (waiting for a template's or a fork's state when
+    /// there is one), and format a new upper disk while the guest boots (the handshake
+    /// waits for it).
+    #[allow(clippy::too_many_arguments)]
     fn start_vmm(
         &mut self,
         vmm: &Vmm,
+        accel: vm::Accel,
         disks: &Disks,
+        fresh_upper: bool,
         shares: &Shares,
         net: Option<&Network>,
-    ) -> Result<(JoinHandle<Result<(), RtError>>, TemplatePlan), VmmError> {
-        if disks.fresh_upper {
-            disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
-        }
-        let accel = vm::pick_accel(&vmm.qemu, &self.cfg.kernel, &self.cfg.initramfs);
-        let plan = match &self.cfg.fork_from {
-            Some(dir) => self.fork_plan(dir, shares, net)?,
-            None => self.template_plan(vmm, accel, disks, shares, net),
+        plan: &TemplatePlan,
+    ) -> Result<JoinHandle<Result<(), RtError>>, VmmError> {
+        let template_ram = match plan {
+            TemplatePlan::Restore(_, dir) => Some(dir.join("ram")),
+            _ => None,
         };
         let paths = vm::VmPaths {
             console_log: &self.dir.join("console.log"),
@@ -396,6 +451,10 @@ impl Sandbox {
                 .collect(),
             net: net.map(|n| n.nic(&self.net_sock)),
             incoming: matches!(plan, TemplatePlan::Restore(..) | TemplatePlan::Fork(..)),
+            memory: match &template_ram {
+                Some(ram) => vm::GuestMemory::Template(ram),
+                None => vm::GuestMemory::Memfd,
+            },
         };
         let cmd = vm::qemu_command(&vmm.qemu, &self.cfg, accel, &paths);
         log(&format!("starting {:?} ({accel:?})", cmd));
@@ -408,15 +467,14 @@ impl Sandbox {
             })?;
         self.qemu = Some(child);
         self.started = Instant::now();
-        let (upper, fresh) = (disks.upper.clone(), disks.fresh_upper);
-        let formatting = tokio::spawn(async move {
-            if fresh {
+        let upper = disks.upper.clone();
+        Ok(tokio::spawn(async move {
+            if fresh_upper {
                 disks::format_upper(&upper).await
             } else {
                 Ok(())
             }
-        });
-        Ok((formatting, plan))
+        }))
     }
 
     /// Boot step "start relay": listen on agent.sock, relay clients to the guest, give the

@@ -32,6 +32,10 @@ pub struct ForkInfo {
     pub cpus: u8,
     pub memory_mib: u32,
     pub network: bool,
+    /// The parent's NIC is a frame stream (`-netdev stream`), not vhost-user: the fork's
+    /// must be the same (the device state was negotiated with it).
+    #[serde(default)]
+    pub net_stream: bool,
 }
 
 /// The first request id of a fork whose parent's relay would hand out `next` next.
@@ -127,6 +131,7 @@ mod tests {
             cpus: 1,
             memory_mib: 512,
             network: true,
+            net_stream: true,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Sandbox {
     /// `MSB_NET_BACKEND=user|passt`: a baseline network instead of ours (bench/net only;
     /// always None without the bench-backends feature).
     pub(crate) baseline: Option<Baseline>,
+    /// The NIC is a frame stream to our stack rather than vhost-user (templated layouts).
+    pub(crate) net_stream: bool,
 }
 
 impl Sandbox {
@@ -155,6 +157,7 @@ impl Sandbox {
         let created = cfg.mode == Mode::Create;
         Ok(Sandbox {
             baseline,
+            net_stream: false,
             helpers: Vec::new(),
             started: Instant::now(),
             store,

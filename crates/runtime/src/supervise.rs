@@ -345,6 +345,7 @@ impl Sandbox {
                     cpus: self.cfg.cpus,
                     memory_mib: self.cfg.memory_mib,
                     network: self.cfg.network.is_some(),
+                    net_stream: self.net_stream,
                 },
             )?;
             Ok::<_, String>((used, upper, t_mem))
@@ -363,8 +364,13 @@ impl Sandbox {
                 .await;
         }
         let (used, upper, t_mem) = saved.inspect_err(|e| log_error(&format!("fork: {e}")))?;
+        let memory = if used == 0 {
+            "memory in the state stream (mapped from a template)".to_string()
+        } else {
+            format!("{used} bytes of memory")
+        };
         log(&format!(
-            "forked into {}: {used} bytes of memory, a {upper}-byte disk, stopped {} ms (memory and devices {} ms)",
+            "forked into {}: {memory}, a {upper}-byte disk, stopped {} ms (memory and devices {} ms)",
             dir.display(),
             t0.elapsed().as_millis(),
             t_mem.as_millis()

@@ -85,7 +85,8 @@ struct Meta {
     created_unix_ms: u64,
 }
 
-const META_FORMAT: u32 = 2;
+// 3: templated layouts' NIC is a frame stream (their restores map memory private).
+const META_FORMAT: u32 = 3;
 /// Largest meta.json read back.
 const MAX_META_BYTES: u64 = 64 * 1024;
 /// Longest a save or a load may take.
@@ -335,30 +336,77 @@ pub async fn save(qmp: &mut Qmp, qemu_pid: u32, home: &Path, shape: &Shape) -> R
     result
 }
 
-/// Saves a stopped VM into `into`: its memory as the sparse file `ram` (zero pages left
-/// as holes), its devices and vCPUs as the migration stream `state` (without the RAM:
-/// `x-ignore-shared`). The VM stays stopped (in QEMU's `postmigrate`; `cont` runs it
-/// again). Returns the bytes of memory saved. Templates and forks both use it.
+/// Saves a stopped VM into `into`. With its memory a shared memfd: the memory as the
+/// sparse file `ram` (zero pages left as holes) and the devices and vCPUs as the migration
+/// stream `state` without the RAM (`x-ignore-shared`). With its memory a template mapped
+/// private (a restored sandbox, saved for a fork): only `state`, RAM included (QEMU sends
+/// the non-zero pages). The VM stays stopped (in QEMU's `postmigrate`; `cont` runs it
+/// again). Returns the bytes of memory saved (0 when the RAM is in the stream).
 pub async fn save_stopped(
     qmp: &mut Qmp,
     qemu_pid: u32,
     ram_bytes: u64,
     into: &Path,
 ) -> Result<u64, String> {
-    let mem = qemu_memfd(qemu_pid, false)?;
-    let ram = fs::File::create(into.join("ram")).map_err(|e| format!("ram: {e}"))?;
-    ram.set_len(ram_bytes).map_err(|e| format!("ram: {e}"))?;
-    let used = copy_pages(&mem, ram_bytes, &ram)?;
-    // The memory is in `ram`: the stream has only the devices and vCPUs.
+    let used = match qemu_memfd(qemu_pid, false) {
+        Ok(mem) => {
+            let ram = fs::File::create(into.join("ram")).map_err(|e| format!("ram: {e}"))?;
+            ram.set_len(ram_bytes).map_err(|e| format!("ram: {e}"))?;
+            Some(copy_pages(&mem, ram_bytes, &ram)?)
+        }
+        Err(_) => None,
+    };
     qmp.execute(
         "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        Some(
+            json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": used.is_some() }] }),
+        ),
+    )
+    .await?;
+    // The default bandwidth cap (128 MiB/s) would make a RAM stream crawl; this one goes
+    // to a local file.
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": 1u64 << 40 })),
     )
     .await?;
     let uri = format!("exec:cat > {}", sh_quote(&into.join("state")));
     qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
     wait_migration(qmp).await?;
-    Ok(used)
+    Ok(used.unwrap_or(0))
+}
+
+/// Loads a template's device state into a QEMU started with `-incoming defer` whose memory
+/// is the template's `ram` mapped private: nothing to copy (the guest's pages come from
+/// the file as it touches them, and stay shared with every other restore until written).
+/// Returns the milliseconds the load took.
+pub async fn load_mapped(qmp: &mut Qmp, template: &Path) -> Result<u64, String> {
+    let t0 = Instant::now();
+    // The template's stream has no RAM (saved with x-ignore-shared); this side's memory is
+    // private, so nothing is skipped here and nothing arrives for it either.
+    incoming(qmp, &template.join("state"), true).await?;
+    Ok(t0.elapsed().as_millis() as u64)
+}
+
+/// `migrate-incoming` of a state file, with or without x-ignore-shared, until the guest runs.
+async fn incoming(qmp: &mut Qmp, state: &Path, ignore_shared: bool) -> Result<(), String> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(
+            json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": ignore_shared }] }),
+        ),
+    )
+    .await?;
+    let uri = format!("exec:cat {}", sh_quote(state));
+    qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        .await?;
+    wait_migration(qmp).await?;
+    // Normally running already (autostart); make sure.
+    let status = qmp.execute("query-status", None).await?;
+    if status.get("status").and_then(|s| s.as_str()) != Some("running") {
+        qmp.execute("cont", None).await?;
+    }
+    Ok(())
 }
 
 /// What a restore did, for the log.
@@ -368,34 +416,28 @@ pub struct Loaded {
     pub devices_ms: u64,
 }
 
-/// Restores a template into a QEMU started with `-incoming defer`: its memory into the
-/// QEMU's memfd, then its device state; the guest runs once the load is complete.
+/// Restores a saved guest (a fork's) into a QEMU started with `-incoming defer` whose
+/// memory is a shared memfd: `ram`, when the save wrote one, into the memfd, then the
+/// state (which holds the RAM itself when there is no `ram`: see [`save_stopped`]).
 pub async fn load(
     qmp: &mut Qmp,
     qemu_pid: u32,
-    template: &Path,
+    saved: &Path,
     ram_bytes: u64,
 ) -> Result<Loaded, String> {
-    let mem = qemu_memfd(qemu_pid, true)?;
-    let ram = msb_store::sparse::open_regular_nofollow(&template.join("ram"))
-        .map_err(|e| format!("ram: {e}"))?;
     let t0 = Instant::now();
-    let used = copy_extents(&ram, ram_bytes, &mem)?;
+    let ram_path = saved.join("ram");
+    let has_ram = fs::symlink_metadata(&ram_path).is_ok();
+    let used = if has_ram {
+        let mem = qemu_memfd(qemu_pid, true)?;
+        let ram =
+            msb_store::sparse::open_regular_nofollow(&ram_path).map_err(|e| format!("ram: {e}"))?;
+        copy_extents(&ram, ram_bytes, &mem)?
+    } else {
+        0
+    };
     let copied = t0.elapsed();
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
-    )
-    .await?;
-    let uri = format!("exec:cat {}", sh_quote(&template.join("state")));
-    qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
-        .await?;
-    wait_migration(qmp).await?;
-    // Normally running already (autostart); make sure.
-    let status = qmp.execute("query-status", None).await?;
-    if status.get("status").and_then(|s| s.as_str()) != Some("running") {
-        qmp.execute("cont", None).await?;
-    }
+    incoming(qmp, &saved.join("state"), has_ram).await?;
     Ok(Loaded {
         memory_bytes: used,
         memory_ms: copied.as_millis() as u64,

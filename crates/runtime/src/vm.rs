@@ -26,6 +26,20 @@ pub struct VmPaths<'a> {
     pub net: Option<(NetBackend<'a>, String, u16)>,
     /// Start paused, waiting for a memory template's state (`migrate-incoming` over QMP).
     pub incoming: bool,
+    /// Where the guest's memory comes from.
+    pub memory: GuestMemory<'a>,
+}
+
+/// The guest's RAM (QEMU's `memory-backend-*` object `mem`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GuestMemory<'a> {
+    /// A shared memfd: vhost-user backends (virtiofsd, our stack over vhost-user) map it,
+    /// and template saves and forks read it through /proc.
+    Memfd,
+    /// A memory template's `ram` file mapped private: copy-on-write, the pages the guest
+    /// does not write stay the page cache's, shared by every restore of the template.
+    /// Only with a NIC that does not map guest memory (`-netdev stream`).
+    Template(&'a Path),
 }
 
 /// What the guest's virtio-net is connected to.
@@ -33,8 +47,8 @@ pub struct VmPaths<'a> {
 pub enum NetBackend<'a> {
     /// Our stack, over vhost-user on this socket (needs shared guest memory).
     VhostUser(&'a Path),
-    /// Length-prefixed frames on this socket (`-netdev stream`: passt, bench/net only).
-    #[cfg(feature = "bench-backends")]
+    /// Length-prefixed frames on this socket (`-netdev stream`): our stack when guest memory
+    /// is a private mapping (templated layouts), or passt (bench/net).
     Stream(&'a Path),
     /// QEMU's own user networking (bench/net's baseline only).
     #[cfg(feature = "bench-backends")]
@@ -212,14 +226,19 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    // Guest memory is a shared memfd for every sandbox: vhost-user backends (virtiofsd,
-    // our network stack) map it, and memory templates read and fill it through /proc.
-    // Modern virtio-mmio goes with it.
+    // Guest memory (see GuestMemory) as a named backend; modern virtio-mmio goes with it.
     c.args(["-M", "microvm,memory-backend=mem"]);
-    c.arg("-object").arg(format!(
-        "memory-backend-memfd,id=mem,size={}M,share=on",
-        cfg.memory_mib
-    ));
+    match p.memory {
+        GuestMemory::Memfd => c.arg("-object").arg(format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            cfg.memory_mib
+        )),
+        GuestMemory::Template(ram) => c.arg("-object").arg(format!(
+            "memory-backend-file,id=mem,size={}M,share=off,mem-path={}",
+            cfg.memory_mib,
+            qemu_path(ram)
+        )),
+    };
     c.args(["-global", "virtio-mmio.force-legacy=false"]);
     c.args(["-accel", accel_arg, "-cpu", cpu]);
     c.args([
@@ -280,8 +299,7 @@ pub fn qemu_command(qemu: &Path, cfg: &Config, accel: Accel, p: &VmPaths) -> std
                     .arg(format!("socket,id=net0,path={}", sock.display()));
                 c.args(["-netdev", "vhost-user,id=n0,chardev=net0"])
             }
-            // Frames go to passt, 4-byte length before each.
-            #[cfg(feature = "bench-backends")]
+            // Frames go to our stack (or passt), 4-byte length before each.
             NetBackend::Stream(sock) => c.arg("-netdev").arg(format!(
                 "stream,id=n0,server=off,addr.type=unix,addr.path={}",
                 sock.display()

@@ -3,6 +3,8 @@
 // after; it has its own hostname, random state and clock; both go on running commands
 // (the parent's command in flight at the fork keeps streaming to the parent); a stopped
 // fork boots again. Taken names and invalid ones are refused before anything is saved.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { InvalidConfigError, Sandbox, SandboxAlreadyExistsError } from "../src/index.js";
 import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
@@ -76,6 +78,28 @@ describe("fork", () => {
     child = await Sandbox.start("fork-child");
     expect(await child.fs().readToString("/root/child.txt")).toBe("child\n");
     expect(await child.fs().exists("/root/after.txt")).toBe(false);
+  });
+
+  it("forks a sandbox restored from a memory template (its memory a private mapping) too", async () => {
+    // The first test's parent made the template: this one is a restore.
+    const restored = await Sandbox.builder("fork-restored").create();
+    try {
+      const log = () => readFileSync(join(process.env.MSB_HOME!, "sandboxes", "fork-restored", "runtime.log"), "utf8");
+      expect(log()).toMatch(/memory template [0-9a-f]{16}: restored /);
+      await restored.shell("echo restored-state > /root/r.txt; (sleep 600) </dev/null >/dev/null 2>&1 & echo $! > /root/sleeper.pid");
+      const copy = await restored.fork("fork-of-restored");
+      try {
+        expect(await copy.fs().readToString("/root/r.txt")).toBe("restored-state\n");
+        // The process is there, in the fork's memory.
+        expect(await sh(copy, "kill -0 $(cat /root/sleeper.pid) && echo alive")).toBe("alive");
+        expect(await sh(copy, "hostname")).toBe("fork-of-restored");
+      } finally {
+        await copy.stop();
+      }
+      expect(log()).toMatch(/forked into .*: memory in the state stream \(mapped from a template\)/);
+    } finally {
+      await restored.stop();
+    }
   });
 
   it("refuses a taken or invalid name before saving anything", async () => {

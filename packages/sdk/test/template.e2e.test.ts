@@ -4,7 +4,7 @@
 // of booting a kernel. Restores are independent sandboxes (files, network stack, entropy,
 // clock); a template of another shape, another agent build or a damaged one is not used
 // (cold boot, one log line); templates can be turned off per sandbox and per process.
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkPolicy, Sandbox } from "../src/index.js";
 import { native } from "../src/native.js";
-import { cleanup, useTempMsbHome } from "./e2e-helpers.js";
+import { cleanup, qemuProcessesMentioning, useTempMsbHome } from "./e2e-helpers.js";
 
 const home = useTempMsbHome();
 let server: Server | undefined;
@@ -39,6 +39,14 @@ const make = async (name: string, tweak: (b: ReturnType<typeof Sandbox.builder>)
   return sb;
 };
 const out = async (sb: Sandbox, script: string): Promise<string> => (await sb.shell(script)).stdout();
+/** A QEMU's mapping of `file` in /proc/<pid>/smaps: its shared pages (Shared_Clean + Shared_Dirty: page-cache pages another process maps too) and Private_Dirty, in KiB (null: not mapped). */
+function mappingOf(pid: number, file: string): { shared: number; privateDirty: number } | null {
+  const blocks = readFileSync(`/proc/${pid}/smaps`, "utf8").split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
+  const b = blocks.find((x) => x.split("\n")[0]!.endsWith(` ${file}`));
+  if (b === undefined) return null;
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(b)?.[1] ?? "0");
+  return { shared: kb("Shared_Clean") + kb("Shared_Dirty"), privateDirty: kb("Private_Dirty") };
+}
 
 describe("memory templates", () => {
   it("the first boot makes the template; restores are sandboxes of their own (files, network, entropy, clock)", async () => {
@@ -59,12 +67,29 @@ describe("memory templates", () => {
     // Two restores at once (two msb-runtime processes reading one template).
     const [a, b] = await Promise.all([make("tpl-a"), make("tpl-b")]);
     for (const n of ["tpl-a", "tpl-b"]) {
-      expect(templateLines(n)).toEqual([expect.stringMatching(new RegExp(`memory template ${key}: restored \\(\\d+ bytes of memory\\) in \\d+ ms \\(memory \\d+ ms, devices \\d+ ms\\)$`))]);
+      expect(templateLines(n)).toEqual([expect.stringMatching(new RegExp(`memory template ${key}: restored \\(memory mapped copy-on-write from .*/ram\\) in \\d+ ms \\(devices \\d+ ms\\)$`))]);
+    }
+    // Their memory is the template's `ram` mapped private: the pages neither wrote are
+    // the same page-cache pages in both (shared), the written ones each its own.
+    const ram = join(dir, "ram");
+    const maps = ["tpl-a", "tpl-b"].map((n) => {
+      const [q] = qemuProcessesMentioning(`sandboxes/${n}/`);
+      expect(q, n).toBeDefined();
+      return mappingOf(q!.pid, ram);
+    });
+    for (const m of maps) {
+      expect(m).not.toBeNull();
+      expect(m!.shared).toBeGreaterThan(4 * 1024);
+      expect(m!.privateDirty).toBeGreaterThan(0);
     }
     await a.fs().write("/root/mine.txt", "a\n");
     expect(await out(b, "cat /root/mine.txt 2>/dev/null || echo none")).toBe("none\n");
     expect(await out(a, "hostname")).toBe("tpl-a\n");
     expect(await out(b, "hostname")).toBe("tpl-b\n");
+    // A templated layout's NIC is a frame stream (no vhost-user: the memory is private),
+    // so the guest checksums itself (feature bit 0, CSUM, not negotiated).
+    const dev = (await out(a, "basename $(readlink /sys/class/net/eth0/device)")).trim();
+    expect((await out(a, `cat /sys/bus/virtio/devices/${dev}/features`))[0]).toBe("0");
     // Each reaches the host through its own network stack.
     const get = `wget -q -O - http://host.microsandbox.internal:${port}/`;
     expect([await out(a, get), await out(b, get)]).toEqual(["from the host\n", "from the host\n"]);
@@ -89,6 +114,8 @@ describe("memory templates", () => {
     // The template deleted while restored sandboxes run: they do not use it any more.
     rmSync(join(home(), "templates"), { recursive: true });
     expect(await out(b, "echo still here")).toBe("still here\n");
+    // ...and touch memory they never touched before: it comes from the deleted file, still mapped.
+    expect(await out(b, "dd if=/dev/zero of=/root/big bs=1M count=48 2>/dev/null && md5sum /root/big | cut -c1-8 && rm /root/big")).toBe("f6a7b2f7\n");
     await again.stop();
     await b.stop();
   });
@@ -128,6 +155,22 @@ describe("memory templates", () => {
     expect(lines[1]).toMatch(/: made /);
     expect(await out(damaged, "echo ok")).toBe("ok\n");
     await damaged.stop();
+
+    // A state file of the right size whose content is garbage: QEMU cannot load it; the
+    // template is removed and that create boots cold instead of failing.
+    const fd = openSync(join(home(), "templates", key!, "state"), "r+");
+    try {
+      writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 0);
+    } finally {
+      closeSync(fd);
+    }
+    const garbled = await make("tpl-garbled");
+    const gl = templateLines("tpl-garbled");
+    expect(gl[0]).toMatch(new RegExp(`memory template ${key}: .*; removed: cold boot instead$`));
+    expect(gl[1]).toMatch(/: made /);
+    expect(await out(garbled, "echo ok")).toBe("ok\n");
+    await garbled.stop();
+    expect(templateLines("tpl-damaged").length).toBe(2);
 
     // warmup(): makes the template of a shape ahead of time (here 256 MiB, no network),
     // or says it is there already; the next sandbox of that shape is a restore.

@@ -40,8 +40,6 @@ pub enum VmmError {
     Upper(#[from] DiskError),
     #[error("cannot start {}: {source}", .qemu.display())]
     Spawn { qemu: PathBuf, source: io::Error },
-    #[error("restoring the memory template: {0}")]
-    Template(String),
     #[error("starting the fork: {0}")]
     Fork(String),
 }
@@ -175,7 +173,7 @@ impl VmmError {
             VmmError::NotFound(e) => e.code,
             VmmError::GuestAsset { .. } => ErrorCode::KernelNotFound,
             VmmError::Upper(e) => e.code(),
-            VmmError::Spawn { .. } | VmmError::Template(_) | VmmError::Fork(_) => RUNTIME,
+            VmmError::Spawn { .. } | VmmError::Fork(_) => RUNTIME,
         }
     }
 }

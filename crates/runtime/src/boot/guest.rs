@@ -42,8 +42,10 @@ impl Sandbox {
     pub(super) async fn handshake(
         &mut self,
         formatting: JoinHandle<Result<(), RtError>>,
+        within: Option<Duration>,
     ) -> Result<GuestLink, HandshakeError> {
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
+        let boot_timeout = Duration::from_millis(self.cfg.boot_timeout_ms);
+        let deadline = Instant::now() + within.map_or(boot_timeout, |w| w.min(boot_timeout));
         let stream = self.connect_chardev(deadline).await?;
         let (rd, wr) = stream.into_split();
         let mut link = GuestLink {
