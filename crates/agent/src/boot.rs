@@ -13,6 +13,14 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Returns the base environment of every command.
 pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
+    let t0 = Instant::now();
+    let mut steps: Vec<(&str, Duration)> = Vec::new();
+    let mut last = t0;
+    let mut mark = |step: &'static str| {
+        let now = Instant::now();
+        steps.push((step, now - last));
+        last = now;
+    };
     sys::set_time(b.time_unix_ms);
     // Credited and reseeded at once: a guest restored from a memory template must not
     // go on from the template's random state (writing to /dev/urandom only mixes).
@@ -31,10 +39,12 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     if virtiofs {
         sys::load_modules("/etc/msb/modules.virtiofs");
     }
+    mark("clock, entropy, hostname");
     if let Some(n) = &b.network {
         sys::load_modules("/etc/msb/modules.net");
         crate::net::configure(n)?;
     }
+    mark("network");
     let upper = find_disk(&b.root.upper)?;
     sys::flush_block_device(&upper);
     for d in ["/mnt/lower", "/mnt/upper", "/newroot"] {
@@ -67,6 +77,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         0,
         "lowerdir=/mnt/lower,upperdir=/mnt/upper/data,workdir=/mnt/upper/work",
     )?;
+    mark("disks");
 
     // Carry the kernel filesystems over, then make /newroot the root.
     for d in ["dev", "proc", "sys"] {
@@ -95,7 +106,9 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         "mode=1777",
     );
     let _ = fs::create_dir_all("/tmp");
+    mark("root switch");
     crate::memcg::setup();
+    mark("memory cgroup");
 
     for m in &b.mounts {
         mount_extra(m)?;
@@ -116,6 +129,16 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     if let Some(pem) = &b.ca_cert_pem {
         base.extend(crate::trust::install_ca(std::path::Path::new("/"), pem)?);
     }
+    mark("volumes, files, trust");
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|(s, d)| format!("{s} {}", d.as_millis()))
+        .collect();
+    crate::log(&format!(
+        "bootstrap in {} ms: {} (ms)",
+        t0.elapsed().as_millis(),
+        parts.join(", ")
+    ));
     Ok(crate::env::merge(&base, &b.env))
 }
 

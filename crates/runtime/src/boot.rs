@@ -58,6 +58,43 @@ pub struct Disks {
 /// for a cold boot (it answers in milliseconds when the template is sound).
 const RESTORED_HELLO: Duration = Duration::from_secs(10);
 
+/// Where a boot's time went, for one line in runtime.log.
+struct StepClock {
+    t0: Instant,
+    last: Instant,
+    parts: Vec<(&'static str, u128)>,
+}
+
+impl StepClock {
+    fn new() -> StepClock {
+        let now = Instant::now();
+        StepClock {
+            t0: now,
+            last: now,
+            parts: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.parts.push((step, (now - self.last).as_millis()));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(s, ms)| format!("{s} {ms}"))
+            .collect();
+        format!(
+            "booted in {} ms: {} (ms)",
+            self.t0.elapsed().as_millis(),
+            parts.join(", ")
+        )
+    }
+}
+
 /// What this boot does with memory templates.
 pub enum TemplatePlan {
     /// Templates off, or a layout that is never templated.
@@ -85,9 +122,11 @@ impl Sandbox {
     }
 
     async fn boot_steps(&mut self) -> Result<Running, BootError> {
+        let mut clock = StepClock::new();
         let vmm = self.check_vmm()?;
         let disks = self.attach_disks().await?;
         let shares = self.attach_shares(&disks.lower).await?;
+        clock.mark("disks and shares");
         let fork = match self.cfg.fork_from.clone() {
             Some(dir) => Some(self.fork_plan(dir, &shares)?),
             None => None,
@@ -101,6 +140,7 @@ impl Sandbox {
         };
         let mut net = self.attach_network(stream).await?;
         self.net_stream = stream && net.is_some();
+        clock.mark("network");
         if disks.fresh_upper {
             disks::create_upper_file(&disks.upper).map_err(DiskError::Upper)?;
         }
@@ -119,6 +159,7 @@ impl Sandbox {
             net.as_ref(),
             &plan,
         )?;
+        clock.mark("QEMU started");
         if let TemplatePlan::Fork(dir, info) = &plan {
             let r = self.restore_fork(dir, info, formatting).await;
             // Its memory is in the new QEMU, its disk ours: the directory has done its part.
@@ -168,12 +209,18 @@ impl Sandbox {
             Some(link) => link,
             None => self.handshake(formatting, None).await?,
         };
+        clock.mark("restore or kernel boot, hello");
         if let TemplatePlan::Make(shape) = &plan {
             self.make_template(shape).await;
+            clock.mark("template saved");
         }
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
-        Ok(self.start_relay(link, net, 1)?)
+        clock.mark("bootstrap");
+        let running = self.start_relay(link, net, 1)?;
+        clock.mark("relay");
+        log(&clock.summary());
+        Ok(running)
     }
 
     /// Ends a QEMU that will not be used (its restore failed).
