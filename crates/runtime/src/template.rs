@@ -11,13 +11,17 @@
 //! migration stream of the devices and vCPUs, without the RAM: `x-ignore-shared`) and
 //! `meta.json` (what the key was made of, and both files' sizes).
 //!
-//! The guest's RAM is QEMU's shared memfd (vhost-user needs it). A save stops the VM,
-//! copies the memfd (read through `/proc/<qemu>/fd`) into `ram`, migrates the device
-//! state into `state`, and lets the VM go on. A restore starts QEMU with `-incoming defer`,
-//! writes `ram` into the new QEMU's memfd, and loads `state`: the guest runs on at once
-//! from where the template's agent said hello, its memory its own copy. It is written in a temporary directory and renamed into place, so a
-//! half-written template never exists under its key; a state file of another size than
-//! recorded (truncated) or an unreadable meta is removed and the sandbox boots cold.
+//! The template is made by a cold boot, whose RAM is QEMU's shared memfd: a save stops
+//! the VM, copies the memfd (read through `/proc/<qemu>/fd`) into `ram`, migrates the
+//! device state into `state`, and lets the VM go on. A restore starts QEMU with
+//! `-incoming defer` and `ram` itself as the guest's memory, mapped private
+//! (copy-on-write: pages no restore wrote stay shared page cache), and loads `state`: the
+//! guest runs on at once from where the template's agent said hello. Templated layouts'
+//! NIC is a frame stream (vhost-user would need the memory shared with the stack). A
+//! template is written in a temporary directory and renamed into place, so a half-written
+//! one never exists under its key; a file of another size than recorded (truncated) or an
+//! unreadable meta is removed and the sandbox boots cold (a state QEMU cannot load too:
+//! boot.rs starts that boot over).
 //!
 //! `MSB_TEMPLATES=off` (msb-runtime's environment) turns templates off.
 
@@ -159,8 +163,8 @@ pub fn find(home: &Path, shape: &Shape) -> Result<PathBuf, String> {
     ))
 }
 
-/// Moves a template aside, then deletes it (sandboxes restored from it keep their own
-/// copy of its memory: nothing maps the file once QEMU has loaded it).
+/// Moves a template aside, then deletes it (sandboxes restored from it keep their mapping
+/// of the deleted `ram`: private, and no one writes the file).
 pub fn remove(d: &Path) {
     let trash = d.with_file_name(format!(
         ".{}.removing-{}",

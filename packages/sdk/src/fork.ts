@@ -7,7 +7,7 @@
  * and sets its clock and hostname before any command of the child runs.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { check, msbHome, nameSchema, type SandboxConfig } from "./config.js";
@@ -28,6 +28,25 @@ export interface ForkOptions {
 
 const optionsSchema = z.object({ detached: z.unknown().optional() }, { error: "must be an object" }).strict();
 const detachedSchema = z.boolean({ error: "must be a boolean" }).optional();
+
+/** A fork's directory older than this was left by a process that died halfway. */
+const STALE_FORK_MS = 15 * 60 * 1000;
+
+/**
+ * @internal Remove what forks left under `forks/` when their process died before its
+ * cleanup (a save is seconds old at most when the fork starts; these are much older).
+ */
+export async function pruneStaleForks(forks: string, now: number = Date.now()): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(forks).catch(() => [] as string[])) {
+    const p = join(forks, name);
+    const st = await lstat(p).catch(() => undefined);
+    if (st === undefined || now - st.mtimeMs < STALE_FORK_MS) continue;
+    await rm(p, { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
 
 /** What of a sandbox a fork cannot carry over, or null. */
 export function forkRefusal(config: SandboxConfig): string | null {
@@ -57,6 +76,7 @@ export async function forkSandbox(
   if ((await findRecord(binding, home, n)) !== undefined) throw new SandboxAlreadyExistsError(`a sandbox named ${n} already exists`);
   const forks = join(home, "forks");
   await mkdir(forks, { recursive: true, mode: 0o700 });
+  await pruneStaleForks(forks);
   const dir = join(forks, `${n}.${randomBytes(6).toString("hex")}`);
   await mkdir(dir, { mode: 0o700 });
   try {
