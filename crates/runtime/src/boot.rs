@@ -169,14 +169,15 @@ impl Sandbox {
         }
         let mut restored = None;
         if let TemplatePlan::Restore(shape, dir) = &plan {
-            // The disk is formatted first (mkfs must not outlive a QEMU that goes); the
-            // guest answers at once, so this costs the restore nothing.
+            // The new upper disk is formatted while the state loads; both are done before
+            // the hello (mkfs must not outlive a QEMU that goes: a cold start may follow).
+            let loaded = self.restore_template(shape, dir).await;
             formatting
                 .await
                 .map_err(DiskError::FormatTask)?
                 .map_err(DiskError::Upper)?;
             formatting = tokio::spawn(async { Ok(()) });
-            let r = match self.restore_template(shape, dir).await {
+            let r = match loaded {
                 Ok(()) => self
                     .handshake(formatting, Some(RESTORED_HELLO))
                     .await
