@@ -33,10 +33,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use msb_protocol::{decode_raw, ExecRequest, Message};
 use serde::Serialize;
+
+use crate::unix_ms_now as now_ms;
 
 pub const FILE_NAME: &str = "exec.log";
 pub const PREVIOUS_FILE_NAME: &str = "exec.log.1";
@@ -589,13 +591,6 @@ fn random_hex() -> String {
         let _ = io::Read::read_exact(&mut r, &mut b);
     }
     b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// `2026-12-03T06:40:01.123Z`

@@ -39,6 +39,14 @@ pub(crate) fn log(msg: &str) {
     }
 }
 
+/// The host's wall clock in milliseconds since the epoch (0 before 1970).
+pub(crate) fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// An error line in runtime.log (always written).
 pub(crate) fn log_error(msg: &str) {
     eprintln!("msb-runtime: error: {msg}");

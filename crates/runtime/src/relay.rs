@@ -8,7 +8,7 @@ use msb_contract::ErrorCode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use msb_protocol::{
     check_version, decode_raw, set_raw_id, Frame, FrameError, FrameReader, GuestStats, Message,
@@ -364,10 +364,7 @@ impl Relay {
                 .as_ref()
                 .map(|n| n.counters().tx_bytes)
                 .unwrap_or(0),
-            timestamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            timestamp_ms: crate::unix_ms_now(),
             uptime_ms: source.started.elapsed().as_millis() as u64,
         })
     }
@@ -515,24 +512,17 @@ impl Relay {
                     let _ = done_rx.await;
                     let _ = reply(&tx, frame.id, Message::Done).await;
                 }
-                m @ (Message::Pause | Message::Resume) if frame.flags & FLAG_CONTROL != 0 => {
+                m @ (Message::Pause | Message::Resume | Message::Fork { .. })
+                    if frame.flags & FLAG_CONTROL != 0 =>
+                {
                     let (done_tx, done_rx) = oneshot::channel();
-                    let ctl = if matches!(m, Message::Pause) {
-                        Control::Pause(done_tx)
-                    } else {
-                        Control::Resume(done_tx)
+                    let ctl = match m {
+                        Message::Pause => Control::Pause(done_tx),
+                        Message::Resume => Control::Resume(done_tx),
+                        Message::Fork { dir } => Control::Fork(dir.into(), done_tx),
+                        _ => unreachable!("matched above"),
                     };
                     let _ = self.control.send(ctl).await;
-                    let msg = match done_rx.await {
-                        Ok(Ok(())) => Message::Done,
-                        Ok(Err(e)) => error(ErrorCode::Runtime, e),
-                        Err(_) => error(ErrorCode::SandboxNotRunning, "the sandbox is stopping"),
-                    };
-                    let _ = reply(&tx, frame.id, msg).await;
-                }
-                Message::Fork { dir } if frame.flags & FLAG_CONTROL != 0 => {
-                    let (done_tx, done_rx) = oneshot::channel();
-                    let _ = self.control.send(Control::Fork(dir.into(), done_tx)).await;
                     let msg = match done_rx.await {
                         Ok(Ok(())) => Message::Done,
                         Ok(Err(e)) => error(ErrorCode::Runtime, e),

@@ -19,7 +19,7 @@ use crate::qmp::Qmp;
 use crate::relay::Control;
 use crate::sandbox::{Running, Sandbox};
 use crate::{fork, template};
-use crate::{log, log_error};
+use crate::{log, log_error, unix_ms_now};
 
 /// fd on which an attached runtime receives the read end of its creator's pipe.
 /// Why an attached sandbox stopped when its creator went away.
@@ -273,13 +273,6 @@ impl Sandbox {
             }
         }
     }
-}
-
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Sandbox {

@@ -318,10 +318,7 @@ pub async fn save(qmp: &mut Qmp, qemu_pid: u32, home: &Path, shape: &Shape) -> R
             shape: shape.clone(),
             state_bytes,
             ram_bytes,
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_unix_ms: crate::unix_ms_now(),
         };
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
         fs::write(tmp.join("meta.json"), text).map_err(|e| format!("meta.json: {e}"))?;

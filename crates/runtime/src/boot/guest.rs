@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use msb_protocol::{
     write_frame_async, Bootstrap, DiskSpec, Frame, FrameError, FrameReader, GuestMount, LowerSpec,
@@ -23,6 +23,7 @@ use crate::error::RtError;
 use crate::relay::GUEST_READ_SIZE;
 use crate::sandbox::Sandbox;
 use crate::shares::ROOT_TAG;
+use crate::unix_ms_now;
 
 /// How often a read during boot wakes up to see whether QEMU is still there.
 const ALIVE_CHECK: Duration = Duration::from_millis(200);
@@ -46,25 +47,9 @@ impl Sandbox {
     ) -> Result<GuestLink, HandshakeError> {
         let boot_timeout = Duration::from_millis(self.cfg.boot_timeout_ms);
         let deadline = Instant::now() + within.map_or(boot_timeout, |w| w.min(boot_timeout));
-        let stream = self.connect_chardev(deadline).await?;
-        let (rd, wr) = stream.into_split();
-        let mut link = GuestLink {
-            rd: FrameReader::with_capacity(rd, GUEST_READ_SIZE),
-            wr,
-            deadline,
-        };
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-        };
-        send(&mut link, &Frame::new(CHANNEL_ID, hello)).await?;
+        let mut link = self.open_link(deadline).await?;
         match self.next_guest_frame(&mut link).await? {
-            Message::Hello { version } if version == PROTOCOL_VERSION => {}
-            Message::Hello { version } => {
-                return Err(HandshakeError::Version {
-                    guest: version,
-                    host: PROTOCOL_VERSION,
-                })
-            }
+            Message::Hello { version } => same_version(version)?,
             other => return Err(HandshakeError::BeforeHello(Box::new(other))),
         }
         formatting
@@ -87,26 +72,10 @@ impl Sandbox {
             .map_err(DiskError::FormatTask)?
             .map_err(DiskError::Upper)?;
         let deadline = Instant::now() + Duration::from_millis(self.cfg.boot_timeout_ms);
-        let stream = self.connect_chardev(deadline).await?;
-        let (rd, wr) = stream.into_split();
-        let mut link = GuestLink {
-            rd: FrameReader::with_capacity(rd, GUEST_READ_SIZE),
-            wr,
-            deadline,
-        };
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-        };
-        send(&mut link, &Frame::new(CHANNEL_ID, hello)).await?;
+        let mut link = self.open_link(deadline).await?;
         loop {
             match self.next_guest_frame(&mut link).await? {
-                Message::Hello { version } if version == PROTOCOL_VERSION => break,
-                Message::Hello { version } => {
-                    return Err(HandshakeError::Version {
-                        guest: version,
-                        host: PROTOCOL_VERSION,
-                    })
-                }
+                Message::Hello { version } => break same_version(version)?,
                 _ => continue, // the parent's sessions' output, on its way at the fork
             }
         }
@@ -121,6 +90,22 @@ impl Sandbox {
             unix_ms: unix_ms_now(),
         };
         send(&mut link, &Frame::new(CHANNEL_ID, forked)).await?;
+        Ok(link)
+    }
+
+    /// Connect to the agent's chardev (by `deadline`) and send our hello.
+    async fn open_link(&mut self, deadline: Instant) -> Result<GuestLink, HandshakeError> {
+        let stream = self.connect_chardev(deadline).await?;
+        let (rd, wr) = stream.into_split();
+        let mut link = GuestLink {
+            rd: FrameReader::with_capacity(rd, GUEST_READ_SIZE),
+            wr,
+            deadline,
+        };
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        send(&mut link, &Frame::new(CHANNEL_ID, hello)).await?;
         Ok(link)
     }
 
@@ -291,11 +276,16 @@ fn fresh_entropy() -> Vec<u8> {
     entropy
 }
 
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The guest's hello must be of this build's protocol version.
+fn same_version(guest: u32) -> Result<(), HandshakeError> {
+    if guest == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(HandshakeError::Version {
+            guest,
+            host: PROTOCOL_VERSION,
+        })
+    }
 }
 
 async fn send(link: &mut GuestLink, frame: &Frame) -> Result<(), LinkError> {
