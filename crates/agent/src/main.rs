@@ -14,6 +14,7 @@ mod net;
 mod port;
 mod sys;
 mod trust;
+mod warm;
 mod window;
 
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub fn log(msg: &str) {
 fn run() -> Result<(), String> {
     sys::mount_early()?;
     sys::load_modules("/etc/msb/modules");
+    // Sandbox-agnostic work done before the hello is in a memory template already.
+    memcg::prepare();
+    boot::index_disks();
     let port = Arc::new(Port::open_named("agent")?);
     port.send(&Frame::new(
         CHANNEL_ID,
@@ -94,6 +98,19 @@ fn run() -> Result<(), String> {
                         version: PROTOCOL_VERSION,
                     },
                 ))?;
+            }
+            Message::Prepare { lower } if sessions.is_none() => {
+                let reply = match boot::prepare(&lower) {
+                    Ok(()) => Message::Prepared,
+                    Err(e) => {
+                        log(&format!("prepare failed: {e}"));
+                        Message::Error {
+                            code: "prepare".into(),
+                            message: e,
+                        }
+                    }
+                };
+                port.send(&Frame::new(CHANNEL_ID, reply))?;
             }
             Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
                 Ok(env) => {

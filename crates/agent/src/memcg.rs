@@ -14,6 +14,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -49,15 +50,30 @@ pub fn commands_max(meminfo: &str) -> Option<u64> {
         .filter(|&m| m > 0)
 }
 
-/// Mounts cgroup2 (after the switch to the sandbox's root) and makes the commands'
-/// cgroup. A kernel without the memory controller leaves commands where they are.
+/// Mounts cgroup2 and makes the commands' cgroup: nothing sandbox-specific, so before
+/// the hello (a memory template has it made). /sys, and this mount with it, moves into
+/// the sandbox's root at bootstrap.
+pub fn prepare() {
+    match try_prepare() {
+        Ok(()) => GROUP_MADE.store(true, Ordering::Relaxed),
+        Err(e) => crate::log(&format!("no memory reserve for the agent: {e}")),
+    }
+}
+
+/// At bootstrap: the cgroup's `memory.max`, from the memory available now.
 pub fn setup() {
+    if !GROUP_MADE.load(Ordering::Relaxed) {
+        return;
+    }
     if let Err(e) = try_setup() {
         crate::log(&format!("no memory reserve for the agent: {e}"));
     }
 }
 
-fn try_setup() -> Result<(), String> {
+/// Whether `prepare` made the cgroup.
+static GROUP_MADE: AtomicBool = AtomicBool::new(false);
+
+fn try_prepare() -> Result<(), String> {
     if !Path::new(ROOT).join("cgroup.controllers").exists() {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         crate::sys::mount("cgroup2", ROOT, "cgroup2", flags, "")?;
@@ -69,13 +85,16 @@ fn try_setup() -> Result<(), String> {
     }
     fs::write(format!("{ROOT}/cgroup.subtree_control"), "+memory")
         .map_err(|e| format!("cgroup.subtree_control: {e}"))?;
+    match fs::create_dir(GROUP) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("mkdir {GROUP}: {e}")),
+    }
+}
+
+fn try_setup() -> Result<(), String> {
     let meminfo = fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string())?;
     let max = commands_max(&meminfo).ok_or("no MemTotal/MemAvailable in /proc/meminfo")?;
-    match fs::create_dir(GROUP) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("mkdir {GROUP}: {e}")),
-    }
     fs::write(format!("{GROUP}/memory.max"), max.to_string())
         .map_err(|e| format!("memory.max: {e}"))?;
     let procs = CString::new(format!("{GROUP}/cgroup.procs")).map_err(|e| e.to_string())?;

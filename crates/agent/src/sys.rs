@@ -134,6 +134,19 @@ pub fn set_hostname(name: &str) -> Result<(), String> {
 }
 
 /// Flush a block device's buffers: after a snapshot restore the disk behind it may differ.
+/// Unmount `target` (Err when nothing is mounted there).
+pub fn unmount(target: &str) -> Result<(), String> {
+    let t = cstr(target);
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } != 0 {
+        return Err(format!(
+            "umount {target}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 pub fn flush_block_device(dev: &str) {
     if let Ok(f) = fs::File::open(dev) {
         use std::os::fd::AsRawFd;

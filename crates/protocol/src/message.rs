@@ -12,6 +12,15 @@ pub enum Message {
     Hello {
         version: u32,
     },
+    /// Host -> guest, before `Bootstrap`, only in a boot that makes a memory template:
+    /// mount the image disk read-only and read its commonly used files, so that the
+    /// template (and every restore of it) has them in memory. Nothing sandbox-specific:
+    /// a template is made per image. Answered `Prepared`, or `Error`.
+    Prepare {
+        lower: DiskSpec,
+    },
+    /// Guest -> host: `Prepare` done.
+    Prepared,
     /// Host -> guest, once, after the guest's hello: everything sandbox-specific.
     Bootstrap(Bootstrap),
     /// Guest -> host: bootstrap done, the root filesystem is in place.
@@ -268,6 +277,7 @@ impl Message {
             self,
             Message::Hello { .. }
                 | Message::Ready
+                | Message::Prepared
                 | Message::Started { .. }
                 | Message::Stdout(_)
                 | Message::Stderr(_)

@@ -196,6 +196,13 @@ fn samples() -> Vec<Message> {
             hostname: "f1".into(),
             unix_ms: 1_700_000_000_123,
         },
+        Message::Prepare {
+            lower: DiskSpec {
+                serial: "lower".into(),
+                fstype: "ext4".into(),
+            },
+        },
+        Message::Prepared,
     ]
 }
 
@@ -243,9 +250,11 @@ fn variant(m: &Message) -> usize {
         Message::SetClock { .. } => 37,
         Message::Fork { .. } => 38,
         Message::Forked { .. } => 39,
+        Message::Prepare { .. } => 40,
+        Message::Prepared => 41,
     }
 }
-const VARIANTS: usize = 40;
+const VARIANTS: usize = 42;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -212,8 +212,17 @@ impl Sandbox {
         };
         clock.mark("restore or kernel boot, hello");
         if let TemplatePlan::Make(shape) = &plan {
-            self.make_template(shape).await;
-            clock.mark("template saved");
+            match self.prepare_image(&mut link, &disks).await {
+                Ok(()) => {
+                    clock.mark("image prepared");
+                    self.make_template(shape).await;
+                    clock.mark("template saved");
+                }
+                Err(e) => log(&format!(
+                    "memory template {}: not made: the guest could not prepare the image: {e}",
+                    shape.key()
+                )),
+            }
         }
         self.bootstrap(&mut link, &disks, shares.mounts, net.as_ref())
             .await?;
@@ -329,11 +338,10 @@ impl Sandbox {
             template::FileId::of(&self.cfg.kernel),
             template::FileId::of(&self.cfg.initramfs),
             template::FileId::of(&vmm.qemu),
-            fs::metadata(path).map(|m| m.len()),
+            template::FileId::of(path),
             fs::metadata(&disks.upper).map(|m| m.len()),
         );
-        let (Some(kernel), Some(initramfs), Some(qemu), Ok(lower_bytes), Ok(upper_bytes)) = ids
-        else {
+        let (Some(kernel), Some(initramfs), Some(qemu), Some(image), Ok(upper_bytes)) = ids else {
             return TemplatePlan::None;
         };
         let shape = template::Shape {
@@ -346,7 +354,8 @@ impl Sandbox {
             cpus: self.cfg.cpus,
             memory_mib: self.cfg.memory_mib,
             cmdline: vm::kernel_cmdline(accel),
-            lower: (format.to_string(), lower_bytes),
+            image,
+            image_format: format.to_string(),
             upper_bytes,
             nic_mtu: net.map(|n| n.nic(&self.net_sock).2),
         };

@@ -1,11 +1,13 @@
-//! Memory templates: a booted guest saved right after its agent said hello (before
-//! `Bootstrap`, so nothing sandbox-specific is in it), restored into a new QEMU instead of
+//! Memory templates: a booted guest saved after its agent said hello and mounted the image
+//! disk (`Prepare`: read-only, some of its files read into the page cache), before
+//! `Bootstrap`, so nothing sandbox-specific is in it; restored into a new QEMU instead of
 //! booting the kernel again.
 //!
 //! A template is keyed by everything the saved device and memory state depends on: the
 //! kernel, the initramfs (with the agent), QEMU, the accelerator, vCPUs, memory, the kernel
-//! command line, the protocol version, and the device layout (image disk format and size,
-//! writable disk size, NIC and MTU). Layouts with shares or disk volumes are never
+//! command line, the protocol version, the image disk (path, size, modification time and
+//! inode: each image has its own template) and the device layout (writable disk size, NIC
+//! and MTU). Layouts with shares or disk volumes are never
 //! templated (their device counts vary). `$MSB_HOME/templates/<key>/` holds `ram` (the
 //! guest's memory: a sparse file, untouched and zero pages left as holes), `state` (QEMU's
 //! migration stream of the devices and vCPUs, without the RAM: `x-ignore-shared`) and
@@ -50,8 +52,10 @@ pub struct Shape {
     pub cpus: u8,
     pub memory_mib: u32,
     pub cmdline: String,
-    /// The image disk: (format, apparent size).
-    pub lower: (String, u64),
+    /// The image disk, mounted in the template (its page cache holds some of its files),
+    /// and its format.
+    pub image: FileId,
+    pub image_format: String,
     pub upper_bytes: u64,
     /// The NIC's MTU; None: no NIC.
     pub nic_mtu: Option<u16>,
@@ -90,7 +94,8 @@ struct Meta {
 }
 
 // 3: templated layouts' NIC is a frame stream (their restores map memory private).
-const META_FORMAT: u32 = 3;
+// 4: a template per image: its disk is mounted in it.
+const META_FORMAT: u32 = 4;
 /// Largest meta.json read back.
 const MAX_META_BYTES: u64 = 64 * 1024;
 /// Longest a save or a load may take.
@@ -176,8 +181,8 @@ pub fn remove(d: &Path) {
     }
 }
 
-/// Most templates kept: each shape (image size, vCPUs, memory...) has its own, of about
-/// the guest's used memory on disk; the least recently made go first.
+/// Most templates kept: each shape (image, vCPUs, memory...) has its own, of about the
+/// guest's used memory on disk; the least recently made go first.
 const MAX_TEMPLATES: usize = 8;
 
 fn prune(parent: &Path, keep: usize) {
@@ -467,7 +472,13 @@ mod tests {
             cpus: 1,
             memory_mib: mem,
             cmdline: "console=ttyS0".into(),
-            lower: ("raw".into(), 64 << 20),
+            image: FileId {
+                path: "/i/rootfs.ext4".into(),
+                size: 64 << 20,
+                mtime_ns: 1,
+                ino: 3,
+            },
+            image_format: "raw".into(),
             upper_bytes: 4 << 30,
             nic_mtu: Some(1500),
         }
@@ -478,6 +489,13 @@ mod tests {
         assert_eq!(shape(512).key(), shape(512).key());
         assert_ne!(shape(512).key(), shape(1024).key());
         assert_eq!(shape(512).key().len(), 16);
+        // Another image, or the same path rewritten, is another template.
+        let mut other = shape(512);
+        other.image.path = "/i/other.ext4".into();
+        assert_ne!(other.key(), shape(512).key());
+        let mut rewritten = shape(512);
+        rewritten.image.mtime_ns += 1;
+        assert_ne!(rewritten.key(), shape(512).key());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 // of booting a kernel. Restores are independent sandboxes (files, network stack, entropy,
 // clock); a template of another shape, another agent build or a damaged one is not used
 // (cold boot, one log line); templates can be turned off per sandbox and per process.
-import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -145,6 +146,37 @@ describe("memory templates", () => {
     } finally {
       delete process.env.MSB_INITRAMFS;
       rmSync(work, { recursive: true, force: true });
+    }
+
+    // Another image (a copy of the default one with a marker file): a template of its own.
+    // The image is mounted in its template, so the same file rewritten is another one too.
+    const imgDir = mkdtempSync(join(tmpdir(), "msb-tpl-img-"));
+    try {
+      const img = join(imgDir, "rootfs.ext4");
+      copyFileSync(native().assetPaths().defaultImage, img);
+      const mark = (text: string) => {
+        writeFileSync(join(imgDir, "marker"), text);
+        execFileSync(["/usr/sbin/debugfs", "/sbin/debugfs"].find((p) => existsSync(p)) ?? "debugfs", ["-w", "-f", "-", img], { input: `rm /marker\nwrite ${join(imgDir, "marker")} /marker\n`, stdio: ["pipe", "ignore", "ignore"] });
+      };
+      const fromImage = (name: string) => make(name, (b) => b.imageWith((i) => i.disk(img)));
+      mark("one\n");
+      const i1 = await fromImage("tpl-img1");
+      expect(templateLines("tpl-img1")[0]).toMatch(/none made yet: cold boot/);
+      expect(await out(i1, "cat /marker")).toBe("one\n");
+      await i1.stop();
+      const i2 = await fromImage("tpl-img2");
+      expect(templateLines("tpl-img2")).toEqual([expect.stringMatching(/: restored /)]);
+      expect(await out(i2, "cat /marker; hostname")).toBe("one\ntpl-img2\n");
+      // The image disk was mounted (and its common files read) in the template.
+      expect(readFileSync(join(home(), "sandboxes", "tpl-img2", "console.log"), "utf8")).toMatch(/bootstrap in \d+ ms: .*disks \(image prepared\)/);
+      await i2.stop();
+      mark("two\n");
+      const i3 = await fromImage("tpl-img3");
+      expect(templateLines("tpl-img3")[0]).toMatch(/none made yet: cold boot/);
+      expect(await out(i3, "cat /marker")).toBe("two\n");
+      await i3.stop();
+    } finally {
+      rmSync(imgDir, { recursive: true, force: true });
     }
 
     // A truncated state file: removed, cold boot, made again.

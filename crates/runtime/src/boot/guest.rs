@@ -130,6 +130,31 @@ impl Sandbox {
         }
     }
 
+    /// `Prepare`, in a boot that makes a memory template: the agent mounts the image disk
+    /// and reads its common files before the save, so restores have them in memory.
+    pub(super) async fn prepare_image(
+        &mut self,
+        link: &mut GuestLink,
+        disks: &Disks,
+    ) -> Result<(), BootstrapError> {
+        let Lower::Disk { fstype, .. } = &disks.lower else {
+            return Ok(());
+        };
+        let lower = DiskSpec {
+            serial: "lower".into(),
+            fstype: fstype.clone(),
+        };
+        send(link, &Frame::new(CHANNEL_ID, Message::Prepare { lower })).await?;
+        loop {
+            match self.next_guest_frame(link).await? {
+                Message::Prepared => return Ok(()),
+                Message::Hello { .. } => continue,
+                Message::Error { message, .. } => return Err(BootstrapError::Guest(message)),
+                other => return Err(BootstrapError::Unexpected(Box::new(other))),
+            }
+        }
+    }
+
     /// The sandbox's environment plus, for each secret, its env var set to the
     /// placeholder (the guest never sees a value).
     fn guest_env(&self) -> Vec<(String, String)> {
