@@ -76,7 +76,11 @@ static GROUP_MADE: AtomicBool = AtomicBool::new(false);
 fn try_prepare() -> Result<(), String> {
     if !Path::new(ROOT).join("cgroup.controllers").exists() {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        crate::sys::mount("cgroup2", ROOT, "cgroup2", flags, "")?;
+        // favordynmods: moving a task into a cgroup (every command, exec.rs) no longer
+        // waits for an RCU grace period (measured: the first command after a restore
+        // 70 ms -> 47 ms), forks and exits paying a little instead. Older kernels lack it.
+        crate::sys::mount("cgroup2", ROOT, "cgroup2", flags, "favordynmods")
+            .or_else(|_| crate::sys::mount("cgroup2", ROOT, "cgroup2", flags, ""))?;
     }
     let controllers = fs::read_to_string(format!("{ROOT}/cgroup.controllers"))
         .map_err(|e| format!("cgroup.controllers: {e}"))?;
