@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msb_protocol::{Bootstrap, DiskSpec, GuestMount, LowerSpec};
+use msb_protocol::{Bootstrap, DiskSpec, GuestMount, GuestNetwork, LowerSpec};
 
 use crate::sys;
 
@@ -14,6 +14,23 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The image disk `Prepare` mounted at /mnt/lower (in a template, and so in its restores).
 static PREPARED_LOWER: Mutex<Option<DiskSpec>> = Mutex::new(None);
+/// What `PrepareRoot` did, in a boot that makes a memory template for new sandboxes (and
+/// so in their restores: each one's disk is a copy of this one as it was when the
+/// template was saved, the host's guarantee, see msb-runtime's template.rs).
+static PREPARED_ROOT: Mutex<PreparedRoot> = Mutex::new(PreparedRoot {
+    upper: None,
+    switched: false,
+    network: None,
+});
+
+struct PreparedRoot {
+    /// The writable disk mounted at /mnt/upper, the overlay root at /newroot.
+    upper: Option<DiskSpec>,
+    /// The overlay root made the root.
+    switched: bool,
+    /// The NIC configured so.
+    network: Option<GuestNetwork>,
+}
 
 /// `Prepare`, in a boot that makes a memory template: mount the image disk read-only at
 /// /mnt/lower and read its commonly used files (crate::warm). The image is the same in
@@ -30,6 +47,90 @@ pub fn prepare(lower: &DiskSpec) -> Result<(), String> {
         "prepared in {} ms: image disk mounted, {bytes} bytes of its files read",
         t0.elapsed().as_millis()
     ));
+    Ok(())
+}
+
+/// `PrepareRoot`, after `Prepare`, in a boot that makes a memory template for new
+/// sandboxes: mount the writable disk (nothing on it yet) and the overlay root, write them
+/// out, switch to that root and configure the NIC, so that a restore's bootstrap does
+/// none of it. Whatever step fails, the bootstrap does it and what follows.
+pub fn prepare_root(upper: &DiskSpec, network: Option<&GuestNetwork>) -> Result<(), String> {
+    let t0 = Instant::now();
+    let mut prepared = PREPARED_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let lower = PREPARED_LOWER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    if !lower || prepared.upper.is_some() {
+        return Err("the image disk is not prepared, or the root is already".into());
+    }
+    if let Err(e) = mount_upper_and_root(upper) {
+        // Nothing of a sandbox is on the disk yet: what was mounted goes, and the
+        // bootstrap mounts it as usual.
+        let _ = sys::unmount("/newroot");
+        let _ = sys::unmount("/mnt/upper");
+        return Err(e);
+    }
+    sys::sync_fs("/mnt/upper");
+    prepared.upper = Some(upper.clone());
+    switch_root()?;
+    prepared.switched = true;
+    if let Some(n) = network {
+        crate::net::configure(n)?;
+        prepared.network = Some(n.clone());
+    }
+    crate::log(&format!("root prepared in {} ms", t0.elapsed().as_millis()));
+    Ok(())
+}
+
+/// The writable disk at /mnt/upper and the overlay root at /newroot (over /mnt/lower).
+fn mount_upper_and_root(spec: &DiskSpec) -> Result<(), String> {
+    let upper = find_disk(spec)?;
+    sys::flush_block_device(&upper);
+    for d in ["/mnt/upper", "/newroot"] {
+        fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
+    }
+    sys::mount(&upper, "/mnt/upper", &spec.fstype, libc::MS_NOATIME, "")?;
+    for d in ["/mnt/upper/data", "/mnt/upper/work"] {
+        fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
+    }
+    sys::mount(
+        "overlay",
+        "/newroot",
+        "overlay",
+        0,
+        "lowerdir=/mnt/lower,upperdir=/mnt/upper/data,workdir=/mnt/upper/work",
+    )
+}
+
+/// Carries the kernel filesystems over, then makes /newroot the root.
+fn switch_root() -> Result<(), String> {
+    for d in ["dev", "proc", "sys"] {
+        let target = format!("/newroot/{d}");
+        fs::create_dir_all(&target).map_err(|e| format!("mkdir {target}: {e}"))?;
+        sys::mount(&format!("/{d}"), &target, "", libc::MS_MOVE, "")?;
+    }
+    std::env::set_current_dir("/newroot").map_err(|e| e.to_string())?;
+    sys::mount(".", "/", "", libc::MS_MOVE, "")?;
+    sys::chroot_here()?;
+
+    let _ = fs::create_dir_all("/dev/pts");
+    let _ = sys::mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=620,ptmxmode=666",
+    );
+    let _ = fs::create_dir_all("/dev/shm");
+    let _ = sys::mount(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    let _ = fs::create_dir_all("/tmp");
     Ok(())
 }
 
@@ -62,15 +163,43 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         sys::load_modules("/etc/msb/modules.virtiofs");
     }
     mark("clock, entropy, hostname");
-    if let Some(n) = &b.network {
-        sys::load_modules("/etc/msb/modules.net");
-        crate::net::configure(n)?;
+    let prepared_root = std::mem::replace(
+        &mut *PREPARED_ROOT.lock().unwrap_or_else(|e| e.into_inner()),
+        PreparedRoot {
+            upper: None,
+            switched: false,
+            network: None,
+        },
+    );
+    match (&b.network, &prepared_root.network) {
+        // Only the NIC's settings count: the host's address and DNS go into files below.
+        (Some(n), Some(p)) if crate::net::same_nic(n, p) => {}
+        (Some(n), prepared) => {
+            sys::load_modules("/etc/msb/modules.net");
+            if prepared.is_some() {
+                // Configured as the template's sandbox: this one's is another.
+                crate::net::reconfigure(n)?;
+            } else {
+                crate::net::configure(n)?;
+            }
+        }
+        (None, Some(_)) => crate::net::down()?,
+        (None, None) => {}
     }
-    mark("network");
-    let upper = find_disk(&b.root.upper)?;
-    sys::flush_block_device(&upper);
-    for d in ["/mnt/lower", "/mnt/upper", "/newroot"] {
-        fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
+    mark(if prepared_root.network.is_some() {
+        "network (prepared)"
+    } else {
+        "network"
+    });
+    if let Some(p) = &prepared_root.upper {
+        // Mounted before the save: it cannot be unmounted here (the disk under it may be
+        // another one by now, and an unmount writes to it). Never happens in our layouts.
+        if *p != b.root.upper || !matches!(&b.root.lower, LowerSpec::Disk(_)) {
+            return Err(format!(
+                "the root was prepared on another disk ({}) than the bootstrap's ({})",
+                p.serial, b.root.upper.serial
+            ));
+        }
     }
     let prepared = PREPARED_LOWER
         .lock()
@@ -78,70 +207,35 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         .take()
         .filter(|p| matches!(&b.root.lower, LowerSpec::Disk(spec) if spec == p));
     if prepared.is_none() {
+        if prepared_root.upper.is_some() {
+            return Err("the root was prepared over another image".into());
+        }
         // Prepared for another disk (not in a layout of ours): that mount goes first.
         let _ = sys::unmount("/mnt/lower");
     }
-    match &b.root.lower {
-        LowerSpec::Disk(_) if prepared.is_some() => {}
-        LowerSpec::Disk(spec) => {
-            let lower = find_disk(spec)?;
-            sys::flush_block_device(&lower);
-            mount_any(&lower, "/mnt/lower", &spec.fstype, libc::MS_RDONLY)?;
+    if prepared_root.upper.is_none() {
+        fs::create_dir_all("/mnt/lower").map_err(|e| format!("mkdir /mnt/lower: {e}"))?;
+        match &b.root.lower {
+            LowerSpec::Disk(_) if prepared.is_some() => {}
+            LowerSpec::Disk(spec) => {
+                let lower = find_disk(spec)?;
+                sys::flush_block_device(&lower);
+                mount_any(&lower, "/mnt/lower", &spec.fstype, libc::MS_RDONLY)?;
+            }
+            LowerSpec::Virtiofs { tag } => {
+                sys::mount(tag, "/mnt/lower", "virtiofs", libc::MS_RDONLY, "")?
+            }
         }
-        LowerSpec::Virtiofs { tag } => {
-            sys::mount(tag, "/mnt/lower", "virtiofs", libc::MS_RDONLY, "")?
-        }
+        mount_upper_and_root(&b.root.upper)?;
     }
-    sys::mount(
-        &upper,
-        "/mnt/upper",
-        &b.root.upper.fstype,
-        libc::MS_NOATIME,
-        "",
-    )?;
-    for d in ["/mnt/upper/data", "/mnt/upper/work"] {
-        fs::create_dir_all(d).map_err(|e| format!("mkdir {d}: {e}"))?;
-    }
-    sys::mount(
-        "overlay",
-        "/newroot",
-        "overlay",
-        0,
-        "lowerdir=/mnt/lower,upperdir=/mnt/upper/data,workdir=/mnt/upper/work",
-    )?;
-    mark(if prepared.is_some() {
-        "disks (image prepared)"
-    } else {
-        "disks"
+    mark(match (prepared.is_some(), prepared_root.upper.is_some()) {
+        (_, true) => "disks (prepared)",
+        (true, false) => "disks (image prepared)",
+        _ => "disks",
     });
-
-    // Carry the kernel filesystems over, then make /newroot the root.
-    for d in ["dev", "proc", "sys"] {
-        let target = format!("/newroot/{d}");
-        fs::create_dir_all(&target).map_err(|e| format!("mkdir {target}: {e}"))?;
-        sys::mount(&format!("/{d}"), &target, "", libc::MS_MOVE, "")?;
+    if !prepared_root.switched {
+        switch_root()?;
     }
-    std::env::set_current_dir("/newroot").map_err(|e| e.to_string())?;
-    sys::mount(".", "/", "", libc::MS_MOVE, "")?;
-    sys::chroot_here()?;
-
-    let _ = fs::create_dir_all("/dev/pts");
-    let _ = sys::mount(
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "gid=5,mode=620,ptmxmode=666",
-    );
-    let _ = fs::create_dir_all("/dev/shm");
-    let _ = sys::mount(
-        "shm",
-        "/dev/shm",
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
-    );
-    let _ = fs::create_dir_all("/tmp");
     mark("root switch");
     crate::memcg::setup();
     mark("memory cgroup");

@@ -112,6 +112,19 @@ fn run() -> Result<(), String> {
                 };
                 port.send(&Frame::new(CHANNEL_ID, reply))?;
             }
+            Message::PrepareRoot { upper, network } if sessions.is_none() => {
+                let reply = match boot::prepare_root(&upper, network.as_ref()) {
+                    Ok(()) => Message::Prepared,
+                    Err(e) => {
+                        log(&format!("prepare (root) failed: {e}"));
+                        Message::Error {
+                            code: "prepare".into(),
+                            message: e,
+                        }
+                    }
+                };
+                port.send(&Frame::new(CHANNEL_ID, reply))?;
+            }
             Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
                 Ok(env) => {
                     sessions = Some(Sessions::start(

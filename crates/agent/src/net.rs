@@ -38,7 +38,49 @@ fn set_up(fd: i32, name: &str) -> Result<(), String> {
     ioctl(fd, libc::SIOCSIFFLAGS, r.as_mut_ptr().cast(), "set flags")
 }
 
-/// Configure eth0 (and lo). Runs before the root switch, after the NIC's module loaded.
+/// Whether eth0 configured as `a` is configured as `b` (address, prefix, gateway, MTU).
+pub fn same_nic(a: &GuestNetwork, b: &GuestNetwork) -> bool {
+    (a.ip, a.prefix_len, a.gateway, a.mtu) == (b.ip, b.prefix_len, b.gateway, b.mtu)
+}
+
+/// Configure eth0 again, configured as another sandbox's already (a memory template's
+/// restore, crate::boot::prepare_root): its default route goes first (a new address
+/// drops the routes of the old one's subnet, not a gateway's that is still reachable).
+pub fn reconfigure(n: &GuestNetwork) -> Result<(), String> {
+    with_socket(|fd| {
+        let mut rt = default_route(Ipv4Addr::UNSPECIFIED);
+        // SAFETY: `rt` is a valid rtentry. Missing already: fine.
+        unsafe { libc::ioctl(fd, libc::SIOCDELRT as _, &mut rt as *mut libc::rtentry) };
+        Ok(())
+    })?;
+    configure(n)
+}
+
+/// Takes eth0 down (configured in a template, for a sandbox without a network).
+pub fn down() -> Result<(), String> {
+    with_socket(|fd| {
+        let mut r = ifreq("eth0");
+        ioctl(fd, libc::SIOCGIFFLAGS, r.as_mut_ptr().cast(), "get flags")?;
+        let flags = i16::from_ne_bytes([r[16], r[17]]) & !(libc::IFF_UP as i16);
+        r[16..18].copy_from_slice(&flags.to_ne_bytes());
+        ioctl(fd, libc::SIOCSIFFLAGS, r.as_mut_ptr().cast(), "set flags")
+    })
+}
+
+fn with_socket(f: impl FnOnce(i32) -> Result<(), String>) -> Result<(), String> {
+    // SAFETY: plain socket for interface ioctls; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let r = f(fd);
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    r
+}
+
+/// Configure eth0 (and lo), after the NIC's module loaded. Configuring it again as it
+/// is changes nothing.
 pub fn configure(n: &GuestNetwork) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::path::Path::new("/sys/class/net/eth0").exists() {
@@ -47,12 +89,7 @@ pub fn configure(n: &GuestNetwork) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    // SAFETY: plain socket for interface ioctls; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
-    }
-    let result = (|| {
+    with_socket(|fd| {
         set_up(fd, "lo")?;
         let mut r = ifreq("eth0");
         put_addr(&mut r, n.ip);
@@ -74,30 +111,39 @@ pub fn configure(n: &GuestNetwork) -> Result<(), String> {
         r[16..20].copy_from_slice(&(n.mtu as i32).to_ne_bytes());
         ioctl(fd, libc::SIOCSIFMTU, r.as_mut_ptr().cast(), "set mtu")?;
         set_up(fd, "eth0")?;
-        // SAFETY: rtentry is plain data; zeroed is a valid start.
-        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-        let sin = |ip: Ipv4Addr| {
-            // SAFETY: sockaddr_in is plain data.
-            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            s.sin_family = libc::AF_INET as u16;
-            s.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-            // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
-            unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(s) }
-        };
-        rt.rt_dst = sin(Ipv4Addr::UNSPECIFIED);
-        rt.rt_genmask = sin(Ipv4Addr::UNSPECIFIED);
-        rt.rt_gateway = sin(n.gateway);
-        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        ioctl(
-            fd,
-            libc::SIOCADDRT,
-            (&mut rt as *mut libc::rtentry).cast(),
-            "add default route",
-        )
-    })();
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
-    result
+        let mut rt = default_route(n.gateway);
+        // SAFETY: `rt` is a valid rtentry.
+        if unsafe { libc::ioctl(fd, libc::SIOCADDRT as _, &mut rt as *mut libc::rtentry) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // There already (configured before, see `reconfigure`).
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(format!("add default route: {e}"));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The default route through `gateway` (UNSPECIFIED: any gateway, to delete it).
+fn default_route(gateway: Ipv4Addr) -> libc::rtentry {
+    let sin = |ip: Ipv4Addr| {
+        // SAFETY: sockaddr_in is plain data.
+        let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        s.sin_family = libc::AF_INET as u16;
+        s.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+        // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(s) }
+    };
+    // SAFETY: rtentry is plain data; zeroed is a valid start.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sin(Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sin(Ipv4Addr::UNSPECIFIED);
+    rt.rt_flags = libc::RTF_UP;
+    if !gateway.is_unspecified() {
+        rt.rt_gateway = sin(gateway);
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    rt
 }
 
 /// Name resolution files in the (new) root.
@@ -117,5 +163,48 @@ pub fn write_files(n: &GuestNetwork) {
         out.push_str(&line);
         out.push('\n');
         let _ = fs::write("/etc/hosts", out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_nic_settings_decide_a_reconfiguration() {
+        let n = GuestNetwork {
+            ip: "10.0.2.15".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.0.2.2".parse().unwrap(),
+            mtu: 1500,
+            host_ip: "10.0.2.2".parse().unwrap(),
+            dns: true,
+        };
+        let files_only = GuestNetwork {
+            host_ip: "10.0.2.3".parse().unwrap(),
+            dns: false,
+            ..n.clone()
+        };
+        assert!(same_nic(&n, &files_only));
+        for other in [
+            GuestNetwork {
+                mtu: 9000,
+                ..n.clone()
+            },
+            GuestNetwork {
+                ip: "10.0.2.16".parse().unwrap(),
+                ..n.clone()
+            },
+            GuestNetwork {
+                gateway: "10.0.2.1".parse().unwrap(),
+                ..n.clone()
+            },
+            GuestNetwork {
+                prefix_len: 16,
+                ..n.clone()
+            },
+        ] {
+            assert!(!same_nic(&n, &other));
+        }
     }
 }

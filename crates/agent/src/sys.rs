@@ -147,6 +147,15 @@ pub fn unmount(target: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes out the filesystem mounted at `path` (data, metadata, journal); best effort.
+pub fn sync_fs(path: &str) {
+    if let Ok(f) = fs::File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs on an open fd.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
+}
+
 pub fn flush_block_device(dev: &str) {
     if let Ok(f) = fs::File::open(dev) {
         use std::os::fd::AsRawFd;

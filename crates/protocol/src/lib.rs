@@ -28,7 +28,7 @@ pub use message::{
 /// Version spoken by this build. Both sides send it in `Hello`; a mismatch is fatal (see
 /// [`check_version`]). Version 3: `FsEntry` and `MetricsReport` keys in camelCase, their
 /// counters as floats (the golden file `tests/golden/messages.txt` shows every message).
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// What a peer's `Hello` version means. Host and guest are built together (the agent is
 /// in the initramfs shipped with msb-runtime), so any difference is a broken install,

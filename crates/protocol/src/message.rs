@@ -19,7 +19,17 @@ pub enum Message {
     Prepare {
         lower: DiskSpec,
     },
-    /// Guest -> host: `Prepare` done.
+    /// Host -> guest, after `Prepared`, in a boot that makes a memory template for new
+    /// sandboxes: mount the writable disk (formatted a moment ago, nothing on it yet) and
+    /// the overlay root on it, write it out, switch to that root and configure the NIC as
+    /// `network` (the bootstrap configures it again when its own differs). Each sandbox
+    /// restored from that template gets a copy of the disk as it was saved. Answered
+    /// `Prepared`, or `Error`.
+    PrepareRoot {
+        upper: DiskSpec,
+        network: Option<GuestNetwork>,
+    },
+    /// Guest -> host: `Prepare` (or `PrepareRoot`) done.
     Prepared,
     /// Host -> guest, once, after the guest's hello: everything sandbox-specific.
     Bootstrap(Bootstrap),

@@ -202,6 +202,20 @@ fn samples() -> Vec<Message> {
                 fstype: "ext4".into(),
             },
         },
+        Message::PrepareRoot {
+            upper: DiskSpec {
+                serial: "upper".into(),
+                fstype: "ext4".into(),
+            },
+            network: Some(GuestNetwork {
+                ip: "100.96.0.2".parse().unwrap(),
+                prefix_len: 30,
+                gateway: "100.96.0.1".parse().unwrap(),
+                mtu: 1500,
+                host_ip: "100.96.0.1".parse().unwrap(),
+                dns: true,
+            }),
+        },
         Message::Prepared,
     ]
 }
@@ -252,9 +266,10 @@ fn variant(m: &Message) -> usize {
         Message::Forked { .. } => 39,
         Message::Prepare { .. } => 40,
         Message::Prepared => 41,
+        Message::PrepareRoot { .. } => 42,
     }
 }
-const VARIANTS: usize = 42;
+const VARIANTS: usize = 43;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -99,8 +99,8 @@ impl StepClock {
 pub enum TemplatePlan {
     /// Templates off, or a layout that is never templated.
     None,
-    /// Restore from this template (its directory).
-    Restore(template::Shape, PathBuf),
+    /// Restore from this template (its directory), its save of this stage.
+    Restore(template::Shape, PathBuf, template::Stage),
     /// Boot cold and save the guest as this shape's template after the handshake.
     Make(template::Shape),
     /// A fork (crate::fork): restore the parent's state saved in this directory.
@@ -150,11 +150,35 @@ impl Sandbox {
             None if stream => self.template_plan(&vmm, accel, &disks, net.as_ref()),
             None => TemplatePlan::None,
         };
+        let mut format_upper = disks.fresh_upper;
+        if let TemplatePlan::Restore(shape, dir, template::Stage::Root) = &plan {
+            // A new sandbox restored with the root mounted: its disk is the template's,
+            // copied before QEMU opens it (nothing to format).
+            let t0 = Instant::now();
+            match template::copy_upper(dir, shape, &disks.upper) {
+                Ok(_) => {
+                    format_upper = false;
+                    log(&format!(
+                        "upper disk: a copy of the template {}'s, made in {} ms",
+                        shape.key(),
+                        t0.elapsed().as_millis()
+                    ));
+                }
+                Err(e) => {
+                    log(&format!(
+                        "memory template {}: {e}; removed: cold boot instead",
+                        shape.key()
+                    ));
+                    template::remove(dir);
+                    plan = TemplatePlan::Make(shape.clone());
+                }
+            }
+        }
         let mut formatting = self.start_vmm(
             &vmm,
             accel,
             &disks,
-            disks.fresh_upper,
+            format_upper,
             &shares,
             net.as_ref(),
             &plan,
@@ -168,10 +192,10 @@ impl Sandbox {
             return Ok(self.start_relay(link, net, info.first_id)?);
         }
         let mut restored = None;
-        if let TemplatePlan::Restore(shape, dir) = &plan {
+        if let TemplatePlan::Restore(shape, dir, stage) = &plan {
             // The new upper disk is formatted while the state loads; both are done before
             // the hello (mkfs must not outlive a QEMU that goes: a cold start may follow).
-            let loaded = self.restore_template(shape, dir).await;
+            let loaded = self.restore_template(shape, dir, *stage).await;
             formatting
                 .await
                 .map_err(DiskError::FormatTask)?
@@ -215,7 +239,8 @@ impl Sandbox {
             match self.prepare_image(&mut link, &disks).await {
                 Ok(()) => {
                     clock.mark("image prepared");
-                    self.make_template(shape).await;
+                    self.make_template(shape, &mut link, &disks, net.as_ref())
+                        .await;
                     clock.mark("template saved");
                 }
                 Err(e) => log(&format!(
@@ -359,8 +384,15 @@ impl Sandbox {
             upper_bytes,
             nic_mtu: net.map(|n| n.nic(&self.net_sock).2),
         };
-        match template::find(&self.cfg.msb_home, &shape) {
-            Ok(state) => TemplatePlan::Restore(shape, state),
+        // A new sandbox's disk has nothing on it yet: it is restored with the root mounted,
+        // on a copy of the template's disk; any other is restored with its own disk.
+        let stage = if disks.fresh_upper {
+            template::Stage::Root
+        } else {
+            template::Stage::Image
+        };
+        match template::find(&self.cfg.msb_home, &shape, stage) {
+            Ok(dir) => TemplatePlan::Restore(shape, dir, stage),
             Err(why) => {
                 log(&format!(
                     "memory template {}: {why}: cold boot, making it meanwhile",
@@ -431,10 +463,12 @@ impl Sandbox {
         &mut self,
         shape: &template::Shape,
         dir: &std::path::Path,
+        stage: template::Stage,
     ) -> Result<(), String> {
         let t0 = Instant::now();
+        let dir = template::stage_dir(dir, stage);
         let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
-        let devices_ms = template::load_mapped(&mut qmp, dir).await?;
+        let devices_ms = template::load_mapped(&mut qmp, &dir).await?;
         log(&format!(
             "memory template {}: restored (memory mapped copy-on-write from {}) in {} ms (devices {devices_ms} ms)",
             shape.key(),
@@ -444,27 +478,55 @@ impl Sandbox {
         Ok(())
     }
 
-    /// After a cold boot's handshake, before anything sandbox-specific reaches the guest:
-    /// save it as the template of its shape. A failure is logged, never fatal.
-    async fn make_template(&mut self, shape: &template::Shape) {
+    /// After a cold boot's handshake and `Prepare`, before anything sandbox-specific
+    /// reaches the guest: save it as the template of its shape (template::Stage::Image),
+    /// then, for a new sandbox (its writable disk just formatted), have the guest mount
+    /// that disk and the root, switch to it, configure its NIC (`PrepareRoot`) and save again (Stage::Root, with a copy of
+    /// the disk). A failure is logged, never fatal: without the second save the template
+    /// is still made (restarts use it; the next new sandbox makes it again, whole).
+    async fn make_template(
+        &mut self,
+        shape: &template::Shape,
+        link: &mut GuestLink,
+        disks: &Disks,
+        net: Option<&Network>,
+    ) {
         let t0 = Instant::now();
+        let key = shape.key();
+        let Some(pid) = self.qemu.as_ref().and_then(|q| q.id()) else {
+            return log(&format!("memory template {key}: not made: QEMU is gone"));
+        };
         let r = async {
-            let pid = self
-                .qemu
-                .as_ref()
-                .and_then(|q| q.id())
-                .ok_or("QEMU is gone")?;
+            let mut draft = template::Draft::new(&self.cfg.msb_home, shape)?;
             let mut qmp = Qmp::connect(&self.qmp_sock, Duration::from_secs(5)).await?;
-            template::save(&mut qmp, pid, &self.cfg.msb_home, shape).await
+            let image = draft
+                .save(&mut qmp, pid, template::Stage::Image, None)
+                .await?;
+            let root = if disks.fresh_upper {
+                match self.prepare_root(link, net).await {
+                    Ok(()) => draft
+                        .save(&mut qmp, pid, template::Stage::Root, Some(&disks.upper))
+                        .await
+                        .map_err(|e| format!("its root save: {e}")),
+                    Err(e) => Err(format!("the guest could not mount the writable disk: {e}")),
+                }
+            } else {
+                Err("no root save (the writable disk has a sandbox's data)".into())
+            };
+            draft.commit()?;
+            Ok::<_, String>((image, root))
         }
         .await;
         match r {
-            Ok(bytes) => log(&format!(
-                "memory template {}: made ({bytes} bytes of memory) in {} ms",
-                shape.key(),
+            Ok((image, Ok(root))) => log(&format!(
+                "memory template {key}: made ({image} bytes of memory, {root} with the root mounted) in {} ms",
                 t0.elapsed().as_millis()
             )),
-            Err(e) => log(&format!("memory template {}: not made: {e}", shape.key())),
+            Ok((image, Err(e))) => log(&format!(
+                "memory template {key}: made ({image} bytes of memory; {e}) in {} ms",
+                t0.elapsed().as_millis()
+            )),
+            Err(e) => log(&format!("memory template {key}: not made: {e}")),
         }
     }
 
@@ -483,7 +545,9 @@ impl Sandbox {
         plan: &TemplatePlan,
     ) -> Result<JoinHandle<Result<(), RtError>>, VmmError> {
         let template_ram = match plan {
-            TemplatePlan::Restore(_, dir) => Some(dir.join("ram")),
+            TemplatePlan::Restore(_, dir, stage) => {
+                Some(template::stage_dir(dir, *stage).join("ram"))
+            }
             _ => None,
         };
         let paths = vm::VmPaths {

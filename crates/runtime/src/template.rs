@@ -1,7 +1,12 @@
 //! Memory templates: a booted guest saved after its agent said hello and mounted the image
 //! disk (`Prepare`: read-only, some of its files read into the page cache), before
 //! `Bootstrap`, so nothing sandbox-specific is in it; restored into a new QEMU instead of
-//! booting the kernel again.
+//! booting the kernel again. A template holds two saves ([`Stage`]): that one, for
+//! sandboxes whose writable disk has their data already (a start after a stop), and one
+//! made a moment later with the writable disk (empty, just formatted) and the overlay root
+//! mounted too (`PrepareUpper`), for new sandboxes: each gets a copy of that disk (`root/
+//! upper`, reflinked or sparse: about 2 MB), and its bootstrap mounts nothing. Restores of
+//! the second kind share that filesystem's UUID.
 //!
 //! A template is keyed by everything the saved device and memory state depends on: the
 //! kernel, the initramfs (with the agent), QEMU, the accelerator, vCPUs, memory, the kernel
@@ -11,7 +16,8 @@
 //! templated (their device counts vary). `$MSB_HOME/templates/<key>/` holds `ram` (the
 //! guest's memory: a sparse file, untouched and zero pages left as holes), `state` (QEMU's
 //! migration stream of the devices and vCPUs, without the RAM: `x-ignore-shared`) and
-//! `meta.json` (what the key was made of, and both files' sizes).
+//! `meta.json` (what the key was made of, and every file's size); `root/` holds the second
+//! save's `ram`, `state` and `upper`.
 //!
 //! The template is made by a cold boot, whose RAM is QEMU's shared memfd: a save stops
 //! the VM, copies the memfd (read through `/proc/<qemu>/fd`) into `ram`, migrates the
@@ -88,14 +94,46 @@ impl FileId {
 struct Meta {
     format: u32,
     shape: Shape,
+    /// The `Stage::Image` save's files.
     state_bytes: u64,
     ram_bytes: u64,
+    /// The `Stage::Root` save's, when it was made.
+    root: Option<RootMeta>,
     created_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RootMeta {
+    state_bytes: u64,
+    ram_bytes: u64,
+    /// Apparent size of `root/upper`.
+    upper_bytes: u64,
+}
+
+/// How far the saved guest had got: a template holds one save of each stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The image disk mounted (`Prepare`): for a sandbox whose writable disk has its data
+    /// already (a start after a stop, a disk snapshot). In the template's directory.
+    Image,
+    /// The writable disk and the overlay root mounted too (`PrepareUpper`): for a new
+    /// sandbox, whose writable disk is then a copy of the saved `upper`. In `root/`.
+    Root,
+}
+
+/// The directory of a template's save of `stage` (its `ram` and `state`).
+pub fn stage_dir(template: &Path, stage: Stage) -> PathBuf {
+    match stage {
+        Stage::Image => template.to_path_buf(),
+        Stage::Root => template.join("root"),
+    }
 }
 
 // 3: templated layouts' NIC is a frame stream (their restores map memory private).
 // 4: a template per image: its disk is mounted in it.
-const META_FORMAT: u32 = 4;
+// 5: a second save with the writable disk and the root mounted (`root/`).
+const META_FORMAT: u32 = 5;
 /// Largest meta.json read back.
 const MAX_META_BYTES: u64 = 64 * 1024;
 /// Longest a save or a load may take.
@@ -121,9 +159,11 @@ pub fn dir(home: &Path, shape: &Shape) -> PathBuf {
     home.join("templates").join(shape.key())
 }
 
-/// A usable template for `shape`: its directory, or why there is none. A damaged one
-/// (meta unreadable or of another shape, state missing or of another size) is removed.
-pub fn find(home: &Path, shape: &Shape) -> Result<PathBuf, String> {
+/// A usable template for `shape` with a save of `stage`: its directory, or why there is
+/// none. A damaged one (meta unreadable or of another shape, a file missing or of another
+/// size than recorded) is removed, and so is one without the stage (made by a start of a
+/// stopped sandbox, which saves no root): the next new sandbox makes it again, whole.
+pub fn find(home: &Path, shape: &Shape, stage: Stage) -> Result<PathBuf, String> {
     let d = dir(home, shape);
     let meta_path = d.join("meta.json");
     let meta = match fs::symlink_metadata(&meta_path) {
@@ -139,25 +179,23 @@ pub fn find(home: &Path, shape: &Shape) -> Result<PathBuf, String> {
             "it was made for another shape".to_string()
         }
         Some(m) => {
-            let state = d.join("state");
-            let ram = fs::symlink_metadata(d.join("ram"));
-            match (fs::symlink_metadata(&state), ram) {
-                (Ok(s), Ok(r))
-                    if s.is_file()
-                        && s.len() == m.state_bytes
-                        && r.is_file()
-                        && r.len() == m.ram_bytes =>
-                {
-                    return Ok(d)
+            let mut files = vec![
+                (d.join("state"), m.state_bytes),
+                (d.join("ram"), m.ram_bytes),
+            ];
+            if let Some(r) = &m.root {
+                let root = stage_dir(&d, Stage::Root);
+                files.push((root.join("state"), r.state_bytes));
+                files.push((root.join("ram"), r.ram_bytes));
+                files.push((root.join("upper"), r.upper_bytes));
+            }
+            match check_files(&files) {
+                Err(why) => why,
+                Ok(()) if stage == Stage::Root && m.root.is_none() => {
+                    "it has no save with the root mounted (made by a start of a stopped sandbox)"
+                        .to_string()
                 }
-                (Ok(s), Ok(r)) => format!(
-                    "its state is {} bytes and its ram {} bytes, {} and {} recorded (truncated or replaced)",
-                    s.len(),
-                    r.len(),
-                    m.state_bytes,
-                    m.ram_bytes
-                ),
-                (Err(e), _) | (_, Err(e)) => format!("a file of it is missing ({e})"),
+                Ok(()) => return Ok(d),
             }
         }
     };
@@ -166,6 +204,41 @@ pub fn find(home: &Path, shape: &Shape) -> Result<PathBuf, String> {
         "the template {} was damaged: {why}; removed",
         d.display()
     ))
+}
+
+/// Each file a regular file (not a link) of its recorded size.
+fn check_files(files: &[(PathBuf, u64)]) -> Result<(), String> {
+    for (path, recorded) in files {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        match fs::symlink_metadata(path) {
+            Err(e) => return Err(format!("a file of it is missing ({name}: {e})")),
+            Ok(m) if !m.is_file() => return Err(format!("its {name} is not a regular file")),
+            Ok(m) if m.len() != *recorded => {
+                return Err(format!(
+                    "its {name} is {} bytes, {recorded} recorded (truncated or replaced)",
+                    m.len()
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A new sandbox's writable disk restored with `Stage::Root`: a copy (reflinked where the
+/// filesystem can, holes kept) of the disk saved with it, in place of `dst`. Returns the
+/// bytes the copy has (apparent size), checked against the template's disk size.
+pub fn copy_upper(template: &Path, shape: &Shape, dst: &Path) -> Result<u64, String> {
+    let src = stage_dir(template, Stage::Root).join("upper");
+    let n = msb_store::sparse::copy_sparse(&src, dst)
+        .map_err(|e| format!("copying its writable disk: {e}"))?;
+    if n != shape.upper_bytes {
+        return Err(format!(
+            "its writable disk is {n} bytes, {} expected",
+            shape.upper_bytes
+        ));
+    }
+    Ok(n)
 }
 
 /// Moves a template aside, then deletes it (sandboxes restored from it keep their mapping
@@ -297,49 +370,112 @@ fn copy_extents(src: &fs::File, size: u64, dst: &fs::File) -> Result<u64, String
     Ok(written)
 }
 
-/// Saves the running guest (stopped for the save, running again after) as the template of
-/// `shape`. Returns the bytes of memory saved. Another process saving the same template at
-/// the same time is fine: the first rename wins, the other copy is dropped.
-pub async fn save(qmp: &mut Qmp, qemu_pid: u32, home: &Path, shape: &Shape) -> Result<u64, String> {
-    let final_dir = dir(home, shape);
-    let parent = final_dir.parent().expect("templates/<key>");
-    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", shape.key(), std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let state = tmp.join("state");
-    let ram_bytes = shape.memory_mib as u64 * 1024 * 1024;
-    let result = async {
+/// A template being made: its saves go to a temporary directory, renamed into place by
+/// [`Draft::commit`] (so a half-made template never exists under its key); dropped
+/// uncommitted, the directory goes. Another process making the same template at the same
+/// time is fine: the first rename wins, the other copy is dropped.
+pub struct Draft {
+    shape: Shape,
+    final_dir: PathBuf,
+    tmp: PathBuf,
+    image: Option<(u64, u64)>,
+    root: Option<RootMeta>,
+}
+
+impl Draft {
+    pub fn new(home: &Path, shape: &Shape) -> Result<Draft, String> {
+        let final_dir = dir(home, shape);
+        let parent = final_dir.parent().expect("templates/<key>");
+        fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let tmp = parent.join(format!(".{}.tmp-{}", shape.key(), std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        Ok(Draft {
+            shape: shape.clone(),
+            final_dir,
+            tmp,
+            image: None,
+            root: None,
+        })
+    }
+
+    /// Saves the running guest (stopped for the save, running again after) as `stage`;
+    /// `Stage::Root` with a copy of the writable disk `upper`, made while the guest is
+    /// stopped (the disk and the memory saved are of one instant). Returns the bytes of
+    /// memory saved.
+    pub async fn save(
+        &mut self,
+        qmp: &mut Qmp,
+        qemu_pid: u32,
+        stage: Stage,
+        upper: Option<&Path>,
+    ) -> Result<u64, String> {
+        let into = stage_dir(&self.tmp, stage);
+        fs::create_dir_all(&into).map_err(|e| format!("{}: {e}", into.display()))?;
+        let ram_bytes = self.shape.memory_mib as u64 * 1024 * 1024;
         qmp.execute("stop", None).await?;
-        let saved = save_stopped(qmp, qemu_pid, ram_bytes, &tmp).await;
+        let saved = async {
+            let used = save_stopped(qmp, qemu_pid, ram_bytes, &into).await?;
+            let upper_bytes = match (stage, upper) {
+                (Stage::Root, Some(u)) => Some(
+                    msb_store::sparse::copy_sparse(u, &into.join("upper"))
+                        .map_err(|e| format!("copying the writable disk: {e}"))?,
+                ),
+                (Stage::Root, None) => return Err("a root save needs its writable disk".into()),
+                (Stage::Image, _) => None,
+            };
+            Ok::<_, String>((used, upper_bytes))
+        }
+        .await;
         // The guest goes on booting this sandbox whatever happened to the save.
         qmp.execute("cont", None).await?;
-        let used = saved?;
-        let state_bytes = fs::metadata(&state)
-            .map_err(|e| format!("{}: {e}", state.display()))?
+        let (used, upper_bytes) = saved?;
+        let state_bytes = fs::metadata(into.join("state"))
+            .map_err(|e| format!("state: {e}"))?
             .len();
+        match upper_bytes {
+            Some(upper_bytes) => {
+                self.root = Some(RootMeta {
+                    state_bytes,
+                    ram_bytes,
+                    upper_bytes,
+                })
+            }
+            None => self.image = Some((state_bytes, ram_bytes)),
+        }
+        Ok(used)
+    }
+
+    /// Writes meta.json and puts the template in place (a `Stage::Image` save is needed).
+    pub fn commit(self) -> Result<(), String> {
+        let (state_bytes, ram_bytes) = self.image.ok_or("no save of the image stage")?;
         let meta = Meta {
             format: META_FORMAT,
-            shape: shape.clone(),
+            shape: self.shape.clone(),
             state_bytes,
             ram_bytes,
+            root: self.root,
             created_unix_ms: crate::unix_ms_now(),
         };
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
-        fs::write(tmp.join("meta.json"), text).map_err(|e| format!("meta.json: {e}"))?;
-        match fs::rename(&tmp, &final_dir) {
+        fs::write(self.tmp.join("meta.json"), text).map_err(|e| format!("meta.json: {e}"))?;
+        let parent = self.final_dir.parent().expect("templates/<key>");
+        match fs::rename(&self.tmp, &self.final_dir) {
             Ok(()) => {
                 prune(parent, MAX_TEMPLATES);
-                Ok(used)
+                Ok(())
             }
             // Made meanwhile by another sandbox of the same shape.
-            Err(_) if final_dir.exists() => Ok(used),
-            Err(e) => Err(format!("{}: {e}", final_dir.display())),
+            Err(_) if self.final_dir.exists() => Ok(()),
+            Err(e) => Err(format!("{}: {e}", self.final_dir.display())),
         }
     }
-    .await;
-    let _ = fs::remove_dir_all(&tmp);
-    result
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
 }
 
 /// Saves a stopped VM into `into`. With its memory a shared memfd: the memory as the
@@ -503,36 +639,93 @@ mod tests {
         let home = std::env::temp_dir().join(format!("msb-tpl-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&home);
         let s = shape(512);
-        assert_eq!(find(&home, &s).unwrap_err(), "none made yet");
+        assert_eq!(find(&home, &s, Stage::Image).unwrap_err(), "none made yet");
         let d = dir(&home, &s);
-        let write = |state: &[u8], recorded: u64, sh: &Shape| {
-            fs::create_dir_all(&d).unwrap();
+        let write = |state: &[u8], recorded: u64, sh: &Shape, root: bool| {
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(d.join("root")).unwrap();
             fs::write(d.join("state"), state).unwrap();
             fs::write(d.join("ram"), b"ram").unwrap();
+            for f in ["state", "ram", "upper"] {
+                fs::write(d.join("root").join(f), f).unwrap();
+            }
             let m = Meta {
                 format: META_FORMAT,
                 shape: sh.clone(),
                 state_bytes: recorded,
                 ram_bytes: 3,
+                root: root.then_some(RootMeta {
+                    state_bytes: 5,
+                    ram_bytes: 3,
+                    upper_bytes: 5,
+                }),
                 created_unix_ms: 0,
             };
             fs::write(d.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
         };
-        write(b"0123456789", 10, &s);
-        assert_eq!(find(&home, &s).unwrap(), d);
+        write(b"0123456789", 10, &s, true);
+        assert_eq!(find(&home, &s, Stage::Image).unwrap(), d);
+        assert_eq!(find(&home, &s, Stage::Root).unwrap(), d);
+        assert_eq!(stage_dir(&d, Stage::Root), d.join("root"));
         // Truncated: removed, cold boot.
-        write(b"01234", 10, &s);
-        let e = find(&home, &s).unwrap_err();
-        assert!(e.contains("state is 5 bytes"), "{e}");
+        write(b"01234", 10, &s, true);
+        let e = find(&home, &s, Stage::Image).unwrap_err();
+        assert!(e.contains("state is 5 bytes, 10 recorded"), "{e}");
+        assert!(!d.exists());
+        // The root save's disk truncated: the same.
+        write(b"0123456789", 10, &s, true);
+        fs::write(d.join("root").join("upper"), b"up").unwrap();
+        let e = find(&home, &s, Stage::Root).unwrap_err();
+        assert!(e.contains("upper is 2 bytes, 5 recorded"), "{e}");
+        assert!(!d.exists());
+        // A link in place of a file: not followed, not used.
+        write(b"0123456789", 10, &s, true);
+        fs::remove_file(d.join("ram")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", d.join("ram")).unwrap();
+        assert!(find(&home, &s, Stage::Image)
+            .unwrap_err()
+            .contains("not a regular file"));
+        // Without a root save: fine for a restart, removed when a new sandbox needs it.
+        write(b"0123456789", 10, &s, false);
+        assert_eq!(find(&home, &s, Stage::Image).unwrap(), d);
+        let e = find(&home, &s, Stage::Root).unwrap_err();
+        assert!(e.contains("no save with the root mounted"), "{e}");
         assert!(!d.exists());
         // Another shape under this key (a meta edited, a hash collision): not used.
-        write(b"0123456789", 10, &shape(1024));
-        assert!(find(&home, &s).unwrap_err().contains("another shape"));
+        write(b"0123456789", 10, &shape(1024), true);
+        assert!(find(&home, &s, Stage::Image)
+            .unwrap_err()
+            .contains("another shape"));
         // Garbage meta.
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("meta.json"), b"{").unwrap();
-        assert!(find(&home, &s).unwrap_err().contains("unreadable"));
+        assert!(find(&home, &s, Stage::Image)
+            .unwrap_err()
+            .contains("unreadable"));
         assert!(!d.exists());
+        let _ = fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn a_restore_copies_the_disk_of_the_root_save() {
+        let home = std::env::temp_dir().join(format!("msb-tpl-copy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&home);
+        let mut s = shape(512);
+        s.upper_bytes = 1 << 20;
+        let d = dir(&home, &s);
+        fs::create_dir_all(d.join("root")).unwrap();
+        let f = fs::File::create(d.join("root").join("upper")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"superblock", 1024).unwrap();
+        let dst = home.join("upper.ext4");
+        fs::write(&dst, b"an empty disk").unwrap();
+        assert_eq!(copy_upper(&d, &s, &dst).unwrap(), 1 << 20);
+        let got = fs::read(&dst).unwrap();
+        assert_eq!(&got[1024..1034], b"superblock");
+        assert_eq!(got.len(), 1 << 20);
+        // A disk of another size than the template's is refused.
+        s.upper_bytes = 2 << 20;
+        assert!(copy_upper(&d, &s, &dst).unwrap_err().contains("expected"));
         let _ = fs::remove_dir_all(&home);
     }
 

@@ -374,4 +374,4 @@ export const DEFAULT_BOOT_TIMEOUT_MS = 60000;
 /** Smallest guest memory msb-runtime accepts, in MiB. */
 export const MIN_MEMORY_MIB = 128;
 /** Version of the host <-> guest protocol of this build. */
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;

@@ -54,25 +54,39 @@ describe("memory templates", () => {
     const first = await make("tpl-first");
     expect(templateLines("tpl-first")).toEqual([
       expect.stringMatching(/memory template [0-9a-f]{16}: none made yet: cold boot, making it meanwhile$/),
-      expect.stringMatching(/memory template [0-9a-f]{16}: made \(\d+ bytes of memory\) in \d+ ms$/),
+      expect.stringMatching(/memory template [0-9a-f]{16}: made \(\d+ bytes of memory, \d+ with the root mounted\) in \d+ ms$/),
     ]);
     const [key] = templates();
     expect(templates()).toEqual([key]);
     const dir = join(home(), "templates", key!);
-    expect(readdirSync(dir).sort()).toEqual(["meta.json", "ram", "state"]);
-    // `ram` is sparse: the guest's used memory, not its 512 MiB.
-    expect(statSync(join(dir, "ram")).size).toBe(512 * 1024 * 1024);
-    expect(statSync(join(dir, "ram")).blocks * 512).toBeLessThan(200 * 1024 * 1024);
+    // Two saves: the image disk mounted (for restarts), and the root mounted too (for new
+    // sandboxes, each on a copy of `root/upper`).
+    expect(readdirSync(dir).sort()).toEqual(["meta.json", "ram", "root", "state"]);
+    expect(readdirSync(join(dir, "root")).sort()).toEqual(["ram", "state", "upper"]);
+    // `ram` is sparse: the guest's used memory, not its 512 MiB; `upper` a formatted 4 GiB disk of a few MB.
+    for (const ram of [join(dir, "ram"), join(dir, "root", "ram")]) {
+      expect(statSync(ram).size).toBe(512 * 1024 * 1024);
+      expect(statSync(ram).blocks * 512).toBeLessThan(200 * 1024 * 1024);
+    }
+    expect(statSync(join(dir, "root", "upper")).size).toBe(4 * 1024 ** 3);
+    expect(statSync(join(dir, "root", "upper")).blocks * 512).toBeLessThan(32 * 1024 * 1024);
+    const upperStat = (): [number, number] => {
+      const st = statSync(join(dir, "root", "upper"));
+      return [st.mtimeMs, st.blocks];
+    };
+    const upperBefore = upperStat();
     await first.stop();
 
     // Two restores at once (two msb-runtime processes reading one template).
     const [a, b] = await Promise.all([make("tpl-a"), make("tpl-b")]);
     for (const n of ["tpl-a", "tpl-b"]) {
-      expect(templateLines(n)).toEqual([expect.stringMatching(new RegExp(`memory template ${key}: restored \\(memory mapped copy-on-write from .*/ram\\) in \\d+ ms \\(devices \\d+ ms\\)$`))]);
+      expect(templateLines(n)).toEqual([expect.stringMatching(new RegExp(`memory template ${key}: restored \\(memory mapped copy-on-write from .*/${key}/root/ram\\) in \\d+ ms \\(devices \\d+ ms\\)$`))]);
+      // Its root was assembled and its NIC configured in the template: the bootstrap did neither.
+      expect(readFileSync(join(home(), "sandboxes", n, "console.log"), "utf8")).toMatch(/bootstrap in \d+ ms: .*network \(prepared\) \d+, disks \(prepared\) \d+/);
     }
     // Their memory is the template's `ram` mapped private: the pages neither wrote are
     // the same page-cache pages in both (shared), the written ones each its own.
-    const ram = join(dir, "ram");
+    const ram = join(dir, "root", "ram");
     const maps = ["tpl-a", "tpl-b"].map((n) => {
       const [q] = qemuProcessesMentioning(`sandboxes/${n}/`);
       expect(q, n).toBeDefined();
@@ -85,6 +99,12 @@ describe("memory templates", () => {
     }
     await a.fs().write("/root/mine.txt", "a\n");
     expect(await out(b, "cat /root/mine.txt 2>/dev/null || echo none")).toBe("none\n");
+    await b.fs().write("/root/theirs.txt", "b\n");
+    expect(await out(a, "cat /root/theirs.txt 2>/dev/null || echo none")).toBe("none\n");
+    // Each wrote its own copy of the disk: the template's is as it was saved.
+    await a.shell("sync");
+    await b.shell("sync");
+    expect(upperStat()).toEqual(upperBefore);
     expect(await out(a, "hostname")).toBe("tpl-a\n");
     expect(await out(b, "hostname")).toBe("tpl-b\n");
     // A templated layout's NIC is a frame stream (no vhost-user: the memory is private),
@@ -106,12 +126,15 @@ describe("memory templates", () => {
       const guest = Number((await out(sb, "date +%s")).trim());
       expect(Math.abs(guest - Date.now() / 1000)).toBeLessThan(2);
     }
-    // Stop and start a restored sandbox: its files are kept (the start restores too).
+    // Stop and start a restored sandbox: its files are kept (the start restores too, from
+    // the save with only the image mounted: its own disk is mounted at its bootstrap).
     await a.stop();
     const again = await Sandbox.start("tpl-a");
     live.push(again);
     expect(await out(again, "cat /root/mine.txt")).toBe("a\n");
-    expect(templateLines("tpl-a")).toEqual([expect.stringMatching(/: restored /)]);
+    expect(templateLines("tpl-a")).toEqual([expect.stringMatching(new RegExp(`: restored \\(memory mapped copy-on-write from .*/${key}/ram\\)`))]);
+    expect(readFileSync(join(home(), "sandboxes", "tpl-a", "console.log"), "utf8")).toMatch(/bootstrap in \d+ ms: .*disks \(image prepared\)/);
+    expect(await out(again, "echo more > /root/mine.txt && cat /root/mine.txt /root/theirs.txt 2>&1 | head -2")).toMatch(/^more\n.*No such file/);
     // The template deleted while restored sandboxes run: they do not use it any more.
     rmSync(join(home(), "templates"), { recursive: true });
     expect(await out(b, "echo still here")).toBe("still here\n");
@@ -167,8 +190,8 @@ describe("memory templates", () => {
       const i2 = await fromImage("tpl-img2");
       expect(templateLines("tpl-img2")).toEqual([expect.stringMatching(/: restored /)]);
       expect(await out(i2, "cat /marker; hostname")).toBe("one\ntpl-img2\n");
-      // The image disk was mounted (and its common files read) in the template.
-      expect(readFileSync(join(home(), "sandboxes", "tpl-img2", "console.log"), "utf8")).toMatch(/bootstrap in \d+ ms: .*disks \(image prepared\)/);
+      // The image disk (its common files read) and the root were mounted in the template.
+      expect(readFileSync(join(home(), "sandboxes", "tpl-img2", "console.log"), "utf8")).toMatch(/bootstrap in \d+ ms: .*disks \(prepared\)/);
       await i2.stop();
       mark("two\n");
       const i3 = await fromImage("tpl-img3");
@@ -183,14 +206,22 @@ describe("memory templates", () => {
     truncateSync(join(home(), "templates", key!, "state"), 100);
     const damaged = await make("tpl-damaged");
     const lines = templateLines("tpl-damaged");
-    expect(lines[0]).toMatch(/was damaged: its state is 100 bytes .*truncated or replaced\); removed: cold boot/);
+    expect(lines[0]).toMatch(/was damaged: its state is 100 bytes, \d+ recorded \(truncated or replaced\); removed: cold boot/);
     expect(lines[1]).toMatch(/: made /);
     expect(await out(damaged, "echo ok")).toBe("ok\n");
     await damaged.stop();
+    // The root save's disk truncated: the same.
+    truncateSync(join(home(), "templates", key!, "root", "upper"), 4096);
+    const noDisk = await make("tpl-no-disk");
+    const nl = templateLines("tpl-no-disk");
+    expect(nl[0]).toMatch(/was damaged: its upper is 4096 bytes, \d+ recorded \(truncated or replaced\); removed: cold boot/);
+    expect(nl[1]).toMatch(/: made /);
+    expect(await out(noDisk, "echo ok > /root/f && cat /root/f")).toBe("ok\n");
+    await noDisk.stop();
 
     // A state file of the right size whose content is garbage: QEMU cannot load it; the
     // template is removed and that create boots cold instead of failing.
-    const fd = openSync(join(home(), "templates", key!, "state"), "r+");
+    const fd = openSync(join(home(), "templates", key!, "root", "state"), "r+");
     try {
       writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 0);
     } finally {

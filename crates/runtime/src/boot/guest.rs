@@ -155,6 +155,26 @@ impl Sandbox {
         }
     }
 
+    /// `PrepareRoot` (a template's boot, after its first save): the guest mounts the
+    /// writable disk, nothing on it yet, and the overlay root, switches to it and
+    /// configures its NIC as this sandbox's.
+    pub(super) async fn prepare_root(
+        &mut self,
+        link: &mut GuestLink,
+        net: Option<&Network>,
+    ) -> Result<(), BootstrapError> {
+        let msg = Message::PrepareRoot {
+            upper: upper_spec(),
+            network: net.map(Network::guest),
+        };
+        send(link, &Frame::new(CHANNEL_ID, msg)).await?;
+        match self.next_guest_frame(link).await? {
+            Message::Prepared => Ok(()),
+            Message::Error { message, .. } => Err(BootstrapError::Guest(message)),
+            other => Err(BootstrapError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// The sandbox's environment plus, for each secret, its env var set to the
     /// placeholder (the guest never sees a value).
     fn guest_env(&self) -> Vec<(String, String)> {
@@ -189,10 +209,7 @@ impl Sandbox {
                         tag: ROOT_TAG.into(),
                     },
                 },
-                upper: DiskSpec {
-                    serial: "upper".into(),
-                    fstype: "ext4".into(),
-                },
+                upper: upper_spec(),
             },
             env: self.guest_env(),
             workdir: self.cfg.workdir.clone(),
@@ -320,4 +337,12 @@ async fn send(link: &mut GuestLink, frame: &Frame) -> Result<(), LinkError> {
             FrameError::Io(e) => LinkError::Write(e),
             e => LinkError::Encode(e),
         })
+}
+
+/// The writable disk as the guest knows it (the same in `PrepareRoot` and `Bootstrap`).
+fn upper_spec() -> DiskSpec {
+    DiskSpec {
+        serial: "upper".into(),
+        fstype: "ext4".into(),
+    }
 }
