@@ -356,7 +356,12 @@ impl Sandbox {
         disks: &Disks,
         net: Option<&Network>,
     ) -> TemplatePlan {
-        let Lower::Disk { path, format, .. } = &disks.lower else {
+        let Lower::Disk {
+            path,
+            format,
+            fstype,
+        } = &disks.lower
+        else {
             return TemplatePlan::None;
         };
         let ids = (
@@ -381,6 +386,7 @@ impl Sandbox {
             cmdline: vm::kernel_cmdline(accel),
             image,
             image_format: format.to_string(),
+            image_fstype: fstype.clone(),
             upper_bytes,
             nic_mtu: net.map(|n| n.nic(&self.net_sock).2),
         };

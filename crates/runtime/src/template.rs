@@ -62,6 +62,8 @@ pub struct Shape {
     /// and its format.
     pub image: FileId,
     pub image_format: String,
+    /// Its filesystem as the guest was told to mount it ("": found by the guest).
+    pub image_fstype: String,
     pub upper_bytes: u64,
     /// The NIC's MTU; None: no NIC.
     pub nic_mtu: Option<u16>,
@@ -132,7 +134,8 @@ pub fn stage_dir(template: &Path, stage: Stage) -> PathBuf {
 
 // 3: templated layouts' NIC is a frame stream (their restores map memory private).
 // 4: a template per image: its disk is mounted in it.
-// 5: a second save with the writable disk and the root mounted (`root/`).
+// 5: a second save with the writable disk and the root mounted (`root/`); the image's
+//    filesystem type in the shape.
 const META_FORMAT: u32 = 5;
 /// Largest meta.json read back.
 const MAX_META_BYTES: u64 = 64 * 1024;
@@ -615,6 +618,7 @@ mod tests {
                 ino: 3,
             },
             image_format: "raw".into(),
+            image_fstype: "ext4".into(),
             upper_bytes: 4 << 30,
             nic_mtu: Some(1500),
         }

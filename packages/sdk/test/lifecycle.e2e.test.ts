@@ -213,7 +213,7 @@ describe("drain", () => {
 describe("a booting sandbox", () => {
   it("is listed starting (not running) with its runtime's pid; stop() cancels the boot; remove then works", async () => {
     try {
-      const creating = Sandbox.builder("e2e-boot").createDetached();
+      const creating = Sandbox.builder("e2e-boot").memoryTemplate(false).createDetached(); // a cold boot: long enough to be seen starting
       const outcome = creating.then(
         () => "created",
         (e: unknown) => e,
