@@ -21,6 +21,7 @@ static PREPARED_ROOT: Mutex<PreparedRoot> = Mutex::new(PreparedRoot {
     upper: None,
     switched: false,
     network: None,
+    memcg: false,
 });
 
 struct PreparedRoot {
@@ -28,8 +29,11 @@ struct PreparedRoot {
     upper: Option<DiskSpec>,
     /// The overlay root made the root.
     switched: bool,
-    /// The NIC configured so.
+    /// The NIC configured so, and the name-service files written for it.
     network: Option<GuestNetwork>,
+    /// The commands' memory limit set (from the memory available then: a restore's is
+    /// the template's).
+    memcg: bool,
 }
 
 /// `Prepare`, in a boot that makes a memory template: mount the image disk read-only at
@@ -77,8 +81,11 @@ pub fn prepare_root(upper: &DiskSpec, network: Option<&GuestNetwork>) -> Result<
     prepared.switched = true;
     if let Some(n) = network {
         crate::net::configure(n)?;
+        crate::net::write_files(n);
         prepared.network = Some(n.clone());
     }
+    crate::memcg::setup();
+    prepared.memcg = true;
     crate::log(&format!("root prepared in {} ms", t0.elapsed().as_millis()));
     Ok(())
 }
@@ -169,6 +176,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
             upper: None,
             switched: false,
             network: None,
+            memcg: false,
         },
     );
     match (&b.network, &prepared_root.network) {
@@ -237,14 +245,18 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         switch_root()?;
     }
     mark("root switch");
-    crate::memcg::setup();
+    if !prepared_root.memcg {
+        crate::memcg::setup();
+    }
     mark("memory cgroup");
 
     for m in &b.mounts {
         mount_extra(m)?;
     }
     if let Some(n) = &b.network {
-        crate::net::write_files(n);
+        if prepared_root.network.as_ref() != Some(n) {
+            crate::net::write_files(n);
+        }
     }
 
     if let Some(w) = &b.workdir {

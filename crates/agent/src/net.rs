@@ -154,16 +154,28 @@ pub fn write_files(n: &GuestNetwork) {
     }
     let hosts =
         fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
-    let line = format!("{}\thost.microsandbox.internal", n.host_ip);
-    if !hosts.lines().any(|l| l.trim() == line) {
-        let mut out = hosts;
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        out.push_str(&line);
-        out.push('\n');
+    if let Some(out) = with_host_line(&hosts, n.host_ip) {
         let _ = fs::write("/etc/hosts", out);
     }
+}
+
+const HOST_NAME: &str = "host.microsandbox.internal";
+
+/// `hosts` with one `host.microsandbox.internal` line, naming `ip` (another one, written
+/// in a template for another address, goes); None when it has that line already.
+fn with_host_line(hosts: &str, ip: Ipv4Addr) -> Option<String> {
+    let line = format!("{ip}\t{HOST_NAME}");
+    if hosts.lines().any(|l| l.trim() == line) {
+        return None;
+    }
+    let mut out: String = hosts
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(&format!("\t{HOST_NAME}")))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(&line);
+    out.push('\n');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -206,5 +218,21 @@ mod tests {
         ] {
             assert!(!same_nic(&n, &other));
         }
+    }
+
+    #[test]
+    fn the_host_line_is_added_once_and_replaced_for_another_address() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let base = "127.0.0.1\tlocalhost";
+        let once = with_host_line(base, ip("10.0.2.2")).unwrap();
+        assert_eq!(
+            once,
+            "127.0.0.1\tlocalhost\n10.0.2.2\thost.microsandbox.internal\n"
+        );
+        assert_eq!(with_host_line(&once, ip("10.0.2.2")), None);
+        assert_eq!(
+            with_host_line(&once, ip("10.0.2.3")).unwrap(),
+            "127.0.0.1\tlocalhost\n10.0.2.3\thost.microsandbox.internal\n"
+        );
     }
 }
