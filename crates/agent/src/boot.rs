@@ -17,12 +17,7 @@ static PREPARED_LOWER: Mutex<Option<DiskSpec>> = Mutex::new(None);
 /// What `PrepareRoot` did, in a boot that makes a memory template for new sandboxes (and
 /// so in their restores: each one's disk is a copy of this one as it was when the
 /// template was saved, the host's guarantee, see msb-runtime's template.rs).
-static PREPARED_ROOT: Mutex<PreparedRoot> = Mutex::new(PreparedRoot {
-    upper: None,
-    switched: false,
-    network: None,
-    memcg: false,
-});
+static PREPARED_ROOT: Mutex<PreparedRoot> = Mutex::new(PreparedRoot::NONE);
 
 struct PreparedRoot {
     /// The writable disk mounted at /mnt/upper, the overlay root at /newroot.
@@ -34,6 +29,15 @@ struct PreparedRoot {
     /// The commands' memory limit set (from the memory available then: a restore's is
     /// the template's).
     memcg: bool,
+}
+
+impl PreparedRoot {
+    const NONE: PreparedRoot = PreparedRoot {
+        upper: None,
+        switched: false,
+        network: None,
+        memcg: false,
+    };
 }
 
 /// `Prepare`, in a boot that makes a memory template: mount the image disk read-only at
@@ -172,12 +176,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     mark("clock, entropy, hostname");
     let prepared_root = std::mem::replace(
         &mut *PREPARED_ROOT.lock().unwrap_or_else(|e| e.into_inner()),
-        PreparedRoot {
-            upper: None,
-            switched: false,
-            network: None,
-            memcg: false,
-        },
+        PreparedRoot::NONE,
     );
     match (&b.network, &prepared_root.network) {
         // Only the NIC's settings count: the host's address and DNS go into files below.

@@ -35,6 +35,20 @@ fn main() {
     sys::power_off();
 }
 
+/// The answer to `Prepare` / `PrepareRoot`.
+fn prepared(what: &str, r: Result<(), String>) -> Message {
+    match r {
+        Ok(()) => Message::Prepared,
+        Err(e) => {
+            log(&format!("prepare ({what}) failed: {e}"));
+            Message::Error {
+                code: "prepare".into(),
+                message: e,
+            }
+        }
+    }
+}
+
 pub fn log(msg: &str) {
     eprintln!("msb-agent: {msg}");
 }
@@ -100,30 +114,16 @@ fn run() -> Result<(), String> {
                 ))?;
             }
             Message::Prepare { lower } if sessions.is_none() => {
-                let reply = match boot::prepare(&lower) {
-                    Ok(()) => Message::Prepared,
-                    Err(e) => {
-                        log(&format!("prepare failed: {e}"));
-                        Message::Error {
-                            code: "prepare".into(),
-                            message: e,
-                        }
-                    }
-                };
-                port.send(&Frame::new(CHANNEL_ID, reply))?;
+                port.send(&Frame::new(
+                    CHANNEL_ID,
+                    prepared("image", boot::prepare(&lower)),
+                ))?;
             }
             Message::PrepareRoot { upper, network } if sessions.is_none() => {
-                let reply = match boot::prepare_root(&upper, network.as_ref()) {
-                    Ok(()) => Message::Prepared,
-                    Err(e) => {
-                        log(&format!("prepare (root) failed: {e}"));
-                        Message::Error {
-                            code: "prepare".into(),
-                            message: e,
-                        }
-                    }
-                };
-                port.send(&Frame::new(CHANNEL_ID, reply))?;
+                port.send(&Frame::new(
+                    CHANNEL_ID,
+                    prepared("root", boot::prepare_root(&upper, network.as_ref())),
+                ))?;
             }
             Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
                 Ok(env) => {

@@ -193,8 +193,9 @@ impl Sandbox {
         }
         let mut restored = None;
         if let TemplatePlan::Restore(shape, dir, stage) = &plan {
-            // The new upper disk is formatted while the state loads; both are done before
-            // the hello (mkfs must not outlive a QEMU that goes: a cold start may follow).
+            // Nothing is formatted for a restore (a new sandbox's disk is the template's
+            // copy, any other has its data); the task is awaited all the same, before the
+            // hello (it must not outlive a QEMU that goes: a cold start may follow).
             let loaded = self.restore_template(shape, dir, *stage).await;
             formatting
                 .await
@@ -487,8 +488,8 @@ impl Sandbox {
     /// After a cold boot's handshake and `Prepare`, before anything sandbox-specific
     /// reaches the guest: save it as the template of its shape (template::Stage::Image),
     /// then, for a new sandbox (its writable disk just formatted), have the guest mount
-    /// that disk and the root, switch to it, configure its NIC (`PrepareRoot`) and save again (Stage::Root, with a copy of
-    /// the disk). A failure is logged, never fatal: without the second save the template
+    /// that disk and the root, switch to it, configure its NIC (`PrepareRoot`) and save
+    /// again (Stage::Root, with a copy of the disk). A failure is logged, never fatal: without the second save the template
     /// is still made (restarts use it; the next new sandbox makes it again, whole).
     async fn make_template(
         &mut self,

@@ -145,6 +145,11 @@ impl Sandbox {
             fstype: fstype.clone(),
         };
         send(link, &Frame::new(CHANNEL_ID, Message::Prepare { lower })).await?;
+        self.await_prepared(link).await
+    }
+
+    /// The guest's `Prepared` (an earlier hello skipped), or its error.
+    async fn await_prepared(&mut self, link: &mut GuestLink) -> Result<(), BootstrapError> {
         loop {
             match self.next_guest_frame(link).await? {
                 Message::Prepared => return Ok(()),
@@ -168,11 +173,7 @@ impl Sandbox {
             network: net.map(Network::guest),
         };
         send(link, &Frame::new(CHANNEL_ID, msg)).await?;
-        match self.next_guest_frame(link).await? {
-            Message::Prepared => Ok(()),
-            Message::Error { message, .. } => Err(BootstrapError::Guest(message)),
-            other => Err(BootstrapError::Unexpected(Box::new(other))),
-        }
+        self.await_prepared(link).await
     }
 
     /// The sandbox's environment plus, for each secret, its env var set to the
