@@ -32,7 +32,11 @@ fi
 
 # --- Rust: guest agent (static), runtime, addon ---------------------------------------
 say "building msb-agent (static)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p msb-agent --target x86_64-unknown-linux-gnu
+# Static and not position-independent (no self-relocation at start), optimised for size
+# (profile "agent"): under emulation every instruction the guest runs first costs a
+# translation, so less code and fewer pages touched at boot is a faster cold start.
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+  cargo build --quiet --profile agent -p msb-agent --target x86_64-unknown-linux-gnu
 say "building msb-runtime"
 cargo build --quiet --release -p msb-runtime
 # The platform package (@microsandbox/core-native-linux-x64-gnu) holds the addon and a
@@ -49,7 +53,7 @@ strip --strip-unneeded "$NATIVE_PKG/core-native.linux-x64-gnu.node"
 
 # --- guest kernel, initramfs, default image ---------------------------------------------
 say "guest assets (test-vms/build.sh: own kernel, initramfs, default image)"
-MSB_AGENT_BIN="$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent" bash test-vms/build.sh
+MSB_AGENT_BIN="$ROOT/target/x86_64-unknown-linux-gnu/agent/msb-agent" bash test-vms/build.sh
 # Every published package carries the license (the guest package its own, see its LICENSE).
 for d in packages/*/; do
   [[ $d == packages/guest-* ]] || cp -p LICENSE "$d/LICENSE"

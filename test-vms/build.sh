@@ -13,7 +13,7 @@
 #   NOTICE, licenses/        the exact source packages and their license texts
 #
 # Usage: test-vms/build.sh [OUT_DIR]   (default: packages/guest-linux-x64)
-# Env:   MSB_AGENT_BIN    agent binary (default: target/x86_64-unknown-linux-gnu/release/msb-agent)
+# Env:   MSB_AGENT_BIN    agent binary (default: target/x86_64-unknown-linux-gnu/agent/msb-agent)
 #        MSB_GUEST_KERNEL own (default: test-vms/kernel) | debian (Debian's cloud kernel, the earlier guest)
 #        MSB_KERNEL_PKG   with debian: pin a versioned kernel package (default: what linux-image-cloud-amd64 depends on)
 #        SOURCE_DATE_EPOCH  timestamp for every file in the outputs
@@ -28,7 +28,7 @@ OUT=${1:-$ROOT/packages/guest-linux-x64}
 KERNEL_KIND=${MSB_GUEST_KERNEL:-own}
 [[ $KERNEL_KIND == own || $KERNEL_KIND == debian ]] || { echo "build.sh: MSB_GUEST_KERNEL must be own or debian" >&2; exit 1; }
 WORK=$HERE/build
-AGENT=${MSB_AGENT_BIN:-$ROOT/target/x86_64-unknown-linux-gnu/release/msb-agent}
+AGENT=${MSB_AGENT_BIN:-$ROOT/target/x86_64-unknown-linux-gnu/agent/msb-agent}
 EPOCH=${SOURCE_DATE_EPOCH:-1704067200} # 2024-01-01, fixed for reproducible outputs
 export LC_ALL=C TZ=UTC
 PATH=$PATH:/usr/sbin:/sbin # depmod, modprobe, mke2fs, debugfs for non-root users

@@ -32,10 +32,17 @@ function installError(code, text) {
   return e;
 }
 
+// Once per process: a diagnostic report (the only portable way to ask for glibc) takes
+// milliseconds, and every create asks for the asset paths.
+let libcOfProcess;
 function libc() {
-  if (process.platform !== "linux") return "";
-  const header = process.report && process.report.getReport().header;
-  return header && header.glibcVersionRuntime ? "gnu" : "musl";
+  if (libcOfProcess !== undefined) return libcOfProcess;
+  if (process.platform !== "linux") libcOfProcess = "";
+  else {
+    const header = process.report && process.report.getReport().header;
+    libcOfProcess = header && header.glibcVersionRuntime ? "gnu" : "musl";
+  }
+  return libcOfProcess;
 }
 
 function platformKey() {

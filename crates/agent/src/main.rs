@@ -56,9 +56,6 @@ pub fn log(msg: &str) {
 fn run() -> Result<(), String> {
     sys::mount_early()?;
     sys::load_modules("/etc/msb/modules");
-    // Sandbox-agnostic work done before the hello is in a memory template already.
-    memcg::prepare();
-    boot::index_disks();
     let port = Arc::new(Port::open_named("agent")?);
     port.send(&Frame::new(
         CHANNEL_ID,
@@ -66,6 +63,10 @@ fn run() -> Result<(), String> {
             version: PROTOCOL_VERSION,
         },
     ))?;
+    // Sandbox-agnostic work, done while the host answers the hello (its next message is
+    // read after this, so a memory template has it too).
+    memcg::prepare();
+    boot::index_disks();
 
     let mut sessions: Option<Arc<Sessions>> = None;
     let mut io_errors: u32 = 0;

@@ -89,6 +89,11 @@ pub fn configure(n: &GuestNetwork) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    // The host's network stack carries IPv4 only (it drops IPv6 frames): without this,
+    // bringing eth0 up starts IPv6 autoconfiguration (link-local address, duplicate
+    // address detection, router solicitations), work and frames for nothing. Loopback
+    // keeps ::1. A kernel without IPv6 has no such file.
+    let _ = fs::write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1");
     with_socket(|fd| {
         set_up(fd, "lo")?;
         let mut r = ifreq("eth0");

@@ -136,7 +136,8 @@ pub fn stage_dir(template: &Path, stage: Stage) -> PathBuf {
 // 4: a template per image: its disk is mounted in it.
 // 5: a second save with the writable disk and the root mounted (`root/`); the image's
 //    filesystem type in the shape.
-const META_FORMAT: u32 = 5;
+// 6: the agent's virtio-serial device has 2 ports (a template's device state names them).
+const META_FORMAT: u32 = 6;
 /// Largest meta.json read back.
 const MAX_META_BYTES: u64 = 64 * 1024;
 /// Longest a save or a load may take.

@@ -139,6 +139,12 @@ describe("network", () => {
       expect(bits[15]).toBe("1"); // MRG_RXBUF
       expect(bits[32]).toBe("1"); // VERSION_1
       expect(bits[11]).toBe("0"); // no TSO
+      // The network is IPv4-only: eth0 gets no IPv6 (no autoconfiguration work or
+      // frames at boot); loopback keeps ::1.
+      expect((await sb.exec("cat", ["/proc/sys/net/ipv6/conf/eth0/disable_ipv6"])).stdout()).toBe("1\n");
+      const inet6 = (await sb.exec("cat", ["/proc/net/if_inet6"])).stdout();
+      expect(inet6).toMatch(/^0{31}1 .* lo$/m);
+      expect(inet6).not.toContain("eth0");
       const get = () => sb.exec("wget", ["-q", "-O", "-", `http://host.microsandbox.internal:${serverPort}/`]);
       expect((await get()).stdout()).toBe(BODY);
 
