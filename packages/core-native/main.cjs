@@ -114,6 +114,42 @@ function assetPaths() {
 const verified = new Map();
 const identity = (st) => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
+// Across processes: the identities whose sha256 was checked, in `<cacheDir>/guest-verified.json`
+// (hashing the three files takes ~60 ms, paid by every CLI run's first create). Any write to
+// a file changes its ctime, so a changed file is hashed again. A cache that cannot be read
+// or written only costs the hashing.
+const CACHE_FILE = "guest-verified.json";
+const MAX_CACHE_BYTES = 64 * 1024;
+
+function readVerifiedCache(cacheDir) {
+  if (!cacheDir) return {};
+  try {
+    const file = path.join(cacheDir, CACHE_FILE);
+    if (fs.statSync(file).size > MAX_CACHE_BYTES) return {};
+    const parsed = JSON.parse(fs.readFileSync(file, "utf8"));
+    return parsed && typeof parsed === "object" && !Array.isArray(parsed) ? parsed : {};
+  } catch {
+    return {};
+  }
+}
+
+function writeVerifiedCache(cacheDir, entries) {
+  if (!cacheDir) return;
+  const file = path.join(cacheDir, CACHE_FILE);
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    fs.mkdirSync(cacheDir, { recursive: true });
+    fs.writeFileSync(tmp, JSON.stringify(entries), { mode: 0o644 });
+    fs.renameSync(tmp, file);
+  } catch {
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // nothing to clean
+    }
+  }
+}
+
 function sha256File(file) {
   const h = crypto.createHash("sha256");
   const fd = fs.openSync(file, "r");
@@ -132,8 +168,10 @@ function sha256File(file) {
  * (size, then sha256): a truncated or altered kernel fails here with the file and the fix,
  * never as a boot that hangs. Files given through MSB_KERNEL/MSB_INITRAMFS/
  * MSB_DEFAULT_IMAGE are not checked; a MSB_GUEST_DIR without a manifest.json neither.
+ * With `cacheDir` (the SDK passes `$MSB_HOME/cache`), a file whose identity and manifest
+ * sha256 were checked by an earlier process is not hashed again.
  */
-function verifyGuestAssets() {
+function verifyGuestAssets(cacheDir) {
   const dir = guestDir();
   const pkg = process.env.MSB_GUEST_DIR ? `the guest directory ${dir} (MSB_GUEST_DIR)` : platform().guest;
   const fix = process.env.MSB_GUEST_DIR
@@ -148,6 +186,8 @@ function verifyGuestAssets() {
     throw installError("kernelNotFound", `${pkg} has no readable manifest.json (${(e && e.code) || e}). Fix: ${fix}`);
   }
   const overridden = { vmlinux: "MSB_KERNEL", "initramfs.cpio": "MSB_INITRAMFS", "rootfs.ext4": "MSB_DEFAULT_IMAGE" };
+  let cache;
+  let hashed = false;
   for (const [name, want] of Object.entries(manifest.files || {})) {
     if (process.env[overridden[name]]) continue;
     const file = path.join(dir, name);
@@ -162,12 +202,19 @@ function verifyGuestAssets() {
     if (st.size !== want.size) {
       throw installError("kernelNotFound", `${pkg}: ${name} is ${st.size} bytes, its manifest says ${want.size} (truncated or replaced). Fix: ${fix}`);
     }
-    const got = sha256File(file);
-    if (got !== want.sha256) {
-      throw installError("kernelNotFound", `${pkg}: ${name} has sha256 ${got}, its manifest says ${want.sha256} (corrupt). Fix: ${fix}`);
+    cache = cache || readVerifiedCache(cacheDir);
+    const known = cache[file];
+    if (!(known && known.id === id && known.sha256 === want.sha256)) {
+      const got = sha256File(file);
+      if (got !== want.sha256) {
+        throw installError("kernelNotFound", `${pkg}: ${name} has sha256 ${got}, its manifest says ${want.sha256} (corrupt). Fix: ${fix}`);
+      }
+      cache[file] = { id, sha256: got };
+      hashed = true;
     }
     verified.set(file, id);
   }
+  if (hashed) writeVerifiedCache(cacheDir, cache);
 }
 
 // The addon's functions and classes, loaded on first use: requiring this package works on

@@ -22,9 +22,11 @@ export function assetPaths(): AssetPaths;
 /**
  * Check the guest files against the guest package's manifest.json (size and sha256, once
  * per process per file). Throws (`code: "ERR_MSB_INSTALL"`, message naming the file, the
- * package and the fix) on a missing, truncated or altered file.
+ * package and the fix) on a missing, truncated or altered file. With `cacheDir`, a file
+ * whose identity (device, inode, size, mtime, ctime) an earlier process checked against
+ * the same sha256 is not hashed again (`<cacheDir>/guest-verified.json`).
  */
-export function verifyGuestAssets(): void;
+export function verifyGuestAssets(cacheDir?: string): void;
 
 /** This host as `<platform>-<arch>-<libc>`, e.g. `linux-x64-gnu`. */
 export function platformKey(): string;

@@ -1,7 +1,7 @@
 // The loader (main.cjs) as an installed copy sees it: temp node_modules trees with the
 // platform and guest packages present, missing, of another version, or corrupt.
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -16,7 +16,7 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 interface Loader {
   assetPaths(): Record<string, string>;
-  verifyGuestAssets(): void;
+  verifyGuestAssets(cacheDir?: string): void;
   platformKey(): string;
   supportedPlatforms: readonly string[];
   startSandbox: unknown;
@@ -163,5 +163,63 @@ describe("verifyGuestAssets", () => {
     } finally {
       delete process.env.MSB_KERNEL;
     }
+  });
+
+  describe("with a cache directory (what an earlier process checked)", () => {
+    // Each call is a new Node process (the per-process memo would hide the cache); it
+    // prints how many files it hashed.
+    const hashes = (dir: string, cacheDir: string): number => {
+      const script = `const c = require("node:crypto"); let n = 0; const h = c.createHash;
+        c.createHash = (...a) => (n++, h(...a));
+        require("@microsandbox/core-native").verifyGuestAssets(${JSON.stringify(cacheDir)}); console.log(n);`;
+      return Number(execFileSync(process.execPath, ["-e", script], { cwd: dir, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim());
+    };
+    const setup = () => {
+      const p = project({ "core-native-linux-x64-gnu": { version: VERSION }, "guest-linux-x64": { version: VERSION, files: guestFiles() } });
+      return { dir: p.dir, guest: join(p.dir, "node_modules", "@microsandbox", "guest-linux-x64"), cache: join(p.dir, "home", "cache") };
+    };
+
+    it("hashes each file once, then not again in the next process", () => {
+      const { dir, guest, cache } = setup();
+      expect(hashes(dir, cache)).toBe(4);
+      const entries = JSON.parse(readFileSync(join(cache, "guest-verified.json"), "utf8")) as Record<string, { id: string; sha256: string }>;
+      const manifest = JSON.parse(readFileSync(join(guest, "manifest.json"), "utf8")) as { files: Record<string, { sha256: string }> };
+      expect(Object.keys(entries).sort()).toEqual(Object.keys(manifest.files).map((f) => join(guest, f)).sort());
+      for (const [f, want] of Object.entries(manifest.files)) expect(entries[join(guest, f)]?.sha256).toBe(want.sha256);
+      expect(hashes(dir, cache)).toBe(0);
+    });
+
+    it("a file written since (same size) is hashed again, and an altered one still fails", () => {
+      const { dir, guest, cache } = setup();
+      expect(hashes(dir, cache)).toBe(4);
+      writeFileSync(join(guest, "vmlinux"), "kernel bytes"); // same bytes: a new ctime
+      expect(hashes(dir, cache)).toBe(1);
+      expect(hashes(dir, cache)).toBe(0);
+      writeFileSync(join(guest, "initramfs.cpio"), "initramfs BYTES");
+      expect(() => hashes(dir, cache)).toThrow(/initramfs\.cpio has sha256 [0-9a-f]{64}, its manifest says [0-9a-f]{64} \(corrupt\)/);
+    });
+
+    it("an entry for another manifest sha256, or a damaged cache, means hashing again", () => {
+      const { dir, guest, cache } = setup();
+      expect(hashes(dir, cache)).toBe(4);
+      const file = join(cache, "guest-verified.json");
+      const entries = JSON.parse(readFileSync(file, "utf8")) as Record<string, { id: string; sha256: string }>;
+      entries[join(guest, "rootfs.ext4")]!.sha256 = "0".repeat(64);
+      writeFileSync(file, JSON.stringify(entries));
+      expect(hashes(dir, cache)).toBe(1);
+      writeFileSync(file, "{not json");
+      expect(hashes(dir, cache)).toBe(4);
+      writeFileSync(file, "[]");
+      expect(hashes(dir, cache)).toBe(4);
+      expect(hashes(dir, cache)).toBe(0);
+    });
+
+    it("a cache directory that cannot be made only costs the hashing", () => {
+      const { dir } = setup();
+      const blocker = join(dir, "a-file");
+      writeFileSync(blocker, "x");
+      expect(hashes(dir, join(blocker, "cache"))).toBe(4);
+      expect(hashes(dir, join(blocker, "cache"))).toBe(4);
+    });
   });
 });

@@ -86,8 +86,9 @@ export async function launch(given: SandboxConfig, o: LaunchOptions): Promise<Sa
   const home = msbHome();
   const binding = await callNative(() => native());
   const assets = await callNative(() => binding.assetPaths());
-  // A truncated or altered kernel would hang the boot: check the guest files first.
-  await callNative(() => binding.verifyGuestAssets());
+  // A truncated or altered kernel would hang the boot: check the guest files first (hashed
+  // once per file version: `$MSB_HOME/cache` remembers what an earlier process checked).
+  await callNative(() => binding.verifyGuestAssets(join(home, "cache")));
   const { rootfs, config } = await resolveRootfs(given, home, assets.defaultImage, o.mode, o.onPullProgress);
   // The image's environment is merged in now: the bootstrap must still fit its frame
   // (with the secrets' placeholders, which msb-runtime adds to it).
