@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use msb_protocol::{ExecRequest, Frame, Message, TtySize, INITIAL_WINDOW, MAX_CHUNK};
 
 use crate::port::Port;
+use crate::spawn::{self, Plan, Session};
 use crate::window::{send_windowed, Window};
 
 type Waiters = HashMap<i32, Sender<ExitStatus>>;
@@ -198,96 +199,91 @@ impl Sessions {
         let mut env = crate::env::merge(&base, &req.env);
         add_scripts_to_path(&mut env);
         let cwd = working_dir(req.cwd.as_deref(), self.workdir.as_deref())?;
-        // Resolving the program here (not in std) keeps std on its posix_spawn path, which
-        // it leaves for fork when PATH was changed and the program has no '/'.
         let program = resolve_program(&req.cmd, &env)?;
-        let mut cmd = Command::new(&program);
-        cmd.arg0(&req.cmd).args(&req.args).env_clear().envs(env);
+        let mut ids = None;
         if let Some(user) = req.user.as_ref().or(self.user.as_ref()) {
             let (uid, gid, home) = resolve_user(user)?;
-            cmd.uid(uid).gid(gid);
+            ids = Some((uid, gid));
             if let Some(h) = home_from_passwd(&req.env, home) {
-                cmd.env("HOME", h);
+                env = crate::env::merge(&env, &[("HOME".into(), h)]);
             }
         }
-        let rlimits = parse_rlimits(&req.rlimits)?;
+        let argv: Vec<&str> = std::iter::once(req.cmd.as_str())
+            .chain(req.args.iter().map(String::as_str))
+            .collect();
+        let mut plan = Plan::new(&program, &argv, &env).map_err(|_| {
+            format!(
+                "cannot start {}: a NUL byte in its arguments or environment",
+                req.cmd
+            )
+        })?;
+        plan.ids = ids;
+        plan.rlimits = parse_rlimits(&req.rlimits)?;
+        plan.cgroup = crate::memcg::group_dir();
 
-        // stdio: a pseudo-terminal, or pipes.
+        // stdio: a pseudo-terminal, or pipes. `theirs` are the child's ends: they go once
+        // it has exec'd, or EOF never comes.
+        let io = |e: std::io::Error| e.to_string();
         let mut pty_master: Option<OwnedFd> = None;
+        let (mut stdin_w, mut stdout_r, mut stderr_r) = (None, None, None);
+        let theirs: Vec<OwnedFd>;
         if let Some(size) = req.tty {
             let (master, slave) = open_pty(size)?;
-            let slave_fd = slave.as_raw_fd();
-            cmd.stdin(Stdio::from(slave.try_clone().map_err(|e| e.to_string())?))
-                .stdout(Stdio::from(slave.try_clone().map_err(|e| e.to_string())?))
-                .stderr(Stdio::from(slave));
-            let _ = slave_fd;
+            let slave = OwnedFd::from(slave);
+            plan.stdio = [slave.as_raw_fd(); 3];
+            plan.session = Session::Terminal;
+            theirs = vec![slave];
             pty_master = Some(master);
         } else {
-            cmd.stdin(if req.stdin {
-                Stdio::piped()
+            let stdin = if req.stdin {
+                let (r, w) = spawn::pipe().map_err(io)?;
+                stdin_w = Some(w);
+                r
             } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+                spawn::dev_null().map_err(io)?
+            };
+            let (out_r, out_w) = spawn::pipe().map_err(io)?;
+            let (err_r, err_w) = spawn::pipe().map_err(io)?;
+            stdout_r = Some(out_r);
+            stderr_r = Some(err_r);
+            plan.stdio = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+            theirs = vec![stdin, out_w, err_w];
         }
         let tty = req.tty.is_some();
-        let cgroup = crate::memcg::procs();
-        if tty || !rlimits.is_empty() || cgroup.is_some() {
-            // SAFETY: only async-signal-safe calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if let Some(procs) = cgroup {
-                        crate::memcg::join_in_child(procs);
-                    }
-                    for &(res, n) in &rlimits {
-                        let lim = libc::rlimit {
-                            rlim_cur: n,
-                            rlim_max: n,
-                        };
-                        if libc::setrlimit(res, &lim) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    if tty {
-                        // Own session with the terminal as its controlling terminal.
-                        libc::setsid();
-                        libc::ioctl(0, libc::TIOCSCTTY, 0);
-                    } else {
-                        libc::setpgid(0, 0);
-                    }
-                    Ok(())
-                });
-            }
-        } else {
-            cmd.process_group(0);
-        }
 
         let (tx, rx) = channel();
-        let mut child = {
+        let pid = {
             // Registered under the lock so the reaper cannot miss a fast exit.
             let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             // The child inherits our cwd. Setting it here (all spawns hold this lock, and
-            // nothing else in the agent uses relative paths) instead of with current_dir()
-            // keeps std on its posix_spawn (vfork) path: a static binary cannot look up
-            // posix_spawn_file_actions_addchdir_np, and fork is slow under emulation.
+            // nothing else in the agent uses relative paths) keeps the child's work to
+            // system calls.
             std::env::set_current_dir(&cwd).map_err(|e| format!("working directory {cwd}: {e}"))?;
-            let child = cmd.spawn().map_err(|e| spawn_error(&req.cmd, &e))?;
-            w.insert(child.id() as i32, tx);
+            let pid = match spawn::spawn(&plan) {
+                // A file without `#!` is run by /bin/sh, as execvp does.
+                Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+                    let mut argv = vec!["/bin/sh", program.as_str()];
+                    argv.extend(req.args.iter().map(String::as_str));
+                    plan.retarget("/bin/sh", &argv)
+                        .map_err(|_| spawn_error(&req.cmd, &e))?;
+                    spawn::spawn(&plan)
+                }
+                r => r,
+            }
+            .map_err(|e| spawn_error(&req.cmd, &e))?;
+            w.insert(pid as i32, tx);
             self.spawned.notify_all();
-            child
+            pid
         };
-        // The command line's copy of the slave end must go, or EOF never comes.
-        drop(cmd);
-        let pid = child.id();
+        drop(theirs);
         let window = Arc::new(Window::new(INITIAL_WINDOW));
         let pty = pty_master.map(Arc::new);
 
         // Stdin: a writer thread fed by the main loop, so a child that does not read its
         // stdin never blocks the agent.
-        let stdin_target: Option<File> = match (&pty, child.stdin.take()) {
+        let stdin_target: Option<File> = match (&pty, stdin_w) {
             (Some(m), _) => Some(File::from(m.try_clone().map_err(|e| e.to_string())?)),
-            (None, Some(s)) => Some(File::from(OwnedFd::from(s))),
+            (None, Some(s)) => Some(File::from(s)),
             (None, None) => None,
         };
         let stdin_tx = stdin_target.map(|f| {
@@ -317,11 +313,11 @@ impl Sessions {
                 Message::Stdout,
             ));
         } else {
-            if let Some(o) = child.stdout.take() {
-                outputs.push((File::from(OwnedFd::from(o)), Message::Stdout));
+            if let Some(o) = stdout_r.take() {
+                outputs.push((File::from(o), Message::Stdout));
             }
-            if let Some(e) = child.stderr.take() {
-                outputs.push((File::from(OwnedFd::from(e)), Message::Stderr));
+            if let Some(e) = stderr_r.take() {
+                outputs.push((File::from(e), Message::Stderr));
             }
         }
         let me = self.clone();

@@ -12,6 +12,7 @@ mod fsops;
 mod memcg;
 mod net;
 mod port;
+mod spawn;
 mod sys;
 mod trust;
 mod warm;

@@ -8,11 +8,11 @@
 //! ("System is deadlocked on memory"): the sandbox dies instead of the command. With
 //! it, the cgroup's own OOM killer picks among the commands and the agent keeps serving.
 //!
-//! A command joins the cgroup between fork and exec (exec.rs), so nothing it does runs
-//! outside it; this costs the agent its vfork fast path (about 1 ms a command here).
+//! A command is born in the cgroup (spawn.rs: clone3 with CLONE_INTO_CGROUP), so nothing
+//! it does runs outside it.
 
-use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -21,8 +21,9 @@ const ROOT: &str = "/sys/fs/cgroup";
 const GROUP: &str = "/sys/fs/cgroup/msb-commands";
 const MIB: u64 = 1 << 20;
 
-/// Set once bootstrap made the cgroup; unset (commands stay in the root) otherwise.
-static PROCS: OnceLock<CString> = OnceLock::new();
+/// The cgroup's directory, once bootstrap made the cgroup; unset (commands stay in the
+/// root) otherwise.
+static GROUP_DIR: OnceLock<OwnedFd> = OnceLock::new();
 
 /// Memory kept out of the commands' reach: 1/16 of the guest's, 16 to 64 MiB.
 pub fn reserve_bytes(mem_total: u64) -> u64 {
@@ -101,27 +102,15 @@ fn try_setup() -> Result<(), String> {
     let max = commands_max(&meminfo).ok_or("no MemTotal/MemAvailable in /proc/meminfo")?;
     fs::write(format!("{GROUP}/memory.max"), max.to_string())
         .map_err(|e| format!("memory.max: {e}"))?;
-    let procs = CString::new(format!("{GROUP}/cgroup.procs")).map_err(|e| e.to_string())?;
-    let _ = PROCS.set(procs);
+    let dir = fs::File::open(GROUP).map_err(|e| format!("open {GROUP}: {e}"))?;
+    let _ = GROUP_DIR.set(dir.into());
     Ok(())
 }
 
-/// The commands' `cgroup.procs`, once bootstrap made the cgroup.
-pub fn procs() -> Option<&'static CString> {
-    PROCS.get()
-}
-
-/// Joins the cgroup whose `cgroup.procs` this is: for a forked child before exec, so
-/// only async-signal-safe calls. A failure leaves the command in the root cgroup.
-pub fn join_in_child(procs: &CString) {
-    // SAFETY: open/write/close on a NUL-terminated path and a static buffer.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-        }
-    }
+/// The commands' cgroup directory (for clone3's CLONE_INTO_CGROUP), once bootstrap made
+/// the cgroup.
+pub fn group_dir() -> Option<RawFd> {
+    GROUP_DIR.get().map(|fd| fd.as_raw_fd())
 }
 
 #[cfg(test)]

@@ -35,6 +35,24 @@ describe("execWith options", () => {
     expect((await box().exec("id")).stdout()).toMatch(/^uid=0\(root\)/);
   });
 
+  it("a command starts in the commands' memory cgroup, in its own process group, with SIGPIPE at its default", async () => {
+    // Its own pid, pgid and the agent's (1) pgid; SigIgn has no bit 12 (SIGPIPE), which the
+    // agent's Rust runtime ignores.
+    const out = await box().exec("sh", ["-c", "cat /proc/self/cgroup; cut -d' ' -f1,5 /proc/$$/stat; grep SigIgn /proc/$$/status"]);
+    const [cgroup, stat, sigIgn] = out.stdout().trim().split("\n");
+    expect(cgroup).toBe("0::/msb-commands");
+    const [pid, pgid] = stat!.split(" ").map(Number);
+    expect(pgid).toBe(pid);
+    expect(BigInt(`0x${sigIgn!.split(/\s+/)[1]}`) & (1n << 12n)).toBe(0n);
+  });
+
+  it("a script without #! runs under /bin/sh, as execvp runs it", async () => {
+    await box().fs().write("/tmp/no-shebang", "echo ran by $0 with $1\n");
+    await box().exec("chmod", ["755", "/tmp/no-shebang"]);
+    const out = await box().exec("/tmp/no-shebang", ["arg"]);
+    expect([out.code, out.stdout()]).toEqual([0, "ran by /tmp/no-shebang with arg\n"]);
+  });
+
   it("a timeout kills the command and rejects with ExecTimeoutError; the process is gone", async () => {
     const t0 = Date.now();
     const e = await box()
