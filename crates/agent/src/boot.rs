@@ -145,8 +145,9 @@ fn switch_root() -> Result<(), String> {
     Ok(())
 }
 
-/// Returns the base environment of every command.
-pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
+/// Returns the base environment of every command, and what is left to do once `Ready`
+/// is sent.
+pub fn bootstrap(b: &Bootstrap) -> Result<(Vec<(String, String)>, AfterReady), String> {
     let t0 = Instant::now();
     let mut steps: Vec<(&str, Duration)> = Vec::new();
     let mut last = t0;
@@ -208,17 +209,21 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
             ));
         }
     }
-    let prepared = PREPARED_LOWER
+    let prepared_lower = PREPARED_LOWER
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .filter(|p| matches!(&b.root.lower, LowerSpec::Disk(spec) if spec == p));
+        .take();
+    let stale_lower = prepared_lower.is_some();
+    let prepared =
+        prepared_lower.filter(|p| matches!(&b.root.lower, LowerSpec::Disk(spec) if spec == p));
     if prepared.is_none() {
         if prepared_root.upper.is_some() {
             return Err("the root was prepared over another image".into());
         }
-        // Prepared for another disk (not in a layout of ours): that mount goes first.
-        let _ = sys::unmount("/mnt/lower");
+        if stale_lower {
+            // Prepared for another disk (not in a layout of ours): that mount goes first.
+            let _ = sys::unmount("/mnt/lower");
+        }
     }
     if prepared_root.upper.is_none() {
         fs::create_dir_all("/mnt/lower").map_err(|e| format!("mkdir /mnt/lower: {e}"))?;
@@ -244,20 +249,9 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
         switch_root()?;
     }
     mark("root switch");
-    if !prepared_root.memcg {
-        crate::memcg::setup();
-    }
-    mark("memory cgroup");
-
     for m in &b.mounts {
         mount_extra(m)?;
     }
-    if let Some(n) = &b.network {
-        if prepared_root.network.as_ref() != Some(n) {
-            crate::net::write_files(n);
-        }
-    }
-
     if let Some(w) = &b.workdir {
         fs::create_dir_all(w).map_err(|e| format!("workdir {w}: {e}"))?;
     }
@@ -270,17 +264,62 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     if let Some(pem) = &b.ca_cert_pem {
         base.extend(crate::trust::install_ca(std::path::Path::new("/"), pem)?);
     }
-    mark("volumes, files, trust");
-    let parts: Vec<String> = steps
-        .iter()
-        .map(|(s, d)| format!("{s} {}", d.as_millis()))
-        .collect();
-    crate::log(&format!(
-        "bootstrap in {} ms: {} (ms)",
-        t0.elapsed().as_millis(),
-        parts.join(", ")
-    ));
-    Ok(crate::env::merge(&base, &b.env))
+    mark("volumes, workdir, trust");
+    let after = AfterReady {
+        t0,
+        replied_after: last,
+        steps,
+        memcg: !prepared_root.memcg,
+        files: b
+            .network
+            .as_ref()
+            .is_some_and(|n| prepared_root.network.as_ref() != Some(n)),
+    };
+    Ok((crate::env::merge(&base, &b.env), after))
+}
+
+/// The bootstrap's work that cannot fail and that no reply waits for. It runs after
+/// `Ready` is sent and before the next request is read, while the host turns `Ready`
+/// into its first request (the guest would idle meanwhile); every command still finds
+/// it done.
+pub struct AfterReady {
+    t0: Instant,
+    /// The end of the bootstrap's last step before the reply.
+    replied_after: Instant,
+    steps: Vec<(&'static str, Duration)>,
+    memcg: bool,
+    files: bool,
+}
+
+impl AfterReady {
+    pub fn run(mut self, b: &Bootstrap) {
+        let mut last = Instant::now();
+        self.steps
+            .push(("reply", last.saturating_duration_since(self.replied_after)));
+        let mut mark = |step: &'static str| {
+            let now = Instant::now();
+            self.steps.push((step, now - last));
+            last = now;
+        };
+        if self.memcg {
+            crate::memcg::setup();
+        }
+        mark("memory cgroup");
+        if let (true, Some(n)) = (self.files, &b.network) {
+            crate::net::write_files(n);
+        }
+        mark("resolv.conf, hosts");
+        let parts: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(s, d)| format!("{s} {}", d.as_millis()))
+            .collect();
+        crate::log(&format!(
+            "bootstrap in {} ms: {} (ms)",
+            self.t0.elapsed().as_millis(),
+            parts.join(", ")
+        ));
+    }
 }
 
 /// The disks seen before the hello, (serial, /sys/block name): a restore's are the
