@@ -145,9 +145,8 @@ fn switch_root() -> Result<(), String> {
     Ok(())
 }
 
-/// Returns the base environment of every command, and what is left to do once `Ready`
-/// is sent.
-pub fn bootstrap(b: &Bootstrap) -> Result<(Vec<(String, String)>, AfterReady), String> {
+/// Returns the base environment of every command.
+pub fn bootstrap(b: &Bootstrap) -> Result<Vec<(String, String)>, String> {
     let t0 = Instant::now();
     let mut steps: Vec<(&str, Duration)> = Vec::new();
     let mut last = t0;
@@ -249,9 +248,20 @@ pub fn bootstrap(b: &Bootstrap) -> Result<(Vec<(String, String)>, AfterReady), S
         switch_root()?;
     }
     mark("root switch");
+    if !prepared_root.memcg {
+        crate::memcg::setup();
+    }
+    mark("memory cgroup");
+
     for m in &b.mounts {
         mount_extra(m)?;
     }
+    if let Some(n) = &b.network {
+        if prepared_root.network.as_ref() != Some(n) {
+            crate::net::write_files(n);
+        }
+    }
+
     if let Some(w) = &b.workdir {
         fs::create_dir_all(w).map_err(|e| format!("workdir {w}: {e}"))?;
     }
@@ -264,62 +274,17 @@ pub fn bootstrap(b: &Bootstrap) -> Result<(Vec<(String, String)>, AfterReady), S
     if let Some(pem) = &b.ca_cert_pem {
         base.extend(crate::trust::install_ca(std::path::Path::new("/"), pem)?);
     }
-    mark("volumes, workdir, trust");
-    let after = AfterReady {
-        t0,
-        replied_after: last,
-        steps,
-        memcg: !prepared_root.memcg,
-        files: b
-            .network
-            .as_ref()
-            .is_some_and(|n| prepared_root.network.as_ref() != Some(n)),
-    };
-    Ok((crate::env::merge(&base, &b.env), after))
-}
-
-/// The bootstrap's work that cannot fail and that no reply waits for. It runs after
-/// `Ready` is sent and before the next request is read, while the host turns `Ready`
-/// into its first request (the guest would idle meanwhile); every command still finds
-/// it done.
-pub struct AfterReady {
-    t0: Instant,
-    /// The end of the bootstrap's last step before the reply.
-    replied_after: Instant,
-    steps: Vec<(&'static str, Duration)>,
-    memcg: bool,
-    files: bool,
-}
-
-impl AfterReady {
-    pub fn run(mut self, b: &Bootstrap) {
-        let mut last = Instant::now();
-        self.steps
-            .push(("reply", last.saturating_duration_since(self.replied_after)));
-        let mut mark = |step: &'static str| {
-            let now = Instant::now();
-            self.steps.push((step, now - last));
-            last = now;
-        };
-        if self.memcg {
-            crate::memcg::setup();
-        }
-        mark("memory cgroup");
-        if let (true, Some(n)) = (self.files, &b.network) {
-            crate::net::write_files(n);
-        }
-        mark("resolv.conf, hosts");
-        let parts: Vec<String> = self
-            .steps
-            .iter()
-            .map(|(s, d)| format!("{s} {}", d.as_millis()))
-            .collect();
-        crate::log(&format!(
-            "bootstrap in {} ms: {} (ms)",
-            self.t0.elapsed().as_millis(),
-            parts.join(", ")
-        ));
-    }
+    mark("volumes, files, trust");
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|(s, d)| format!("{s} {}", d.as_millis()))
+        .collect();
+    crate::log(&format!(
+        "bootstrap in {} ms: {} (ms)",
+        t0.elapsed().as_millis(),
+        parts.join(", ")
+    ));
+    Ok(crate::env::merge(&base, &b.env))
 }
 
 /// The disks seen before the hello, (serial, /sys/block name): a restore's are the

@@ -128,17 +128,14 @@ fn run() -> Result<(), String> {
                 ))?;
             }
             Message::Bootstrap(b) if sessions.is_none() => match boot::bootstrap(&b) {
-                Ok((env, after)) => {
-                    // The next frame is read only after this arm: the first request finds
-                    // the sessions and the rest of the bootstrap done.
-                    port.send(&Frame::new(CHANNEL_ID, Message::Ready))?;
-                    after.run(&b);
+                Ok(env) => {
                     sessions = Some(Sessions::start(
                         port.clone(),
                         env,
                         b.workdir.clone(),
                         b.user.clone(),
                     ));
+                    port.send(&Frame::new(CHANNEL_ID, Message::Ready))?;
                 }
                 Err(e) => {
                     log(&format!("bootstrap failed: {e}"));
