@@ -159,11 +159,15 @@ pub fn spawn(plan: &Plan) -> io::Result<u32> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let pid = clone3_run(
-            &mut args,
-            child_main,
-            &view as *const ChildView as *mut c_void,
-        );
+        let view_ptr = &view as *const ChildView as *mut c_void;
+        let mut pid = clone3_run(&mut args, child_main, view_ptr);
+        if pid < 0 && args.flags & CLONE_INTO_CGROUP != 0 {
+            // The cgroup went away (a root command can remove it once it is empty): the
+            // command runs in the root cgroup, as it did before there was one.
+            args.flags &= !CLONE_INTO_CGROUP;
+            args.cgroup = 0;
+            pid = clone3_run(&mut args, child_main, view_ptr);
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         pid
     };
@@ -416,6 +420,23 @@ mod tests {
         let mut status = 0;
         // SAFETY: waitpid on any child of this test process.
         while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+    }
+
+    #[test]
+    fn a_cgroup_fd_that_is_no_cgroup_leaves_the_command_where_the_agent_is() {
+        // Not a cgroup directory: clone3 refuses CLONE_INTO_CGROUP, the command still runs.
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let mut plan = Plan::new("/bin/sh", &["sh", "-c", "cat /proc/self/cgroup"], &[]).unwrap();
+        plan.cgroup = Some(dir.as_raw_fd());
+        let (out_r, out_w) = pipe().unwrap();
+        let null = dev_null().unwrap();
+        plan.stdio = [null.as_raw_fd(), out_w.as_raw_fd(), null.as_raw_fd()];
+        let pid = spawn(&plan).unwrap();
+        drop(out_w);
+        let mut out = String::new();
+        std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+        assert!(libc::WIFEXITED(wait(pid)));
+        assert_eq!(out, std::fs::read_to_string("/proc/self/cgroup").unwrap());
     }
 
     #[test]
