@@ -313,10 +313,10 @@ impl Sessions {
                 Message::Stdout,
             ));
         } else {
-            if let Some(o) = stdout_r.take() {
+            if let Some(o) = stdout_r {
                 outputs.push((File::from(o), Message::Stdout));
             }
-            if let Some(e) = stderr_r.take() {
+            if let Some(e) = stderr_r {
                 outputs.push((File::from(e), Message::Stderr));
             }
         }

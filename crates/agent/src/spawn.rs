@@ -67,12 +67,9 @@ pub struct Plan {
 impl Plan {
     /// `path` run with `argv` (argv[0] included) and the environment `env`.
     pub fn new(path: &str, argv: &[&str], env: &[(String, String)]) -> Result<Plan, NulError> {
-        Ok(Plan {
-            path: CString::new(path)?,
-            argv: argv
-                .iter()
-                .map(|a| CString::new(*a))
-                .collect::<Result<_, _>>()?,
+        let mut plan = Plan {
+            path: CString::default(),
+            argv: Vec::new(),
             envp: env
                 .iter()
                 .map(|(k, v)| CString::new(format!("{k}={v}")))
@@ -82,11 +79,11 @@ impl Plan {
             ids: None,
             rlimits: Vec::new(),
             cgroup: None,
-        })
+        };
+        plan.retarget(path, argv)?;
+        Ok(plan)
     }
-}
 
-impl Plan {
     /// Another program and argv, the rest as planned.
     pub fn retarget(&mut self, path: &str, argv: &[&str]) -> Result<(), NulError> {
         self.path = CString::new(path)?;
@@ -115,18 +112,14 @@ struct ChildView {
 /// Starts the plan's command; returns its pid once it has exec'd. An exec that fails
 /// (ENOENT, EACCES, ...) is this error: the child is gone by then (the reaper reaps it).
 pub fn spawn(plan: &Plan) -> io::Result<u32> {
-    let argv: Vec<*const c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const c_char> = plan
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
+    // NULL-terminated arrays of pointers into the plan's strings, as execve takes them.
+    let pointers = |v: &[CString]| -> Vec<*const c_char> {
+        v.iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect()
+    };
+    let (argv, envp) = (pointers(&plan.argv), pointers(&plan.envp));
     let view = ChildView {
         path: plan.path.as_ptr(),
         argv: argv.as_ptr(),
